@@ -1,0 +1,1 @@
+//! rapax control plane.

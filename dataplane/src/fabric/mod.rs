@@ -1,0 +1,1 @@
+//! The fabric contract and its backends.

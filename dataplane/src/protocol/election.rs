@@ -1,0 +1,1 @@
+//! Pull-score leader election (placeholder, being written).

@@ -1,0 +1,1 @@
+//! rapax bindings to rdma-core and DPDK (none yet).

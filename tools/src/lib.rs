@@ -1,0 +1,3 @@
+//! The `rapax` operator's tool: the deterministic simulator and the linearizability checker.
+
+pub mod lincheck;
