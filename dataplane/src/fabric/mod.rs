@@ -1,1 +1,107 @@
 //! The fabric contract and its backends.
+//!
+//! A fabric gives a node: two registered regions of its own (control block and log); one-sided
+//! `write` and `read` into a peer's region with one completion per work request; and, on the
+//! owner's side, `grant` / `revoke` of write permission on its log. The contract every backend
+//! keeps (the shared contract suite checks it):
+//!
+//! 1. A successful completion means the bytes are in the target's memory, visible to its CPU.
+//! 2. Writes from one endpoint to one region land in posting order.
+//! 3. Revocation is complete when `revoke` returns: no write from the revoked peer lands after
+//!    that, and its later or in-flight writes complete with [`FabricError::Permission`].
+//! 4. A crashed or unreachable peer yields error or time-out completions, never a hang.
+//! 5. A torn write is detectable by the reader (entries and commit records carry checksums).
+//!
+//! The protocol cores never call a fabric: they emit [`Post`]s and take [`Completion`]s, and touch
+//! their own node's memory through [`LocalMemory`].
+
+pub mod sim;
+
+use crate::protocol::NodeId;
+
+/// A node's registered regions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Region {
+    /// The control block: readable by members; request and ack words writable by members.
+    Control,
+    /// The log: readable by members; writable only by the node granted permission.
+    Log,
+}
+
+/// A one-sided operation on a peer's memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Write {
+        region: Region,
+        offset: usize,
+        bytes: Vec<u8>,
+    },
+    Read {
+        region: Region,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Op {
+    pub fn region(&self) -> Region {
+        match self {
+            Op::Write { region, .. } | Op::Read { region, .. } => *region,
+        }
+    }
+}
+
+/// A work request: an operation on `target`'s memory, identified by `wr_id` in its completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Post {
+    pub wr_id: u64,
+    pub target: NodeId,
+    pub op: Op,
+    /// The first operation on a freshly re-established data connection to `target`. After any
+    /// failed operation the data connection is in error (as an RC queue pair is): everything
+    /// posted on it fails until an operation with `reconnect` set. Control-block operations
+    /// travel on the control mesh and never stick in error.
+    pub reconnect: bool,
+}
+
+/// Why a work request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FabricError {
+    /// The target refused: the poster holds no write permission on that region (or range).
+    #[error("permission denied by the target")]
+    Permission,
+    /// The target did not answer in time (crashed, partitioned, or the network lost it).
+    #[error("target unreachable or timed out")]
+    Unreachable,
+}
+
+/// The completion of a work request. Reads carry the bytes read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub wr_id: u64,
+    pub result: Result<Option<Vec<u8>>, FabricError>,
+}
+
+/// A node's own view of its registered memory, as the fabric exposes it to the owner.
+///
+/// `write_log_as_holder` is the owner writing its own log as a proposer: it is subject to the same
+/// permission as a remote writer (a node whose log is granted to another leader must not accept
+/// its own stale proposals). Owner metadata (`first_undecided`, the amnesiac flag, the control
+/// block) is written with the unchecked methods.
+pub trait LocalMemory {
+    fn id(&self) -> NodeId;
+    fn control(&self) -> &[u8];
+    fn control_mut(&mut self) -> &mut [u8];
+    fn log(&self) -> &[u8];
+    /// Owner metadata in the log header; never a proposal.
+    fn write_log_owner(&mut self, offset: usize, bytes: &[u8]);
+    /// A proposal into the local log; fails with [`FabricError::Permission`] unless the owner
+    /// holds write permission on its own log.
+    fn write_log_as_holder(&mut self, offset: usize, bytes: &[u8]) -> Result<(), FabricError>;
+    /// Gives `peer` write permission on the log.
+    fn grant(&mut self, peer: NodeId);
+    /// Takes write permission on the log away from `peer`; complete when it returns.
+    fn revoke(&mut self, peer: NodeId);
+    /// The nodes currently allowed to write the log.
+    fn writers(&self) -> Vec<NodeId>;
+}

@@ -114,7 +114,7 @@ impl LogGeometry {
         if capacity < 2 {
             return Err(GeometryError::Capacity(capacity));
         }
-        if slot_bytes % LINE_BYTES != 0 || slot_bytes < 2 * LINE_BYTES {
+        if !slot_bytes.is_multiple_of(LINE_BYTES) || slot_bytes < 2 * LINE_BYTES {
             return Err(GeometryError::SlotBytes(slot_bytes));
         }
         Ok(LogGeometry {
@@ -525,9 +525,9 @@ mod tests {
 
     #[test]
     fn control_block_offsets_do_not_overlap() {
-        assert!(CB_AMNESIAC + 8 <= CB_REQUESTS);
+        const { assert!(CB_AMNESIAC + 8 <= CB_REQUESTS) };
         assert_eq!(cb_request(15) + 8, CB_ACKS);
         assert_eq!(cb_ack(15) + 8, CB_BYTES);
-        assert!(LOG_AMNESIAC + 8 <= LOG_COMMIT);
+        const { assert!(LOG_AMNESIAC + 8 <= LOG_COMMIT) };
     }
 }

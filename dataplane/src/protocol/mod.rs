@@ -13,6 +13,7 @@ pub mod ballot;
 pub mod election;
 pub mod kv;
 pub mod layout;
+pub mod node;
 pub mod quorum;
 
 pub use ballot::{Ballot, NodeId, Slot, MAX_NODES};

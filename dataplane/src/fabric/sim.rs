@@ -1,0 +1,533 @@
+//! The `sim` fabric: every node's memory in one process, simulated time, faults drawn from a seed.
+//!
+//! It keeps the fabric contract the way a NIC does, and lets the simulator break everything else:
+//! - per-operation delays, drawn per work request, so operations to different targets reorder;
+//!   operations on one connection (source, target, mesh) land in posting order;
+//! - rights are checked at the target when a write lands: log writes need the poster to hold
+//!   write permission; control-block writes may only touch the poster's own request and ack words;
+//! - a write over a cache line may land in two halves one tick apart: a reader in between sees a
+//!   torn entry (the checksum must catch it). `revoke` waits out such a write in flight, as the
+//!   shared-memory guard does, so revocation is complete when it returns;
+//! - operations to a crashed or partitioned node, or lost by the network, fail with
+//!   [`FabricError::Unreachable`], fast or after a time-out, never hang; after a failure the data
+//!   connection stays in error (everything later fails) until a `reconnect` operation;
+//! - a crashed poster's operations in flight land whole, not at all, or torn (a prefix), and their
+//!   completions are dropped; memory survives a crash or is zeroed at restart (the caller says).
+//!
+//! A paused node is the caller's business (it just is not stepped); its memory stays reachable,
+//! as registered memory does when a process is stopped.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use rand::{Rng, RngCore};
+
+use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
+use crate::protocol::layout::{cb_ack, cb_request, CB_BYTES, LINE_BYTES};
+use crate::protocol::NodeId;
+
+/// One node's registered memory and the rights on its log.
+#[derive(Clone, Debug)]
+pub struct SimMemory {
+    id: NodeId,
+    control: Vec<u8>,
+    log: Vec<u8>,
+    /// Bit `p`: node `p` may write the log.
+    writers: u32,
+    /// Second halves of torn-in-flight writes: (poster, offset, bytes).
+    partial: Vec<(NodeId, usize, Vec<u8>)>,
+    /// Log byte ranges written since the last [`SimMemory::take_dirty`].
+    dirty: Vec<(usize, usize)>,
+}
+
+impl SimMemory {
+    pub fn new(id: NodeId, log_bytes: usize) -> SimMemory {
+        SimMemory {
+            id,
+            control: vec![0; CB_BYTES],
+            log: vec![0; log_bytes],
+            writers: 0,
+            partial: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The log ranges (offset, len) written since the last call.
+    pub fn take_dirty(&mut self) -> Vec<(usize, usize)> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub fn writer_count(&self) -> u32 {
+        self.writers.count_ones()
+    }
+
+    fn raw_write_log(&mut self, offset: usize, bytes: &[u8]) {
+        self.log[offset..offset + bytes.len()].copy_from_slice(bytes);
+        self.dirty.push((offset, bytes.len()));
+    }
+
+    fn zero(&mut self) {
+        self.control.fill(0);
+        self.log.fill(0);
+        self.writers = 0;
+        self.partial.clear();
+        self.dirty.push((0, self.log.len()));
+    }
+
+    /// Lands the second halves of `peer`'s torn-in-flight writes now.
+    fn flush_partial(&mut self, peer: NodeId) {
+        let mut i = 0;
+        while i < self.partial.len() {
+            if self.partial[i].0 == peer {
+                let (_, off, bytes) = self.partial.remove(i);
+                self.raw_write_log(off, &bytes);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+impl LocalMemory for SimMemory {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn control(&self) -> &[u8] {
+        &self.control
+    }
+
+    fn control_mut(&mut self) -> &mut [u8] {
+        &mut self.control
+    }
+
+    fn log(&self) -> &[u8] {
+        &self.log
+    }
+
+    fn write_log_owner(&mut self, offset: usize, bytes: &[u8]) {
+        self.raw_write_log(offset, bytes);
+    }
+
+    fn write_log_as_holder(&mut self, offset: usize, bytes: &[u8]) -> Result<(), FabricError> {
+        if self.writers & (1 << self.id) == 0 {
+            return Err(FabricError::Permission);
+        }
+        self.raw_write_log(offset, bytes);
+        Ok(())
+    }
+
+    fn grant(&mut self, peer: NodeId) {
+        self.writers |= 1 << peer;
+    }
+
+    fn revoke(&mut self, peer: NodeId) {
+        self.flush_partial(peer);
+        self.writers &= !(1 << peer);
+    }
+
+    fn writers(&self) -> Vec<NodeId> {
+        (0..32u8).filter(|p| self.writers & (1 << p) != 0).collect()
+    }
+}
+
+/// The fault and timing knobs of one run (drawn per seed by the simulator).
+#[derive(Clone, Debug)]
+pub struct SimKnobs {
+    /// One-way delay of an operation, uniform in `1..=max_delay_ticks`.
+    pub max_delay_ticks: u64,
+    /// Probability that an operation is slow (an extra `1..=slow_extra_ticks`).
+    pub slow_prob: f64,
+    pub slow_extra_ticks: u64,
+    /// Probability that a write over a cache line lands in two halves.
+    pub split_prob: f64,
+    /// Ticks before a lost or unanswered operation completes with an error.
+    pub timeout_ticks: u64,
+    /// Probability that an unreachable target fails fast rather than after the time-out.
+    pub fast_fail_prob: f64,
+}
+
+impl Default for SimKnobs {
+    fn default() -> SimKnobs {
+        SimKnobs {
+            max_delay_ticks: 3,
+            slow_prob: 0.02,
+            slow_extra_ticks: 20,
+            split_prob: 0.1,
+            timeout_ticks: 30,
+            fast_fail_prob: 0.5,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Land {
+        src: NodeId,
+        src_incarnation: u64,
+        post: Post,
+    },
+    LandRest {
+        target: NodeId,
+        src: NodeId,
+        offset: usize,
+    },
+    Complete {
+        src: NodeId,
+        src_incarnation: u64,
+        completion: Completion,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Mesh {
+    Control,
+    Data,
+}
+
+#[derive(Debug, Default)]
+struct Connection {
+    last_land: u64,
+    errored: bool,
+}
+
+/// Counters of what the fabric did, for the run summary.
+#[derive(Clone, Debug, Default)]
+pub struct SimStats {
+    pub posted: u64,
+    pub landed_writes: u64,
+    pub permission_errors: u64,
+    pub unreachable: u64,
+    pub lost: u64,
+    pub split_writes: u64,
+    pub torn_by_crash: u64,
+}
+
+/// All nodes' memory and the network between them.
+pub struct SimFabric {
+    pub mems: Vec<SimMemory>,
+    up: Vec<bool>,
+    incarnation: Vec<u64>,
+    /// `cut[a][b]`: a and b cannot reach each other.
+    cut: Vec<Vec<bool>>,
+    loss_prob: f64,
+    knobs: SimKnobs,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Event>,
+    next_event: u64,
+    conns: HashMap<(NodeId, NodeId, Mesh), Connection>,
+    pub stats: SimStats,
+}
+
+impl SimFabric {
+    pub fn new(nodes: usize, log_bytes: usize, knobs: SimKnobs) -> SimFabric {
+        SimFabric {
+            mems: (0..nodes)
+                .map(|i| SimMemory::new(i as NodeId, log_bytes))
+                .collect(),
+            up: vec![true; nodes],
+            incarnation: vec![0; nodes],
+            cut: vec![vec![false; nodes]; nodes],
+            loss_prob: 0.0,
+            knobs,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            next_event: 0,
+            conns: HashMap::new(),
+            stats: SimStats::default(),
+        }
+    }
+
+    pub fn is_up(&self, node: NodeId) -> bool {
+        self.up[node as usize]
+    }
+
+    pub fn reachable(&self, a: NodeId, b: NodeId) -> bool {
+        !self.cut[a as usize][b as usize]
+    }
+
+    /// Cuts (or heals) the link between `a` and `b`.
+    pub fn set_cut(&mut self, a: NodeId, b: NodeId, cut: bool) {
+        self.cut[a as usize][b as usize] = cut;
+        self.cut[b as usize][a as usize] = cut;
+    }
+
+    pub fn heal_all(&mut self) {
+        for row in &mut self.cut {
+            row.fill(false);
+        }
+        self.loss_prob = 0.0;
+    }
+
+    pub fn set_loss(&mut self, prob: f64) {
+        self.loss_prob = prob;
+    }
+
+    fn schedule(&mut self, at: u64, ev: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((at, id)));
+    }
+
+    fn delay(&self, rng: &mut impl RngCore) -> u64 {
+        let mut d = rng.gen_range(1..=self.knobs.max_delay_ticks);
+        if rng.gen_bool(self.knobs.slow_prob) {
+            d += rng.gen_range(1..=self.knobs.slow_extra_ticks);
+        }
+        d
+    }
+
+    /// Posts `post` from `src` at time `now`.
+    pub fn post(&mut self, now: u64, src: NodeId, post: Post, rng: &mut impl RngCore) {
+        assert!(self.up[src as usize], "a crashed node posts nothing");
+        assert_ne!(post.target, src, "local memory is written directly");
+        self.stats.posted += 1;
+        let mesh = match post.op.region() {
+            Region::Control => Mesh::Control,
+            Region::Log => Mesh::Data,
+        };
+        let at = now + self.delay(rng);
+        let conn = self.conns.entry((src, post.target, mesh)).or_default();
+        let at = at.max(conn.last_land);
+        conn.last_land = at;
+        let ev = Event::Land {
+            src,
+            src_incarnation: self.incarnation[src as usize],
+            post,
+        };
+        self.schedule(at, ev);
+    }
+
+    /// The node crashed: it posts nothing more and its completions are dropped.
+    pub fn crash(&mut self, node: NodeId) {
+        self.up[node as usize] = false;
+        self.incarnation[node as usize] += 1;
+    }
+
+    /// The node's processes start again; its memory survives or is zeroed.
+    pub fn restart(&mut self, node: NodeId, memory_lost: bool) {
+        let i = node as usize;
+        self.up[i] = true;
+        self.incarnation[i] += 1;
+        // The NIC's rights table goes with the process; the node restores what it remembers.
+        self.mems[i].writers = 0;
+        if memory_lost {
+            self.mems[i].zero();
+        }
+        // Connections to and from it are new.
+        self.conns.retain(|&(a, b, _), _| a != node && b != node);
+    }
+
+    /// Processes everything due at or before `now`; returns the completions to deliver
+    /// (to nodes that are up, in the incarnation that posted).
+    pub fn advance(&mut self, now: u64, rng: &mut impl RngCore) -> Vec<(NodeId, Completion)> {
+        let mut done = Vec::new();
+        while let Some(&Reverse((at, id))) = self.queue.peek() {
+            if at > now {
+                break;
+            }
+            self.queue.pop();
+            let ev = self.events.remove(&id).expect("scheduled event");
+            match ev {
+                Event::Land {
+                    src,
+                    src_incarnation,
+                    post,
+                } => self.land(at, src, src_incarnation, post, rng),
+                Event::LandRest {
+                    target,
+                    src,
+                    offset,
+                } => {
+                    let mem = &mut self.mems[target as usize];
+                    if let Some(i) = mem
+                        .partial
+                        .iter()
+                        .position(|(p, off, _)| *p == src && *off == offset)
+                    {
+                        let (_, off, bytes) = mem.partial.remove(i);
+                        mem.raw_write_log(off, &bytes);
+                    }
+                }
+                Event::Complete {
+                    src,
+                    src_incarnation,
+                    completion,
+                } => {
+                    if self.up[src as usize] && self.incarnation[src as usize] == src_incarnation
+                    {
+                        done.push((src, completion));
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    fn complete(&mut self, at: u64, src: NodeId, inc: u64, wr_id: u64, result: CompletionResult) {
+        let ev = Event::Complete {
+            src,
+            src_incarnation: inc,
+            completion: Completion { wr_id, result },
+        };
+        self.schedule(at, ev);
+    }
+
+    fn land(&mut self, at: u64, src: NodeId, inc: u64, post: Post, rng: &mut impl RngCore) {
+        let target = post.target;
+        let t = target as usize;
+        let src_alive = self.up[src as usize] && self.incarnation[src as usize] == inc;
+        let mesh = match post.op.region() {
+            Region::Control => Mesh::Control,
+            Region::Log => Mesh::Data,
+        };
+        let back = at + self.delay(rng);
+        let timeout = at + self.knobs.timeout_ticks;
+        let fail_at = |rng: &mut dyn RngCore, k: &SimKnobs| {
+            if rng.gen_bool(k.fast_fail_prob) {
+                back
+            } else {
+                timeout
+            }
+        };
+        // A crashed poster's operation: lands whole, not at all, or torn.
+        if !src_alive {
+            if let Op::Write { region, offset, bytes } = &post.op {
+                if self.up[t] && !self.cut[src as usize][t] {
+                    let fate = rng.gen_range(0..3);
+                    let allowed = self.write_allowed(src, target, *region, *offset, bytes.len());
+                    if allowed && fate > 0 {
+                        let len = if fate == 1 || bytes.len() <= 8 {
+                            bytes.len()
+                        } else {
+                            self.stats.torn_by_crash += 1;
+                            rng.gen_range(1..bytes.len())
+                        };
+                        self.apply_write(target, *region, *offset, &bytes[..len]);
+                    }
+                }
+            }
+            return;
+        }
+        let conn = self.conns.entry((src, target, mesh)).or_default();
+        if post.reconnect {
+            conn.errored = false;
+        }
+        let sticky = mesh == Mesh::Data && conn.errored;
+        let unreachable = !self.up[t] || self.cut[src as usize][t];
+        let lost = !unreachable && self.loss_prob > 0.0 && rng.gen_bool(self.loss_prob);
+        if sticky || unreachable || lost {
+            if lost {
+                self.stats.lost += 1;
+            } else {
+                self.stats.unreachable += 1;
+            }
+            if mesh == Mesh::Data {
+                self.conns.entry((src, target, mesh)).or_default().errored = true;
+            }
+            let when = fail_at(rng, &self.knobs);
+            self.complete(when, src, inc, post.wr_id, Err(FabricError::Unreachable));
+            return;
+        }
+        match post.op {
+            Op::Read {
+                region,
+                offset,
+                len,
+            } => {
+                let mem = &self.mems[t];
+                let buf = match region {
+                    Region::Control => &mem.control,
+                    Region::Log => &mem.log,
+                };
+                let result = match buf.get(offset..offset + len) {
+                    Some(b) => Ok(Some(b.to_vec())),
+                    None => Err(FabricError::Permission),
+                };
+                self.complete(back, src, inc, post.wr_id, result);
+            }
+            Op::Write {
+                region,
+                offset,
+                bytes,
+            } => {
+                if !self.write_allowed(src, target, region, offset, bytes.len()) {
+                    self.stats.permission_errors += 1;
+                    if mesh == Mesh::Data {
+                        self.conns.entry((src, target, mesh)).or_default().errored = true;
+                    }
+                    self.complete(back, src, inc, post.wr_id, Err(FabricError::Permission));
+                    return;
+                }
+                self.stats.landed_writes += 1;
+                if region == Region::Log
+                    && bytes.len() > LINE_BYTES
+                    && rng.gen_bool(self.knobs.split_prob)
+                {
+                    // The first half is visible now, the rest a tick later.
+                    self.stats.split_writes += 1;
+                    let cut = rng.gen_range(1..bytes.len());
+                    self.apply_write(target, region, offset, &bytes[..cut]);
+                    self.mems[t]
+                        .partial
+                        .push((src, offset + cut, bytes[cut..].to_vec()));
+                    self.schedule(
+                        at + 1,
+                        Event::LandRest {
+                            target,
+                            src,
+                            offset: offset + cut,
+                        },
+                    );
+                    // The completion cannot overtake the second half.
+                    let conn = self.conns.entry((src, target, mesh)).or_default();
+                    conn.last_land = conn.last_land.max(at + 1);
+                    self.complete(back.max(at + 1), src, inc, post.wr_id, Ok(None));
+                } else {
+                    self.apply_write(target, region, offset, &bytes);
+                    self.complete(back, src, inc, post.wr_id, Ok(None));
+                }
+            }
+        }
+    }
+
+    /// The target-side rights check.
+    fn write_allowed(
+        &self,
+        src: NodeId,
+        target: NodeId,
+        region: Region,
+        offset: usize,
+        len: usize,
+    ) -> bool {
+        let mem = &self.mems[target as usize];
+        match region {
+            Region::Log => mem.writers & (1 << src) != 0 && offset + len <= mem.log.len(),
+            Region::Control => {
+                len == 8 && (offset == cb_request(src) || offset == cb_ack(src))
+            }
+        }
+    }
+
+    fn apply_write(&mut self, target: NodeId, region: Region, offset: usize, bytes: &[u8]) {
+        let mem = &mut self.mems[target as usize];
+        match region {
+            Region::Control => mem.control[offset..offset + bytes.len()].copy_from_slice(bytes),
+            Region::Log => mem.raw_write_log(offset, bytes),
+        }
+    }
+
+    /// Nodes with any operation still in flight towards them (for tests).
+    pub fn in_flight_targets(&self) -> BTreeSet<NodeId> {
+        self.events
+            .values()
+            .filter_map(|e| match e {
+                Event::Land { post, .. } => Some(post.target),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+type CompletionResult = Result<Option<Vec<u8>>, FabricError>;

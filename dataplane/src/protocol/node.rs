@@ -1,0 +1,1684 @@
+//! The node core: permission handover, recovery, the replication fast path, apply, view change.
+//!
+//! One [`Node`] is everything one cluster member decides: its control plane (pull-score election,
+//! granting its log to candidates, becoming a candidate) and its data plane (recovery at a new
+//! ballot, Phase 2A/2B by one-sided writes, applying chosen entries). It is sans-I/O: the driver
+//! calls [`Node::tick`], [`Node::on_completion`] and [`Node::on_client_request`] and carries out
+//! the [`Output`]: posts on the fabric, replies to clients. The node touches its own memory only
+//! through [`LocalMemory`].
+//!
+//! The steps, numbered as in docs/protocol.md:
+//! 1. *Election.* Every node reads its peers' heartbeats ([`Election`]); the leader is the first
+//!    electable (alive, not amnesiac) node in ring order.
+//! 2. *Handover.* A node that should lead and does not picks a ballot above every ballot it has
+//!    seen and writes it into its request word in every peer's control block. A node grants its
+//!    log to the highest request above the ballot it has granted: it revokes the current holder
+//!    (complete when `revoke` returns), grants the candidate, publishes the granted ballot and
+//!    writes an ack into the candidate's control block.
+//! 3. *Recovery.* With acks from a majority the candidate reads the log headers of the acked
+//!    nodes; the non-amnesiac ones form the quorum Q (a majority, or it gives up). It aborts if any
+//!    `min_ballot` is at or above its ballot, writes `min_ballot = b` on Q, reads Q's logs from the
+//!    lowest `first_undecided`, adopts for every slot the entry with the highest accepted ballot
+//!    (a no-op for a gap), and makes Q hold exactly that at ballot b: nothing is written where a
+//!    node already has it, an 8-byte ballot re-stamp where it has the same value at an older
+//!    ballot, a full entry write where it differs. When all of Q confirms, every recovered slot is
+//!    chosen at b.
+//! 4. *Fast path.* The leader assigns the next slot to a batch of client commands, writes the
+//!    entry locally and posts one write of it to every active follower (2A). A slot is chosen once
+//!    f remote writes have succeeded (2B); the commit index advances over chosen slots, travels in
+//!    the next entry's hint, and is written on its own (commit record) when the leader is idle.
+//! 5. *Catch-up.* A follower that was absent is re-requested; once it acks, the leader reads its
+//!    log from its `first_undecided`, writes what differs and only then makes it active, so every
+//!    hint it ever reads is backed by its own log.
+//! 6. *Apply.* Every node applies, in slot order, the valid entries below the highest commit it
+//!    knows from its own log (its `first_undecided`, the commit record, and the hints in entries).
+//! 7. *View change.* A leader or candidate that sees a higher request, or gets a permission error
+//!    from any write, steps down; followers learn the leader from the ballot they granted.
+//! 8. *Amnesia.* A node restarted with its memory lost grants nothing until it has read the granted
+//!    ballot of a majority of non-amnesiac peers, and grants only above it; it never joins a
+//!    recovery quorum until a leader has re-synced its log and cleared its amnesiac flag.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::election::{Election, ElectionAction, ElectionConfig};
+use super::layout::*;
+use super::quorum::{majority, remote_acks_needed};
+use super::{Ballot, NodeId, Slot, MAX_NODES};
+use crate::fabric::{Completion, FabricError, LocalMemory, Op, Post, Region};
+
+/// What a node applies committed commands to.
+pub trait StateMachine {
+    /// Applies one command taken from the log. Returns the client, sequence and reply bytes to
+    /// answer with, or `None` when the command names no client (it was malformed).
+    fn apply(&mut self, command: &[u8]) -> Option<(u64, u64, Vec<u8>)>;
+    /// A digest of the whole state, equal on replicas that applied the same commands.
+    fn digest(&self) -> u64;
+}
+
+/// Deliberate protocol bugs that prove the simulator finds them. Only settable with the
+/// `inject-bugs` feature; otherwise every switch reads false.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    #[cfg(feature = "inject-bugs")]
+    skip_recovery_read: bool,
+    #[cfg(feature = "inject-bugs")]
+    no_revoke: bool,
+    #[cfg(feature = "inject-bugs")]
+    commit_early: bool,
+}
+
+/// The names [`Bugs::parse`] accepts.
+pub const BUG_NAMES: &[&str] = &["skip-recovery-read", "no-revoke", "commit-early"];
+
+impl Bugs {
+    /// Turns on the bug named `name`; an error when unknown or when built without the feature.
+    pub fn parse(name: &str) -> Result<Bugs, String> {
+        if !BUG_NAMES.contains(&name) {
+            return Err(format!(
+                "unknown bug '{name}'; known bugs: {}",
+                BUG_NAMES.join(", ")
+            ));
+        }
+        #[cfg(feature = "inject-bugs")]
+        {
+            let mut b = Bugs::default();
+            match name {
+                "skip-recovery-read" => b.skip_recovery_read = true,
+                "no-revoke" => b.no_revoke = true,
+                _ => b.commit_early = true,
+            }
+            Ok(b)
+        }
+        #[cfg(not(feature = "inject-bugs"))]
+        Err(format!(
+            "bug '{name}' needs a build with the inject-bugs feature \
+             (cargo build --release --features inject-bugs)"
+        ))
+    }
+
+    fn skip_recovery_read(&self) -> bool {
+        #[cfg(feature = "inject-bugs")]
+        return self.skip_recovery_read;
+        #[cfg(not(feature = "inject-bugs"))]
+        false
+    }
+
+    fn no_revoke(&self) -> bool {
+        #[cfg(feature = "inject-bugs")]
+        return self.no_revoke;
+        #[cfg(not(feature = "inject-bugs"))]
+        false
+    }
+
+    fn commit_early(&self) -> bool {
+        #[cfg(feature = "inject-bugs")]
+        return self.commit_early;
+        #[cfg(not(feature = "inject-bugs"))]
+        false
+    }
+}
+
+/// The tuning of one node (from the hardware profile and the cluster file).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// The acceptors in ring (succession) order.
+    pub ring: Vec<NodeId>,
+    pub geometry: LogGeometry,
+    /// Most slots in flight (assigned, not yet chosen).
+    pub window_slots: u64,
+    /// Most commands batched into one entry.
+    pub batch_max_commands: usize,
+    /// Most payload bytes of one entry (at most the geometry's room).
+    pub batch_max_bytes: usize,
+    /// Most client commands queued at the leader before it answers Busy.
+    pub client_queue_max: usize,
+    pub election: ElectionConfig,
+    /// Period of retries: permission requests, acks, re-sync of absent followers, probes.
+    pub retry_ticks: u64,
+    /// A candidate without a majority of acks after this long gives up.
+    pub candidate_timeout_ticks: u64,
+    /// After stepping down, a node waits this long before it may stand again.
+    pub stepdown_holdoff_ticks: u64,
+    /// Slots the apply agent scans ahead for commit hints per tick.
+    pub apply_scan_slots: u64,
+    /// Slots per read when recovery or catch-up reads a log.
+    pub read_chunk_slots: u64,
+    pub bugs: Bugs,
+}
+
+/// How a node (re)starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new cluster: memory zeroed, nothing granted.
+    Fresh,
+    /// The processes restarted and the registered memory survived.
+    MemoryKept,
+    /// The processes restarted and the registered memory was lost (zeroed by the fabric).
+    MemoryLost,
+}
+
+/// A client's command as it reaches a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRequest {
+    pub client: u64,
+    pub seq: u64,
+    /// The encoded command (it carries client and seq too; the state machine decodes it).
+    pub command: Vec<u8>,
+}
+
+/// Why a request was not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("not the leader; try node {leader_hint:?}")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("command of {bytes} bytes exceeds the limit of {max}")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("leader busy: client queue full")]
+    Busy,
+    #[error("log full: no slot left before the log is reused")]
+    LogFull,
+}
+
+/// An answer to a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientReply {
+    pub client: u64,
+    pub seq: u64,
+    pub result: Result<Vec<u8>, ClientError>,
+}
+
+/// Observations for the simulator's checkers and for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    Candidate { ballot: Ballot },
+    BecameLeader { ballot: Ballot, recovered_from: Slot, recovered_to: Slot },
+    SteppedDown { ballot: Ballot, reason: &'static str },
+    /// The leader counted `slot` chosen with this value.
+    Chosen { slot: Slot, ballot: Ballot, value_digest: u64 },
+    /// This node applied `slot`.
+    Applied { slot: Slot, value_digest: u64 },
+    Granted { to: NodeId, ballot: Ballot },
+}
+
+/// What one call asks the driver to do.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub posts: Vec<Post>,
+    pub replies: Vec<ClientReply>,
+    pub notes: Vec<Note>,
+}
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.posts.clear();
+        self.replies.clear();
+        self.notes.clear();
+    }
+}
+
+/// The role of a node, for status and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleKind {
+    Follower,
+    Candidate,
+    Recovering,
+    Leader,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    Heartbeat { peer: NodeId, token: u64 },
+    Probe { peer: NodeId },
+    Request,
+    Ack { ballot: Ballot },
+    RecHeader { ballot: Ballot, peer: NodeId },
+    RecPromise { ballot: Ballot, peer: NodeId },
+    RecTail { ballot: Ballot, peer: NodeId, from: Slot },
+    RecWrite { ballot: Ballot, peer: NodeId },
+    SyncHeader { ballot: Ballot, peer: NodeId },
+    SyncTail { ballot: Ballot, peer: NodeId, from: Slot },
+    SlotWrite { ballot: Ballot, peer: NodeId, slot: Slot },
+    Meta { ballot: Ballot, peer: NodeId },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LogHeader {
+    min_ballot: Ballot,
+    first_undecided: Slot,
+    amnesiac: bool,
+}
+
+impl LogHeader {
+    fn parse(b: &[u8]) -> LogHeader {
+        LogHeader {
+            min_ballot: Ballot(get_u64(b, LOG_MIN_BALLOT)),
+            first_undecided: get_u64(b, LOG_FIRST_UNDECIDED),
+            amnesiac: get_u64(b, LOG_AMNESIAC) != 0,
+        }
+    }
+}
+
+/// What a log holds at one slot, as far as recovery and catch-up care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    ballot: Ballot,
+    value_digest: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RecPhase {
+    Headers,
+    Promise,
+    Tails,
+    Rewrite,
+}
+
+#[derive(Debug)]
+struct Recovery {
+    ballot: Ballot,
+    phase: RecPhase,
+    outstanding: usize,
+    headers: BTreeMap<NodeId, LogHeader>,
+    quorum: Vec<NodeId>,
+    lo: Slot,
+    max_fuo: Slot,
+    held: BTreeMap<NodeId, BTreeMap<Slot, Held>>,
+    /// The adopted entry per slot: highest accepted ballot, with its bytes.
+    best: BTreeMap<Slot, (Ballot, Vec<u8>)>,
+    end: Slot,
+}
+
+#[derive(Debug)]
+enum Follower {
+    /// Not written to; re-requested after `since + retry`.
+    Absent { since: u64 },
+    /// Our request was written; waiting for its ack.
+    Requested { at: u64 },
+    SyncHeader,
+    SyncTail {
+        fuo: Slot,
+        amnesiac: bool,
+        read_to: Slot,
+        held: BTreeMap<Slot, Held>,
+    },
+    /// Receives every fast-path write.
+    Active,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    value_digest: u64,
+    acked_by: u32,
+}
+
+#[derive(Debug)]
+struct Leader {
+    ballot: Ballot,
+    next_slot: Slot,
+    commit: Slot,
+    hint_sent: Slot,
+    inflight: BTreeMap<Slot, InFlight>,
+    followers: BTreeMap<NodeId, Follower>,
+    queue: VecDeque<ClientRequest>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Follower,
+    Candidate {
+        ballot: Ballot,
+        since: u64,
+        last_request: u64,
+    },
+    Recovering(Box<Recovery>),
+    Leader(Box<Leader>),
+}
+
+/// A restarted-amnesiac node learning the ballot floor before it grants anything.
+#[derive(Debug)]
+struct Probe {
+    last_sent: Option<u64>,
+    answers: BTreeMap<NodeId, Ballot>,
+}
+
+/// One cluster member's protocol state.
+pub struct Node<S> {
+    cfg: NodeConfig,
+    sm: S,
+    election: Election,
+    now: u64,
+    next_wr: u64,
+    pending: HashMap<u64, Purpose>,
+    /// Highest ballot seen anywhere (requests, grants, promises).
+    max_seen: Ballot,
+    /// Ballot holding permission on our log (mirrors the control block).
+    granted: Ballot,
+    /// Grants only above this; `None` while an amnesiac node is still probing.
+    grant_floor: Option<Ballot>,
+    probe: Option<Probe>,
+    ack_due: Option<(NodeId, Ballot, u64)>,
+    peer_amnesiac: [bool; MAX_NODES],
+    hold_candidacy_until: u64,
+    role: Role,
+    applied: Slot,
+    known_commit: Slot,
+    scratch: Vec<u8>,
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Starts (or restarts) a node on its memory. With [`Start::MemoryLost`] the memory must be
+    /// zeroed already; the node marks itself amnesiac.
+    pub fn new(
+        cfg: NodeConfig,
+        sm: S,
+        mem: &mut impl LocalMemory,
+        start: Start,
+        now: u64,
+    ) -> Node<S> {
+        assert!(cfg.ring.contains(&cfg.id), "node {} not in its ring", cfg.id);
+        assert!(cfg.ring.len() <= MAX_NODES);
+        assert!(cfg.window_slots >= 1 && cfg.batch_max_commands >= 1);
+        assert!(cfg.batch_max_bytes <= cfg.geometry.max_payload());
+        assert_eq!(mem.id(), cfg.id);
+        let election = Election::new(cfg.id, cfg.ring.clone(), cfg.election.clone());
+        let granted = Ballot(get_u64(mem.control(), CB_GRANTED_BALLOT));
+        let mut node = Node {
+            election,
+            now,
+            next_wr: 1,
+            pending: HashMap::new(),
+            max_seen: granted,
+            granted,
+            grant_floor: Some(Ballot::ZERO),
+            probe: None,
+            ack_due: None,
+            peer_amnesiac: [false; MAX_NODES],
+            hold_candidacy_until: now,
+            role: Role::Follower,
+            applied: 0,
+            known_commit: 0,
+            scratch: Vec::new(),
+            sm,
+            cfg,
+        };
+        match start {
+            Start::Fresh => {}
+            Start::MemoryKept => {
+                // The fabric lost its rights table with the process; restore the grant the
+                // control block records. The state machine restarts empty and re-applies.
+                if granted != Ballot::ZERO {
+                    mem.grant(granted.node());
+                }
+                let header = LogHeader::parse(mem.log());
+                node.max_seen = node.max_seen.max(header.min_ballot);
+                node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
+            }
+            Start::MemoryLost => {
+                mem.write_log_owner(LOG_AMNESIAC, &1u64.to_le_bytes());
+                put_u64(mem.control_mut(), CB_AMNESIAC, 1);
+                node.grant_floor = None;
+                node.probe = Some(Probe {
+                    last_sent: None,
+                    answers: BTreeMap::new(),
+                });
+                node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
+            }
+        }
+        node
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Follower => RoleKind::Follower,
+            Role::Candidate { .. } => RoleKind::Candidate,
+            Role::Recovering(_) => RoleKind::Recovering,
+            Role::Leader(_) => RoleKind::Leader,
+        }
+    }
+
+    /// The ballot this node leads or stands with, if any.
+    pub fn own_ballot(&self) -> Option<Ballot> {
+        match &self.role {
+            Role::Follower => None,
+            Role::Candidate { ballot, .. } => Some(*ballot),
+            Role::Recovering(r) => Some(r.ballot),
+            Role::Leader(l) => Some(l.ballot),
+        }
+    }
+
+    /// The ballot this node granted its log to (the view it follows).
+    pub fn granted(&self) -> Ballot {
+        self.granted
+    }
+
+    /// The node clients should talk to, as far as this node knows.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader(_) => Some(self.cfg.id),
+            _ if self.granted != Ballot::ZERO => Some(self.granted.node()),
+            _ => None,
+        }
+    }
+
+    pub fn applied(&self) -> Slot {
+        self.applied
+    }
+
+    /// The leader's commit index (slots below are chosen), or the highest this node knows.
+    pub fn commit(&self) -> Slot {
+        match &self.role {
+            Role::Leader(l) => l.commit,
+            _ => self.known_commit,
+        }
+    }
+
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    pub fn election(&self) -> &Election {
+        &self.election
+    }
+
+    pub fn is_amnesiac(&self, mem: &impl LocalMemory) -> bool {
+        get_u64(mem.log(), LOG_AMNESIAC) != 0
+    }
+
+    fn post(&mut self, out: &mut Output, target: NodeId, op: Op, purpose: Purpose) {
+        self.post_with(out, target, op, purpose, false);
+    }
+
+    /// Posts the first operation of a new data connection to `target` (see [`Post::reconnect`]).
+    fn post_reconnect(&mut self, out: &mut Output, target: NodeId, op: Op, purpose: Purpose) {
+        self.post_with(out, target, op, purpose, true);
+    }
+
+    fn post_with(
+        &mut self,
+        out: &mut Output,
+        target: NodeId,
+        op: Op,
+        purpose: Purpose,
+        reconnect: bool,
+    ) {
+        let wr_id = self.next_wr;
+        self.next_wr += 1;
+        self.pending.insert(wr_id, purpose);
+        out.posts.push(Post {
+            wr_id,
+            target,
+            op,
+            reconnect,
+        });
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.cfg.id;
+        self.cfg.ring.iter().copied().filter(move |&p| p != me)
+    }
+
+    fn n(&self) -> usize {
+        self.cfg.ring.len()
+    }
+
+    // ---- driving --------------------------------------------------------------------------
+
+    /// One turn of the node's agents at time `now`.
+    pub fn tick(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
+        self.now = now;
+        // The data plane's heartbeat: a stuck node stops it.
+        let hb = get_u64(mem.control(), CB_HEARTBEAT).wrapping_add(1);
+        put_u64(mem.control_mut(), CB_HEARTBEAT, hb);
+
+        let mut actions = Vec::new();
+        self.election.tick(now, &mut actions);
+        for ElectionAction::ReadHeartbeat { peer, token } in actions {
+            let op = Op::Read {
+                region: Region::Control,
+                offset: 0,
+                len: CB_AMNESIAC + 8,
+            };
+            self.post(out, peer, op, Purpose::Heartbeat { peer, token });
+        }
+
+        self.probe_tick(mem, out);
+        self.grant_tick(mem, out);
+        self.role_tick(mem, out);
+        self.apply(mem, out);
+    }
+
+    /// A completion of one of this node's posts.
+    pub fn on_completion(
+        &mut self,
+        now: u64,
+        c: Completion,
+        mem: &mut impl LocalMemory,
+        out: &mut Output,
+    ) {
+        self.now = now;
+        let Some(purpose) = self.pending.remove(&c.wr_id) else {
+            return; // a completion from before a restart, or a duplicate
+        };
+        match purpose {
+            Purpose::Heartbeat { peer, token } => {
+                let counter = match &c.result {
+                    Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
+                        self.peer_amnesiac[peer as usize] = get_u64(b, CB_AMNESIAC) != 0;
+                        Some(get_u64(b, CB_HEARTBEAT))
+                    }
+                    _ => None,
+                };
+                self.election.on_read(peer, token, counter);
+            }
+            Purpose::Probe { peer } => {
+                if let (Some(p), Ok(Some(b))) = (&mut self.probe, &c.result) {
+                    if get_u64(b, CB_AMNESIAC) == 0 {
+                        p.answers.insert(peer, Ballot(get_u64(b, CB_GRANTED_BALLOT)));
+                    }
+                }
+            }
+            Purpose::Request => {}
+            Purpose::Ack { ballot } => {
+                if let Some((to, b, _)) = self.ack_due {
+                    if b == ballot && c.result.is_ok() {
+                        self.ack_due = None;
+                    } else if b == ballot {
+                        self.ack_due = Some((to, b, now + self.cfg.retry_ticks));
+                    }
+                }
+            }
+            Purpose::RecHeader { ballot, peer }
+            | Purpose::RecPromise { ballot, peer }
+            | Purpose::RecTail { ballot, peer, .. }
+            | Purpose::RecWrite { ballot, peer } => {
+                self.recovery_completion(purpose, ballot, peer, c.result, mem, out)
+            }
+            Purpose::SyncHeader { ballot, peer }
+            | Purpose::SyncTail { ballot, peer, .. }
+            | Purpose::SlotWrite { ballot, peer, .. }
+            | Purpose::Meta { ballot, peer } => {
+                self.leader_completion(purpose, ballot, peer, c.result, mem, out)
+            }
+        }
+    }
+
+    /// A client's command reaching this node.
+    pub fn on_client_request(
+        &mut self,
+        now: u64,
+        req: ClientRequest,
+        _mem: &mut impl LocalMemory,
+        out: &mut Output,
+    ) {
+        self.now = now;
+        let room = self
+            .cfg
+            .batch_max_bytes
+            .min(self.cfg.geometry.max_payload());
+        let need = Batch::encoded_len([req.command.as_slice()]);
+        let leader_hint = self.leader_hint();
+        let capacity = self.cfg.geometry.capacity;
+        let reply = |result| ClientReply {
+            client: req.client,
+            seq: req.seq,
+            result,
+        };
+        if need > room {
+            out.replies.push(reply(Err(ClientError::TooLarge {
+                bytes: req.command.len(),
+                max: room - Batch::encoded_len([&[][..]]),
+            })));
+            return;
+        }
+        match &mut self.role {
+            Role::Leader(l) => {
+                if l.queue.len() >= self.cfg.client_queue_max {
+                    out.replies.push(reply(Err(ClientError::Busy)));
+                } else if l.next_slot >= capacity {
+                    out.replies.push(reply(Err(ClientError::LogFull)));
+                } else {
+                    l.queue.push_back(req);
+                }
+            }
+            _ => out
+                .replies
+                .push(reply(Err(ClientError::NotLeader { leader_hint }))),
+        }
+    }
+
+    // ---- control plane: amnesia probe, grants, candidacy ------------------------------------
+
+    fn probe_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let Some(p) = &self.probe else { return };
+        let need = majority(self.n());
+        if p.answers.len() >= need {
+            let floor = p.answers.values().copied().max().unwrap_or(Ballot::ZERO);
+            self.grant_floor = Some(floor);
+            self.max_seen = self.max_seen.max(floor);
+            self.probe = None;
+            return;
+        }
+        if p.last_sent.is_some_and(|t| self.now < t + self.cfg.retry_ticks) {
+            return;
+        }
+        let answered: Vec<NodeId> = p.answers.keys().copied().collect();
+        if let Some(p) = &mut self.probe {
+            p.last_sent = Some(self.now);
+        }
+        let peers: Vec<NodeId> = self.peers().filter(|p| !answered.contains(p)).collect();
+        for peer in peers {
+            let op = Op::Read {
+                region: Region::Control,
+                offset: 0,
+                len: CB_AMNESIAC + 8,
+            };
+            self.post(out, peer, op, Purpose::Probe { peer });
+        }
+        let _ = mem;
+    }
+
+    fn grant_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        // Mirror the log's amnesiac flag (cleared by a leader) into the control block.
+        if get_u64(mem.log(), LOG_AMNESIAC) == 0 && get_u64(mem.control(), CB_AMNESIAC) != 0 {
+            put_u64(mem.control_mut(), CB_AMNESIAC, 0);
+        }
+        let min_ballot = Ballot(get_u64(mem.log(), LOG_MIN_BALLOT));
+        self.max_seen = self.max_seen.max(min_ballot);
+        let mut best: Option<(NodeId, Ballot)> = None;
+        for &p in &self.cfg.ring {
+            let r = Ballot(get_u64(mem.control(), cb_request(p)));
+            if r == Ballot::ZERO || r.node() != p {
+                continue;
+            }
+            self.max_seen = self.max_seen.max(r);
+            if best.is_none_or(|(_, b)| r > b) {
+                best = Some((p, r));
+            }
+        }
+        if let (Some((p, r)), Some(floor)) = (best, self.grant_floor) {
+            if r > self.granted && r > floor {
+                // Revocation first: complete when it returns, so the old holder can land nothing
+                // after the new holder's first write.
+                if !self.cfg.bugs.no_revoke() {
+                    for w in mem.writers() {
+                        mem.revoke(w);
+                    }
+                }
+                mem.grant(p);
+                self.granted = r;
+                put_u64(mem.control_mut(), CB_GRANTED_BALLOT, r.0);
+                out.notes.push(Note::Granted { to: p, ballot: r });
+                if self.own_ballot().is_some_and(|b| b < r) {
+                    self.step_down("a higher ballot asked for permission", out);
+                }
+                self.ack_due = Some((p, r, self.now));
+            }
+        }
+        if let Some((to, b, due)) = self.ack_due {
+            if self.now >= due && b == self.granted {
+                if to == self.cfg.id {
+                    put_u64(mem.control_mut(), cb_ack(to), b.0);
+                    self.ack_due = None;
+                } else {
+                    self.ack_due = Some((to, b, u64::MAX));
+                    let op = Op::Write {
+                        region: Region::Control,
+                        offset: cb_ack(self.cfg.id),
+                        bytes: b.0.to_le_bytes().to_vec(),
+                    };
+                    self.post(out, to, op, Purpose::Ack { ballot: b });
+                }
+            } else if b != self.granted {
+                self.ack_due = None;
+            }
+        }
+    }
+
+    /// The first electable node in ring order: alive by pull-score and not amnesiac.
+    fn elected(&self) -> Option<NodeId> {
+        self.cfg.ring.iter().copied().find(|&p| {
+            if p == self.cfg.id {
+                self.probe.is_none()
+            } else {
+                self.election.is_alive(p) && !self.peer_amnesiac[p as usize]
+            }
+        })
+    }
+
+    fn role_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let me = self.cfg.id;
+        match &mut self.role {
+            Role::Follower => {
+                let amnesiac = get_u64(mem.log(), LOG_AMNESIAC) != 0;
+                if self.now >= self.hold_candidacy_until
+                    && !amnesiac
+                    && self.probe.is_none()
+                    && self.elected() == Some(me)
+                {
+                    let ballot = self.max_seen.max(self.granted).next_for(me);
+                    self.max_seen = ballot;
+                    // Our own request goes through our own grant logic like anyone's.
+                    put_u64(mem.control_mut(), cb_request(me), ballot.0);
+                    self.role = Role::Candidate {
+                        ballot,
+                        since: self.now,
+                        last_request: self.now,
+                    };
+                    out.notes.push(Note::Candidate { ballot });
+                    self.send_requests(ballot, mem, out, |_| true);
+                }
+            }
+            Role::Candidate {
+                ballot,
+                since,
+                last_request,
+            } => {
+                let (ballot, since, last_request) = (*ballot, *since, *last_request);
+                let acked: Vec<NodeId> = self
+                    .cfg
+                    .ring
+                    .iter()
+                    .copied()
+                    .filter(|&p| get_u64(mem.control(), cb_ack(p)) == ballot.0)
+                    .collect();
+                if acked.len() >= majority(self.n()) {
+                    self.start_recovery(ballot, acked, mem, out);
+                } else if self.now >= since + self.cfg.candidate_timeout_ticks {
+                    self.step_down("no majority of acks in time", out);
+                } else if self.now >= last_request + self.cfg.retry_ticks {
+                    if let Role::Candidate { last_request, .. } = &mut self.role {
+                        *last_request = self.now;
+                    }
+                    self.send_requests(ballot, mem, out, |p| !acked.contains(&p));
+                }
+            }
+            Role::Recovering(_) => {}
+            Role::Leader(_) => self.leader_tick(mem, out),
+        }
+    }
+
+    fn send_requests(
+        &mut self,
+        ballot: Ballot,
+        _mem: &mut impl LocalMemory,
+        out: &mut Output,
+        filter: impl Fn(NodeId) -> bool,
+    ) {
+        let peers: Vec<NodeId> = self.peers().filter(|&p| filter(p)).collect();
+        for p in peers {
+            let op = Op::Write {
+                region: Region::Control,
+                offset: cb_request(self.cfg.id),
+                bytes: ballot.0.to_le_bytes().to_vec(),
+            };
+            self.post(out, p, op, Purpose::Request);
+        }
+    }
+
+    fn step_down(&mut self, reason: &'static str, out: &mut Output) {
+        let Some(ballot) = self.own_ballot() else {
+            return;
+        };
+        if let Role::Leader(l) = &mut self.role {
+            let hint = (self.granted > ballot).then(|| self.granted.node());
+            for req in l.queue.drain(..) {
+                out.replies.push(ClientReply {
+                    client: req.client,
+                    seq: req.seq,
+                    result: Err(ClientError::NotLeader { leader_hint: hint }),
+                });
+            }
+        }
+        self.role = Role::Follower;
+        self.hold_candidacy_until = self.now + self.cfg.stepdown_holdoff_ticks;
+        out.notes.push(Note::SteppedDown { ballot, reason });
+    }
+
+    // ---- recovery ---------------------------------------------------------------------------
+
+    fn start_recovery(
+        &mut self,
+        ballot: Ballot,
+        acked: Vec<NodeId>,
+        mem: &mut impl LocalMemory,
+        out: &mut Output,
+    ) {
+        let me = self.cfg.id;
+        let mut rec = Recovery {
+            ballot,
+            phase: RecPhase::Headers,
+            outstanding: 0,
+            headers: BTreeMap::new(),
+            quorum: Vec::new(),
+            lo: 0,
+            max_fuo: 0,
+            held: BTreeMap::new(),
+            best: BTreeMap::new(),
+            end: 0,
+        };
+        rec.headers.insert(me, LogHeader::parse(mem.log()));
+        let peers: Vec<NodeId> = acked.into_iter().filter(|&p| p != me).collect();
+        rec.outstanding = peers.len();
+        self.role = Role::Recovering(Box::new(rec));
+        for p in peers {
+            let op = Op::Read {
+                region: Region::Log,
+                offset: 0,
+                len: LOG_HEADER_BYTES,
+            };
+            self.post_reconnect(out, p, op, Purpose::RecHeader { ballot, peer: p });
+        }
+        self.recovery_advance(mem, out);
+    }
+
+    fn recovery_completion(
+        &mut self,
+        purpose: Purpose,
+        ballot: Ballot,
+        peer: NodeId,
+        result: Result<Option<Vec<u8>>, FabricError>,
+        mem: &mut impl LocalMemory,
+        out: &mut Output,
+    ) {
+        let geometry = self.cfg.geometry;
+        let chunk = self.cfg.read_chunk_slots;
+        let Role::Recovering(rec) = &mut self.role else {
+            return;
+        };
+        if rec.ballot != ballot {
+            return;
+        }
+        if result == Err(FabricError::Permission) {
+            self.step_down("permission error during recovery", out);
+            return;
+        }
+        let ok = result.is_ok();
+        match purpose {
+            Purpose::RecHeader { .. } => {
+                rec.outstanding -= 1;
+                if let Ok(Some(b)) = result {
+                    rec.headers.insert(peer, LogHeader::parse(&b));
+                }
+            }
+            Purpose::RecPromise { .. } | Purpose::RecWrite { .. } => {
+                rec.outstanding -= 1;
+                if !ok {
+                    rec.quorum.retain(|&q| q != peer);
+                }
+            }
+            Purpose::RecTail { from, .. } => {
+                rec.outstanding -= 1;
+                match result {
+                    Ok(Some(bytes)) => {
+                        let mut any = false;
+                        let held = rec.held.entry(peer).or_default();
+                        for i in 0..chunk {
+                            let s = from + i;
+                            let off = i as usize * geometry.slot_bytes;
+                            let Some(b) = bytes.get(off..off + geometry.slot_bytes) else {
+                                break;
+                            };
+                            if let Ok(h) = Entry::check(b) {
+                                if h.slot == s {
+                                    any = true;
+                                    held.insert(
+                                        s,
+                                        Held {
+                                            ballot: h.ballot,
+                                            value_digest: h.value_digest,
+                                        },
+                                    );
+                                    if rec.best.get(&s).is_none_or(|(bb, _)| h.ballot > *bb) {
+                                        let len = ENTRY_HEADER_BYTES + h.len;
+                                        rec.best.insert(s, (h.ballot, b[..len].to_vec()));
+                                    }
+                                }
+                            }
+                        }
+                        let next = from + chunk;
+                        if any && next < geometry.capacity {
+                            rec.outstanding += 1;
+                            let op = read_slots(&geometry, next, chunk);
+                            self.post(
+                                out,
+                                peer,
+                                op,
+                                Purpose::RecTail {
+                                    ballot,
+                                    peer,
+                                    from: next,
+                                },
+                            );
+                        }
+                    }
+                    _ => rec.quorum.retain(|&q| q != peer),
+                }
+            }
+            _ => unreachable!("not a recovery purpose"),
+        }
+        self.recovery_advance(mem, out);
+    }
+
+    /// Moves recovery to its next phase once the current one has no outstanding operations.
+    fn recovery_advance(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let me = self.cfg.id;
+        let n = self.n();
+        let geometry = self.cfg.geometry;
+        let chunk = self.cfg.read_chunk_slots;
+        let skip_read = self.cfg.bugs.skip_recovery_read();
+        loop {
+            let Role::Recovering(rec) = &mut self.role else {
+                return;
+            };
+            if rec.outstanding > 0 {
+                return;
+            }
+            let ballot = rec.ballot;
+            match rec.phase {
+                RecPhase::Headers => {
+                    if let Some(h) = rec.headers.values().find(|h| h.min_ballot >= ballot) {
+                        self.max_seen = self.max_seen.max(h.min_ballot);
+                        self.step_down("a log promised a higher ballot", out);
+                        return;
+                    }
+                    rec.quorum = rec
+                        .headers
+                        .iter()
+                        .filter(|(_, h)| !h.amnesiac)
+                        .map(|(&p, _)| p)
+                        .collect();
+                    if rec.quorum.len() < majority(n) || !rec.quorum.contains(&me) {
+                        self.step_down("no majority of non-amnesiac logs", out);
+                        return;
+                    }
+                    rec.phase = RecPhase::Promise;
+                    let quorum = rec.quorum.clone();
+                    rec.outstanding = quorum.len() - 1;
+                    if mem
+                        .write_log_as_holder(LOG_MIN_BALLOT, &ballot.0.to_le_bytes())
+                        .is_err()
+                    {
+                        self.step_down("lost permission on own log", out);
+                        return;
+                    }
+                    for p in quorum.into_iter().filter(|&p| p != me) {
+                        let op = Op::Write {
+                            region: Region::Log,
+                            offset: LOG_MIN_BALLOT,
+                            bytes: ballot.0.to_le_bytes().to_vec(),
+                        };
+                        self.post(out, p, op, Purpose::RecPromise { ballot, peer: p });
+                    }
+                }
+                RecPhase::Promise => {
+                    if rec.quorum.len() < majority(n) {
+                        self.step_down("recovery quorum lost", out);
+                        return;
+                    }
+                    let fuos: Vec<Slot> = rec
+                        .quorum
+                        .iter()
+                        .map(|p| rec.headers[p].first_undecided)
+                        .collect();
+                    rec.lo = fuos.iter().copied().min().unwrap_or(0);
+                    rec.max_fuo = fuos.iter().copied().max().unwrap_or(0);
+                    rec.phase = RecPhase::Tails;
+                    if skip_read {
+                        // Injected bug: adopt nothing, start after our own applied prefix.
+                        rec.lo = self.applied;
+                        rec.max_fuo = self.applied;
+                        rec.end = self.applied;
+                        rec.phase = RecPhase::Rewrite;
+                        continue;
+                    }
+                    let lo = rec.lo;
+                    // Our own log, read locally.
+                    let local = scan_local(mem.log(), &geometry, lo, chunk);
+                    for (s, (held, bytes)) in local {
+                        rec.held.entry(me).or_default().insert(s, held);
+                        if rec.best.get(&s).is_none_or(|(bb, _)| held.ballot > *bb) {
+                            rec.best.insert(s, (held.ballot, bytes));
+                        }
+                    }
+                    let peers: Vec<NodeId> = rec.quorum.iter().copied().filter(|&p| p != me).collect();
+                    rec.outstanding = peers.len();
+                    for p in peers {
+                        let op = read_slots(&geometry, lo, chunk);
+                        self.post(
+                            out,
+                            p,
+                            op,
+                            Purpose::RecTail {
+                                ballot,
+                                peer: p,
+                                from: lo,
+                            },
+                        );
+                    }
+                }
+                RecPhase::Tails => {
+                    if rec.quorum.len() < majority(n) {
+                        self.step_down("recovery quorum lost", out);
+                        return;
+                    }
+                    rec.end = rec
+                        .best
+                        .keys()
+                        .next_back()
+                        .map_or(rec.lo, |&s| s + 1)
+                        .max(rec.max_fuo);
+                    rec.phase = RecPhase::Rewrite;
+                    let rec_ballot = rec.ballot;
+                    let (lo, end, max_fuo) = (rec.lo, rec.end, rec.max_fuo);
+                    // What every slot of [lo, end) must hold: the adopted entry, or a no-op.
+                    let mut adopted: Vec<(Slot, Entry)> = Vec::new();
+                    for s in lo..end {
+                        let entry = match rec.best.get(&s) {
+                            Some((_, bytes)) => {
+                                let mut e = Entry::decode(bytes).expect("checked when read");
+                                e.ballot = rec_ballot;
+                                e.commit_hint = max_fuo.min(s + 1);
+                                e
+                            }
+                            None => Entry {
+                                ballot: rec_ballot,
+                                slot: s,
+                                commit_hint: max_fuo.min(s + 1),
+                                kind: EntryKind::Noop,
+                                payload: Vec::new(),
+                            },
+                        };
+                        adopted.push((s, entry));
+                    }
+                    let quorum = rec.quorum.clone();
+                    let held = std::mem::take(&mut rec.held);
+                    let mut writes: Vec<(NodeId, Op)> = Vec::new();
+                    for &q in &quorum {
+                        let empty = BTreeMap::new();
+                        let hq = held.get(&q).unwrap_or(&empty);
+                        for (s, e) in &adopted {
+                            let op = match hq.get(s) {
+                                Some(h) if h.value_digest == e.value_digest() => {
+                                    if *s < max_fuo {
+                                        continue; // chosen and already held
+                                    }
+                                    restamp_op(&geometry, *s, rec_ballot)
+                                }
+                                _ => {
+                                    e.encode(&geometry, &mut self.scratch);
+                                    Op::Write {
+                                        region: Region::Log,
+                                        offset: geometry.slot_offset(*s),
+                                        bytes: self.scratch.clone(),
+                                    }
+                                }
+                            };
+                            writes.push((q, op));
+                        }
+                    }
+                    let mut remote = 0;
+                    for (q, op) in writes {
+                        if q == me {
+                            if let Op::Write { offset, bytes, .. } = op {
+                                if mem.write_log_as_holder(offset, &bytes).is_err() {
+                                    self.step_down("lost permission on own log", out);
+                                    return;
+                                }
+                            }
+                        } else {
+                            remote += 1;
+                            self.post(
+                                out,
+                                q,
+                                op,
+                                Purpose::RecWrite {
+                                    ballot: rec_ballot,
+                                    peer: q,
+                                },
+                            );
+                        }
+                    }
+                    if let Role::Recovering(rec) = &mut self.role {
+                        rec.outstanding = remote;
+                    }
+                }
+                RecPhase::Rewrite => {
+                    if rec.quorum.len() < majority(n) {
+                        self.step_down("recovery quorum lost", out);
+                        return;
+                    }
+                    let (lo, end) = (rec.lo, rec.end);
+                    let quorum = rec.quorum.clone();
+                    self.become_leader(ballot, lo, end, &quorum, mem, out);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn become_leader(
+        &mut self,
+        ballot: Ballot,
+        lo: Slot,
+        end: Slot,
+        quorum: &[NodeId],
+        mem: &mut impl LocalMemory,
+        out: &mut Output,
+    ) {
+        let geometry = self.cfg.geometry;
+        for s in lo..end {
+            let off = geometry.slot_offset(s);
+            let h = Entry::check(&mem.log()[off..off + geometry.slot_bytes])
+                .expect("recovered slot is in our own log");
+            out.notes.push(Note::Chosen {
+                slot: s,
+                ballot,
+                value_digest: h.value_digest,
+            });
+        }
+        let mut followers = BTreeMap::new();
+        for p in self.peers().collect::<Vec<_>>() {
+            let state = if quorum.contains(&p) {
+                Follower::Active
+            } else {
+                Follower::Absent { since: 0 }
+            };
+            followers.insert(p, state);
+        }
+        out.notes.push(Note::BecameLeader {
+            ballot,
+            recovered_from: lo,
+            recovered_to: end,
+        });
+        self.role = Role::Leader(Box::new(Leader {
+            ballot,
+            next_slot: end,
+            commit: end,
+            hint_sent: lo,
+            inflight: BTreeMap::new(),
+            followers,
+            queue: VecDeque::new(),
+        }));
+        self.leader_tick(mem, out);
+    }
+
+    // ---- leader -----------------------------------------------------------------------------
+
+    fn leader_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let me = self.cfg.id;
+        let now = self.now;
+        let retry = self.cfg.retry_ticks;
+        let geometry = self.cfg.geometry;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        // Followers: re-request the absent, start catching up those that acked.
+        let mut request = Vec::new();
+        let mut sync = Vec::new();
+        for (&p, st) in l.followers.iter_mut() {
+            match st {
+                Follower::Absent { since } if now >= *since + retry => {
+                    *st = Follower::Requested { at: now };
+                    request.push(p);
+                }
+                Follower::Requested { at } => {
+                    if get_u64(mem.control(), cb_ack(p)) == ballot.0 {
+                        *st = Follower::SyncHeader;
+                        sync.push(p);
+                    } else if now >= *at + retry {
+                        *st = Follower::Requested { at: now };
+                        request.push(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for p in request {
+            let op = Op::Write {
+                region: Region::Control,
+                offset: cb_request(me),
+                bytes: ballot.0.to_le_bytes().to_vec(),
+            };
+            self.post(out, p, op, Purpose::Request);
+        }
+        for p in sync {
+            let op = Op::Read {
+                region: Region::Log,
+                offset: 0,
+                len: LOG_HEADER_BYTES,
+            };
+            self.post_reconnect(out, p, op, Purpose::SyncHeader { ballot, peer: p });
+        }
+        // Propose: batches of queued commands into new slots, within the window.
+        loop {
+            let Role::Leader(l) = &mut self.role else {
+                return;
+            };
+            if l.queue.is_empty()
+                || l.next_slot >= l.commit + self.cfg.window_slots
+                || l.next_slot >= geometry.capacity
+            {
+                break;
+            }
+            let mut take = 0;
+            let mut bytes = 4;
+            for req in l.queue.iter() {
+                let add = 4 + req.command.len();
+                if take == self.cfg.batch_max_commands
+                    || (take > 0 && bytes + add > self.cfg.batch_max_bytes)
+                {
+                    break;
+                }
+                take += 1;
+                bytes += add;
+            }
+            let mut payload = Vec::with_capacity(bytes);
+            Batch::encode(l.queue.iter().take(take).map(|r| r.command.as_slice()), &mut payload);
+            l.queue.drain(..take);
+            let entry = Entry {
+                ballot,
+                slot: l.next_slot,
+                commit_hint: l.commit,
+                kind: EntryKind::Batch,
+                payload,
+            };
+            if !self.propose(entry, mem, out) {
+                return;
+            }
+        }
+        // Idle: announce the commit index on its own.
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.queue.is_empty() && l.commit > l.hint_sent {
+            l.hint_sent = l.commit;
+            let rec = CommitRecord {
+                ballot,
+                index: l.commit,
+            }
+            .encode();
+            let active: Vec<NodeId> = l
+                .followers
+                .iter()
+                .filter(|(_, s)| matches!(s, Follower::Active))
+                .map(|(&p, _)| p)
+                .collect();
+            if mem.write_log_as_holder(LOG_COMMIT, &rec).is_err() {
+                self.step_down("lost permission on own log", out);
+                return;
+            }
+            for p in active {
+                let op = Op::Write {
+                    region: Region::Log,
+                    offset: LOG_COMMIT,
+                    bytes: rec.to_vec(),
+                };
+                self.post(out, p, op, Purpose::Meta { ballot, peer: p });
+            }
+        }
+    }
+
+    /// Phase 2A of one entry: local write, then one write per active follower.
+    fn propose(&mut self, entry: Entry, mem: &mut impl LocalMemory, out: &mut Output) -> bool {
+        let geometry = self.cfg.geometry;
+        entry.encode(&geometry, &mut self.scratch);
+        let off = geometry.slot_offset(entry.slot);
+        if mem.write_log_as_holder(off, &self.scratch).is_err() {
+            self.step_down("lost permission on own log", out);
+            return false;
+        }
+        let Role::Leader(l) = &mut self.role else {
+            return false;
+        };
+        let ballot = l.ballot;
+        l.inflight.insert(
+            entry.slot,
+            InFlight {
+                value_digest: entry.value_digest(),
+                acked_by: 0,
+            },
+        );
+        l.next_slot = entry.slot + 1;
+        l.hint_sent = l.hint_sent.max(entry.commit_hint);
+        let active: Vec<NodeId> = l
+            .followers
+            .iter()
+            .filter(|(_, s)| matches!(s, Follower::Active))
+            .map(|(&p, _)| p)
+            .collect();
+        for p in active {
+            let op = Op::Write {
+                region: Region::Log,
+                offset: off,
+                bytes: self.scratch.clone(),
+            };
+            self.post(
+                out,
+                p,
+                op,
+                Purpose::SlotWrite {
+                    ballot,
+                    peer: p,
+                    slot: entry.slot,
+                },
+            );
+        }
+        // A single-node cluster (or the commit-early bug) may choose at once.
+        self.advance_commit(out);
+        true
+    }
+
+    fn leader_completion(
+        &mut self,
+        purpose: Purpose,
+        ballot: Ballot,
+        peer: NodeId,
+        result: Result<Option<Vec<u8>>, FabricError>,
+        mem: &mut impl LocalMemory,
+        out: &mut Output,
+    ) {
+        let geometry = self.cfg.geometry;
+        let chunk = self.cfg.read_chunk_slots;
+        let now = self.now;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        if l.ballot != ballot {
+            return;
+        }
+        match result {
+            Err(FabricError::Permission) => {
+                self.step_down("permission error: deposed", out);
+                return;
+            }
+            Err(FabricError::Unreachable) => {
+                // Everything posted to it after this fails too (the connection is in error);
+                // it comes back through request and catch-up.
+                l.followers.insert(peer, Follower::Absent { since: now });
+                return;
+            }
+            Ok(_) => {}
+        }
+        match purpose {
+            Purpose::SlotWrite { slot, .. } => {
+                if let Some(f) = l.inflight.get_mut(&slot) {
+                    f.acked_by |= 1 << peer;
+                }
+                self.advance_commit(out);
+            }
+            Purpose::Meta { .. } => {}
+            Purpose::SyncHeader { .. } => {
+                if !matches!(l.followers.get(&peer), Some(Follower::SyncHeader)) {
+                    return;
+                }
+                let h = LogHeader::parse(result.as_ref().unwrap().as_ref().unwrap());
+                let fuo = h.first_undecided.min(l.next_slot);
+                l.followers.insert(
+                    peer,
+                    Follower::SyncTail {
+                        fuo,
+                        amnesiac: h.amnesiac,
+                        read_to: fuo,
+                        held: BTreeMap::new(),
+                    },
+                );
+                self.sync_continue(peer, mem, out);
+            }
+            Purpose::SyncTail { from, .. } => {
+                let Some(Follower::SyncTail { read_to, held, .. }) = l.followers.get_mut(&peer)
+                else {
+                    return;
+                };
+                let bytes = result.unwrap().unwrap();
+                for i in 0..chunk {
+                    let off = i as usize * geometry.slot_bytes;
+                    let Some(b) = bytes.get(off..off + geometry.slot_bytes) else {
+                        break;
+                    };
+                    if let Ok(h) = Entry::check(b) {
+                        if h.slot == from + i {
+                            held.insert(
+                                from + i,
+                                Held {
+                                    ballot: h.ballot,
+                                    value_digest: h.value_digest,
+                                },
+                            );
+                        }
+                    }
+                }
+                *read_to = from + chunk;
+                self.sync_continue(peer, mem, out);
+            }
+            _ => unreachable!("not a leader purpose"),
+        }
+    }
+
+    /// Catch-up of one follower: read its log up to our next slot, then write what differs and
+    /// make it active, all in one step so no new slot slips between.
+    fn sync_continue(&mut self, peer: NodeId, mem: &mut impl LocalMemory, out: &mut Output) {
+        let geometry = self.cfg.geometry;
+        let chunk = self.cfg.read_chunk_slots;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let Some(Follower::SyncTail {
+            fuo,
+            amnesiac,
+            read_to,
+            held,
+        }) = l.followers.get(&peer)
+        else {
+            return;
+        };
+        if *read_to < l.next_slot {
+            let op = read_slots(&geometry, *read_to, chunk);
+            let from = *read_to;
+            self.post(out, peer, op, Purpose::SyncTail { ballot, peer, from });
+            return;
+        }
+        let (fuo, amnesiac) = (*fuo, *amnesiac);
+        let held = held.clone();
+        let (next_slot, commit) = (l.next_slot, l.commit);
+        let mut writes = Vec::new();
+        for s in fuo..next_slot {
+            let off = geometry.slot_offset(s);
+            let mut e = Entry::decode(&mem.log()[off..off + geometry.slot_bytes])
+                .expect("the leader holds every slot below next_slot");
+            debug_assert_eq!(e.slot, s);
+            let op = match held.get(&s) {
+                Some(h) if h.value_digest == e.value_digest() => {
+                    if s < commit || h.ballot == ballot {
+                        continue;
+                    }
+                    restamp_op(&geometry, s, ballot)
+                }
+                _ => {
+                    e.ballot = ballot;
+                    e.commit_hint = commit.min(s + 1);
+                    e.encode(&geometry, &mut self.scratch);
+                    Op::Write {
+                        region: Region::Log,
+                        offset: off,
+                        bytes: self.scratch.clone(),
+                    }
+                }
+            };
+            writes.push((s, op));
+        }
+        for (slot, op) in writes {
+            self.post(out, peer, op, Purpose::SlotWrite { ballot, peer, slot });
+        }
+        if amnesiac {
+            let op = Op::Write {
+                region: Region::Log,
+                offset: LOG_AMNESIAC,
+                bytes: 0u64.to_le_bytes().to_vec(),
+            };
+            self.post(out, peer, op, Purpose::Meta { ballot, peer });
+        }
+        let rec = CommitRecord {
+            ballot,
+            index: commit,
+        }
+        .encode();
+        let op = Op::Write {
+            region: Region::Log,
+            offset: LOG_COMMIT,
+            bytes: rec.to_vec(),
+        };
+        self.post(out, peer, op, Purpose::Meta { ballot, peer });
+        if let Role::Leader(l) = &mut self.role {
+            l.followers.insert(peer, Follower::Active);
+        }
+    }
+
+    /// Phase 2B: a slot is chosen with f remote successes; the commit index moves over the
+    /// chosen prefix.
+    fn advance_commit(&mut self, out: &mut Output) {
+        let mut need = remote_acks_needed(self.n());
+        if self.cfg.bugs.commit_early() {
+            need = need.saturating_sub(1);
+        }
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        while let Some(entry) = l.inflight.first_entry() {
+            if (entry.get().acked_by.count_ones() as usize) < need {
+                break;
+            }
+            let slot = *entry.key();
+            let f = entry.remove();
+            debug_assert_eq!(slot, l.commit);
+            l.commit = slot + 1;
+            out.notes.push(Note::Chosen {
+                slot,
+                ballot: l.ballot,
+                value_digest: f.value_digest,
+            });
+        }
+    }
+
+    // ---- apply ------------------------------------------------------------------------------
+
+    /// Applies, in slot order, the valid entries below the highest commit this node knows.
+    fn apply(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let geometry = self.cfg.geometry;
+        let log = mem.log();
+        let header = LogHeader::parse(log);
+        let mut known = self.known_commit.max(header.first_undecided);
+        if let Some(r) = CommitRecord::decode(&log[LOG_COMMIT..LOG_COMMIT + COMMIT_RECORD_BYTES]) {
+            known = known.max(r.index);
+        }
+        let is_leader = matches!(self.role, Role::Leader(_));
+        if let Role::Leader(l) = &self.role {
+            known = known.max(l.commit);
+        }
+        // Hints in the entries ahead of us.
+        for s in self.applied..self.applied + self.cfg.apply_scan_slots {
+            let off = geometry.slot_offset(s);
+            match Entry::check(&log[off..off + geometry.slot_bytes]) {
+                Ok(h) if h.slot == s => known = known.max(h.commit_hint),
+                _ => break,
+            }
+        }
+        self.known_commit = known.min(geometry.capacity);
+        let start = self.applied;
+        while self.applied < self.known_commit {
+            let s = self.applied;
+            let off = geometry.slot_offset(s);
+            let entry = match Entry::decode(&mem.log()[off..off + geometry.slot_bytes]) {
+                Ok(e) if e.slot == s => e,
+                // A write still landing (or not yet re-synced): try again next turn.
+                _ => break,
+            };
+            if entry.kind == EntryKind::Batch {
+                let cmds = Batch::decode(&entry.payload).expect("the leader encodes batches");
+                for cmd in cmds {
+                    if let Some((client, seq, reply)) = self.sm.apply(cmd) {
+                        if is_leader {
+                            out.replies.push(ClientReply {
+                                client,
+                                seq,
+                                result: Ok(reply),
+                            });
+                        }
+                    }
+                }
+            }
+            out.notes.push(Note::Applied {
+                slot: s,
+                value_digest: entry.value_digest(),
+            });
+            self.applied += 1;
+        }
+        if self.applied != start {
+            mem.write_log_owner(LOG_FIRST_UNDECIDED, &self.applied.to_le_bytes());
+            put_u64(mem.control_mut(), CB_APPLIED, self.applied);
+        }
+    }
+}
+
+/// A read of `count` slots from `from` (not past the end of the array).
+fn read_slots(geometry: &LogGeometry, from: Slot, count: u64) -> Op {
+    let idx = from % geometry.capacity;
+    let count = count.min(geometry.capacity - idx).max(1);
+    Op::Read {
+        region: Region::Log,
+        offset: geometry.slot_offset(from),
+        len: count as usize * geometry.slot_bytes,
+    }
+}
+
+/// The 8-byte write that re-stamps slot `s` with `ballot`.
+fn restamp_op(geometry: &LogGeometry, s: Slot, ballot: Ballot) -> Op {
+    Op::Write {
+        region: Region::Log,
+        offset: geometry.slot_offset(s) + ENTRY_BALLOT,
+        bytes: ballot.0.to_le_bytes().to_vec(),
+    }
+}
+
+/// The valid entries of our own log from `lo` on, chunk by chunk up to the first chunk without
+/// one: the same rule as the remote reads of recovery.
+fn scan_local(
+    log: &[u8],
+    geometry: &LogGeometry,
+    lo: Slot,
+    chunk: u64,
+) -> Vec<(Slot, (Held, Vec<u8>))> {
+    let mut found = Vec::new();
+    let mut chunk_end = lo + chunk;
+    for s in lo..geometry.capacity {
+        if s == chunk_end {
+            if found.last().is_none_or(|(last, _)| *last + chunk < s) {
+                break;
+            }
+            chunk_end += chunk;
+        }
+        let off = geometry.slot_offset(s);
+        match Entry::check(&log[off..off + geometry.slot_bytes]) {
+            Ok(h) if h.slot == s => found.push((
+                s,
+                (
+                    Held {
+                        ballot: h.ballot,
+                        value_digest: h.value_digest,
+                    },
+                    log[off..off + ENTRY_HEADER_BYTES + h.len].to_vec(),
+                ),
+            )),
+            _ => {}
+        }
+    }
+    found
+}
