@@ -544,6 +544,24 @@ impl Default for KvStore {
     }
 }
 
+/// The node core applies committed commands to the KV store through this.
+impl super::node::StateMachine for KvStore {
+    fn apply(&mut self, command: &[u8]) -> Option<(u64, u64, Vec<u8>)> {
+        match self.apply_bytes(command) {
+            Applied::Reply { client, seq, reply } => {
+                let mut out = Vec::new();
+                reply.encode(&mut out);
+                Some((client, seq, out))
+            }
+            Applied::Malformed(_) => None,
+        }
+    }
+
+    fn digest(&self) -> u64 {
+        KvStore::digest(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

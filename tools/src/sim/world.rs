@@ -1,0 +1,833 @@
+//! One simulated cluster run: nodes on the `sim` fabric, clients, a fault schedule, and the checks.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use rapax_dataplane::fabric::sim::{SimFabric, SimKnobs};
+use rapax_dataplane::fabric::Completion;
+use rapax_dataplane::protocol::election::ElectionConfig;
+use rapax_dataplane::protocol::kv::{Command, KvLimits, KvOp, KvReply, KvStore};
+use rapax_dataplane::protocol::layout::LogGeometry;
+use rapax_dataplane::protocol::node::{
+    Bugs, ClientError, ClientReply, ClientRequest, Node, NodeConfig, Note, Output, RoleKind, Start,
+};
+use rapax_dataplane::protocol::quorum::faults_tolerated;
+use rapax_dataplane::protocol::{Ballot, NodeId};
+
+use super::oracle::{Oracle, Violation};
+use crate::lincheck::{check_kv_history, HistoryOp, Verdict};
+
+/// What one seed's run is asked to do.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub seed: u64,
+    /// Fixed cluster size, or drawn from {3, 5, 7}.
+    pub replicas: Option<usize>,
+    pub ticks: u64,
+    pub bugs: Bugs,
+    /// Print every fault and leader change.
+    pub trace: bool,
+}
+
+/// Faults injected in one run.
+#[derive(Clone, Debug, Default)]
+pub struct FaultCounts {
+    pub crash: u64,
+    pub pause: u64,
+    pub partition: u64,
+    pub loss: u64,
+}
+
+impl FaultCounts {
+    pub fn total(&self) -> u64 {
+        self.crash + self.pause + self.partition + self.loss
+    }
+}
+
+/// What one seed's run found.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub replicas: usize,
+    pub violation: Option<Violation>,
+    pub faults: FaultCounts,
+    pub leader_changes: u64,
+    pub leader_crashed: bool,
+    pub leader_paused: bool,
+    pub memory_lost_restarts: u64,
+    pub ops_invoked: u64,
+    pub ops_acked: u64,
+    pub chosen_slots: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemoryMode {
+    Kept,
+    Lost,
+    Mixed,
+}
+
+/// Knobs drawn per seed (swarm testing): each run explores a different corner.
+#[derive(Clone, Debug)]
+struct Swarm {
+    n: usize,
+    clients: usize,
+    keys: usize,
+    think_max: u64,
+    client_timeout: u64,
+    fault_prob: f64,
+    crash_on: bool,
+    pause_on: bool,
+    partition_on: bool,
+    loss_on: bool,
+    target_leader_prob: f64,
+    memory: MemoryMode,
+    fabric: SimKnobs,
+}
+
+enum Msg {
+    ToNode { node: NodeId, req: ClientRequest },
+    ToClient { reply: ClientReply },
+}
+
+enum Inbound {
+    Completion(Completion),
+    Request(ClientRequest),
+}
+
+#[derive(Debug)]
+enum Heal {
+    Restart { node: NodeId, memory_lost: bool },
+    Resume { node: NodeId },
+    Reconnect { a: NodeId, b: NodeId },
+    Loss,
+}
+
+struct Waiting {
+    seq: u64,
+    command: Vec<u8>,
+    deadline: u64,
+    hist: usize,
+}
+
+struct Client {
+    id: u64,
+    seq: u64,
+    target: NodeId,
+    next_op_at: u64,
+    waiting: Option<Waiting>,
+    max_acked_seq: u64,
+}
+
+pub struct World {
+    spec: RunSpec,
+    swarm: Swarm,
+    rng: Xoshiro256PlusPlus,
+    now: u64,
+    fabric: SimFabric,
+    cfgs: Vec<NodeConfig>,
+    nodes: Vec<Option<Node<KvStore>>>,
+    paused: Vec<bool>,
+    inbox: Vec<VecDeque<Inbound>>,
+    msgs: BinaryHeap<Reverse<(u64, u64)>>,
+    msg_store: HashMap<u64, Msg>,
+    next_msg: u64,
+    clients: Vec<Client>,
+    history: Vec<HistoryOp>,
+    oracle: Oracle,
+    heals: Vec<(u64, Heal)>,
+    fault_end: u64,
+    stop_issuing: u64,
+    last_heal: u64,
+    last_chosen: u64,
+    liveness_bound: u64,
+    report: RunReport,
+    out: Output,
+}
+
+fn kv_limits() -> KvLimits {
+    KvLimits::default()
+}
+
+impl World {
+    pub fn new(spec: RunSpec) -> World {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(spec.seed);
+        let n = spec
+            .replicas
+            .unwrap_or_else(|| *[3usize, 5, 7].choose(&mut rng).unwrap());
+        let memory = *[MemoryMode::Kept, MemoryMode::Lost, MemoryMode::Mixed]
+            .choose(&mut rng)
+            .unwrap();
+        let fabric_knobs = SimKnobs {
+            max_delay_ticks: rng.gen_range(1..=4),
+            slow_prob: *[0.0, 0.01, 0.05].choose(&mut rng).unwrap(),
+            slow_extra_ticks: rng.gen_range(5..=40),
+            split_prob: *[0.0, 0.1, 0.5].choose(&mut rng).unwrap(),
+            timeout_ticks: rng.gen_range(10..=40),
+            fast_fail_prob: rng.gen_range(0.0..=1.0),
+        };
+        let swarm = Swarm {
+            n,
+            clients: rng.gen_range(1..=6),
+            keys: rng.gen_range(1..=4),
+            think_max: rng.gen_range(0..=20),
+            client_timeout: rng.gen_range(60..=150),
+            fault_prob: rng.gen_range(0.002..=0.02),
+            crash_on: rng.gen_bool(0.75),
+            pause_on: rng.gen_bool(0.75),
+            partition_on: rng.gen_bool(0.6),
+            loss_on: rng.gen_bool(0.5),
+            target_leader_prob: rng.gen_range(0.3..=0.9),
+            memory,
+            fabric: fabric_knobs,
+        };
+        let geometry = LogGeometry::new(8192, 256).expect("valid geometry");
+        let read_period = rng.gen_range(2..=8);
+        let score_cap = rng.gen_range(4..=12);
+        let recover = rng.gen_range(2..=score_cap);
+        let fail = rng.gen_range(0..recover);
+        let election = ElectionConfig {
+            read_period_ticks: read_period,
+            score_cap,
+            fail_threshold: fail,
+            recover_threshold: recover,
+        };
+        let window = *[1u64, 2, 4, 8, 16, 32].choose(&mut rng).unwrap();
+        let batch_cmds = *[1usize, 2, 4, 8, 16].choose(&mut rng).unwrap();
+        let batch_bytes = rng.gen_range(64..=geometry.max_payload());
+        let retry = rng.gen_range(10..=40);
+        let ring: Vec<NodeId> = (0..n as NodeId).collect();
+        let cfgs: Vec<NodeConfig> = (0..n)
+            .map(|i| NodeConfig {
+                id: i as NodeId,
+                ring: ring.clone(),
+                geometry,
+                window_slots: window,
+                batch_max_commands: batch_cmds,
+                batch_max_bytes: batch_bytes,
+                client_queue_max: 64,
+                election: election.clone(),
+                retry_ticks: retry,
+                candidate_timeout_ticks: retry * 4,
+                stepdown_holdoff_ticks: read_period * (u64::from(score_cap) + 2),
+                apply_scan_slots: 64,
+                read_chunk_slots: 64,
+                bugs: spec.bugs,
+            })
+            .collect();
+        let mut fabric = SimFabric::new(n, geometry.log_bytes(), swarm.fabric.clone());
+        let nodes = (0..n)
+            .map(|i| {
+                Some(Node::new(
+                    cfgs[i].clone(),
+                    KvStore::new(kv_limits()),
+                    &mut fabric.mems[i],
+                    Start::Fresh,
+                    0,
+                ))
+            })
+            .collect();
+        let clients = (0..swarm.clients)
+            .map(|c| Client {
+                id: c as u64 + 1,
+                seq: 0,
+                target: rng.gen_range(0..n) as NodeId,
+                next_op_at: rng.gen_range(0..50),
+                waiting: None,
+                max_acked_seq: 0,
+            })
+            .collect();
+        let ticks = spec.ticks;
+        let fault_end = ticks * 55 / 100;
+        let stop_issuing = ticks * 85 / 100;
+        // Detection, holdoff, a candidacy or two, recovery round trips and a client retry.
+        let rtt = 2 * (swarm.fabric.max_delay_ticks + swarm.fabric.slow_extra_ticks);
+        let liveness_bound = read_period * (u64::from(score_cap) + 2) * 3
+            + retry * 12
+            + rtt * 12
+            + swarm.fabric.timeout_ticks * 4
+            + swarm.client_timeout * 2;
+        World {
+            report: RunReport {
+                seed: spec.seed,
+                replicas: n,
+                violation: None,
+                faults: FaultCounts::default(),
+                leader_changes: 0,
+                leader_crashed: false,
+                leader_paused: false,
+                memory_lost_restarts: 0,
+                ops_invoked: 0,
+                ops_acked: 0,
+                chosen_slots: 0,
+            },
+            spec,
+            rng,
+            now: 0,
+            fabric,
+            oracle: Oracle::new(n, geometry),
+            cfgs,
+            nodes,
+            paused: vec![false; n],
+            inbox: (0..n).map(|_| VecDeque::new()).collect(),
+            msgs: BinaryHeap::new(),
+            msg_store: HashMap::new(),
+            next_msg: 0,
+            clients,
+            history: Vec::new(),
+            heals: Vec::new(),
+            fault_end,
+            stop_issuing,
+            last_heal: 0,
+            last_chosen: 0,
+            liveness_bound,
+            swarm,
+            out: Output::default(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.swarm.n
+    }
+
+    fn trace(&self, what: std::fmt::Arguments<'_>) {
+        if self.spec.trace {
+            println!("[seed {} t{}] {}", self.spec.seed, self.now, what);
+        }
+    }
+
+    /// Runs the whole seed and returns what it found.
+    pub fn run(mut self) -> RunReport {
+        let result = self.run_inner();
+        if let Err(v) = result {
+            self.report.violation = Some(v);
+        }
+        self.report.chosen_slots = self.oracle.chosen_count() as u64;
+        self.report
+    }
+
+    fn run_inner(&mut self) -> Result<(), Violation> {
+        while self.now < self.spec.ticks {
+            self.step()?;
+            self.now += 1;
+        }
+        self.final_checks()
+    }
+
+    fn violation(&self, invariant: &'static str, detail: String) -> Violation {
+        Violation {
+            tick: self.now,
+            invariant,
+            detail,
+        }
+    }
+
+    fn step(&mut self) -> Result<(), Violation> {
+        self.faults();
+        // Completions due now, to their nodes (buffered while a node is paused).
+        let done = self.fabric.advance(self.now, &mut self.rng);
+        for i in 0..self.n() {
+            self.oracle.observe(self.now, &mut self.fabric.mems[i])?;
+        }
+        for (node, c) in done {
+            self.inbox[node as usize].push_back(Inbound::Completion(c));
+        }
+        // Client messages due now.
+        while let Some(&Reverse((at, id))) = self.msgs.peek() {
+            if at > self.now {
+                break;
+            }
+            self.msgs.pop();
+            match self.msg_store.remove(&id).expect("message") {
+                Msg::ToNode { node, req } => {
+                    if self.nodes[node as usize].is_some() {
+                        self.inbox[node as usize].push_back(Inbound::Request(req));
+                    }
+                }
+                Msg::ToClient { reply } => self.client_reply(reply),
+            }
+        }
+        // Every running node: its inbox, then one turn of its agents.
+        let mut order: Vec<usize> = (0..self.n()).collect();
+        order.shuffle(&mut self.rng);
+        for i in order {
+            if self.nodes[i].is_none() || self.paused[i] {
+                continue;
+            }
+            while let Some(ev) = self.inbox[i].pop_front() {
+                let node = self.nodes[i].as_mut().unwrap();
+                let mem = &mut self.fabric.mems[i];
+                match ev {
+                    Inbound::Completion(c) => node.on_completion(self.now, c, mem, &mut self.out),
+                    Inbound::Request(r) => {
+                        node.on_client_request(self.now, r, mem, &mut self.out)
+                    }
+                }
+                self.drain_output(i)?;
+            }
+            let node = self.nodes[i].as_mut().unwrap();
+            node.tick(self.now, &mut self.fabric.mems[i], &mut self.out);
+            self.drain_output(i)?;
+        }
+        self.clients_tick();
+        self.liveness()
+    }
+
+    fn drain_output(&mut self, i: usize) -> Result<(), Violation> {
+        let node = i as NodeId;
+        self.oracle.observe(self.now, &mut self.fabric.mems[i])?;
+        let out = std::mem::take(&mut self.out);
+        for post in out.posts.iter().cloned() {
+            self.fabric.post(self.now, node, post, &mut self.rng);
+        }
+        for reply in out.replies.iter().cloned() {
+            let at = self.now + self.rng.gen_range(1..=3);
+            self.send(at, Msg::ToClient { reply });
+        }
+        for note in &out.notes {
+            match *note {
+                Note::Chosen {
+                    slot,
+                    ballot,
+                    value_digest,
+                } => {
+                    self.oracle
+                        .leader_claim(self.now, node, slot, ballot, value_digest)?;
+                    self.last_chosen = self.now;
+                }
+                Note::Applied { slot, value_digest } => {
+                    self.oracle.applied(self.now, node, slot, value_digest)?
+                }
+                Note::BecameLeader {
+                    ballot,
+                    recovered_from,
+                    recovered_to,
+                } => {
+                    self.report.leader_changes += 1;
+                    self.trace(format_args!(
+                        "node {node} leads at {ballot}, recovered [{recovered_from}, {recovered_to})"
+                    ));
+                }
+                Note::SteppedDown { ballot, reason } => {
+                    self.trace(format_args!("node {node} steps down from {ballot}: {reason}"))
+                }
+                Note::Candidate { .. } | Note::Granted { .. } => {}
+            }
+        }
+        let mut out = out;
+        out.clear();
+        self.out = out;
+        Ok(())
+    }
+
+    fn send(&mut self, at: u64, msg: Msg) {
+        let id = self.next_msg;
+        self.next_msg += 1;
+        self.msg_store.insert(id, msg);
+        self.msgs.push(Reverse((at, id)));
+    }
+
+    // ---- faults -------------------------------------------------------------------------------
+
+    /// The node the cluster follows now: the leader with the highest ballot.
+    fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+            .filter(|(_, n)| n.role() == RoleKind::Leader)
+            .max_by_key(|(_, n)| n.own_ballot().unwrap_or(Ballot::ZERO))
+            .map(|(i, _)| i as NodeId)
+    }
+
+    fn amnesiac_or_down(&self) -> usize {
+        (0..self.n())
+            .filter(|&i| match &self.nodes[i] {
+                None => true,
+                Some(n) => n.is_amnesiac(&self.fabric.mems[i]),
+            })
+            .count()
+    }
+
+    fn faults(&mut self) {
+        // Heals due now (all of them by the end of the fault period).
+        let now = self.now;
+        let due: Vec<Heal> = {
+            let mut due = Vec::new();
+            let mut i = 0;
+            while i < self.heals.len() {
+                if self.heals[i].0 <= now {
+                    due.push(self.heals.remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            due
+        };
+        for h in due {
+            self.last_heal = now;
+            self.trace(format_args!("heal {h:?}"));
+            match h {
+                Heal::Restart { node, memory_lost } => {
+                    let i = node as usize;
+                    self.fabric.restart(node, memory_lost);
+                    self.oracle.restarted(node);
+                    self.inbox[i].clear();
+                    if memory_lost {
+                        self.report.memory_lost_restarts += 1;
+                    }
+                    let start = if memory_lost {
+                        Start::MemoryLost
+                    } else {
+                        Start::MemoryKept
+                    };
+                    self.nodes[i] = Some(Node::new(
+                        self.cfgs[i].clone(),
+                        KvStore::new(kv_limits()),
+                        &mut self.fabric.mems[i],
+                        start,
+                        now,
+                    ));
+                }
+                Heal::Resume { node } => self.paused[node as usize] = false,
+                Heal::Reconnect { a, b } => self.fabric.set_cut(a, b, false),
+                Heal::Loss => self.fabric.set_loss(0.0),
+            }
+        }
+        if now < 50 || now >= self.fault_end || !self.rng.gen_bool(self.swarm.fault_prob) {
+            return;
+        }
+        let leader = self.current_leader();
+        let n = self.n();
+        let pick = |rng: &mut Xoshiro256PlusPlus, p: f64| -> NodeId {
+            match leader {
+                Some(l) if rng.gen_bool(p) => l,
+                _ => rng.gen_range(0..n) as NodeId,
+            }
+        };
+        let kind = self.rng.gen_range(0..4);
+        let until = |rng: &mut Xoshiro256PlusPlus, fault_end: u64| {
+            (now + rng.gen_range(10..=400)).min(fault_end)
+        };
+        let f = faults_tolerated(n);
+        match kind {
+            0 if self.swarm.crash_on => {
+                let node = pick(&mut self.rng, self.swarm.target_leader_prob);
+                if self.nodes[node as usize].is_none() {
+                    return;
+                }
+                let lost = match self.swarm.memory {
+                    MemoryMode::Kept => false,
+                    MemoryMode::Lost => true,
+                    MemoryMode::Mixed => self.rng.gen_bool(0.5),
+                };
+                // Memory loss makes a node forget what it accepted: keep at most f such nodes
+                // (and crashed ones) at a time, or the cluster could never recover.
+                let lost = lost && self.amnesiac_or_down() < f;
+                self.report.faults.crash += 1;
+                if Some(node) == leader {
+                    self.report.leader_crashed = true;
+                }
+                self.trace(format_args!(
+                    "crash node {node}{} (memory {})",
+                    if Some(node) == leader { " (leader)" } else { "" },
+                    if lost { "lost" } else { "kept" }
+                ));
+                self.fabric.crash(node);
+                self.nodes[node as usize] = None;
+                self.paused[node as usize] = false;
+                self.inbox[node as usize].clear();
+                let at = until(&mut self.rng, self.fault_end);
+                self.heals.push((
+                    at,
+                    Heal::Restart {
+                        node,
+                        memory_lost: lost,
+                    },
+                ));
+            }
+            1 if self.swarm.pause_on => {
+                let node = pick(&mut self.rng, self.swarm.target_leader_prob);
+                if self.nodes[node as usize].is_none() || self.paused[node as usize] {
+                    return;
+                }
+                self.report.faults.pause += 1;
+                if Some(node) == leader {
+                    self.report.leader_paused = true;
+                }
+                self.trace(format_args!(
+                    "pause node {node}{}",
+                    if Some(node) == leader { " (leader)" } else { "" }
+                ));
+                self.paused[node as usize] = true;
+                let at = until(&mut self.rng, self.fault_end);
+                self.heals.push((at, Heal::Resume { node }));
+            }
+            2 if self.swarm.partition_on => {
+                self.report.faults.partition += 1;
+                let at = until(&mut self.rng, self.fault_end);
+                if self.rng.gen_bool(0.5) {
+                    // Isolate one node.
+                    let node = pick(&mut self.rng, self.swarm.target_leader_prob);
+                    self.trace(format_args!("isolate node {node}"));
+                    for o in 0..n as NodeId {
+                        if o != node {
+                            self.fabric.set_cut(node, o, true);
+                            self.heals.push((at, Heal::Reconnect { a: node, b: o }));
+                        }
+                    }
+                } else {
+                    // Split the cluster in two at random.
+                    let mut ids: Vec<NodeId> = (0..n as NodeId).collect();
+                    ids.shuffle(&mut self.rng);
+                    let k = self.rng.gen_range(1..n);
+                    self.trace(format_args!("split {:?} | {:?}", &ids[..k], &ids[k..]));
+                    for &a in &ids[..k] {
+                        for &b in &ids[k..] {
+                            self.fabric.set_cut(a, b, true);
+                            self.heals.push((at, Heal::Reconnect { a, b }));
+                        }
+                    }
+                }
+            }
+            3 if self.swarm.loss_on => {
+                self.report.faults.loss += 1;
+                let p = self.rng.gen_range(0.02..=0.3);
+                self.trace(format_args!("loss {p:.2}"));
+                self.fabric.set_loss(p);
+                let at = until(&mut self.rng, self.fault_end);
+                self.heals.push((at, Heal::Loss));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- clients ------------------------------------------------------------------------------
+
+    fn clients_tick(&mut self) {
+        let now = self.now;
+        for c in 0..self.clients.len() {
+            let client = &self.clients[c];
+            match &client.waiting {
+                Some(w) if now >= w.deadline => {
+                    // Time-out: the same (client, seq) to the next node.
+                    let target = (client.target as usize + 1) % self.n();
+                    self.clients[c].target = target as NodeId;
+                    self.resend(c);
+                }
+                Some(_) => {}
+                None if now >= client.next_op_at && now < self.stop_issuing => self.new_op(c),
+                None => {}
+            }
+        }
+    }
+
+    fn new_op(&mut self, c: usize) {
+        let key = format!("k{}", self.rng.gen_range(0..self.swarm.keys)).into_bytes();
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let value = format!("{}.{}", client.id, client.seq).into_bytes();
+        let op = match self.rng.gen_range(0..100) {
+            0..=34 => KvOp::Put { key, value },
+            35..=64 => KvOp::Get { key },
+            65..=79 => KvOp::Delete { key },
+            _ => {
+                let expected = match self.rng.gen_range(0..3) {
+                    0 => None,
+                    _ => {
+                        // Some value that was written to some key: CAS hits often enough.
+                        let writes: Vec<&HistoryOp> = self
+                            .history
+                            .iter()
+                            .rev()
+                            .take(8)
+                            .filter(|h| matches!(h.op, KvOp::Put { .. } | KvOp::Cas { .. }))
+                            .collect();
+                        writes.choose(&mut self.rng).and_then(|h| match &h.op {
+                            KvOp::Put { value, .. } => Some(value.clone()),
+                            KvOp::Cas { new, .. } => Some(new.clone()),
+                            _ => None,
+                        })
+                    }
+                };
+                KvOp::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
+            }
+        };
+        let client = &mut self.clients[c];
+        let cmd = Command {
+            client: client.id,
+            seq: client.seq,
+            op: op.clone(),
+        };
+        let mut command = Vec::new();
+        cmd.encode(&mut command);
+        self.history.push(HistoryOp {
+            client: client.id,
+            op,
+            invoke: self.now,
+            response: None,
+        });
+        self.report.ops_invoked += 1;
+        client.waiting = Some(Waiting {
+            seq: client.seq,
+            command,
+            deadline: 0,
+            hist: self.history.len() - 1,
+        });
+        self.resend(c);
+    }
+
+    fn resend(&mut self, c: usize) {
+        let now = self.now;
+        let delay = self.rng.gen_range(1..=3);
+        let timeout = self.swarm.client_timeout;
+        let client = &mut self.clients[c];
+        let w = client.waiting.as_mut().expect("waiting");
+        w.deadline = now + timeout;
+        let req = ClientRequest {
+            client: client.id,
+            seq: w.seq,
+            command: w.command.clone(),
+        };
+        let node = client.target;
+        self.send(now + delay, Msg::ToNode { node, req });
+    }
+
+    fn client_reply(&mut self, reply: ClientReply) {
+        let Some(c) = self.clients.iter().position(|c| c.id == reply.client) else {
+            return;
+        };
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let Some(w) = &client.waiting else { return };
+        if w.seq != reply.seq {
+            return; // an answer to an earlier attempt
+        }
+        match reply.result {
+            Ok(bytes) => {
+                let kv = KvReply::decode(&bytes).expect("replies decode");
+                let hist = w.hist;
+                self.history[hist].response = Some((now, kv));
+                client.max_acked_seq = reply.seq;
+                client.waiting = None;
+                client.next_op_at = now + self.rng.gen_range(0..=self.swarm.think_max);
+                self.report.ops_acked += 1;
+            }
+            Err(ClientError::NotLeader { leader_hint }) => {
+                client.target = match leader_hint {
+                    Some(h) if h != client.target => h,
+                    _ => ((client.target as usize + 1) % self.swarm.n) as NodeId,
+                };
+                self.resend(c);
+            }
+            Err(ClientError::Busy | ClientError::LogFull) => {
+                if let Some(w) = &mut client.waiting {
+                    w.deadline = now + self.rng.gen_range(5..=20);
+                }
+            }
+            Err(e @ ClientError::TooLarge { .. }) => {
+                panic!("simulated clients send small commands: {e}")
+            }
+        }
+    }
+
+    // ---- liveness and final checks --------------------------------------------------------------
+
+    fn liveness(&self) -> Result<(), Violation> {
+        if !self.heals.is_empty() || self.now < self.fault_end {
+            return Ok(());
+        }
+        let since = self.last_heal.max(self.fault_end);
+        let busy = self.clients.iter().any(|c| c.waiting.is_some());
+        if busy && self.last_chosen < since && self.now > since + self.liveness_bound {
+            return Err(self.violation(
+                "liveness (commits resume after the last fault heals)",
+                format!(
+                    "no slot chosen in the {} ticks since the last heal at tick {since}",
+                    self.liveness_bound
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn final_checks(&mut self) -> Result<(), Violation> {
+        // Every client got its last answer.
+        if let Some(c) = self.clients.iter().find(|c| c.waiting.is_some()) {
+            return Err(self.violation(
+                "liveness (every request is answered once faults heal)",
+                format!(
+                    "client {} still waits for seq {} at the end",
+                    c.id,
+                    c.waiting.as_ref().unwrap().seq
+                ),
+            ));
+        }
+        // Linearizability of the whole client history.
+        match check_kv_history(&self.history) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { key, explanation } => {
+                return Err(self.violation(
+                    "linearizability",
+                    format!("key {}: {explanation}", String::from_utf8_lossy(&key)),
+                ))
+            }
+            Verdict::Unknown { key } => {
+                return Err(self.violation(
+                    "linearizability",
+                    format!(
+                        "checker gave up on key {} (history too large)",
+                        String::from_utf8_lossy(&key)
+                    ),
+                ))
+            }
+        }
+        // Every acknowledged write is in the final state: the most advanced replica's
+        // de-duplication table has every client's last acknowledged sequence.
+        let best = (0..self.n())
+            .filter_map(|i| self.nodes[i].as_ref())
+            .max_by_key(|n| n.applied())
+            .expect("some node is up at the end");
+        for c in &self.clients {
+            let last = best.state_machine().last_reply(c.id).map_or(0, |(s, _)| s);
+            if last < c.max_acked_seq {
+                return Err(self.violation(
+                    "durability (every acknowledged write is in the final state)",
+                    format!(
+                        "client {} was acknowledged seq {} but the state has seq {last}",
+                        c.id, c.max_acked_seq
+                    ),
+                ));
+            }
+        }
+        // Replicas at the same applied index have the same state.
+        let mut by_index: HashMap<u64, (usize, u64)> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            let d = node.state_machine().digest();
+            match by_index.get(&node.applied()) {
+                Some(&(j, dj)) if dj != d => {
+                    return Err(self.violation(
+                        "replica states agree at equal applied indexes",
+                        format!(
+                            "nodes {j} and {i} applied {} slots but differ",
+                            node.applied()
+                        ),
+                    ))
+                }
+                _ => {
+                    by_index.insert(node.applied(), (i, d));
+                }
+            }
+        }
+        Ok(())
+    }
+}
