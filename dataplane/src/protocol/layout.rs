@@ -24,11 +24,19 @@
 //! memory-lost restart, the leader clears it once it has re-synced the log).
 //! Header line 1: the commit record {ballot, index, checksum}, written by the leader when idle.
 //!
-//! Entry: line 0 = {accepted ballot, slot, commit hint, length, kind, checksum}, then the payload.
-//! The accepted ballot sits outside the checksum so a recovering leader can re-stamp an entry
-//! that already holds the right value with one atomic 8-byte write instead of rewriting it (a
-//! rewrite torn by a crash would destroy a copy of a chosen value). The checksum covers every
-//! other byte of the entry, so a torn or partial write, or a read racing a write, is caught.
+//! Entry: line 0 = {slot, commit hint, length, kind, body ballot, checksum, ..., accepted ballot},
+//! then the payload. The accepted ballot sits outside the checksum so a recovering leader can
+//! re-stamp an entry that already holds the right value with one atomic 8-byte write instead of
+//! rewriting it (a rewrite torn by a crash would destroy a copy of a chosen value). The checksum
+//! covers every other byte of the entry, so a torn or partial write, or a read racing a write, is
+//! caught.
+//!
+//! Writes land in address order (a torn write is a prefix of the new bytes over the old ones,
+//! the assumption Mu's canary makes too). An entry is valid only if its accepted ballot is at
+//! least its body ballot: a full write whose body landed but whose accepted word did not still
+//! shows the older holder's (lower) accepted ballot and reads as torn; a write whose accepted word
+//! landed has its whole header line, and the checksum catches a partial payload. So a tear never
+//! shows an old value under a new ballot, nor a new value under an old one.
 
 use super::{Ballot, Slot, MAX_NODES};
 use thiserror::Error;
@@ -69,12 +77,15 @@ pub const COMMIT_RECORD_BYTES: usize = 24;
 pub const LOG_HEADER_BYTES: usize = 2 * LINE_BYTES;
 
 // ---- entry ----
-pub const ENTRY_BALLOT: usize = 0;
-pub const ENTRY_SLOT: usize = 8;
-pub const ENTRY_HINT: usize = 16;
-pub const ENTRY_LEN: usize = 24;
-pub const ENTRY_KIND: usize = 28;
+pub const ENTRY_SLOT: usize = 0;
+pub const ENTRY_HINT: usize = 8;
+pub const ENTRY_LEN: usize = 16;
+pub const ENTRY_KIND: usize = 20;
+/// The ballot the body was written at (covered by the checksum).
+pub const ENTRY_BODY_BALLOT: usize = 24;
 pub const ENTRY_CHECKSUM: usize = 32;
+/// The accepted ballot: last word of the header line, outside the checksum, re-stampable.
+pub const ENTRY_BALLOT: usize = 56;
 pub const ENTRY_HEADER_BYTES: usize = LINE_BYTES;
 
 const ENTRY_SEED: u64 = 0x7261_7061_785f_656e; // "rapax_en"
@@ -175,12 +186,10 @@ pub enum EntryError {
 }
 
 fn entry_checksum(bytes: &[u8], len: usize) -> u64 {
-    // Everything but the ballot word and the checksum itself.
+    // Everything but the checksum itself and the accepted-ballot word.
     let a = xxh3_64_with_seed(&bytes[ENTRY_SLOT..ENTRY_CHECKSUM], ENTRY_SEED);
-    xxh3_64_with_seed(
-        &bytes[ENTRY_CHECKSUM + 8..ENTRY_HEADER_BYTES + len],
-        a ^ len as u64,
-    )
+    let b = xxh3_64_with_seed(&bytes[ENTRY_CHECKSUM + 8..ENTRY_BALLOT], a);
+    xxh3_64_with_seed(&bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + len], b ^ len as u64)
 }
 
 impl Entry {
@@ -199,6 +208,7 @@ impl Entry {
         );
         out.clear();
         out.resize(self.wire_len(), 0);
+        put_u64(out, ENTRY_BODY_BALLOT, self.ballot.0);
         put_u64(out, ENTRY_BALLOT, self.ballot.0);
         put_u64(out, ENTRY_SLOT, self.slot);
         put_u64(out, ENTRY_HINT, self.commit_hint);
@@ -248,8 +258,14 @@ impl Entry {
             2 => EntryKind::Noop,
             k => return Err(EntryError::Kind(k)),
         };
+        let body_ballot = get_u64(bytes, ENTRY_BODY_BALLOT);
+        let ballot = get_u64(bytes, ENTRY_BALLOT);
+        if ballot < body_ballot || body_ballot == 0 {
+            // The body landed, its accepted-ballot word not yet: a write in progress or torn.
+            return Err(EntryError::Torn);
+        }
         Ok(EntryHeader {
-            ballot: Ballot(get_u64(bytes, ENTRY_BALLOT)),
+            ballot: Ballot(ballot),
             slot: get_u64(bytes, ENTRY_SLOT),
             commit_hint: get_u64(bytes, ENTRY_HINT),
             kind,
@@ -411,31 +427,52 @@ mod tests {
     }
 
     #[test]
-    fn every_torn_prefix_is_detected() {
-        // A write that landed only partly over an older entry (or over zeroes) never decodes.
-        let mut old = Vec::new();
-        let mut new = Vec::new();
-        entry(&[1u8; 100]).encode(&geo(), &mut old);
-        let mut newer = entry(&[2u8; 100]);
-        newer.slot = 50;
-        newer.encode(&geo(), &mut new);
-        for base in [vec![0u8; old.len()], old.clone()] {
-            for cut in 1..new.len() {
+    fn a_torn_write_never_mixes_old_and_new() {
+        // A write that landed only as a prefix, over an older entry of a lower ballot (or over
+        // zeroes), decodes as the old entry, the new entry, or not at all; never as a mix.
+        let mut old_bytes = Vec::new();
+        let mut new_bytes = Vec::new();
+        let old = entry(&[1u8; 100]);
+        let mut new = entry(&[2u8; 60]);
+        new.ballot = Ballot::new(4, 2);
+        new.commit_hint = 41;
+        new.encode(&geo(), &mut new_bytes);
+        old.encode(&geo(), &mut old_bytes);
+        for base in [vec![0u8; 256], {
+            let mut b = old_bytes.clone();
+            b.resize(256, 0);
+            b
+        }] {
+            for cut in 0..=new_bytes.len() {
                 let mut slot = base.clone();
-                slot[..cut].copy_from_slice(&new[..cut]);
-                let got = Entry::check(&slot);
-                if cut > ENTRY_SLOT && slot != new {
-                    assert!(got.is_err(), "prefix of {cut} bytes decoded: {got:?}");
+                slot[..cut].copy_from_slice(&new_bytes[..cut]);
+                match Entry::decode(&slot) {
+                    Err(_) => {}
+                    Ok(e) => assert!(
+                        e == new || (e == old && base[0] != 0),
+                        "prefix of {cut} bytes decoded as a mix: {e:?}"
+                    ),
+                }
+                if cut == new_bytes.len() {
+                    assert_eq!(Entry::decode(&slot).unwrap(), new);
                 }
             }
         }
     }
 
     #[test]
+    fn accepted_ballot_below_body_ballot_is_torn() {
+        let mut buf = Vec::new();
+        entry(b"v").encode(&geo(), &mut buf);
+        put_u64(&mut buf, ENTRY_BALLOT, Ballot::new(2, 9).0);
+        assert_eq!(Entry::check(&buf), Err(EntryError::Torn));
+    }
+
+    #[test]
     fn any_flipped_bit_outside_ballot_is_detected() {
         let mut buf = Vec::new();
         entry(b"hello world").encode(&geo(), &mut buf);
-        for byte in ENTRY_SLOT..buf.len() {
+        for byte in (ENTRY_SLOT..ENTRY_BALLOT).chain(ENTRY_HEADER_BYTES..buf.len()) {
             for bit in 0..8 {
                 let mut b = buf.clone();
                 b[byte] ^= 1 << bit;
