@@ -160,16 +160,15 @@ impl Default for SimKnobs {
     }
 }
 
+type ConnKey = (NodeId, NodeId, Mesh);
+
 #[derive(Debug)]
 enum Event {
-    Land {
-        src: NodeId,
-        src_incarnation: u64,
-        post: Post,
-    },
+    /// Operations queued on this connection may be due.
+    Wake(ConnKey),
+    /// The second half of a split write lands; the connection resumes.
     LandRest {
-        target: NodeId,
-        src: NodeId,
+        conn: ConnKey,
         offset: usize,
     },
     Complete {
@@ -179,16 +178,27 @@ enum Event {
     },
 }
 
+#[derive(Debug)]
+struct Queued {
+    land_at: u64,
+    src_incarnation: u64,
+    post: Post,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Mesh {
     Control,
     Data,
 }
 
+/// One connection (queue pair): operations land in posting order.
 #[derive(Debug, Default)]
 struct Connection {
     last_land: u64,
     errored: bool,
+    /// A split write is half landed: nothing behind it lands before its second half.
+    blocked: bool,
+    queue: std::collections::VecDeque<Queued>,
 }
 
 /// Counters of what the fabric did, for the run summary.
@@ -215,7 +225,7 @@ pub struct SimFabric {
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: HashMap<u64, Event>,
     next_event: u64,
-    conns: HashMap<(NodeId, NodeId, Mesh), Connection>,
+    conns: HashMap<ConnKey, Connection>,
     pub stats: SimStats,
 }
 
@@ -288,15 +298,17 @@ impl SimFabric {
             Region::Log => Mesh::Data,
         };
         let at = now + self.delay(rng);
-        let conn = self.conns.entry((src, post.target, mesh)).or_default();
+        let key = (src, post.target, mesh);
+        let src_incarnation = self.incarnation[src as usize];
+        let conn = self.conns.entry(key).or_default();
         let at = at.max(conn.last_land);
         conn.last_land = at;
-        let ev = Event::Land {
-            src,
-            src_incarnation: self.incarnation[src as usize],
+        conn.queue.push_back(Queued {
+            land_at: at,
+            src_incarnation,
             post,
-        };
-        self.schedule(at, ev);
+        });
+        self.schedule(at, Event::Wake(key));
     }
 
     /// The node crashed: it posts nothing more and its completions are dropped.
@@ -315,8 +327,14 @@ impl SimFabric {
         if memory_lost {
             self.mems[i].zero();
         }
-        // Connections to and from it are new.
-        self.conns.retain(|&(a, b, _), _| a != node && b != node);
+        // Its own connections start afresh; connections towards it broke with it.
+        for (&(a, b, _), conn) in self.conns.iter_mut() {
+            if a == node {
+                conn.errored = false;
+            } else if b == node {
+                conn.errored = true;
+            }
+        }
     }
 
     /// Processes everything due at or before `now`; returns the completions to deliver
@@ -330,17 +348,11 @@ impl SimFabric {
             self.queue.pop();
             let ev = self.events.remove(&id).expect("scheduled event");
             match ev {
-                Event::Land {
-                    src,
-                    src_incarnation,
-                    post,
-                } => self.land(at, src, src_incarnation, post, rng),
-                Event::LandRest {
-                    target,
-                    src,
-                    offset,
-                } => {
+                Event::Wake(key) => self.drain_connection(at, key, rng),
+                Event::LandRest { conn, offset } => {
+                    let (src, target, _) = conn;
                     let mem = &mut self.mems[target as usize];
+                    // `revoke` may have landed it already.
                     if let Some(i) = mem
                         .partial
                         .iter()
@@ -349,6 +361,10 @@ impl SimFabric {
                         let (_, off, bytes) = mem.partial.remove(i);
                         mem.raw_write_log(off, &bytes);
                     }
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.blocked = false;
+                    }
+                    self.drain_connection(at, conn, rng);
                 }
                 Event::Complete {
                     src,
@@ -363,6 +379,20 @@ impl SimFabric {
             }
         }
         done
+    }
+
+    /// Lands, in order, the operations of one connection that are due by `now`.
+    fn drain_connection(&mut self, now: u64, key: ConnKey, rng: &mut impl RngCore) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                return;
+            };
+            if conn.blocked || conn.queue.front().is_none_or(|q| q.land_at > now) {
+                return;
+            }
+            let q = conn.queue.pop_front().expect("front");
+            self.land(now, key.0, q.src_incarnation, q.post, rng);
+        }
     }
 
     fn complete(&mut self, at: u64, src: NodeId, inc: u64, wr_id: u64, result: CompletionResult) {
@@ -472,17 +502,17 @@ impl SimFabric {
                     self.mems[t]
                         .partial
                         .push((src, offset + cut, bytes[cut..].to_vec()));
+                    let key = (src, target, mesh);
                     self.schedule(
                         at + 1,
                         Event::LandRest {
-                            target,
-                            src,
+                            conn: key,
                             offset: offset + cut,
                         },
                     );
-                    // The completion cannot overtake the second half.
-                    let conn = self.conns.entry((src, target, mesh)).or_default();
-                    conn.last_land = conn.last_land.max(at + 1);
+                    // Nothing behind it on this connection lands before its second half, and
+                    // its completion cannot overtake it.
+                    self.conns.entry(key).or_default().blocked = true;
                     self.complete(back.max(at + 1), src, inc, post.wr_id, Ok(None));
                 } else {
                     self.apply_write(target, region, offset, &bytes);
@@ -520,12 +550,10 @@ impl SimFabric {
 
     /// Nodes with any operation still in flight towards them (for tests).
     pub fn in_flight_targets(&self) -> BTreeSet<NodeId> {
-        self.events
-            .values()
-            .filter_map(|e| match e {
-                Event::Land { post, .. } => Some(post.target),
-                _ => None,
-            })
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.queue.is_empty())
+            .map(|(&(_, b, _), _)| b)
             .collect()
     }
 }

@@ -199,6 +199,8 @@ pub enum Note {
     /// This node applied `slot`.
     Applied { slot: Slot, value_digest: u64 },
     Granted { to: NodeId, ballot: Ballot },
+    /// The leader caught `peer` up over [from, to) with `writes` writes and made it active.
+    FollowerSynced { peer: NodeId, from: Slot, to: Slot, writes: usize },
 }
 
 /// What one call asks the driver to do.
@@ -1515,6 +1517,12 @@ impl<S: StateMachine> Node<S> {
             };
             writes.push((s, op));
         }
+        out.notes.push(Note::FollowerSynced {
+            peer,
+            from: fuo,
+            to: next_slot,
+            writes: writes.len(),
+        });
         for (slot, op) in writes {
             self.post(out, peer, op, Purpose::SlotWrite { ballot, peer, slot });
         }

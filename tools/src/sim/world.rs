@@ -388,6 +388,11 @@ impl World {
             let at = self.now + self.rng.gen_range(1..=3);
             self.send(at, Msg::ToClient { reply });
         }
+        if std::env::var_os("RAPAX_SIM_NOTES").is_some() {
+            for note in &out.notes {
+                self.trace(format_args!("node {node}: {note:?}"));
+            }
+        }
         for note in &out.notes {
             match *note {
                 Note::Chosen {
@@ -415,7 +420,13 @@ impl World {
                 Note::SteppedDown { ballot, reason } => {
                     self.trace(format_args!("node {node} steps down from {ballot}: {reason}"))
                 }
-                Note::Candidate { .. } | Note::Granted { .. } => {}
+                Note::FollowerSynced { .. } => {}
+                Note::Candidate { ballot } => {
+                    self.trace(format_args!("node {node} stands at {ballot}"))
+                }
+                Note::Granted { to, ballot } => {
+                    self.trace(format_args!("node {node} grants its log to {to} at {ballot}"))
+                }
             }
         }
         let mut out = out;
