@@ -198,6 +198,8 @@ struct Connection {
     errored: bool,
     /// A split write is half landed: nothing behind it lands before its second half.
     blocked: bool,
+    /// The poster crashed and its stream was cut here: nothing more of the old incarnation lands.
+    cut_by_crash: bool,
     queue: std::collections::VecDeque<Queued>,
 }
 
@@ -331,6 +333,7 @@ impl SimFabric {
         for (&(a, b, _), conn) in self.conns.iter_mut() {
             if a == node {
                 conn.errored = false;
+                conn.cut_by_crash = false;
             } else if b == node {
                 conn.errored = true;
             }
@@ -421,21 +424,30 @@ impl SimFabric {
                 timeout
             }
         };
-        // A crashed poster's operation: lands whole, not at all, or torn.
+        // A crashed poster's operations: the stream of each connection is cut at a random
+        // point; what is before it lands whole, the operation at it may land torn (a prefix),
+        // nothing after it lands.
         if !src_alive {
+            let key = (src, target, mesh);
+            if self.conns.get(&key).is_some_and(|c| c.cut_by_crash) {
+                return;
+            }
             if let Op::Write { region, offset, bytes } = &post.op {
                 if self.up[t] && !self.cut[src as usize][t] {
-                    let fate = rng.gen_range(0..3);
+                    let fate = rng.gen_range(0..4);
                     let allowed = self.write_allowed(src, target, *region, *offset, bytes.len());
-                    if allowed && fate > 0 {
-                        let len = if fate == 1 || bytes.len() <= 8 {
-                            bytes.len()
-                        } else {
-                            self.stats.torn_by_crash += 1;
-                            rng.gen_range(1..bytes.len())
-                        };
+                    if !allowed || fate == 0 {
+                        self.conns.entry(key).or_default().cut_by_crash = true;
+                    } else if fate == 1 && bytes.len() > 8 {
+                        self.stats.torn_by_crash += 1;
+                        let len = rng.gen_range(1..bytes.len());
                         self.apply_write(target, *region, *offset, &bytes[..len]);
+                        self.conns.entry(key).or_default().cut_by_crash = true;
+                    } else {
+                        self.apply_write(target, *region, *offset, bytes);
                     }
+                } else {
+                    self.conns.entry(key).or_default().cut_by_crash = true;
                 }
             }
             return;
