@@ -38,6 +38,10 @@ pub struct SimMemory {
     partial: Vec<(NodeId, usize, Vec<u8>)>,
     /// Log byte ranges written since the last [`SimMemory::take_dirty`].
     dirty: Vec<(usize, usize)>,
+    /// Bit `p`: the data connection from `p` is in error (after a failure or a revoke); every
+    /// operation on it fails until one marked `reconnect` arrives, as with an RC queue pair that
+    /// must be reset. So a write posted before a revoke can never land after a later re-grant.
+    data_error: u32,
 }
 
 impl SimMemory {
@@ -49,6 +53,7 @@ impl SimMemory {
             writers: 0,
             partial: Vec::new(),
             dirty: Vec::new(),
+            data_error: 0,
         }
     }
 
@@ -124,6 +129,7 @@ impl LocalMemory for SimMemory {
     fn revoke(&mut self, peer: NodeId) {
         self.flush_partial(peer);
         self.writers &= !(1 << peer);
+        self.data_error |= 1 << peer;
     }
 
     fn writers(&self) -> Vec<NodeId> {
@@ -195,7 +201,6 @@ enum Mesh {
 #[derive(Debug, Default)]
 struct Connection {
     last_land: u64,
-    errored: bool,
     /// A split write is half landed: nothing behind it lands before its second half.
     blocked: bool,
     /// The poster crashed and its stream was cut here: nothing more of the old incarnation lands.
@@ -330,14 +335,15 @@ impl SimFabric {
             self.mems[i].zero();
         }
         // Its own connections start afresh; connections towards it broke with it.
-        for (&(a, b, _), conn) in self.conns.iter_mut() {
+        for (&(a, _, _), conn) in self.conns.iter_mut() {
             if a == node {
-                conn.errored = false;
                 conn.cut_by_crash = false;
-            } else if b == node {
-                conn.errored = true;
             }
         }
+        for mem in &mut self.mems {
+            mem.data_error &= !(1 << node);
+        }
+        self.mems[i].data_error = u32::MAX;
     }
 
     /// Processes everything due at or before `now`; returns the completions to deliver
@@ -452,11 +458,10 @@ impl SimFabric {
             }
             return;
         }
-        let conn = self.conns.entry((src, target, mesh)).or_default();
-        if post.reconnect {
-            conn.errored = false;
+        if post.reconnect && mesh == Mesh::Data {
+            self.mems[t].data_error &= !(1 << src);
         }
-        let sticky = mesh == Mesh::Data && conn.errored;
+        let sticky = mesh == Mesh::Data && self.mems[t].data_error & (1 << src) != 0;
         let unreachable = !self.up[t] || self.cut[src as usize][t];
         let lost = !unreachable && self.loss_prob > 0.0 && rng.gen_bool(self.loss_prob);
         if sticky || unreachable || lost {
@@ -466,7 +471,7 @@ impl SimFabric {
                 self.stats.unreachable += 1;
             }
             if mesh == Mesh::Data {
-                self.conns.entry((src, target, mesh)).or_default().errored = true;
+                self.mems[t].data_error |= 1 << src;
             }
             let when = fail_at(rng, &self.knobs);
             self.complete(when, src, inc, post.wr_id, Err(FabricError::Unreachable));
@@ -497,7 +502,7 @@ impl SimFabric {
                 if !self.write_allowed(src, target, region, offset, bytes.len()) {
                     self.stats.permission_errors += 1;
                     if mesh == Mesh::Data {
-                        self.conns.entry((src, target, mesh)).or_default().errored = true;
+                        self.mems[t].data_error |= 1 << src;
                     }
                     self.complete(back, src, inc, post.wr_id, Err(FabricError::Permission));
                     return;
