@@ -573,6 +573,8 @@ impl<S: StateMachine> Node<S> {
                 let counter = match &c.result {
                     Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
                         self.peer_amnesiac[peer as usize] = get_u64(b, CB_AMNESIAC) != 0;
+                        // The ballot the peer granted: a candidate must stand above it.
+                        self.max_seen = self.max_seen.max(Ballot(get_u64(b, CB_GRANTED_BALLOT)));
                         Some(get_u64(b, CB_HEARTBEAT))
                     }
                     _ => None,
