@@ -792,7 +792,11 @@ impl<S: StateMachine> Node<S> {
                     .copied()
                     .filter(|&p| get_u64(mem.control(), cb_ack(p)) == ballot.0)
                     .collect();
-                if acked.len() >= majority(self.n()) {
+                let usable = acked
+                    .iter()
+                    .filter(|&&p| p == me || !self.peer_amnesiac[p as usize])
+                    .count();
+                if usable >= majority(self.n()) {
                     self.start_recovery(ballot, acked, mem, out);
                 } else if self.now >= since + self.cfg.candidate_timeout_ticks {
                     self.step_down("no majority of acks in time", out);
@@ -999,7 +1003,15 @@ impl<S: StateMachine> Node<S> {
                         .map(|(&p, _)| p)
                         .collect();
                     if rec.quorum.len() < majority(n) || !rec.quorum.contains(&me) {
-                        self.step_down("no majority of non-amnesiac logs", out);
+                        // Some acks came from amnesiac logs: keep standing and wait for more.
+                        for (&p, h) in &rec.headers {
+                            self.peer_amnesiac[p as usize] = h.amnesiac;
+                        }
+                        self.role = Role::Candidate {
+                            ballot,
+                            since: self.now,
+                            last_request: self.now,
+                        };
                         return;
                     }
                     rec.phase = RecPhase::Promise;
