@@ -322,6 +322,9 @@ struct Leader {
     next_slot: Slot,
     commit: Slot,
     hint_sent: Slot,
+    /// When the leader last wrote to every active follower; an idle leader re-writes its commit
+    /// record each retry period, so a deposed one learns it from the permission errors.
+    last_touch: u64,
     inflight: BTreeMap<Slot, InFlight>,
     followers: BTreeMap<NodeId, Follower>,
     queue: VecDeque<ClientRequest>,
@@ -464,7 +467,10 @@ impl<S: StateMachine> Node<S> {
     pub fn leader_hint(&self) -> Option<NodeId> {
         match &self.role {
             Role::Leader(_) => Some(self.cfg.id),
-            _ if self.granted != Ballot::ZERO => Some(self.granted.node()),
+            // We granted ourselves but do not lead (any more): we do not know who does.
+            _ if self.granted != Ballot::ZERO && self.granted.node() != self.cfg.id => {
+                Some(self.granted.node())
+            }
             _ => None,
         }
     }
@@ -1218,6 +1224,7 @@ impl<S: StateMachine> Node<S> {
             next_slot: end,
             commit: end,
             hint_sent: lo,
+            last_touch: self.now,
             inflight: BTreeMap::new(),
             followers,
             queue: VecDeque::new(),
@@ -1314,8 +1321,9 @@ impl<S: StateMachine> Node<S> {
         let Role::Leader(l) = &mut self.role else {
             return;
         };
-        if l.queue.is_empty() && l.commit > l.hint_sent {
+        if l.queue.is_empty() && (l.commit > l.hint_sent || now >= l.last_touch + retry) {
             l.hint_sent = l.commit;
+            l.last_touch = now;
             let rec = CommitRecord {
                 ballot,
                 index: l.commit,
@@ -1364,6 +1372,7 @@ impl<S: StateMachine> Node<S> {
         );
         l.next_slot = entry.slot + 1;
         l.hint_sent = l.hint_sent.max(entry.commit_hint);
+        l.last_touch = self.now;
         let active: Vec<NodeId> = l
             .followers
             .iter()

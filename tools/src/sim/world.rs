@@ -311,6 +311,28 @@ impl World {
     }
 
     fn run_inner(&mut self) -> Result<(), Violation> {
+        let result = self.run_ticks();
+        if self.spec.trace {
+            for (i, n) in self.nodes.iter().enumerate() {
+                match n {
+                    None => self.trace(format_args!("node {i}: down")),
+                    Some(n) => self.trace(format_args!(
+                        "node {i}: {:?} at {:?}, granted {}, applied {}, commit {}, amnesiac {}{}",
+                        n.role(),
+                        n.own_ballot(),
+                        n.granted(),
+                        n.applied(),
+                        n.commit(),
+                        n.is_amnesiac(&self.fabric.mems[i]),
+                        if self.paused[i] { ", paused" } else { "" }
+                    )),
+                }
+            }
+        }
+        result
+    }
+
+    fn run_ticks(&mut self) -> Result<(), Violation> {
         while self.now < self.spec.ticks {
             self.step()?;
             self.now += 1;
