@@ -105,11 +105,11 @@ fn main() -> ExitCode {
             let mut summary = Summary::default();
             for s in range {
                 let report = run_seed(RunSpec {
-                    seed: s,
                     replicas,
                     ticks,
                     bugs,
                     trace,
+                    ..RunSpec::seed(s)
                 });
                 if let Some(v) = &report.violation {
                     println!(

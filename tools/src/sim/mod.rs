@@ -20,7 +20,7 @@ pub mod world;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use oracle::Violation;
-pub use world::{FaultCounts, RunReport, RunSpec, World};
+pub use world::{Event, Fault, FaultCounts, RunReport, RunSpec, Script, Target, World};
 
 /// Runs one seed; a panic inside the protocol is reported as a violation, not a crash.
 pub fn run_seed(spec: RunSpec) -> RunReport {
@@ -50,6 +50,8 @@ pub fn run_seed(spec: RunSpec) -> RunReport {
                 ops_invoked: 0,
                 ops_acked: 0,
                 chosen_slots: 0,
+                fabric: Default::default(),
+                timeline: Vec::new(),
             }
         }
     }

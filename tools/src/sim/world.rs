@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use rapax_dataplane::fabric::sim::{SimFabric, SimKnobs};
+use rapax_dataplane::fabric::sim::{SimFabric, SimKnobs, SimStats};
 use rapax_dataplane::fabric::Completion;
 use rapax_dataplane::protocol::election::ElectionConfig;
 use rapax_dataplane::protocol::kv::{Command, KvLimits, KvOp, KvReply, KvStore};
@@ -31,6 +31,63 @@ pub struct RunSpec {
     pub bugs: Bugs,
     /// Print every fault and leader change.
     pub trace: bool,
+    /// Scripted faults instead of random ones.
+    pub script: Option<Script>,
+    /// Keep every node's notes in [`RunReport::timeline`].
+    pub record: bool,
+}
+
+impl RunSpec {
+    /// A random-fault run of `seed`.
+    pub fn seed(seed: u64) -> RunSpec {
+        RunSpec {
+            seed,
+            replicas: None,
+            ticks: 4000,
+            bugs: Bugs::default(),
+            trace: false,
+            script: None,
+            record: false,
+        }
+    }
+}
+
+/// Which node a fault hits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Node(NodeId),
+    /// The current leader (the leading node with the highest ballot), if any.
+    Leader,
+}
+
+/// One fault, healed after `for_ticks`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Kill the node's processes; they restart with the memory kept or lost.
+    Crash {
+        node: Target,
+        memory_lost: bool,
+        for_ticks: u64,
+    },
+    /// Stop the node (SIGSTOP); its memory stays reachable; it resumes where it was.
+    Pause { node: Target, for_ticks: u64 },
+    /// Cut the node off from every other node.
+    Isolate { node: Target, for_ticks: u64 },
+    /// Cut `side` off from the rest.
+    Split { side: Vec<NodeId>, for_ticks: u64 },
+    /// Lose this fraction of operations.
+    Loss { prob: f64, for_ticks: u64 },
+}
+
+/// A scripted fault schedule for a named scenario: (tick, fault). Replaces the random faults.
+pub type Script = Vec<(u64, Fault)>;
+
+/// Something a node reported, kept when [`RunSpec::record`] is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub tick: u64,
+    pub node: NodeId,
+    pub note: Note,
 }
 
 /// Faults injected in one run.
@@ -62,6 +119,10 @@ pub struct RunReport {
     pub ops_invoked: u64,
     pub ops_acked: u64,
     pub chosen_slots: u64,
+    /// Fabric counters: permission errors, lost operations, torn writes...
+    pub fabric: SimStats,
+    /// Every note of every node, in order (only with [`RunSpec::record`]).
+    pub timeline: Vec<Event>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +201,7 @@ pub struct World {
     history: Vec<HistoryOp>,
     oracle: Oracle,
     heals: Vec<(u64, Heal)>,
+    script: Option<Script>,
     fault_end: u64,
     stop_issuing: u64,
     last_heal: u64,
@@ -264,7 +326,10 @@ impl World {
                 ops_invoked: 0,
                 ops_acked: 0,
                 chosen_slots: 0,
+                fabric: SimStats::default(),
+                timeline: Vec::new(),
             },
+            script: spec.script.clone(),
             spec,
             rng,
             now: 0,
@@ -307,6 +372,7 @@ impl World {
             self.report.violation = Some(v);
         }
         self.report.chosen_slots = self.oracle.chosen_count() as u64;
+        self.report.fabric = self.fabric.stats.clone();
         self.report
     }
 
@@ -413,6 +479,15 @@ impl World {
         if std::env::var_os("RAPAX_SIM_NOTES").is_some() {
             for note in &out.notes {
                 self.trace(format_args!("node {node}: {note:?}"));
+            }
+        }
+        if self.spec.record {
+            for note in &out.notes {
+                self.report.timeline.push(Event {
+                    tick: self.now,
+                    node,
+                    note: note.clone(),
+                });
             }
         }
         for note in &out.notes {
@@ -531,50 +606,121 @@ impl World {
                 Heal::Loss => self.fabric.set_loss(0.0),
             }
         }
+        // Scripted faults (scenario tests) replace the random ones.
+        if let Some(script) = &mut self.script {
+            let due: Vec<Fault> = script
+                .iter()
+                .filter(|(t, _)| *t == now)
+                .map(|(_, f)| f.clone())
+                .collect();
+            script.retain(|(t, _)| *t > now);
+            for f in due {
+                self.inject(f);
+            }
+            return;
+        }
         if now < 50 || now >= self.fault_end || !self.rng.gen_bool(self.swarm.fault_prob) {
             return;
         }
-        let leader = self.current_leader();
-        let n = self.n();
-        let pick = |rng: &mut Xoshiro256PlusPlus, p: f64| -> NodeId {
-            match leader {
-                Some(l) if rng.gen_bool(p) => l,
-                _ => rng.gen_range(0..n) as NodeId,
+        let pick = |rng: &mut Xoshiro256PlusPlus, p: f64, n: usize| -> Target {
+            if rng.gen_bool(p) {
+                Target::Leader
+            } else {
+                Target::Node(rng.gen_range(0..n) as NodeId)
             }
         };
-        let kind = self.rng.gen_range(0..4);
-        let until = |rng: &mut Xoshiro256PlusPlus, fault_end: u64| {
-            (now + rng.gen_range(10..=400)).min(fault_end)
-        };
-        let f = faults_tolerated(n);
-        match kind {
-            0 if self.swarm.crash_on => {
-                let node = pick(&mut self.rng, self.swarm.target_leader_prob);
-                if self.nodes[node as usize].is_none() {
-                    return;
-                }
-                let lost = match self.swarm.memory {
+        let n = self.n();
+        let p = self.swarm.target_leader_prob;
+        let for_ticks = self.rng.gen_range(10..=400);
+        let fault = match self.rng.gen_range(0..4) {
+            0 if self.swarm.crash_on => Fault::Crash {
+                node: pick(&mut self.rng, p, n),
+                memory_lost: match self.swarm.memory {
                     MemoryMode::Kept => false,
                     MemoryMode::Lost => true,
                     MemoryMode::Mixed => self.rng.gen_bool(0.5),
-                };
+                },
+                for_ticks,
+            },
+            1 if self.swarm.pause_on => Fault::Pause {
+                node: pick(&mut self.rng, p, n),
+                for_ticks,
+            },
+            2 if self.swarm.partition_on => {
+                if self.rng.gen_bool(0.5) {
+                    Fault::Isolate {
+                        node: pick(&mut self.rng, p, n),
+                        for_ticks,
+                    }
+                } else {
+                    let mut ids: Vec<NodeId> = (0..n as NodeId).collect();
+                    ids.shuffle(&mut self.rng);
+                    let k = self.rng.gen_range(1..n);
+                    Fault::Split {
+                        side: ids[..k].to_vec(),
+                        for_ticks,
+                    }
+                }
+            }
+            3 if self.swarm.loss_on => Fault::Loss {
+                prob: self.rng.gen_range(0.02..=0.3),
+                for_ticks,
+            },
+            _ => return,
+        };
+        self.inject(fault);
+    }
+
+    fn resolve(&self, t: &Target) -> Option<NodeId> {
+        match t {
+            Target::Node(n) => Some(*n),
+            Target::Leader => self.current_leader(),
+        }
+    }
+
+    /// Applies one fault now and schedules its heal (never after the end of the fault period,
+    /// unless a script asks for it).
+    fn inject(&mut self, fault: Fault) {
+        let now = self.now;
+        let n = self.n();
+        let f = faults_tolerated(n);
+        let leader = self.current_leader();
+        let heal_at = |for_ticks: u64, fault_end: u64, scripted: bool| {
+            if scripted {
+                now + for_ticks
+            } else {
+                (now + for_ticks).min(fault_end)
+            }
+        };
+        let scripted = self.script.is_some();
+        let leader_mark = |node: NodeId| if Some(node) == leader { " (leader)" } else { "" };
+        match fault {
+            Fault::Crash {
+                node,
+                memory_lost,
+                for_ticks,
+            } => {
+                let Some(node) = self.resolve(&node) else { return };
+                if self.nodes[node as usize].is_none() {
+                    return;
+                }
                 // Memory loss makes a node forget what it accepted: keep at most f such nodes
                 // (and crashed ones) at a time, or the cluster could never recover.
-                let lost = lost && self.amnesiac_or_down() < f;
+                let lost = memory_lost && (scripted || self.amnesiac_or_down() < f);
                 self.report.faults.crash += 1;
                 if Some(node) == leader {
                     self.report.leader_crashed = true;
                 }
                 self.trace(format_args!(
                     "crash node {node}{} (memory {})",
-                    if Some(node) == leader { " (leader)" } else { "" },
+                    leader_mark(node),
                     if lost { "lost" } else { "kept" }
                 ));
                 self.fabric.crash(node);
                 self.nodes[node as usize] = None;
                 self.paused[node as usize] = false;
                 self.inbox[node as usize].clear();
-                let at = until(&mut self.rng, self.fault_end);
+                let at = heal_at(for_ticks, self.fault_end, scripted);
                 self.heals.push((
                     at,
                     Heal::Restart {
@@ -583,8 +729,8 @@ impl World {
                     },
                 ));
             }
-            1 if self.swarm.pause_on => {
-                let node = pick(&mut self.rng, self.swarm.target_leader_prob);
+            Fault::Pause { node, for_ticks } => {
+                let Some(node) = self.resolve(&node) else { return };
                 if self.nodes[node as usize].is_none() || self.paused[node as usize] {
                     return;
                 }
@@ -592,50 +738,42 @@ impl World {
                 if Some(node) == leader {
                     self.report.leader_paused = true;
                 }
-                self.trace(format_args!(
-                    "pause node {node}{}",
-                    if Some(node) == leader { " (leader)" } else { "" }
-                ));
+                self.trace(format_args!("pause node {node}{}", leader_mark(node)));
                 self.paused[node as usize] = true;
-                let at = until(&mut self.rng, self.fault_end);
+                let at = heal_at(for_ticks, self.fault_end, scripted);
                 self.heals.push((at, Heal::Resume { node }));
             }
-            2 if self.swarm.partition_on => {
+            Fault::Isolate { node, for_ticks } => {
+                let Some(node) = self.resolve(&node) else { return };
                 self.report.faults.partition += 1;
-                let at = until(&mut self.rng, self.fault_end);
-                if self.rng.gen_bool(0.5) {
-                    // Isolate one node.
-                    let node = pick(&mut self.rng, self.swarm.target_leader_prob);
-                    self.trace(format_args!("isolate node {node}"));
-                    for o in 0..n as NodeId {
-                        if o != node {
-                            self.fabric.set_cut(node, o, true);
-                            self.heals.push((at, Heal::Reconnect { a: node, b: o }));
-                        }
-                    }
-                } else {
-                    // Split the cluster in two at random.
-                    let mut ids: Vec<NodeId> = (0..n as NodeId).collect();
-                    ids.shuffle(&mut self.rng);
-                    let k = self.rng.gen_range(1..n);
-                    self.trace(format_args!("split {:?} | {:?}", &ids[..k], &ids[k..]));
-                    for &a in &ids[..k] {
-                        for &b in &ids[k..] {
-                            self.fabric.set_cut(a, b, true);
-                            self.heals.push((at, Heal::Reconnect { a, b }));
-                        }
+                self.trace(format_args!("isolate node {node}{}", leader_mark(node)));
+                let at = heal_at(for_ticks, self.fault_end, scripted);
+                for o in 0..n as NodeId {
+                    if o != node {
+                        self.fabric.set_cut(node, o, true);
+                        self.heals.push((at, Heal::Reconnect { a: node, b: o }));
                     }
                 }
             }
-            3 if self.swarm.loss_on => {
+            Fault::Split { side, for_ticks } => {
+                self.report.faults.partition += 1;
+                let other: Vec<NodeId> = (0..n as NodeId).filter(|x| !side.contains(x)).collect();
+                self.trace(format_args!("split {side:?} | {other:?}"));
+                let at = heal_at(for_ticks, self.fault_end, scripted);
+                for &a in &side {
+                    for &b in &other {
+                        self.fabric.set_cut(a, b, true);
+                        self.heals.push((at, Heal::Reconnect { a, b }));
+                    }
+                }
+            }
+            Fault::Loss { prob, for_ticks } => {
                 self.report.faults.loss += 1;
-                let p = self.rng.gen_range(0.02..=0.3);
-                self.trace(format_args!("loss {p:.2}"));
-                self.fabric.set_loss(p);
-                let at = until(&mut self.rng, self.fault_end);
+                self.trace(format_args!("loss {prob:.2}"));
+                self.fabric.set_loss(prob);
+                let at = heal_at(for_ticks, self.fault_end, scripted);
                 self.heals.push((at, Heal::Loss));
             }
-            _ => {}
         }
     }
 
