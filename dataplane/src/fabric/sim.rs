@@ -438,8 +438,9 @@ impl SimFabric {
             if self.conns.get(&key).is_some_and(|c| c.cut_by_crash) {
                 return;
             }
+            let sticky = mesh == Mesh::Data && self.mems[t].data_error & (1 << src) != 0;
             if let Op::Write { region, offset, bytes } = &post.op {
-                if self.up[t] && !self.cut[src as usize][t] {
+                if self.up[t] && !self.cut[src as usize][t] && !sticky {
                     let fate = rng.gen_range(0..4);
                     let allowed = self.write_allowed(src, target, *region, *offset, bytes.len());
                     if !allowed || fate == 0 {
