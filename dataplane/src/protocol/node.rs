@@ -538,13 +538,19 @@ impl<S: StateMachine> Node<S> {
 
     // ---- driving --------------------------------------------------------------------------
 
-    /// One turn of the node's agents at time `now`.
+    /// One turn of the node's agents at time `now`: control plane, then data plane.
     pub fn tick(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
-        self.now = now;
-        // The data plane's heartbeat: a stuck node stops it.
-        let hb = get_u64(mem.control(), CB_HEARTBEAT).wrapping_add(1);
-        put_u64(mem.control_mut(), CB_HEARTBEAT, hb);
+        self.tick_control(now, mem, out);
+        self.tick_data(now, mem, out);
+    }
 
+    /// One turn of the control plane: heartbeat reads and election, the amnesia probe, granting
+    /// the log to the highest request, standing as a candidate and collecting acks.
+    ///
+    /// The two planes are separate processes in a deployment; drivers may run their turns in any
+    /// order (the simulator draws it), so a data plane may act on a stale view for a while.
+    pub fn tick_control(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
+        self.now = now;
         let mut actions = Vec::new();
         self.election.tick(now, &mut actions);
         for ElectionAction::ReadHeartbeat { peer, token } in actions {
@@ -555,10 +561,18 @@ impl<S: StateMachine> Node<S> {
             };
             self.post(out, peer, op, Purpose::Heartbeat { peer, token });
         }
-
         self.probe_tick(mem, out);
         self.grant_tick(mem, out);
         self.role_tick(mem, out);
+    }
+
+    /// One turn of the data plane: the heartbeat, the leader's fast path, apply.
+    pub fn tick_data(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
+        self.now = now;
+        // The data plane's heartbeat: a stuck data plane stops it.
+        let hb = get_u64(mem.control(), CB_HEARTBEAT).wrapping_add(1);
+        put_u64(mem.control_mut(), CB_HEARTBEAT, hb);
+        self.leader_tick(mem, out);
         self.apply(mem, out);
     }
 
@@ -813,8 +827,7 @@ impl<S: StateMachine> Node<S> {
                     self.send_requests(ballot, mem, out, |p| !acked.contains(&p));
                 }
             }
-            Role::Recovering(_) => {}
-            Role::Leader(_) => self.leader_tick(mem, out),
+            Role::Recovering(_) | Role::Leader(_) => {}
         }
     }
 

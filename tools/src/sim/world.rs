@@ -457,9 +457,18 @@ impl World {
                 }
                 self.drain_output(i)?;
             }
-            let node = self.nodes[i].as_mut().unwrap();
-            node.tick(self.now, &mut self.fabric.mems[i], &mut self.out);
-            self.drain_output(i)?;
+            // The control and data planes are separate processes: either may go first.
+            let control_first = self.rng.gen_bool(0.5);
+            for control in [control_first, !control_first] {
+                let node = self.nodes[i].as_mut().unwrap();
+                let mem = &mut self.fabric.mems[i];
+                if control {
+                    node.tick_control(self.now, mem, &mut self.out);
+                } else {
+                    node.tick_data(self.now, mem, &mut self.out);
+                }
+                self.drain_output(i)?;
+            }
         }
         self.clients_tick();
         self.liveness()
