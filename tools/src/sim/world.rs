@@ -173,6 +173,9 @@ struct Waiting {
     command: Vec<u8>,
     deadline: u64,
     hist: usize,
+    /// NotLeader answers in a row: past a few, hints are ignored (they may be stale and
+    /// circular) and the client tries the nodes in turn.
+    redirects: u32,
 }
 
 struct Client {
@@ -861,6 +864,7 @@ impl World {
             command,
             deadline: 0,
             hist: self.history.len() - 1,
+            redirects: 0,
         });
         self.resend(c);
     }
@@ -902,10 +906,15 @@ impl World {
                 self.report.ops_acked += 1;
             }
             Err(ClientError::NotLeader { leader_hint }) => {
+                let w = client.waiting.as_mut().expect("waiting");
+                w.redirects += 1;
                 client.target = match leader_hint {
-                    Some(h) if h != client.target => h,
+                    Some(h) if h != client.target && w.redirects <= 2 => h,
                     _ => ((client.target as usize + 1) % self.swarm.n) as NodeId,
                 };
+                if w.redirects > 2 + self.swarm.n as u32 {
+                    w.redirects = 0;
+                }
                 self.resend(c);
             }
             Err(ClientError::Busy | ClientError::LogFull) => {
