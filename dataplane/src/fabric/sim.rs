@@ -463,8 +463,15 @@ impl SimFabric {
             self.mems[t].data_error &= !(1 << src);
         }
         let sticky = mesh == Mesh::Data && self.mems[t].data_error & (1 << src) != 0;
+        let is_log_write = matches!(post.op, Op::Write { region: Region::Log, .. });
         let unreachable = !self.up[t] || self.cut[src as usize][t];
         let lost = !unreachable && self.loss_prob > 0.0 && rng.gen_bool(self.loss_prob);
+        if sticky && !unreachable && is_log_write && self.mems[t].writers & (1 << src) == 0 {
+            // A connection broken by a revoke: the target answers with an access error.
+            self.stats.permission_errors += 1;
+            self.complete(back, src, inc, post.wr_id, Err(FabricError::Permission));
+            return;
+        }
         if sticky || unreachable || lost {
             if lost {
                 self.stats.lost += 1;

@@ -35,8 +35,9 @@
 //! 7. *View change.* A leader or candidate that sees a higher request, or gets a permission error
 //!    from any write, steps down; followers learn the leader from the ballot they granted.
 //! 8. *Amnesia.* A node restarted with its memory lost grants nothing until it has read the granted
-//!    ballot of a majority of non-amnesiac peers, and grants only above it; it never joins a
-//!    recovery quorum until a leader has re-synced its log and cleared its amnesiac flag.
+//!    ballot of a majority of non-amnesiac peers, and never grants below it (a lower ballot could
+//!    count the promises it forgot); it never joins a recovery quorum until a leader has re-synced
+//!    its log and cleared its amnesiac flag.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -361,7 +362,8 @@ pub struct Node<S> {
     max_seen: Ballot,
     /// Ballot holding permission on our log (mirrors the control block).
     granted: Ballot,
-    /// Grants only above this; `None` while an amnesiac node is still probing.
+    /// Grants nothing below this (the highest ballot a majority had granted when an amnesiac
+    /// node probed; its own leader may re-take it); `None` while still probing.
     grant_floor: Option<Ballot>,
     probe: Option<Probe>,
     ack_due: Option<(NodeId, Ballot, u64)>,
@@ -727,7 +729,7 @@ impl<S: StateMachine> Node<S> {
             }
         }
         if let (Some((p, r)), Some(floor)) = (best, self.grant_floor) {
-            if r > self.granted && r > floor {
+            if r > self.granted && r >= floor {
                 // Revocation first: complete when it returns, so the old holder can land nothing
                 // after the new holder's first write.
                 if !self.cfg.bugs.no_revoke() {

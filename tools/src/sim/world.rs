@@ -997,6 +997,28 @@ impl World {
                 ));
             }
         }
+        // Once quiet, every node has re-joined (no amnesiac left) and applied everything.
+        let top = (0..self.n())
+            .filter_map(|i| self.nodes[i].as_ref().map(|n| n.applied()))
+            .max()
+            .unwrap_or(0);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            if node.is_amnesiac(&self.fabric.mems[i]) || node.applied() < top {
+                return Err(self.violation(
+                    "convergence (every node catches up once faults heal)",
+                    format!(
+                        "node {i} applied {} of {top} slots{}",
+                        node.applied(),
+                        if node.is_amnesiac(&self.fabric.mems[i]) {
+                            ", still amnesiac"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
         // Replicas at the same applied index have the same state.
         let mut by_index: HashMap<u64, (usize, u64)> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
