@@ -788,17 +788,7 @@ impl<S: StateMachine> Node<S> {
                     && self.probe.is_none()
                     && self.elected() == Some(me)
                 {
-                    let ballot = self.max_seen.max(self.granted).next_for(me);
-                    self.max_seen = ballot;
-                    // Our own request goes through our own grant logic like anyone's.
-                    put_u64(mem.control_mut(), cb_request(me), ballot.0);
-                    self.role = Role::Candidate {
-                        ballot,
-                        since: self.now,
-                        last_request: self.now,
-                    };
-                    out.notes.push(Note::Candidate { ballot });
-                    self.send_requests(ballot, mem, out, |_| true);
+                    self.stand(mem, out);
                 }
             }
             Role::Candidate {
@@ -829,8 +819,35 @@ impl<S: StateMachine> Node<S> {
                     self.send_requests(ballot, mem, out, |p| !acked.contains(&p));
                 }
             }
-            Role::Recovering(_) | Role::Leader(_) => {}
+            Role::Recovering(_) => {}
+            Role::Leader(l) => {
+                // A peer promised a higher ballot (a candidacy that failed, or one in progress):
+                // that peer will refuse us for ever. Stand again above it; a real rival shows
+                // itself through permission errors first.
+                if self.max_seen > l.ballot {
+                    self.step_down("a peer promised a higher ballot", out);
+                    if self.elected() == Some(me) {
+                        self.stand(mem, out);
+                    }
+                }
+            }
         }
+    }
+
+    /// Becomes a candidate at a ballot above every ballot seen and asks every peer for its log.
+    fn stand(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let me = self.cfg.id;
+        let ballot = self.max_seen.max(self.granted).next_for(me);
+        self.max_seen = ballot;
+        // Our own request goes through our own grant logic like anyone's.
+        put_u64(mem.control_mut(), cb_request(me), ballot.0);
+        self.role = Role::Candidate {
+            ballot,
+            since: self.now,
+            last_request: self.now,
+        };
+        out.notes.push(Note::Candidate { ballot });
+        self.send_requests(ballot, mem, out, |_| true);
     }
 
     fn send_requests(
