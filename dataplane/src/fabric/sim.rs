@@ -42,6 +42,9 @@ pub struct SimMemory {
     /// operation on it fails until one marked `reconnect` arrives, as with an RC queue pair that
     /// must be reset. So a write posted before a revoke can never land after a later re-grant.
     data_error: u32,
+    /// Bit `p`: the data connection from `p` broke because `p` was revoked; its operations fail
+    /// with [`FabricError::Permission`] until it reconnects.
+    revoked: u32,
 }
 
 impl SimMemory {
@@ -54,6 +57,7 @@ impl SimMemory {
             partial: Vec::new(),
             dirty: Vec::new(),
             data_error: 0,
+            revoked: 0,
         }
     }
 
@@ -130,6 +134,7 @@ impl LocalMemory for SimMemory {
         self.flush_partial(peer);
         self.writers &= !(1 << peer);
         self.data_error |= 1 << peer;
+        self.revoked |= 1 << peer;
     }
 
     fn writers(&self) -> Vec<NodeId> {
@@ -342,6 +347,7 @@ impl SimFabric {
         }
         for mem in &mut self.mems {
             mem.data_error &= !(1 << node);
+            mem.revoked &= !(1 << node);
         }
         self.mems[i].data_error = u32::MAX;
     }
@@ -461,12 +467,12 @@ impl SimFabric {
         }
         if post.reconnect && mesh == Mesh::Data {
             self.mems[t].data_error &= !(1 << src);
+            self.mems[t].revoked &= !(1 << src);
         }
         let sticky = mesh == Mesh::Data && self.mems[t].data_error & (1 << src) != 0;
-        let is_log_write = matches!(post.op, Op::Write { region: Region::Log, .. });
         let unreachable = !self.up[t] || self.cut[src as usize][t];
         let lost = !unreachable && self.loss_prob > 0.0 && rng.gen_bool(self.loss_prob);
-        if sticky && !unreachable && is_log_write && self.mems[t].writers & (1 << src) == 0 {
+        if sticky && !unreachable && self.mems[t].revoked & (1 << src) != 0 {
             // A connection broken by a revoke: the target answers with an access error.
             self.stats.permission_errors += 1;
             self.complete(back, src, inc, post.wr_id, Err(FabricError::Permission));
@@ -584,3 +590,253 @@ impl SimFabric {
 }
 
 type CompletionResult = Result<Option<Vec<u8>>, FabricError>;
+
+#[cfg(test)]
+mod tests {
+    //! The fabric contract on the `sim` backend. (The shared contract suite runs the same points
+    //! against every backend; these are the sim-specific ones, with its fault knobs.)
+    use super::*;
+    use crate::protocol::layout::{Entry, EntryKind, LogGeometry};
+    use crate::protocol::Ballot;
+    use rand::SeedableRng;
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    const GEO: LogGeometry = LogGeometry {
+        capacity: 64,
+        slot_bytes: 256,
+    };
+
+    fn fabric(knobs: SimKnobs) -> (SimFabric, Xoshiro256PlusPlus) {
+        (
+            SimFabric::new(3, GEO.log_bytes(), knobs),
+            Xoshiro256PlusPlus::seed_from_u64(7),
+        )
+    }
+
+    fn write(wr_id: u64, target: NodeId, offset: usize, bytes: Vec<u8>) -> Post {
+        Post {
+            wr_id,
+            target,
+            op: Op::Write {
+                region: Region::Log,
+                offset,
+                bytes,
+            },
+            reconnect: false,
+        }
+    }
+
+    fn run(f: &mut SimFabric, rng: &mut Xoshiro256PlusPlus, from: u64, to: u64) -> Vec<Completion> {
+        let mut all = Vec::new();
+        for t in from..to {
+            all.extend(f.advance(t, rng).into_iter().map(|(_, c)| c));
+        }
+        all
+    }
+
+    fn entry_bytes(slot: u64, fill: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        Entry {
+            ballot: Ballot::new(1, 1),
+            slot,
+            commit_hint: 0,
+            kind: EntryKind::Batch,
+            payload: vec![fill; 150],
+        }
+        .encode(&GEO, &mut out);
+        out
+    }
+
+    #[test]
+    fn success_means_landed_and_order_is_kept() {
+        let (mut f, mut rng) = fabric(SimKnobs {
+            split_prob: 0.5,
+            ..SimKnobs::default()
+        });
+        f.mems[0].grant(1);
+        // 50 writes to the same place: the last posted must be what stays.
+        for i in 0..50u64 {
+            f.post(0, 1, write(i, 0, 256, vec![i as u8; 100]), &mut rng);
+        }
+        let done = run(&mut f, &mut rng, 0, 200);
+        assert_eq!(done.len(), 50);
+        assert!(done.iter().all(|c| c.result == Ok(None)));
+        assert_eq!(&f.mems[0].log()[256..356], &[49u8; 100][..]);
+    }
+
+    #[test]
+    fn writes_without_permission_fail_and_do_not_land() {
+        let (mut f, mut rng) = fabric(SimKnobs::default());
+        f.post(0, 1, write(1, 0, 256, vec![9; 8]), &mut rng);
+        let done = run(&mut f, &mut rng, 0, 100);
+        assert_eq!(done[0].result, Err(FabricError::Permission));
+        assert_eq!(&f.mems[0].log()[256..264], &[0u8; 8][..]);
+        assert_eq!(f.stats.permission_errors, 1);
+    }
+
+    #[test]
+    fn control_writes_touch_only_the_posters_own_words() {
+        let (mut f, mut rng) = fabric(SimKnobs::default());
+        let post = |wr_id, offset| Post {
+            wr_id,
+            target: 0,
+            op: Op::Write {
+                region: Region::Control,
+                offset,
+                bytes: 5u64.to_le_bytes().to_vec(),
+            },
+            reconnect: false,
+        };
+        f.post(0, 1, post(1, cb_request(1)), &mut rng);
+        f.post(0, 1, post(2, cb_request(2)), &mut rng);
+        f.post(0, 1, post(3, 0), &mut rng);
+        let mut done = run(&mut f, &mut rng, 0, 100);
+        done.sort_by_key(|c| c.wr_id);
+        assert_eq!(done[0].result, Ok(None));
+        assert_eq!(done[1].result, Err(FabricError::Permission));
+        assert_eq!(done[2].result, Err(FabricError::Permission));
+    }
+
+    /// Contract point 3 under concurrent writers: after `revoke` returns, nothing of the revoked
+    /// writer lands, in flight or later, even after it is granted again, until it reconnects.
+    #[test]
+    fn revocation_is_complete_under_concurrent_writers() {
+        for seed in 0..50 {
+            let (mut f, _) = fabric(SimKnobs {
+                split_prob: 0.5,
+                slow_prob: 0.3,
+                ..SimKnobs::default()
+            });
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            f.mems[0].grant(1);
+            // Node 1 streams writes into slots 0..40 while node 2 waits for the log.
+            for i in 0..40u64 {
+                let off = GEO.slot_offset(i);
+                f.post(i, 1, write(i, 0, off, entry_bytes(i, 1)), &mut rng);
+            }
+            let revoke_at = rng.gen_range(1..10);
+            let mut done = run(&mut f, &mut rng, 0, revoke_at);
+            let snapshot_before = f.mems[0].log().to_vec();
+            f.mems[0].revoke(1);
+            let after_revoke = f.mems[0].log().to_vec();
+            f.mems[0].grant(2);
+            // The old writer's later posts fail too, and a re-grant does not revive its stream.
+            for i in 40..60u64 {
+                let off = GEO.slot_offset(i);
+                f.post(revoke_at, 1, write(i, 0, off, entry_bytes(i, 1)), &mut rng);
+            }
+            f.mems[0].revoke(2);
+            f.mems[0].grant(1);
+            done.extend(run(&mut f, &mut rng, revoke_at, revoke_at + 200));
+            assert_eq!(done.len(), 60, "seed {seed}: every write completes");
+            // Bytes from node 1 that were half-landed at revoke time were completed by revoke
+            // itself; nothing of node 1 changed after revoke returned.
+            assert_eq!(f.mems[0].log(), &after_revoke[..], "seed {seed}");
+            let landed: Vec<u64> = done
+                .iter()
+                .filter(|c| c.result.is_ok())
+                .map(|c| c.wr_id)
+                .collect();
+            for c in &done {
+                if c.result.is_err() {
+                    assert_eq!(c.result, Err(FabricError::Permission), "seed {seed}");
+                }
+            }
+            // Every success is visible; every failure left its slot as it was before.
+            for i in 0..60u64 {
+                let off = GEO.slot_offset(i);
+                let now = &f.mems[0].log()[off..off + 256];
+                if landed.contains(&i) {
+                    assert_eq!(Entry::decode(now).unwrap().slot, i, "seed {seed}");
+                } else if i < 40 {
+                    assert_eq!(now, &snapshot_before[off..off + 256].to_vec()[..]);
+                }
+            }
+            assert_eq!(f.mems[0].writer_count(), 1);
+        }
+    }
+
+    #[test]
+    fn reconnect_revives_a_connection_in_error() {
+        let (mut f, mut rng) = fabric(SimKnobs::default());
+        f.mems[0].grant(1);
+        f.set_cut(0, 1, true);
+        f.post(0, 1, write(1, 0, 256, vec![1; 8]), &mut rng);
+        run(&mut f, &mut rng, 0, 100);
+        f.set_cut(0, 1, false);
+        // Still in error: the connection broke.
+        f.post(100, 1, write(2, 0, 256, vec![2; 8]), &mut rng);
+        let mut reconnect = write(3, 0, 256, vec![3; 8]);
+        reconnect.reconnect = true;
+        f.post(100, 1, reconnect, &mut rng);
+        let mut done = run(&mut f, &mut rng, 100, 200);
+        done.sort_by_key(|c| c.wr_id);
+        assert_eq!(done[0].result, Err(FabricError::Unreachable));
+        assert_eq!(done[1].result, Ok(None));
+        assert_eq!(&f.mems[0].log()[256..264], &[3u8; 8][..]);
+    }
+
+    #[test]
+    fn unreachable_or_crashed_targets_complete_with_errors_never_hang() {
+        for fast in [0.0, 1.0] {
+            let (mut f, mut rng) = fabric(SimKnobs {
+                fast_fail_prob: fast,
+                timeout_ticks: 25,
+                ..SimKnobs::default()
+            });
+            f.mems[1].grant(0);
+            f.mems[2].grant(0);
+            f.crash(1);
+            f.set_cut(0, 2, true);
+            f.post(0, 0, write(1, 1, 256, vec![1; 8]), &mut rng);
+            f.post(0, 0, write(2, 2, 256, vec![1; 8]), &mut rng);
+            let done = run(&mut f, &mut rng, 0, 100);
+            assert_eq!(done.len(), 2);
+            assert!(done
+                .iter()
+                .all(|c| c.result == Err(FabricError::Unreachable)));
+        }
+    }
+
+    #[test]
+    fn a_crashed_posters_stream_lands_as_a_prefix() {
+        for seed in 0..50 {
+            let (mut f, _) = fabric(SimKnobs::default());
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            f.mems[0].grant(1);
+            for i in 0..30u64 {
+                let off = GEO.slot_offset(i);
+                f.post(0, 1, write(i, 0, off, entry_bytes(i, 7)), &mut rng);
+            }
+            f.crash(1);
+            let done = run(&mut f, &mut rng, 0, 200);
+            assert!(done.is_empty(), "a crashed node gets no completions");
+            // Valid entries form a prefix; at most one torn entry right after it.
+            let valid: Vec<bool> = (0..30)
+                .map(|i| {
+                    let off = GEO.slot_offset(i);
+                    Entry::check(&f.mems[0].log()[off..off + 256]).is_ok()
+                })
+                .collect();
+            let k = valid.iter().take_while(|v| **v).count();
+            assert!(valid[k..].iter().all(|v| !v), "seed {seed}: {valid:?}");
+        }
+    }
+
+    #[test]
+    fn restart_with_memory_lost_zeroes_and_drops_rights() {
+        let (mut f, mut rng) = fabric(SimKnobs::default());
+        f.mems[0].grant(1);
+        f.post(0, 1, write(1, 0, 256, vec![5; 8]), &mut rng);
+        run(&mut f, &mut rng, 0, 50);
+        assert_eq!(&f.mems[0].log()[256..264], &[5u8; 8][..]);
+        f.crash(0);
+        f.restart(0, true);
+        assert!(f.mems[0].log().iter().all(|b| *b == 0));
+        assert!(f.mems[0].writers().is_empty());
+        f.crash(0);
+        f.mems[0].write_log_owner(256, &[6; 8]);
+        f.restart(0, false);
+        assert_eq!(&f.mems[0].log()[256..264], &[6u8; 8][..]);
+    }
+}
