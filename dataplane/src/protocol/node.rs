@@ -418,6 +418,8 @@ impl<S: StateMachine> Node<S> {
                 // control block records. The state machine restarts empty and re-applies.
                 if granted != Ballot::ZERO {
                     mem.grant(granted.node());
+                    // Our ack may have been lost with the old process: send it again.
+                    node.ack_due = Some((granted.node(), granted, now));
                 }
                 let header = LogHeader::parse(mem.log());
                 node.max_seen = node.max_seen.max(header.min_ballot);
@@ -475,6 +477,26 @@ impl<S: StateMachine> Node<S> {
             }
             _ => None,
         }
+    }
+
+    /// The leader's view of each follower (empty unless leading): "active", "absent",
+    /// "requested" or "syncing".
+    pub fn followers(&self) -> Vec<(NodeId, &'static str)> {
+        let Role::Leader(l) = &self.role else {
+            return Vec::new();
+        };
+        l.followers
+            .iter()
+            .map(|(&p, f)| {
+                let state = match f {
+                    Follower::Active => "active",
+                    Follower::Absent { .. } => "absent",
+                    Follower::Requested { .. } => "requested",
+                    Follower::SyncHeader | Follower::SyncTail { .. } => "syncing",
+                };
+                (p, state)
+            })
+            .collect()
     }
 
     pub fn applied(&self) -> Slot {

@@ -386,14 +386,19 @@ impl World {
                 match n {
                     None => self.trace(format_args!("node {i}: down")),
                     Some(n) => self.trace(format_args!(
-                        "node {i}: {:?} at {:?}, granted {}, applied {}, commit {}, amnesiac {}{}",
+                        "node {i}: {:?} at {:?}, granted {}, applied {}, commit {}, amnesiac {}{}{}",
                         n.role(),
                         n.own_ballot(),
                         n.granted(),
                         n.applied(),
                         n.commit(),
                         n.is_amnesiac(&self.fabric.mems[i]),
-                        if self.paused[i] { ", paused" } else { "" }
+                        if self.paused[i] { ", paused" } else { "" },
+                        if n.followers().is_empty() {
+                            String::new()
+                        } else {
+                            format!(", followers {:?}", n.followers())
+                        }
                     )),
                 }
             }
