@@ -79,7 +79,10 @@ fn deposed_leader_resumed_after_pause_cannot_write() {
         for e in notes_of(&r, old) {
             if let Note::Chosen { slot, ballot, .. } = e.note {
                 if e.tick >= 900 && ballot == old_ballot {
-                    assert!(slot < recovered_to, "seed {seed}: deposed leader chose {slot}");
+                    assert!(
+                        slot < recovered_to,
+                        "seed {seed}: deposed leader chose {slot}"
+                    );
                 }
             }
         }
@@ -130,7 +133,10 @@ fn leader_crash_with_memory_lost_rejoins_through_resync() {
             e.tick >= 700
                 && matches!(e.note, Note::FollowerSynced { peer, from: 0, .. } if peer == old)
         });
-        assert!(resynced, "seed {seed}: node {old} was re-synced from slot 0");
+        assert!(
+            resynced,
+            "seed {seed}: node {old} was re-synced from slot 0"
+        );
     }
 }
 
@@ -153,7 +159,10 @@ fn minority_leader_partitioned_away_is_replaced() {
         assert_ne!(old, new, "seed {seed}: the majority side elected a leader");
         let stepped = notes_of(&r, old)
             .any(|e| matches!(e.note, Note::SteppedDown { ballot, .. } if ballot == old_ballot));
-        assert!(stepped, "seed {seed}: the isolated leader stepped down once healed");
+        assert!(
+            stepped,
+            "seed {seed}: the isolated leader stepped down once healed"
+        );
     }
 }
 
@@ -181,7 +190,10 @@ fn split_brain_attempt_settles_by_ballot() {
             during.iter().all(|(_, n, _)| *n >= 2),
             "seed {seed}: only the majority side can lead: {during:?}"
         );
-        assert!(!during.is_empty(), "seed {seed}: the majority side elected a leader");
+        assert!(
+            !during.is_empty(),
+            "seed {seed}: the majority side elected a leader"
+        );
     }
 }
 

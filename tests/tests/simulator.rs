@@ -23,7 +23,10 @@ fn fixed_set(replicas: usize) {
     println!("{}", summary.line());
     assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
     // The set must actually exercise what it claims to.
-    assert!(summary.seeds_leader_crashed > FIXED_SEEDS / 4, "{summary:?}");
+    assert!(
+        summary.seeds_leader_crashed > FIXED_SEEDS / 4,
+        "{summary:?}"
+    );
     assert!(summary.seeds_leader_paused > FIXED_SEEDS / 4, "{summary:?}");
     assert!(summary.memory_lost_restarts > 0, "{summary:?}");
     assert!(summary.leader_changes > FIXED_SEEDS, "{summary:?}");

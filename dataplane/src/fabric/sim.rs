@@ -178,10 +178,7 @@ enum Event {
     /// Operations queued on this connection may be due.
     Wake(ConnKey),
     /// The second half of a split write lands; the connection resumes.
-    LandRest {
-        conn: ConnKey,
-        offset: usize,
-    },
+    LandRest { conn: ConnKey, offset: usize },
     Complete {
         src: NodeId,
         src_incarnation: u64,
@@ -386,8 +383,7 @@ impl SimFabric {
                     src_incarnation,
                     completion,
                 } => {
-                    if self.up[src as usize] && self.incarnation[src as usize] == src_incarnation
-                    {
+                    if self.up[src as usize] && self.incarnation[src as usize] == src_incarnation {
                         done.push((src, completion));
                     }
                 }
@@ -445,7 +441,12 @@ impl SimFabric {
                 return;
             }
             let sticky = mesh == Mesh::Data && self.mems[t].data_error & (1 << src) != 0;
-            if let Op::Write { region, offset, bytes } = &post.op {
+            if let Op::Write {
+                region,
+                offset,
+                bytes,
+            } = &post.op
+            {
                 if self.up[t] && !self.cut[src as usize][t] && !sticky {
                     let fate = rng.gen_range(0..4);
                     let allowed = self.write_allowed(src, target, *region, *offset, bytes.len());
@@ -565,9 +566,7 @@ impl SimFabric {
         let mem = &self.mems[target as usize];
         match region {
             Region::Log => mem.writers & (1 << src) != 0 && offset + len <= mem.log.len(),
-            Region::Control => {
-                len == 8 && (offset == cb_request(src) || offset == cb_ack(src))
-            }
+            Region::Control => len == 8 && (offset == cb_request(src) || offset == cb_ack(src)),
         }
     }
 

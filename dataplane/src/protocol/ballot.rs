@@ -76,7 +76,12 @@ mod tests {
 
     #[test]
     fn next_for_is_strictly_above() {
-        for b in [Ballot::ZERO, Ballot::new(1, 0), Ballot::new(1, 4), Ballot::new(9, 2)] {
+        for b in [
+            Ballot::ZERO,
+            Ballot::new(1, 0),
+            Ballot::new(1, 4),
+            Ballot::new(9, 2),
+        ] {
             for n in 0..6u8 {
                 let nb = b.next_for(n);
                 assert!(nb > b, "{nb:?} > {b:?}");

@@ -189,7 +189,10 @@ fn entry_checksum(bytes: &[u8], len: usize) -> u64 {
     // Everything but the checksum itself and the accepted-ballot word.
     let a = xxh3_64_with_seed(&bytes[ENTRY_SLOT..ENTRY_CHECKSUM], ENTRY_SEED);
     let b = xxh3_64_with_seed(&bytes[ENTRY_CHECKSUM + 8..ENTRY_BALLOT], a);
-    xxh3_64_with_seed(&bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + len], b ^ len as u64)
+    xxh3_64_with_seed(
+        &bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + len],
+        b ^ len as u64,
+    )
 }
 
 impl Entry {
@@ -511,10 +514,7 @@ mod tests {
         let mut buf = vec![0u8; 128];
         buf[ENTRY_KIND] = 1;
         buf[ENTRY_LEN..ENTRY_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            Entry::check(&buf),
-            Err(EntryError::Length { .. })
-        ));
+        assert!(matches!(Entry::check(&buf), Err(EntryError::Length { .. })));
     }
 
     #[test]

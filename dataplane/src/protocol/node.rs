@@ -192,16 +192,40 @@ pub struct ClientReply {
 /// Observations for the simulator's checkers and for logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Note {
-    Candidate { ballot: Ballot },
-    BecameLeader { ballot: Ballot, recovered_from: Slot, recovered_to: Slot },
-    SteppedDown { ballot: Ballot, reason: &'static str },
+    Candidate {
+        ballot: Ballot,
+    },
+    BecameLeader {
+        ballot: Ballot,
+        recovered_from: Slot,
+        recovered_to: Slot,
+    },
+    SteppedDown {
+        ballot: Ballot,
+        reason: &'static str,
+    },
     /// The leader counted `slot` chosen with this value.
-    Chosen { slot: Slot, ballot: Ballot, value_digest: u64 },
+    Chosen {
+        slot: Slot,
+        ballot: Ballot,
+        value_digest: u64,
+    },
     /// This node applied `slot`.
-    Applied { slot: Slot, value_digest: u64 },
-    Granted { to: NodeId, ballot: Ballot },
+    Applied {
+        slot: Slot,
+        value_digest: u64,
+    },
+    Granted {
+        to: NodeId,
+        ballot: Ballot,
+    },
     /// The leader caught `peer` up over [from, to) with `writes` writes and made it active.
-    FollowerSynced { peer: NodeId, from: Slot, to: Slot, writes: usize },
+    FollowerSynced {
+        peer: NodeId,
+        from: Slot,
+        to: Slot,
+        writes: usize,
+    },
 }
 
 /// What one call asks the driver to do.
@@ -233,18 +257,52 @@ pub enum RoleKind {
 
 #[derive(Clone, Copy, Debug)]
 enum Purpose {
-    Heartbeat { peer: NodeId, token: u64 },
-    Probe { peer: NodeId },
+    Heartbeat {
+        peer: NodeId,
+        token: u64,
+    },
+    Probe {
+        peer: NodeId,
+    },
     Request,
-    Ack { ballot: Ballot },
-    RecHeader { ballot: Ballot, peer: NodeId },
-    RecPromise { ballot: Ballot, peer: NodeId },
-    RecTail { ballot: Ballot, peer: NodeId, from: Slot },
-    RecWrite { ballot: Ballot, peer: NodeId },
-    SyncHeader { ballot: Ballot, peer: NodeId },
-    SyncTail { ballot: Ballot, peer: NodeId, from: Slot },
-    SlotWrite { ballot: Ballot, peer: NodeId, slot: Slot },
-    Meta { ballot: Ballot, peer: NodeId },
+    Ack {
+        ballot: Ballot,
+    },
+    RecHeader {
+        ballot: Ballot,
+        peer: NodeId,
+    },
+    RecPromise {
+        ballot: Ballot,
+        peer: NodeId,
+    },
+    RecTail {
+        ballot: Ballot,
+        peer: NodeId,
+        from: Slot,
+    },
+    RecWrite {
+        ballot: Ballot,
+        peer: NodeId,
+    },
+    SyncHeader {
+        ballot: Ballot,
+        peer: NodeId,
+    },
+    SyncTail {
+        ballot: Ballot,
+        peer: NodeId,
+        from: Slot,
+    },
+    SlotWrite {
+        ballot: Ballot,
+        peer: NodeId,
+        slot: Slot,
+    },
+    Meta {
+        ballot: Ballot,
+        peer: NodeId,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -297,9 +355,13 @@ struct Recovery {
 #[derive(Debug)]
 enum Follower {
     /// Not written to; re-requested after `since + retry`.
-    Absent { since: u64 },
+    Absent {
+        since: u64,
+    },
     /// Our request was written; waiting for its ack.
-    Requested { at: u64 },
+    Requested {
+        at: u64,
+    },
     SyncHeader,
     SyncTail {
         fuo: Slot,
@@ -385,7 +447,11 @@ impl<S: StateMachine> Node<S> {
         start: Start,
         now: u64,
     ) -> Node<S> {
-        assert!(cfg.ring.contains(&cfg.id), "node {} not in its ring", cfg.id);
+        assert!(
+            cfg.ring.contains(&cfg.id),
+            "node {} not in its ring",
+            cfg.id
+        );
         assert!(cfg.ring.len() <= MAX_NODES);
         assert!(cfg.window_slots >= 1 && cfg.batch_max_commands >= 1);
         assert!(cfg.batch_max_bytes <= cfg.geometry.max_payload());
@@ -628,7 +694,8 @@ impl<S: StateMachine> Node<S> {
             Purpose::Probe { peer } => {
                 if let (Some(p), Ok(Some(b))) = (&mut self.probe, &c.result) {
                     if get_u64(b, CB_AMNESIAC) == 0 {
-                        p.answers.insert(peer, Ballot(get_u64(b, CB_GRANTED_BALLOT)));
+                        p.answers
+                            .insert(peer, Ballot(get_u64(b, CB_GRANTED_BALLOT)));
                     }
                 }
             }
@@ -713,7 +780,9 @@ impl<S: StateMachine> Node<S> {
             self.probe = None;
             return;
         }
-        if p.last_sent.is_some_and(|t| self.now < t + self.cfg.retry_ticks) {
+        if p.last_sent
+            .is_some_and(|t| self.now < t + self.cfg.retry_ticks)
+        {
             return;
         }
         let answered: Vec<NodeId> = p.answers.keys().copied().collect();
@@ -1123,7 +1192,8 @@ impl<S: StateMachine> Node<S> {
                             rec.best.insert(s, (held.ballot, bytes));
                         }
                     }
-                    let peers: Vec<NodeId> = rec.quorum.iter().copied().filter(|&p| p != me).collect();
+                    let peers: Vec<NodeId> =
+                        rec.quorum.iter().copied().filter(|&p| p != me).collect();
                     rec.outstanding = peers.len();
                     for p in peers {
                         let op = read_slots(&geometry, lo, chunk);
@@ -1358,7 +1428,10 @@ impl<S: StateMachine> Node<S> {
                 bytes += add;
             }
             let mut payload = Vec::with_capacity(bytes);
-            Batch::encode(l.queue.iter().take(take).map(|r| r.command.as_slice()), &mut payload);
+            Batch::encode(
+                l.queue.iter().take(take).map(|r| r.command.as_slice()),
+                &mut payload,
+            );
             l.queue.drain(..take);
             let entry = Entry {
                 ballot,

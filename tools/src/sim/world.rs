@@ -459,9 +459,7 @@ impl World {
                 let mem = &mut self.fabric.mems[i];
                 match ev {
                     Inbound::Completion(c) => node.on_completion(self.now, c, mem, &mut self.out),
-                    Inbound::Request(r) => {
-                        node.on_client_request(self.now, r, mem, &mut self.out)
-                    }
+                    Inbound::Request(r) => node.on_client_request(self.now, r, mem, &mut self.out),
                 }
                 self.drain_output(i)?;
             }
@@ -531,16 +529,16 @@ impl World {
                         "node {node} leads at {ballot}, recovered [{recovered_from}, {recovered_to})"
                     ));
                 }
-                Note::SteppedDown { ballot, reason } => {
-                    self.trace(format_args!("node {node} steps down from {ballot}: {reason}"))
-                }
+                Note::SteppedDown { ballot, reason } => self.trace(format_args!(
+                    "node {node} steps down from {ballot}: {reason}"
+                )),
                 Note::FollowerSynced { .. } => {}
                 Note::Candidate { ballot } => {
                     self.trace(format_args!("node {node} stands at {ballot}"))
                 }
-                Note::Granted { to, ballot } => {
-                    self.trace(format_args!("node {node} grants its log to {to} at {ballot}"))
-                }
+                Note::Granted { to, ballot } => self.trace(format_args!(
+                    "node {node} grants its log to {to} at {ballot}"
+                )),
             }
         }
         let mut out = out;
@@ -710,14 +708,22 @@ impl World {
             }
         };
         let scripted = self.script.is_some();
-        let leader_mark = |node: NodeId| if Some(node) == leader { " (leader)" } else { "" };
+        let leader_mark = |node: NodeId| {
+            if Some(node) == leader {
+                " (leader)"
+            } else {
+                ""
+            }
+        };
         match fault {
             Fault::Crash {
                 node,
                 memory_lost,
                 for_ticks,
             } => {
-                let Some(node) = self.resolve(&node) else { return };
+                let Some(node) = self.resolve(&node) else {
+                    return;
+                };
                 if self.nodes[node as usize].is_none() {
                     return;
                 }
@@ -747,7 +753,9 @@ impl World {
                 ));
             }
             Fault::Pause { node, for_ticks } => {
-                let Some(node) = self.resolve(&node) else { return };
+                let Some(node) = self.resolve(&node) else {
+                    return;
+                };
                 if self.nodes[node as usize].is_none() || self.paused[node as usize] {
                     return;
                 }
@@ -761,7 +769,9 @@ impl World {
                 self.heals.push((at, Heal::Resume { node }));
             }
             Fault::Isolate { node, for_ticks } => {
-                let Some(node) = self.resolve(&node) else { return };
+                let Some(node) = self.resolve(&node) else {
+                    return;
+                };
                 self.report.faults.partition += 1;
                 self.trace(format_args!("isolate node {node}{}", leader_mark(node)));
                 let at = heal_at(for_ticks, self.fault_end, scripted);
