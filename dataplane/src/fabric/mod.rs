@@ -17,7 +17,7 @@
 
 pub mod sim;
 
-use crate::protocol::NodeId;
+use crate::protocol::{Ballot, NodeId};
 
 /// A node's registered regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +62,12 @@ pub struct Post {
     /// posted on it fails until an operation with `reconnect` set. Control-block operations
     /// travel on the control mesh and never stick in error.
     pub reconnect: bool,
+    /// The ballot whose connection carries a log operation. Write permission is granted to a
+    /// (peer, ballot) pair, the way RDMA grants it to one queue pair: a leader opens fresh
+    /// connections for each ballot it stands with, so a write posted under an older ballot can
+    /// never land under a newer grant to the same node. `Ballot::ZERO` for control-block
+    /// operations.
+    pub ballot: Ballot,
 }
 
 /// Why a work request failed.
@@ -84,10 +90,10 @@ pub struct Completion {
 
 /// A node's own view of its registered memory, as the fabric exposes it to the owner.
 ///
-/// `write_log_as_holder` is the owner writing its own log as a proposer: it is subject to the same
-/// permission as a remote writer (a node whose log is granted to another leader must not accept
-/// its own stale proposals). Owner metadata (`first_undecided`, the amnesiac flag, the control
-/// block) is written with the unchecked methods.
+/// `write_log_as_holder` is the owner writing its own log as a proposer at `ballot`: it is subject
+/// to the same permission as a remote writer (a node whose log is granted to another ballot must
+/// not accept its own stale proposals). Owner metadata (`first_undecided`, the amnesiac flag, the
+/// control block) is written with the unchecked methods.
 pub trait LocalMemory {
     fn id(&self) -> NodeId;
     fn control(&self) -> &[u8];
@@ -97,11 +103,16 @@ pub trait LocalMemory {
     fn write_log_owner(&mut self, offset: usize, bytes: &[u8]);
     /// A proposal into the local log; fails with [`FabricError::Permission`] unless the owner
     /// holds write permission on its own log.
-    fn write_log_as_holder(&mut self, offset: usize, bytes: &[u8]) -> Result<(), FabricError>;
-    /// Gives `peer` write permission on the log.
-    fn grant(&mut self, peer: NodeId);
+    fn write_log_as_holder(
+        &mut self,
+        ballot: Ballot,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), FabricError>;
+    /// Gives `peer`'s connection of `ballot` write permission on the log.
+    fn grant(&mut self, peer: NodeId, ballot: Ballot);
     /// Takes write permission on the log away from `peer`; complete when it returns.
     fn revoke(&mut self, peer: NodeId);
-    /// The nodes currently allowed to write the log.
-    fn writers(&self) -> Vec<NodeId>;
+    /// The (node, ballot) connections currently allowed to write the log.
+    fn writers(&self) -> Vec<(NodeId, Ballot)>;
 }

@@ -24,7 +24,7 @@ use rand::{Rng, RngCore};
 
 use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
 use crate::protocol::layout::{cb_ack, cb_request, CB_BYTES, LINE_BYTES};
-use crate::protocol::NodeId;
+use crate::protocol::{Ballot, NodeId};
 
 /// One node's registered memory and the rights on its log.
 #[derive(Clone, Debug)]
@@ -32,8 +32,8 @@ pub struct SimMemory {
     id: NodeId,
     control: Vec<u8>,
     log: Vec<u8>,
-    /// Bit `p`: node `p` may write the log.
-    writers: u32,
+    /// `writers[p]`: the ballot of node `p`'s connection that may write the log.
+    writers: [Option<Ballot>; 32],
     /// Second halves of torn-in-flight writes: (poster, offset, bytes).
     partial: Vec<(NodeId, usize, Vec<u8>)>,
     /// Log byte ranges written since the last [`SimMemory::take_dirty`].
@@ -53,7 +53,7 @@ impl SimMemory {
             id,
             control: vec![0; CB_BYTES],
             log: vec![0; log_bytes],
-            writers: 0,
+            writers: [None; 32],
             partial: Vec::new(),
             dirty: Vec::new(),
             data_error: 0,
@@ -66,8 +66,12 @@ impl SimMemory {
         std::mem::take(&mut self.dirty)
     }
 
-    pub fn writer_count(&self) -> u32 {
-        self.writers.count_ones()
+    pub fn writer_count(&self) -> usize {
+        self.writers.iter().flatten().count()
+    }
+
+    fn may_write(&self, peer: NodeId, ballot: Ballot) -> bool {
+        self.writers[peer as usize] == Some(ballot)
     }
 
     fn raw_write_log(&mut self, offset: usize, bytes: &[u8]) {
@@ -78,7 +82,7 @@ impl SimMemory {
     fn zero(&mut self) {
         self.control.fill(0);
         self.log.fill(0);
-        self.writers = 0;
+        self.writers = [None; 32];
         self.partial.clear();
         self.dirty.push((0, self.log.len()));
     }
@@ -118,27 +122,34 @@ impl LocalMemory for SimMemory {
         self.raw_write_log(offset, bytes);
     }
 
-    fn write_log_as_holder(&mut self, offset: usize, bytes: &[u8]) -> Result<(), FabricError> {
-        if self.writers & (1 << self.id) == 0 {
+    fn write_log_as_holder(
+        &mut self,
+        ballot: Ballot,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), FabricError> {
+        if !self.may_write(self.id, ballot) {
             return Err(FabricError::Permission);
         }
         self.raw_write_log(offset, bytes);
         Ok(())
     }
 
-    fn grant(&mut self, peer: NodeId) {
-        self.writers |= 1 << peer;
+    fn grant(&mut self, peer: NodeId, ballot: Ballot) {
+        self.writers[peer as usize] = Some(ballot);
     }
 
     fn revoke(&mut self, peer: NodeId) {
         self.flush_partial(peer);
-        self.writers &= !(1 << peer);
+        self.writers[peer as usize] = None;
         self.data_error |= 1 << peer;
         self.revoked |= 1 << peer;
     }
 
-    fn writers(&self) -> Vec<NodeId> {
-        (0..32u8).filter(|p| self.writers & (1 << p) != 0).collect()
+    fn writers(&self) -> Vec<(NodeId, Ballot)> {
+        (0..32u8)
+            .filter_map(|p| self.writers[p as usize].map(|b| (p, b)))
+            .collect()
     }
 }
 
@@ -332,7 +343,7 @@ impl SimFabric {
         self.up[i] = true;
         self.incarnation[i] += 1;
         // The NIC's rights table goes with the process; the node restores what it remembers.
-        self.mems[i].writers = 0;
+        self.mems[i].writers = [None; 32];
         if memory_lost {
             self.mems[i].zero();
         }
@@ -449,7 +460,8 @@ impl SimFabric {
             {
                 if self.up[t] && !self.cut[src as usize][t] && !sticky {
                     let fate = rng.gen_range(0..4);
-                    let allowed = self.write_allowed(src, target, *region, *offset, bytes.len());
+                    let allowed =
+                        self.write_allowed(src, target, post.ballot, *region, *offset, bytes.len());
                     if !allowed || fate == 0 {
                         self.conns.entry(key).or_default().cut_by_crash = true;
                     } else if fate == 1 && bytes.len() > 8 {
@@ -514,7 +526,7 @@ impl SimFabric {
                 offset,
                 bytes,
             } => {
-                if !self.write_allowed(src, target, region, offset, bytes.len()) {
+                if !self.write_allowed(src, target, post.ballot, region, offset, bytes.len()) {
                     self.stats.permission_errors += 1;
                     if mesh == Mesh::Data {
                         self.mems[t].data_error |= 1 << src;
@@ -559,13 +571,14 @@ impl SimFabric {
         &self,
         src: NodeId,
         target: NodeId,
+        ballot: Ballot,
         region: Region,
         offset: usize,
         len: usize,
     ) -> bool {
         let mem = &self.mems[target as usize];
         match region {
-            Region::Log => mem.writers & (1 << src) != 0 && offset + len <= mem.log.len(),
+            Region::Log => mem.may_write(src, ballot) && offset + len <= mem.log.len(),
             Region::Control => len == 8 && (offset == cb_request(src) || offset == cb_ack(src)),
         }
     }
@@ -612,6 +625,8 @@ mod tests {
         )
     }
 
+    const B: Ballot = Ballot(0x105);
+
     fn write(wr_id: u64, target: NodeId, offset: usize, bytes: Vec<u8>) -> Post {
         Post {
             wr_id,
@@ -622,6 +637,7 @@ mod tests {
                 bytes,
             },
             reconnect: false,
+            ballot: B,
         }
     }
 
@@ -652,7 +668,7 @@ mod tests {
             split_prob: 0.5,
             ..SimKnobs::default()
         });
-        f.mems[0].grant(1);
+        f.mems[0].grant(1, B);
         // 50 writes to the same place: the last posted must be what stays.
         for i in 0..50u64 {
             f.post(0, 1, write(i, 0, 256, vec![i as u8; 100]), &mut rng);
@@ -685,6 +701,7 @@ mod tests {
                 bytes: 5u64.to_le_bytes().to_vec(),
             },
             reconnect: false,
+            ballot: Ballot::ZERO,
         };
         f.post(0, 1, post(1, cb_request(1)), &mut rng);
         f.post(0, 1, post(2, cb_request(2)), &mut rng);
@@ -707,7 +724,7 @@ mod tests {
                 ..SimKnobs::default()
             });
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-            f.mems[0].grant(1);
+            f.mems[0].grant(1, B);
             // Node 1 streams writes into slots 0..40 while node 2 waits for the log.
             for i in 0..40u64 {
                 let off = GEO.slot_offset(i);
@@ -718,14 +735,14 @@ mod tests {
             let snapshot_before = f.mems[0].log().to_vec();
             f.mems[0].revoke(1);
             let after_revoke = f.mems[0].log().to_vec();
-            f.mems[0].grant(2);
+            f.mems[0].grant(2, B);
             // The old writer's later posts fail too, and a re-grant does not revive its stream.
             for i in 40..60u64 {
                 let off = GEO.slot_offset(i);
                 f.post(revoke_at, 1, write(i, 0, off, entry_bytes(i, 1)), &mut rng);
             }
             f.mems[0].revoke(2);
-            f.mems[0].grant(1);
+            f.mems[0].grant(1, B);
             done.extend(run(&mut f, &mut rng, revoke_at, revoke_at + 200));
             assert_eq!(done.len(), 60, "seed {seed}: every write completes");
             // Bytes from node 1 that were half-landed at revoke time were completed by revoke
@@ -755,10 +772,36 @@ mod tests {
         }
     }
 
+    /// Permission belongs to one (node, ballot) connection: a write the node posted under an
+    /// older ballot cannot land under a newer grant to the same node.
+    #[test]
+    fn a_grant_covers_only_the_granted_ballots_connection() {
+        let (mut f, mut rng) = fabric(SimKnobs {
+            max_delay_ticks: 10,
+            ..SimKnobs::default()
+        });
+        let newer = Ballot(B.0 + 0x100);
+        f.mems[0].grant(1, B);
+        f.post(0, 1, write(1, 0, 256, vec![1; 8]), &mut rng);
+        f.mems[0].revoke(1);
+        f.mems[0].grant(1, newer);
+        let mut fresh = write(2, 0, 264, vec![2; 8]);
+        fresh.ballot = newer;
+        fresh.reconnect = true;
+        f.post(0, 1, fresh, &mut rng);
+        let mut done = run(&mut f, &mut rng, 0, 100);
+        done.sort_by_key(|c| c.wr_id);
+        assert_eq!(done[0].result, Err(FabricError::Permission));
+        assert_eq!(done[1].result, Ok(None));
+        assert_eq!(&f.mems[0].log()[256..264], &[0u8; 8][..]);
+        assert_eq!(&f.mems[0].log()[264..272], &[2u8; 8][..]);
+        assert_eq!(f.mems[0].writers(), vec![(1, newer)]);
+    }
+
     #[test]
     fn reconnect_revives_a_connection_in_error() {
         let (mut f, mut rng) = fabric(SimKnobs::default());
-        f.mems[0].grant(1);
+        f.mems[0].grant(1, B);
         f.set_cut(0, 1, true);
         f.post(0, 1, write(1, 0, 256, vec![1; 8]), &mut rng);
         run(&mut f, &mut rng, 0, 100);
@@ -783,8 +826,8 @@ mod tests {
                 timeout_ticks: 25,
                 ..SimKnobs::default()
             });
-            f.mems[1].grant(0);
-            f.mems[2].grant(0);
+            f.mems[1].grant(0, B);
+            f.mems[2].grant(0, B);
             f.crash(1);
             f.set_cut(0, 2, true);
             f.post(0, 0, write(1, 1, 256, vec![1; 8]), &mut rng);
@@ -802,7 +845,7 @@ mod tests {
         for seed in 0..50 {
             let (mut f, _) = fabric(SimKnobs::default());
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-            f.mems[0].grant(1);
+            f.mems[0].grant(1, B);
             for i in 0..30u64 {
                 let off = GEO.slot_offset(i);
                 f.post(0, 1, write(i, 0, off, entry_bytes(i, 7)), &mut rng);
@@ -825,7 +868,7 @@ mod tests {
     #[test]
     fn restart_with_memory_lost_zeroes_and_drops_rights() {
         let (mut f, mut rng) = fabric(SimKnobs::default());
-        f.mems[0].grant(1);
+        f.mems[0].grant(1, B);
         f.post(0, 1, write(1, 0, 256, vec![5; 8]), &mut rng);
         run(&mut f, &mut rng, 0, 50);
         assert_eq!(&f.mems[0].log()[256..264], &[5u8; 8][..]);

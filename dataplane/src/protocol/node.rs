@@ -305,6 +305,24 @@ enum Purpose {
     },
 }
 
+impl Purpose {
+    /// The ballot whose connections carry this operation (zero on the control mesh).
+    fn ballot(&self) -> Ballot {
+        match *self {
+            Purpose::Heartbeat { .. } | Purpose::Probe { .. } | Purpose::Request => Ballot::ZERO,
+            Purpose::Ack { .. } => Ballot::ZERO,
+            Purpose::RecHeader { ballot, .. }
+            | Purpose::RecPromise { ballot, .. }
+            | Purpose::RecTail { ballot, .. }
+            | Purpose::RecWrite { ballot, .. }
+            | Purpose::SyncHeader { ballot, .. }
+            | Purpose::SyncTail { ballot, .. }
+            | Purpose::SlotWrite { ballot, .. }
+            | Purpose::Meta { ballot, .. } => ballot,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct LogHeader {
     min_ballot: Ballot,
@@ -483,7 +501,7 @@ impl<S: StateMachine> Node<S> {
                 // The fabric lost its rights table with the process; restore the grant the
                 // control block records. The state machine restarts empty and re-applies.
                 if granted != Ballot::ZERO {
-                    mem.grant(granted.node());
+                    mem.grant(granted.node(), granted);
                     // Our ack may have been lost with the old process: send it again.
                     node.ack_due = Some((granted.node(), granted, now));
                 }
@@ -608,12 +626,14 @@ impl<S: StateMachine> Node<S> {
     ) {
         let wr_id = self.next_wr;
         self.next_wr += 1;
+        let ballot = purpose.ballot();
         self.pending.insert(wr_id, purpose);
         out.posts.push(Post {
             wr_id,
             target,
             op,
             reconnect,
+            ballot,
         });
     }
 
@@ -824,11 +844,11 @@ impl<S: StateMachine> Node<S> {
                 // Revocation first: complete when it returns, so the old holder can land nothing
                 // after the new holder's first write.
                 if !self.cfg.bugs.no_revoke() {
-                    for w in mem.writers() {
+                    for (w, _) in mem.writers() {
                         mem.revoke(w);
                     }
                 }
-                mem.grant(p);
+                mem.grant(p, r);
                 self.granted = r;
                 put_u64(mem.control_mut(), CB_GRANTED_BALLOT, r.0);
                 out.notes.push(Note::Granted { to: p, ballot: r });
@@ -1147,7 +1167,7 @@ impl<S: StateMachine> Node<S> {
                     let quorum = rec.quorum.clone();
                     rec.outstanding = quorum.len() - 1;
                     if mem
-                        .write_log_as_holder(LOG_MIN_BALLOT, &ballot.0.to_le_bytes())
+                        .write_log_as_holder(ballot, LOG_MIN_BALLOT, &ballot.0.to_le_bytes())
                         .is_err()
                     {
                         self.step_down("lost permission on own log", out);
@@ -1273,7 +1293,7 @@ impl<S: StateMachine> Node<S> {
                     for (q, op) in writes {
                         if q == me {
                             if let Op::Write { offset, bytes, .. } = op {
-                                if mem.write_log_as_holder(offset, &bytes).is_err() {
+                                if mem.write_log_as_holder(rec_ballot, offset, &bytes).is_err() {
                                     self.step_down("lost permission on own log", out);
                                     return;
                                 }
@@ -1462,7 +1482,7 @@ impl<S: StateMachine> Node<S> {
                 .filter(|(_, s)| matches!(s, Follower::Active))
                 .map(|(&p, _)| p)
                 .collect();
-            if mem.write_log_as_holder(LOG_COMMIT, &rec).is_err() {
+            if mem.write_log_as_holder(ballot, LOG_COMMIT, &rec).is_err() {
                 self.step_down("lost permission on own log", out);
                 return;
             }
@@ -1482,7 +1502,10 @@ impl<S: StateMachine> Node<S> {
         let geometry = self.cfg.geometry;
         entry.encode(&geometry, &mut self.scratch);
         let off = geometry.slot_offset(entry.slot);
-        if mem.write_log_as_holder(off, &self.scratch).is_err() {
+        if mem
+            .write_log_as_holder(entry.ballot, off, &self.scratch)
+            .is_err()
+        {
             self.step_down("lost permission on own log", out);
             return false;
         }

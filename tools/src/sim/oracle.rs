@@ -210,3 +210,144 @@ impl Oracle {
         self.next_apply[node as usize] = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rapax_dataplane::protocol::layout::{EntryKind, ENTRY_BALLOT};
+
+    const GEO: LogGeometry = LogGeometry {
+        capacity: 16,
+        slot_bytes: 128,
+    };
+
+    fn mems(n: usize) -> Vec<SimMemory> {
+        (0..n)
+            .map(|i| SimMemory::new(i as NodeId, GEO.log_bytes()))
+            .collect()
+    }
+
+    fn put(mem: &mut SimMemory, slot: Slot, ballot: Ballot, payload: &[u8]) {
+        let mut b = Vec::new();
+        Entry {
+            ballot,
+            slot,
+            commit_hint: 0,
+            kind: EntryKind::Batch,
+            payload: payload.to_vec(),
+        }
+        .encode(&GEO, &mut b);
+        mem.write_log_owner(GEO.slot_offset(slot), &b);
+    }
+
+    fn digest(payload: &[u8]) -> u64 {
+        Entry {
+            ballot: Ballot::new(1, 0),
+            slot: 0,
+            commit_hint: 0,
+            kind: EntryKind::Batch,
+            payload: payload.to_vec(),
+        }
+        .value_digest()
+    }
+
+    #[test]
+    fn a_majority_at_one_ballot_chooses() {
+        let mut m = mems(3);
+        let mut o = Oracle::new(3, GEO);
+        let b = Ballot::new(1, 0);
+        put(&mut m[0], 5, b, b"x");
+        o.observe(1, &mut m[0]).unwrap();
+        assert_eq!(o.chosen(5), None);
+        put(&mut m[1], 5, b, b"x");
+        o.observe(2, &mut m[1]).unwrap();
+        assert_eq!(o.chosen(5), Some(digest(b"x")));
+        o.leader_claim(3, 0, 5, b, digest(b"x")).unwrap();
+    }
+
+    #[test]
+    fn acceptances_at_different_ballots_do_not_choose() {
+        let mut m = mems(3);
+        let mut o = Oracle::new(3, GEO);
+        put(&mut m[0], 1, Ballot::new(1, 0), b"x");
+        put(&mut m[1], 1, Ballot::new(2, 1), b"x");
+        o.observe(1, &mut m[0]).unwrap();
+        o.observe(1, &mut m[1]).unwrap();
+        assert_eq!(o.chosen(1), None);
+        let v = o.leader_claim(2, 1, 1, Ballot::new(2, 1), digest(b"x")).unwrap_err();
+        assert_eq!(v.invariant, LEADER_CLAIM);
+    }
+
+    #[test]
+    fn a_second_value_chosen_for_a_slot_is_caught() {
+        let mut m = mems(3);
+        let mut o = Oracle::new(3, GEO);
+        for i in 0..2 {
+            put(&mut m[i], 2, Ballot::new(1, 0), b"x");
+            o.observe(1, &mut m[i]).unwrap();
+        }
+        for i in 1..3 {
+            put(&mut m[i], 2, Ballot::new(2, 1), b"y");
+        }
+        o.observe(2, &mut m[1]).unwrap();
+        let v = o.observe(2, &mut m[2]).unwrap_err();
+        assert_eq!(v.invariant, AGREEMENT);
+    }
+
+    #[test]
+    fn two_values_at_one_ballot_are_caught() {
+        let mut m = mems(3);
+        let mut o = Oracle::new(3, GEO);
+        put(&mut m[0], 3, Ballot::new(1, 0), b"x");
+        put(&mut m[1], 3, Ballot::new(1, 0), b"y");
+        o.observe(1, &mut m[0]).unwrap();
+        let v = o.observe(1, &mut m[1]).unwrap_err();
+        assert_eq!(v.invariant, ONE_VALUE_PER_BALLOT);
+    }
+
+    #[test]
+    fn a_ballot_restamp_counts_as_acceptance() {
+        let mut m = mems(3);
+        let mut o = Oracle::new(3, GEO);
+        put(&mut m[0], 4, Ballot::new(2, 0), b"x");
+        put(&mut m[1], 4, Ballot::new(1, 1), b"x");
+        o.observe(1, &mut m[0]).unwrap();
+        o.observe(1, &mut m[1]).unwrap();
+        assert_eq!(o.chosen(4), None);
+        let off = GEO.slot_offset(4) + ENTRY_BALLOT;
+        m[1].write_log_owner(off, &Ballot::new(2, 0).0.to_le_bytes());
+        o.observe(2, &mut m[1]).unwrap();
+        assert_eq!(o.chosen(4), Some(digest(b"x")));
+    }
+
+    #[test]
+    fn applying_out_of_order_or_unchosen_is_caught() {
+        let mut m = mems(3);
+        let mut o = Oracle::new(3, GEO);
+        for i in 0..2 {
+            put(&mut m[i], 0, Ballot::new(1, 0), b"a");
+            o.observe(1, &mut m[i]).unwrap();
+        }
+        assert_eq!(
+            o.applied(2, 2, 1, digest(b"b")).unwrap_err().invariant,
+            APPLIED_PREFIX
+        );
+        assert_eq!(
+            o.applied(2, 2, 0, digest(b"b")).unwrap_err().invariant,
+            APPLIED_PREFIX
+        );
+        o.applied(2, 2, 0, digest(b"a")).unwrap();
+        o.restarted(2);
+        o.applied(3, 2, 0, digest(b"a")).unwrap();
+    }
+
+    #[test]
+    fn two_writers_on_one_log_are_caught() {
+        let mut m = mems(3);
+        let mut o = Oracle::new(3, GEO);
+        m[0].grant(1, Ballot::new(1, 1));
+        o.observe(1, &mut m[0]).unwrap();
+        m[0].grant(2, Ballot::new(1, 2));
+        assert_eq!(o.observe(2, &mut m[0]).unwrap_err().invariant, SINGLE_WRITER);
+    }
+}
