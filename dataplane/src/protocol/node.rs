@@ -1076,27 +1076,11 @@ impl<S: StateMachine> Node<S> {
                     Ok(Some(bytes)) => {
                         let mut any = false;
                         let held = rec.held.entry(peer).or_default();
-                        for i in 0..chunk {
-                            let s = from + i;
-                            let off = i as usize * geometry.slot_bytes;
-                            let Some(b) = bytes.get(off..off + geometry.slot_bytes) else {
-                                break;
-                            };
-                            if let Ok(h) = Entry::check(b) {
-                                if h.slot == s {
-                                    any = true;
-                                    held.insert(
-                                        s,
-                                        Held {
-                                            ballot: h.ballot,
-                                            value_digest: h.value_digest,
-                                        },
-                                    );
-                                    if rec.best.get(&s).is_none_or(|(bb, _)| h.ballot > *bb) {
-                                        let len = ENTRY_HEADER_BYTES + h.len;
-                                        rec.best.insert(s, (h.ballot, b[..len].to_vec()));
-                                    }
-                                }
+                        for (s, h, b) in entries_in(&bytes, from, &geometry) {
+                            any = true;
+                            held.insert(s, Held::from(&h));
+                            if rec.best.get(&s).is_none_or(|(bb, _)| h.ballot > *bb) {
+                                rec.best.insert(s, (h.ballot, b.to_vec()));
                             }
                         }
                         let next = from + chunk;
@@ -1613,22 +1597,8 @@ impl<S: StateMachine> Node<S> {
                     return;
                 };
                 let bytes = result.unwrap().unwrap();
-                for i in 0..chunk {
-                    let off = i as usize * geometry.slot_bytes;
-                    let Some(b) = bytes.get(off..off + geometry.slot_bytes) else {
-                        break;
-                    };
-                    if let Ok(h) = Entry::check(b) {
-                        if h.slot == from + i {
-                            held.insert(
-                                from + i,
-                                Held {
-                                    ballot: h.ballot,
-                                    value_digest: h.value_digest,
-                                },
-                            );
-                        }
-                    }
+                for (s, h, _) in entries_in(&bytes, from, &geometry) {
+                    held.insert(s, Held::from(&h));
                 }
                 *read_to = from + chunk;
                 self.sync_continue(peer, mem, out);
@@ -1829,6 +1799,34 @@ fn restamp_op(geometry: &LogGeometry, s: Slot, ballot: Ballot) -> Op {
     }
 }
 
+/// The valid entries in `bytes`, a read of consecutive slots from `from`: (slot, header, the
+/// entry's bytes). A slot holding an entry of another slot number (an older lap) is skipped.
+fn entries_in<'a>(
+    bytes: &'a [u8],
+    from: Slot,
+    geometry: &LogGeometry,
+) -> impl Iterator<Item = (Slot, EntryHeader, &'a [u8])> + 'a {
+    bytes
+        .chunks_exact(geometry.slot_bytes)
+        .enumerate()
+        .filter_map(move |(i, b)| {
+            let s = from + i as u64;
+            match Entry::check(b) {
+                Ok(h) if h.slot == s => Some((s, h, &b[..ENTRY_HEADER_BYTES + h.len])),
+                _ => None,
+            }
+        })
+}
+
+impl From<&EntryHeader> for Held {
+    fn from(h: &EntryHeader) -> Held {
+        Held {
+            ballot: h.ballot,
+            value_digest: h.value_digest,
+        }
+    }
+}
+
 /// The valid entries of our own log from `lo` on, chunk by chunk up to the first chunk without
 /// one: the same rule as the remote reads of recovery.
 fn scan_local(
@@ -1838,28 +1836,19 @@ fn scan_local(
     chunk: u64,
 ) -> Vec<(Slot, (Held, Vec<u8>))> {
     let mut found = Vec::new();
-    let mut chunk_end = lo + chunk;
-    for s in lo..geometry.capacity {
-        if s == chunk_end {
-            if found.last().is_none_or(|(last, _)| *last + chunk < s) {
-                break;
-            }
-            chunk_end += chunk;
+    let mut from = lo;
+    while from < geometry.capacity {
+        let Op::Read { offset, len, .. } = read_slots(geometry, from, chunk) else {
+            unreachable!("read_slots reads")
+        };
+        let before = found.len();
+        for (s, h, b) in entries_in(&log[offset..offset + len], from, geometry) {
+            found.push((s, (Held::from(&h), b.to_vec())));
         }
-        let off = geometry.slot_offset(s);
-        match Entry::check(&log[off..off + geometry.slot_bytes]) {
-            Ok(h) if h.slot == s => found.push((
-                s,
-                (
-                    Held {
-                        ballot: h.ballot,
-                        value_digest: h.value_digest,
-                    },
-                    log[off..off + ENTRY_HEADER_BYTES + h.len].to_vec(),
-                ),
-            )),
-            _ => {}
+        if found.len() == before {
+            break;
         }
+        from += chunk;
     }
     found
 }

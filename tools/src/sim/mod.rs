@@ -35,23 +35,12 @@ pub fn run_seed(spec: RunSpec) -> RunReport {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".to_string());
             RunReport {
-                seed,
-                replicas: replicas.unwrap_or(0),
                 violation: Some(Violation {
                     tick: 0,
                     invariant: "no panic",
                     detail: msg,
                 }),
-                faults: FaultCounts::default(),
-                leader_changes: 0,
-                leader_crashed: false,
-                leader_paused: false,
-                memory_lost_restarts: 0,
-                ops_invoked: 0,
-                ops_acked: 0,
-                chosen_slots: 0,
-                fabric: Default::default(),
-                timeline: Vec::new(),
+                ..RunReport::new(seed, replicas.unwrap_or(0))
             }
         }
     }

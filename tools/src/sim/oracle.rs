@@ -274,7 +274,9 @@ mod tests {
         o.observe(1, &mut m[0]).unwrap();
         o.observe(1, &mut m[1]).unwrap();
         assert_eq!(o.chosen(1), None);
-        let v = o.leader_claim(2, 1, 1, Ballot::new(2, 1), digest(b"x")).unwrap_err();
+        let v = o
+            .leader_claim(2, 1, 1, Ballot::new(2, 1), digest(b"x"))
+            .unwrap_err();
         assert_eq!(v.invariant, LEADER_CLAIM);
     }
 
@@ -282,12 +284,12 @@ mod tests {
     fn a_second_value_chosen_for_a_slot_is_caught() {
         let mut m = mems(3);
         let mut o = Oracle::new(3, GEO);
-        for i in 0..2 {
-            put(&mut m[i], 2, Ballot::new(1, 0), b"x");
-            o.observe(1, &mut m[i]).unwrap();
+        for mem in &mut m[..2] {
+            put(mem, 2, Ballot::new(1, 0), b"x");
+            o.observe(1, mem).unwrap();
         }
-        for i in 1..3 {
-            put(&mut m[i], 2, Ballot::new(2, 1), b"y");
+        for mem in &mut m[1..] {
+            put(mem, 2, Ballot::new(2, 1), b"y");
         }
         o.observe(2, &mut m[1]).unwrap();
         let v = o.observe(2, &mut m[2]).unwrap_err();
@@ -324,9 +326,9 @@ mod tests {
     fn applying_out_of_order_or_unchosen_is_caught() {
         let mut m = mems(3);
         let mut o = Oracle::new(3, GEO);
-        for i in 0..2 {
-            put(&mut m[i], 0, Ballot::new(1, 0), b"a");
-            o.observe(1, &mut m[i]).unwrap();
+        for mem in &mut m[..2] {
+            put(mem, 0, Ballot::new(1, 0), b"a");
+            o.observe(1, mem).unwrap();
         }
         assert_eq!(
             o.applied(2, 2, 1, digest(b"b")).unwrap_err().invariant,
@@ -348,6 +350,9 @@ mod tests {
         m[0].grant(1, Ballot::new(1, 1));
         o.observe(1, &mut m[0]).unwrap();
         m[0].grant(2, Ballot::new(1, 2));
-        assert_eq!(o.observe(2, &mut m[0]).unwrap_err().invariant, SINGLE_WRITER);
+        assert_eq!(
+            o.observe(2, &mut m[0]).unwrap_err().invariant,
+            SINGLE_WRITER
+        );
     }
 }

@@ -125,6 +125,27 @@ pub struct RunReport {
     pub timeline: Vec<Event>,
 }
 
+impl RunReport {
+    /// A report with nothing found yet.
+    pub fn new(seed: u64, replicas: usize) -> RunReport {
+        RunReport {
+            seed,
+            replicas,
+            violation: None,
+            faults: FaultCounts::default(),
+            leader_changes: 0,
+            leader_crashed: false,
+            leader_paused: false,
+            memory_lost_restarts: 0,
+            ops_invoked: 0,
+            ops_acked: 0,
+            chosen_slots: 0,
+            fabric: SimStats::default(),
+            timeline: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MemoryMode {
     Kept,
@@ -317,21 +338,7 @@ impl World {
             + swarm.fabric.timeout_ticks * 4
             + swarm.client_timeout * 2;
         World {
-            report: RunReport {
-                seed: spec.seed,
-                replicas: n,
-                violation: None,
-                faults: FaultCounts::default(),
-                leader_changes: 0,
-                leader_crashed: false,
-                leader_paused: false,
-                memory_lost_restarts: 0,
-                ops_invoked: 0,
-                ops_acked: 0,
-                chosen_slots: 0,
-                fabric: SimStats::default(),
-                timeline: Vec::new(),
-            },
+            report: RunReport::new(spec.seed, n),
             script: spec.script.clone(),
             spec,
             rng,
