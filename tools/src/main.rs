@@ -131,12 +131,13 @@ fn main() -> ExitCode {
             println!(
                 "sim: coverage: {} seeds with a leader crash, {} with a paused-then-resumed \
                  leader, {} memory-lost restarts, {} slots chosen, {} client ops acknowledged, \
-                 {:.1} s",
+                 commits resumed at most {} ticks after the last heal, {:.1} s",
                 summary.seeds_leader_crashed,
                 summary.seeds_leader_paused,
                 summary.memory_lost_restarts,
                 summary.chosen_slots,
                 summary.ops_acked,
+                summary.max_resume_ticks,
                 started.elapsed().as_secs_f64()
             );
             if let Some(s) = summary.first_failing_seed {

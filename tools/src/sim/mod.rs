@@ -58,6 +58,8 @@ pub struct Summary {
     pub memory_lost_restarts: u64,
     pub ops_acked: u64,
     pub chosen_slots: u64,
+    /// The longest time, over all seeds, from the last heal to the next chosen slot.
+    pub max_resume_ticks: u64,
     pub first_failing_seed: Option<u64>,
 }
 
@@ -78,6 +80,7 @@ impl Summary {
         self.memory_lost_restarts += r.memory_lost_restarts;
         self.ops_acked += r.ops_acked;
         self.chosen_slots += r.chosen_slots;
+        self.max_resume_ticks = self.max_resume_ticks.max(r.resume_ticks.unwrap_or(0));
     }
 
     /// The one-line summary.

@@ -119,6 +119,8 @@ pub struct RunReport {
     pub ops_invoked: u64,
     pub ops_acked: u64,
     pub chosen_slots: u64,
+    /// Ticks from the last heal to the next chosen slot.
+    pub resume_ticks: Option<u64>,
     /// Fabric counters: permission errors, lost operations, torn writes...
     pub fabric: SimStats,
     /// Every note of every node, in order (only with [`RunSpec::record`]).
@@ -140,6 +142,7 @@ impl RunReport {
             ops_invoked: 0,
             ops_acked: 0,
             chosen_slots: 0,
+            resume_ticks: None,
             fabric: SimStats::default(),
             timeline: Vec::new(),
         }
@@ -952,11 +955,14 @@ impl World {
 
     // ---- liveness and final checks --------------------------------------------------------------
 
-    fn liveness(&self) -> Result<(), Violation> {
+    fn liveness(&mut self) -> Result<(), Violation> {
         if !self.heals.is_empty() || self.now < self.fault_end {
             return Ok(());
         }
         let since = self.last_heal.max(self.fault_end);
+        if self.last_chosen >= since && self.report.resume_ticks.is_none() {
+            self.report.resume_ticks = Some(self.last_chosen - since);
+        }
         let busy = self.clients.iter().any(|c| c.waiting.is_some());
         if busy && self.last_chosen < since && self.now > since + self.liveness_bound {
             return Err(self.violation(
