@@ -1,12 +1,15 @@
 //! `rapax`: the operator's command line.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use rapax::sim::{run_seed, RunSpec, Summary};
-use rapax_dataplane::protocol::node::{Bugs, BUG_NAMES};
+use rapax::sim::{run_seed, RunReport, RunSpec, Summary};
+use rapax_dataplane::protocol::node::Bugs;
 
 /// rapax: kernel-bypass state-machine replication.
 ///
@@ -66,6 +69,9 @@ enum Command {
         /// Print every fault, heal and leader change.
         #[arg(long)]
         trace: bool,
+        /// Seeds run in parallel (default: the available cores). Results do not depend on it.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
 }
 
@@ -74,6 +80,51 @@ fn parse_replicas(s: &str) -> Result<usize, String> {
         Ok(n @ (3 | 5 | 7)) => Ok(n),
         _ => Err(format!("replicas must be 3, 5 or 7, got '{s}'")),
     }
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs the seeds of `range` on `jobs` threads and hands the reports to `each` in seed order,
+/// until it returns false.
+fn for_each_in_order(
+    range: std::ops::Range<u64>,
+    jobs: usize,
+    spec: impl Fn(u64) -> RunSpec + Sync,
+    mut each: impl FnMut(RunReport) -> bool,
+) {
+    let next = AtomicU64::new(range.start);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<RunReport>();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            let tx = tx.clone();
+            let (next, stop, spec, end) = (&next, &stop, &spec, range.end);
+            scope.spawn(move || loop {
+                let s = next.fetch_add(1, Ordering::Relaxed);
+                if s >= end || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if tx.send(run_seed(spec(s))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = BTreeMap::new();
+        let mut want = range.start;
+        for report in rx {
+            pending.insert(report.seed, report);
+            while let Some(report) = pending.remove(&want) {
+                want += 1;
+                if !each(report) {
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 fn main() -> ExitCode {
@@ -88,12 +139,13 @@ fn main() -> ExitCode {
             inject_bug,
             stop_on_violation,
             trace,
+            jobs,
         } => {
             let bugs = match inject_bug.as_deref().map(Bugs::parse) {
                 None => Bugs::default(),
                 Some(Ok(b)) => b,
                 Some(Err(e)) => {
-                    eprintln!("rapax sim: {e} (known: {})", BUG_NAMES.join(", "));
+                    eprintln!("rapax sim: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -101,16 +153,22 @@ fn main() -> ExitCode {
                 Some(s) => s..s + 1,
                 None => first_seed..first_seed + seeds,
             };
+            // Traces interleave across threads: a traced run uses one.
+            let jobs = if trace {
+                1
+            } else {
+                jobs.unwrap_or_else(default_jobs)
+            };
             let started = Instant::now();
             let mut summary = Summary::default();
-            for s in range {
-                let report = run_seed(RunSpec {
-                    replicas,
-                    ticks,
-                    bugs,
-                    trace,
-                    ..RunSpec::seed(s)
-                });
+            let spec = |s| RunSpec {
+                replicas,
+                ticks,
+                bugs,
+                trace,
+                ..RunSpec::seed(s)
+            };
+            for_each_in_order(range, jobs, spec, |report| {
                 if let Some(v) = &report.violation {
                     println!(
                         "VIOLATION seed {} ({} replicas): {v}\n  replay: rapax sim --seed {}{}{} --ticks {ticks}",
@@ -124,10 +182,8 @@ fn main() -> ExitCode {
                     );
                 }
                 summary.add(&report);
-                if stop_on_violation && report.violation.is_some() {
-                    break;
-                }
-            }
+                !(stop_on_violation && report.violation.is_some())
+            });
             println!(
                 "sim: coverage: {} seeds with a leader crash, {} with a paused-then-resumed \
                  leader, {} memory-lost restarts, {} slots chosen, {} client ops acknowledged, \

@@ -93,7 +93,7 @@ impl Bugs {
         #[cfg(not(feature = "inject-bugs"))]
         Err(format!(
             "bug '{name}' needs a build with the inject-bugs feature \
-             (cargo build --release --features inject-bugs)"
+             (cargo build --release -p rapax --features inject-bugs)"
         ))
     }
 
