@@ -561,6 +561,36 @@ mod tests {
     }
 
     #[test]
+    fn garbage_never_panics_the_decoders() {
+        use rand::{Rng, RngCore, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(1);
+        let mut valid = Vec::new();
+        entry(b"payload").encode(&geo(), &mut valid);
+        let mut batch = Vec::new();
+        Batch::encode([&b"ab"[..], b"cde"], &mut batch);
+        for i in 0..20_000 {
+            let len = rng.gen_range(0..300);
+            let mut buf = vec![0u8; len];
+            rng.fill_bytes(&mut buf);
+            if i % 2 == 0 && len >= valid.len() {
+                // Mutations of a valid entry: a few flipped bytes anywhere.
+                buf[..valid.len()].copy_from_slice(&valid);
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(0..len);
+                    buf[at] ^= rng.gen_range(1..=255u8);
+                }
+            }
+            let _ = Entry::decode(&buf);
+            let _ = CommitRecord::decode(&buf);
+            let _ = Batch::decode(&buf);
+            let mut b = batch.clone();
+            let at = rng.gen_range(0..b.len());
+            b[at] = rng.gen();
+            let _ = Batch::decode(&b);
+        }
+    }
+
+    #[test]
     fn control_block_offsets_do_not_overlap() {
         const { assert!(CB_AMNESIAC + 8 <= CB_REQUESTS) };
         assert_eq!(cb_request(15) + 8, CB_ACKS);

@@ -508,6 +508,15 @@ impl<S: StateMachine> Node<S> {
                 let header = LogHeader::parse(mem.log());
                 node.max_seen = node.max_seen.max(header.min_ballot);
                 node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
+                if header.amnesiac && granted == Ballot::ZERO {
+                    // Still amnesiac and it had not granted anything since: its floor is
+                    // unknown again, so probe again before granting.
+                    node.grant_floor = None;
+                    node.probe = Some(Probe {
+                        last_sent: None,
+                        answers: BTreeMap::new(),
+                    });
+                }
             }
             Start::MemoryLost => {
                 mem.write_log_owner(LOG_AMNESIAC, &1u64.to_le_bytes());
@@ -1545,7 +1554,6 @@ impl<S: StateMachine> Node<S> {
         out: &mut Output,
     ) {
         let geometry = self.cfg.geometry;
-        let chunk = self.cfg.read_chunk_slots;
         let now = self.now;
         let Role::Leader(l) = &mut self.role else {
             return;
@@ -1600,7 +1608,7 @@ impl<S: StateMachine> Node<S> {
                 for (s, h, _) in entries_in(&bytes, from, &geometry) {
                     held.insert(s, Held::from(&h));
                 }
-                *read_to = from + chunk;
+                *read_to = from + (bytes.len() / geometry.slot_bytes) as u64;
                 self.sync_continue(peer, mem, out);
             }
             _ => unreachable!("not a leader purpose"),
@@ -1612,6 +1620,7 @@ impl<S: StateMachine> Node<S> {
     fn sync_continue(&mut self, peer: NodeId, mem: &mut impl LocalMemory, out: &mut Output) {
         let geometry = self.cfg.geometry;
         let chunk = self.cfg.read_chunk_slots;
+        let window = self.cfg.window_slots;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -1626,7 +1635,8 @@ impl<S: StateMachine> Node<S> {
             return;
         };
         if *read_to < l.next_slot {
-            let op = read_slots(&geometry, *read_to, chunk);
+            // Read at least two windows at a time so the reads outrun new proposals.
+            let op = read_slots(&geometry, *read_to, chunk.max(2 * window));
             let from = *read_to;
             self.post(out, peer, op, Purpose::SyncTail { ballot, peer, from });
             return;
