@@ -274,7 +274,9 @@ impl World {
             memory,
             fabric: fabric_knobs,
         };
-        let geometry = LogGeometry::new(8192, 256).expect("valid geometry");
+        // No log reuse yet: size the log so a run never fills it (a few slots per tick at most).
+        let capacity = (spec.ticks * 3).next_power_of_two().max(1024);
+        let geometry = LogGeometry::new(capacity, 256).expect("valid geometry");
         let read_period = rng.gen_range(2..=8);
         let score_cap = rng.gen_range(4..=12);
         let recover = rng.gen_range(2..=score_cap);
