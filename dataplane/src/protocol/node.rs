@@ -261,9 +261,6 @@ enum Purpose {
         peer: NodeId,
         token: u64,
     },
-    Probe {
-        peer: NodeId,
-    },
     Request,
     Ack {
         ballot: Ballot,
@@ -309,7 +306,7 @@ impl Purpose {
     /// The ballot whose connections carry this operation (zero on the control mesh).
     fn ballot(&self) -> Ballot {
         match *self {
-            Purpose::Heartbeat { .. } | Purpose::Probe { .. } | Purpose::Request => Ballot::ZERO,
+            Purpose::Heartbeat { .. } | Purpose::Request => Ballot::ZERO,
             Purpose::Ack { .. } => Ballot::ZERO,
             Purpose::RecHeader { ballot, .. }
             | Purpose::RecPromise { ballot, .. }
@@ -423,10 +420,10 @@ enum Role {
     Leader(Box<Leader>),
 }
 
-/// A restarted-amnesiac node learning the ballot floor before it grants anything.
-#[derive(Debug)]
+/// A restarted-amnesiac node learning the ballot floor before it grants anything: the granted
+/// ballots its heartbeat reads returned from non-amnesiac peers.
+#[derive(Debug, Default)]
 struct Probe {
-    last_sent: Option<u64>,
     answers: BTreeMap<NodeId, Ballot>,
 }
 
@@ -512,20 +509,14 @@ impl<S: StateMachine> Node<S> {
                     // Still amnesiac and it had not granted anything since: its floor is
                     // unknown again, so probe again before granting.
                     node.grant_floor = None;
-                    node.probe = Some(Probe {
-                        last_sent: None,
-                        answers: BTreeMap::new(),
-                    });
+                    node.probe = Some(Probe::default());
                 }
             }
             Start::MemoryLost => {
                 mem.write_log_owner(LOG_AMNESIAC, &1u64.to_le_bytes());
                 put_u64(mem.control_mut(), CB_AMNESIAC, 1);
                 node.grant_floor = None;
-                node.probe = Some(Probe {
-                    last_sent: None,
-                    answers: BTreeMap::new(),
-                });
+                node.probe = Some(Probe::default());
                 node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
             }
         }
@@ -680,7 +671,7 @@ impl<S: StateMachine> Node<S> {
             };
             self.post(out, peer, op, Purpose::Heartbeat { peer, token });
         }
-        self.probe_tick(mem, out);
+        self.probe_tick();
         self.grant_tick(mem, out);
         self.role_tick(mem, out);
     }
@@ -711,22 +702,19 @@ impl<S: StateMachine> Node<S> {
             Purpose::Heartbeat { peer, token } => {
                 let counter = match &c.result {
                     Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
-                        self.peer_amnesiac[peer as usize] = get_u64(b, CB_AMNESIAC) != 0;
+                        let amnesiac = get_u64(b, CB_AMNESIAC) != 0;
+                        let granted = Ballot(get_u64(b, CB_GRANTED_BALLOT));
+                        self.peer_amnesiac[peer as usize] = amnesiac;
                         // The ballot the peer granted: a candidate must stand above it.
-                        self.max_seen = self.max_seen.max(Ballot(get_u64(b, CB_GRANTED_BALLOT)));
+                        self.max_seen = self.max_seen.max(granted);
+                        if let (Some(p), false) = (&mut self.probe, amnesiac) {
+                            p.answers.insert(peer, granted);
+                        }
                         Some(get_u64(b, CB_HEARTBEAT))
                     }
                     _ => None,
                 };
                 self.election.on_read(peer, token, counter);
-            }
-            Purpose::Probe { peer } => {
-                if let (Some(p), Ok(Some(b))) = (&mut self.probe, &c.result) {
-                    if get_u64(b, CB_AMNESIAC) == 0 {
-                        p.answers
-                            .insert(peer, Ballot(get_u64(b, CB_GRANTED_BALLOT)));
-                    }
-                }
             }
             Purpose::Request => {}
             Purpose::Ack { ballot } => {
@@ -799,35 +787,16 @@ impl<S: StateMachine> Node<S> {
 
     // ---- control plane: amnesia probe, grants, candidacy ------------------------------------
 
-    fn probe_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+    /// An amnesiac node's probe is done once a majority of non-amnesiac peers answered a
+    /// heartbeat read (which returns their granted ballot): the floor is the highest of those.
+    fn probe_tick(&mut self) {
         let Some(p) = &self.probe else { return };
-        let need = majority(self.n());
-        if p.answers.len() >= need {
+        if p.answers.len() >= majority(self.n()) {
             let floor = p.answers.values().copied().max().unwrap_or(Ballot::ZERO);
             self.grant_floor = Some(floor);
             self.max_seen = self.max_seen.max(floor);
             self.probe = None;
-            return;
         }
-        if p.last_sent
-            .is_some_and(|t| self.now < t + self.cfg.retry_ticks)
-        {
-            return;
-        }
-        let answered: Vec<NodeId> = p.answers.keys().copied().collect();
-        if let Some(p) = &mut self.probe {
-            p.last_sent = Some(self.now);
-        }
-        let peers: Vec<NodeId> = self.peers().filter(|p| !answered.contains(p)).collect();
-        for peer in peers {
-            let op = Op::Read {
-                region: Region::Control,
-                offset: 0,
-                len: CB_AMNESIAC + 8,
-            };
-            self.post(out, peer, op, Purpose::Probe { peer });
-        }
-        let _ = mem;
     }
 
     fn grant_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
