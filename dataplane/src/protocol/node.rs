@@ -1831,3 +1831,261 @@ fn scan_local(
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::sim::SimMemory;
+    use crate::protocol::kv::{Command, KvLimits, KvOp, KvStore};
+
+    fn cfg(id: NodeId, n: usize) -> NodeConfig {
+        let geometry = LogGeometry::new(64, 256).unwrap();
+        NodeConfig {
+            id,
+            ring: (0..n as NodeId).collect(),
+            geometry,
+            window_slots: 4,
+            batch_max_commands: 4,
+            batch_max_bytes: geometry.max_payload(),
+            client_queue_max: 8,
+            election: ElectionConfig {
+                read_period_ticks: 1,
+                score_cap: 4,
+                fail_threshold: 1,
+                recover_threshold: 3,
+            },
+            retry_ticks: 10,
+            candidate_timeout_ticks: 40,
+            stepdown_holdoff_ticks: 5,
+            apply_scan_slots: 16,
+            read_chunk_slots: 16,
+            bugs: Bugs::default(),
+        }
+    }
+
+    fn node(id: NodeId, n: usize, start: Start) -> (Node<KvStore>, SimMemory) {
+        // A fresh SimMemory is zeroed, as the fabric leaves lost memory.
+        let mut mem = SimMemory::new(id, cfg(id, n).geometry.log_bytes());
+        let node = Node::new(
+            cfg(id, n),
+            KvStore::new(KvLimits::default()),
+            &mut mem,
+            start,
+            0,
+        );
+        (node, mem)
+    }
+
+    fn request(mem: &mut SimMemory, from: NodeId, ballot: Ballot) {
+        put_u64(mem.control_mut(), cb_request(from), ballot.0);
+    }
+
+    fn acks(out: &Output) -> Vec<(NodeId, Ballot)> {
+        out.posts
+            .iter()
+            .filter_map(|p| match &p.op {
+                Op::Write {
+                    region: Region::Control,
+                    offset,
+                    bytes,
+                } if *offset == cb_ack(1) => Some((p.target, Ballot(get_u64(bytes, 0)))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grants_the_highest_request_revoking_the_holder_and_acks() {
+        let (mut n, mut mem) = node(1, 3, Start::Fresh);
+        let mut out = Output::default();
+        request(&mut mem, 0, Ballot::new(1, 0));
+        request(&mut mem, 2, Ballot::new(2, 2));
+        n.tick_control(1, &mut mem, &mut out);
+        assert_eq!(mem.writers(), vec![(2, Ballot::new(2, 2))]);
+        assert_eq!(n.granted(), Ballot::new(2, 2));
+        assert_eq!(
+            get_u64(mem.control(), CB_GRANTED_BALLOT),
+            Ballot::new(2, 2).0
+        );
+        assert_eq!(acks(&out), vec![(2, Ballot::new(2, 2))]);
+        // A lower or equal request changes nothing; a higher one moves the grant.
+        out.clear();
+        request(&mut mem, 0, Ballot::new(2, 0));
+        n.tick_control(2, &mut mem, &mut out);
+        assert_eq!(mem.writers(), vec![(2, Ballot::new(2, 2))]);
+        assert!(acks(&out).is_empty());
+        request(&mut mem, 0, Ballot::new(3, 0));
+        n.tick_control(3, &mut mem, &mut out);
+        assert_eq!(mem.writers(), vec![(0, Ballot::new(3, 0))]);
+        assert_eq!(acks(&out), vec![(0, Ballot::new(3, 0))]);
+    }
+
+    #[test]
+    fn a_request_in_another_nodes_word_is_ignored() {
+        let (mut n, mut mem) = node(1, 3, Start::Fresh);
+        let mut out = Output::default();
+        // Node 0's word holding a ballot of node 2: malformed, never granted.
+        request(&mut mem, 0, Ballot::new(5, 2));
+        n.tick_control(1, &mut mem, &mut out);
+        assert!(mem.writers().is_empty());
+        assert_eq!(n.granted(), Ballot::ZERO);
+    }
+
+    #[test]
+    fn the_ring_head_stands_and_leads_alone_only_with_a_majority() {
+        let (mut n, mut mem) = node(0, 3, Start::Fresh);
+        let mut out = Output::default();
+        n.tick(1, &mut mem, &mut out);
+        assert_eq!(n.role(), RoleKind::Candidate);
+        let b = n.own_ballot().unwrap();
+        // It asked both peers.
+        let asked: Vec<NodeId> = out
+            .posts
+            .iter()
+            .filter(|p| matches!(&p.op, Op::Write { offset, .. } if *offset == cb_request(0)))
+            .map(|p| p.target)
+            .collect();
+        assert_eq!(asked, vec![1, 2]);
+        // Its own ack alone is not a majority.
+        for t in 2..10 {
+            n.tick(t, &mut mem, &mut out);
+        }
+        assert_eq!(n.role(), RoleKind::Candidate);
+        // A peer's ack makes a majority: recovery starts with a header read of that peer.
+        put_u64(mem.control_mut(), cb_ack(1), b.0);
+        out.clear();
+        n.tick(10, &mut mem, &mut out);
+        assert_eq!(n.role(), RoleKind::Recovering);
+        assert!(out
+            .posts
+            .iter()
+            .any(|p| p.target == 1 && p.reconnect && p.ballot == b));
+    }
+
+    #[test]
+    fn followers_redirect_and_everyone_refuses_oversize_commands() {
+        let (mut n, mut mem) = node(1, 3, Start::Fresh);
+        let mut out = Output::default();
+        request(&mut mem, 2, Ballot::new(1, 2));
+        n.tick_control(1, &mut mem, &mut out);
+        let mut cmd = Vec::new();
+        Command {
+            client: 7,
+            seq: 1,
+            op: KvOp::Get { key: b"k".to_vec() },
+        }
+        .encode(&mut cmd);
+        out.clear();
+        n.on_client_request(
+            2,
+            ClientRequest {
+                client: 7,
+                seq: 1,
+                command: cmd,
+            },
+            &mut mem,
+            &mut out,
+        );
+        assert_eq!(
+            out.replies[0].result,
+            Err(ClientError::NotLeader {
+                leader_hint: Some(2)
+            })
+        );
+        out.clear();
+        n.on_client_request(
+            3,
+            ClientRequest {
+                client: 7,
+                seq: 2,
+                command: vec![0; 1000],
+            },
+            &mut mem,
+            &mut out,
+        );
+        assert!(matches!(
+            out.replies[0].result,
+            Err(ClientError::TooLarge { bytes: 1000, .. })
+        ));
+    }
+
+    fn heartbeat_answer(
+        n: &mut Node<KvStore>,
+        mem: &mut SimMemory,
+        out: &mut Output,
+        granted: Ballot,
+        amnesiac: bool,
+    ) {
+        let posts: Vec<Post> = out.posts.drain(..).collect();
+        for p in posts {
+            if let Op::Read {
+                region: Region::Control,
+                ..
+            } = p.op
+            {
+                let mut cb = vec![0u8; CB_AMNESIAC + 8];
+                put_u64(&mut cb, CB_HEARTBEAT, 1);
+                put_u64(&mut cb, CB_GRANTED_BALLOT, granted.0);
+                put_u64(&mut cb, CB_AMNESIAC, u64::from(amnesiac));
+                let c = Completion {
+                    wr_id: p.wr_id,
+                    result: Ok(Some(cb)),
+                };
+                n.on_completion(0, c, mem, out);
+            }
+        }
+    }
+
+    #[test]
+    fn an_amnesiac_node_grants_nothing_below_what_a_majority_granted() {
+        let (mut n, mut mem) = node(1, 3, Start::MemoryLost);
+        assert!(n.is_amnesiac(&mem));
+        let mut out = Output::default();
+        let floor = Ballot::new(4, 0);
+        // A stale, lower request arrives before the probe is done: refused.
+        request(&mut mem, 2, Ballot::new(3, 2));
+        n.tick_control(1, &mut mem, &mut out);
+        assert!(mem.writers().is_empty());
+        // Only amnesiac peers answer: still not enough.
+        heartbeat_answer(&mut n, &mut mem, &mut out, floor, true);
+        n.tick_control(2, &mut mem, &mut out);
+        assert!(mem.writers().is_empty());
+        // Both peers answer, non-amnesiac, having granted b4.0.
+        heartbeat_answer(&mut n, &mut mem, &mut out, floor, false);
+        n.tick_control(3, &mut mem, &mut out);
+        assert!(mem.writers().is_empty(), "b3.2 is below the floor");
+        request(&mut mem, 0, floor);
+        n.tick_control(4, &mut mem, &mut out);
+        assert_eq!(
+            mem.writers(),
+            vec![(0, floor)],
+            "the floor's own leader may re-take it"
+        );
+        // It is not electable and never stands while amnesiac.
+        assert_eq!(n.role(), RoleKind::Follower);
+    }
+
+    #[test]
+    fn a_restart_with_memory_kept_restores_the_grant_and_re_acks() {
+        let (mut n, mut mem) = node(1, 3, Start::Fresh);
+        let mut out = Output::default();
+        request(&mut mem, 2, Ballot::new(1, 2));
+        n.tick_control(1, &mut mem, &mut out);
+        drop(n);
+        // The process dies; the fabric loses the rights table; the memory survives.
+        for (w, _) in mem.writers() {
+            mem.revoke(w);
+        }
+        let mut out = Output::default();
+        let mut n = Node::new(
+            cfg(1, 3),
+            KvStore::new(KvLimits::default()),
+            &mut mem,
+            Start::MemoryKept,
+            100,
+        );
+        assert_eq!(mem.writers(), vec![(2, Ballot::new(1, 2))]);
+        n.tick_control(101, &mut mem, &mut out);
+        assert_eq!(acks(&out), vec![(2, Ballot::new(1, 2))]);
+    }
+}
