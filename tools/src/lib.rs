@@ -2,3 +2,18 @@
 
 pub mod lincheck;
 pub mod sim;
+
+/// Prints a line on standard output; a closed pipe (`rapax sim ... | head`) ends the process
+/// quietly instead of panicking.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("writing to standard output: {e}");
+        }
+    }};
+}

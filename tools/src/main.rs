@@ -170,7 +170,7 @@ fn main() -> ExitCode {
             };
             for_each_in_order(range, jobs, spec, |report| {
                 if let Some(v) = &report.violation {
-                    println!(
+                    rapax::say!(
                         "VIOLATION seed {} ({} replicas): {v}\n  replay: rapax sim --seed {}{}{} --ticks {ticks}",
                         report.seed,
                         report.replicas,
@@ -184,7 +184,7 @@ fn main() -> ExitCode {
                 summary.add(&report);
                 !(stop_on_violation && report.violation.is_some())
             });
-            println!(
+            rapax::say!(
                 "sim: coverage: {} seeds with a leader crash, {} with a paused-then-resumed \
                  leader, {} memory-lost restarts, {} slots chosen, {} client ops acknowledged, \
                  commits resumed at most {} ticks after the last heal, {:.1} s",
@@ -197,9 +197,9 @@ fn main() -> ExitCode {
                 started.elapsed().as_secs_f64()
             );
             if let Some(s) = summary.first_failing_seed {
-                println!("sim: first failing seed {s}");
+                rapax::say!("sim: first failing seed {s}");
             }
-            println!("{}", summary.line());
+            rapax::say!("{}", summary.line());
             if summary.violations > 0 {
                 ExitCode::FAILURE
             } else {

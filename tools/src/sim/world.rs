@@ -376,7 +376,7 @@ impl World {
 
     fn trace(&self, what: std::fmt::Arguments<'_>) {
         if self.spec.trace {
-            println!("[seed {} t{}] {}", self.spec.seed, self.now, what);
+            crate::say!("[seed {} t{}] {}", self.spec.seed, self.now, what);
         }
     }
 
