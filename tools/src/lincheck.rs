@@ -1093,16 +1093,19 @@ mod tests {
 
     // ---- random histories --------------------------------------------------------------------
 
-    struct SplitMix64(u64);
+    /// A seeded generator for the random histories.
+    struct Rng64(rand_xoshiro::Xoshiro256PlusPlus);
 
-    impl SplitMix64 {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+    impl Rng64 {
+        fn new(seed: u64) -> Rng64 {
+            use rand::SeedableRng;
+            Rng64(rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed))
         }
+
+        fn next(&mut self) -> u64 {
+            rand::RngCore::next_u64(&mut self.0)
+        }
+
         fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
@@ -1122,7 +1125,7 @@ mod tests {
             takes_effect: bool,
             rejected: bool,
         }
-        let mut rng = SplitMix64(seed);
+        let mut rng = Rng64::new(seed);
         let mut clock: Vec<u64> = (0..clients).map(|_| rng.below(10)).collect();
         let mut slots = Vec::with_capacity(n_ops);
         for _ in 0..n_ops {
@@ -1232,7 +1235,7 @@ mod tests {
     fn random_history_with_a_corrupted_read_is_not_linearizable() {
         for seed in 0..20 {
             let mut history = random_history(seed, 500, 8, 4);
-            let mut rng = SplitMix64(seed ^ 0xdead_beef);
+            let mut rng = Rng64::new(seed ^ 0xdead_beef);
             let reads: Vec<usize> = (0..history.len())
                 .filter(|&i| {
                     matches!(history[i].op, KvOp::Get { .. })
