@@ -243,3 +243,32 @@ fn loss_storm_keeps_safety_and_recovers() {
         );
     }
 }
+
+#[test]
+fn slow_leader_keeps_safety_and_the_cluster_keeps_committing() {
+    for seed in 1..=20 {
+        let r = run(
+            seed,
+            5,
+            vec![(
+                300,
+                Fault::Slow {
+                    node: Target::Leader,
+                    every: 6,
+                    for_ticks: 900,
+                },
+            )],
+        );
+        assert_eq!(r.faults.slow, 1);
+        // Commits went on during the slow period, whoever led.
+        let chosen_during = r
+            .timeline
+            .iter()
+            .filter(|e| (300..1200).contains(&e.tick) && matches!(e.note, Note::Chosen { .. }))
+            .count();
+        assert!(
+            chosen_during > 0,
+            "seed {seed}: commits during the slow period"
+        );
+    }
+}

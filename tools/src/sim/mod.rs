@@ -74,6 +74,7 @@ impl Summary {
         self.faults.pause += r.faults.pause;
         self.faults.partition += r.faults.partition;
         self.faults.loss += r.faults.loss;
+        self.faults.slow += r.faults.slow;
         self.leader_changes += r.leader_changes;
         self.seeds_leader_crashed += u64::from(r.leader_crashed);
         self.seeds_leader_paused += u64::from(r.leader_paused);

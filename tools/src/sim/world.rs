@@ -77,6 +77,13 @@ pub enum Fault {
     Split { side: Vec<NodeId>, for_ticks: u64 },
     /// Lose this fraction of operations.
     Loss { prob: f64, for_ticks: u64 },
+    /// Run the node's turns only every `every` ticks (a slow or overloaded host): its heartbeat
+    /// slows, its reads and writes come late, nothing else breaks.
+    Slow {
+        node: Target,
+        every: u64,
+        for_ticks: u64,
+    },
 }
 
 /// A scripted fault schedule for a named scenario: (tick, fault). Replaces the random faults.
@@ -97,6 +104,8 @@ pub struct FaultCounts {
     pub pause: u64,
     pub partition: u64,
     pub loss: u64,
+    /// Slow nodes (not in [`FaultCounts::total`], which counts the four kinds of the summary).
+    pub slow: u64,
 }
 
 impl FaultCounts {
@@ -169,6 +178,7 @@ struct Swarm {
     pause_on: bool,
     partition_on: bool,
     loss_on: bool,
+    slow_on: bool,
     target_leader_prob: f64,
     memory: MemoryMode,
     fabric: SimKnobs,
@@ -190,6 +200,7 @@ enum Heal {
     Resume { node: NodeId },
     Reconnect { a: NodeId, b: NodeId },
     Loss,
+    Speed { node: NodeId },
 }
 
 struct Waiting {
@@ -220,6 +231,8 @@ pub struct World {
     cfgs: Vec<NodeConfig>,
     nodes: Vec<Option<Node<KvStore>>>,
     paused: Vec<bool>,
+    /// A node runs its turns only on ticks that are multiples of this (1: every tick).
+    slow: Vec<u64>,
     inbox: Vec<VecDeque<Inbound>>,
     msgs: BinaryHeap<Reverse<(u64, u64)>>,
     msg_store: HashMap<u64, Msg>,
@@ -270,6 +283,7 @@ impl World {
             pause_on: rng.gen_bool(0.75),
             partition_on: rng.gen_bool(0.6),
             loss_on: rng.gen_bool(0.5),
+            slow_on: rng.gen_bool(0.5),
             target_leader_prob: rng.gen_range(0.3..=0.9),
             memory,
             fabric: fabric_knobs,
@@ -353,6 +367,7 @@ impl World {
             cfgs,
             nodes,
             paused: vec![false; n],
+            slow: vec![1; n],
             inbox: (0..n).map(|_| VecDeque::new()).collect(),
             msgs: BinaryHeap::new(),
             msg_store: HashMap::new(),
@@ -463,7 +478,7 @@ impl World {
         let mut order: Vec<usize> = (0..self.n()).collect();
         order.shuffle(&mut self.rng);
         for i in order {
-            if self.nodes[i].is_none() || self.paused[i] {
+            if self.nodes[i].is_none() || self.paused[i] || !self.now.is_multiple_of(self.slow[i]) {
                 continue;
             }
             while let Some(ev) = self.inbox[i].pop_front() {
@@ -631,6 +646,7 @@ impl World {
                 Heal::Resume { node } => self.paused[node as usize] = false,
                 Heal::Reconnect { a, b } => self.fabric.set_cut(a, b, false),
                 Heal::Loss => self.fabric.set_loss(0.0),
+                Heal::Speed { node } => self.slow[node as usize] = 1,
             }
         }
         // Scripted faults (scenario tests) replace the random ones.
@@ -659,7 +675,7 @@ impl World {
         let n = self.n();
         let p = self.swarm.target_leader_prob;
         let for_ticks = self.rng.gen_range(10..=400);
-        let fault = match self.rng.gen_range(0..4) {
+        let fault = match self.rng.gen_range(0..5) {
             0 if self.swarm.crash_on => Fault::Crash {
                 node: pick(&mut self.rng, p, n),
                 memory_lost: match self.swarm.memory {
@@ -691,6 +707,11 @@ impl World {
             }
             3 if self.swarm.loss_on => Fault::Loss {
                 prob: self.rng.gen_range(0.02..=0.3),
+                for_ticks,
+            },
+            4 if self.swarm.slow_on => Fault::Slow {
+                node: pick(&mut self.rng, p, n),
+                every: self.rng.gen_range(2..=8),
                 for_ticks,
             },
             _ => return,
@@ -812,6 +833,26 @@ impl World {
                 self.fabric.set_loss(prob);
                 let at = heal_at(for_ticks, self.fault_end, scripted);
                 self.heals.push((at, Heal::Loss));
+            }
+            Fault::Slow {
+                node,
+                every,
+                for_ticks,
+            } => {
+                let Some(node) = self.resolve(&node) else {
+                    return;
+                };
+                if self.slow[node as usize] != 1 {
+                    return;
+                }
+                self.report.faults.slow += 1;
+                self.trace(format_args!(
+                    "slow node {node}{}: one turn in {every} ticks",
+                    leader_mark(node)
+                ));
+                self.slow[node as usize] = every.max(1);
+                let at = heal_at(for_ticks, self.fault_end, scripted);
+                self.heals.push((at, Heal::Speed { node }));
             }
         }
     }
