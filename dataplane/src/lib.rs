@@ -6,4 +6,5 @@
 //! - [`fabric`]: the fabric contract and its backends (`sim` so far).
 
 pub mod fabric;
+pub mod profile;
 pub mod protocol;
