@@ -328,6 +328,11 @@ struct LogHeader {
 }
 
 impl LogHeader {
+    /// The header at the start of a read, if the read is long enough.
+    fn read(b: &[u8]) -> Option<LogHeader> {
+        (b.len() >= LOG_HEADER_BYTES).then(|| LogHeader::parse(b))
+    }
+
     fn parse(b: &[u8]) -> LogHeader {
         LogHeader {
             min_ballot: Ballot(get_u64(b, LOG_MIN_BALLOT)),
@@ -1038,8 +1043,8 @@ impl<S: StateMachine> Node<S> {
         match purpose {
             Purpose::RecHeader { .. } => {
                 rec.outstanding -= 1;
-                if let Ok(Some(b)) = result {
-                    rec.headers.insert(peer, LogHeader::parse(&b));
+                if let Some(h) = read_bytes(&result).and_then(LogHeader::read) {
+                    rec.headers.insert(peer, h);
                 }
             }
             Purpose::RecPromise { .. } | Purpose::RecWrite { .. } => {
@@ -1555,7 +1560,10 @@ impl<S: StateMachine> Node<S> {
                 if !matches!(l.followers.get(&peer), Some(Follower::SyncHeader)) {
                     return;
                 }
-                let h = LogHeader::parse(result.as_ref().unwrap().as_ref().unwrap());
+                let Some(h) = read_bytes(&result).and_then(LogHeader::read) else {
+                    l.followers.insert(peer, Follower::Absent { since: now });
+                    return;
+                };
                 let fuo = h.first_undecided.min(l.next_slot);
                 l.followers.insert(
                     peer,
@@ -1573,8 +1581,11 @@ impl<S: StateMachine> Node<S> {
                 else {
                     return;
                 };
-                let bytes = result.unwrap().unwrap();
-                for (s, h, _) in entries_in(&bytes, from, &geometry) {
+                let Some(bytes) = read_bytes(&result) else {
+                    l.followers.insert(peer, Follower::Absent { since: now });
+                    return;
+                };
+                for (s, h, _) in entries_in(bytes, from, &geometry) {
                     held.insert(s, Held::from(&h));
                 }
                 *read_to = from + (bytes.len() / geometry.slot_bytes) as u64;
@@ -1755,6 +1766,15 @@ impl<S: StateMachine> Node<S> {
             mem.write_log_owner(LOG_FIRST_UNDECIDED, &self.applied.to_le_bytes());
             put_u64(mem.control_mut(), CB_APPLIED, self.applied);
         }
+    }
+}
+
+/// The bytes a successful read returned (`None` for a failed read, or a fabric that returned
+/// no data for a read: treated as a failure, never trusted).
+fn read_bytes(result: &Result<Option<Vec<u8>>, FabricError>) -> Option<&[u8]> {
+    match result {
+        Ok(Some(b)) => Some(b.as_slice()),
+        _ => None,
     }
 }
 
