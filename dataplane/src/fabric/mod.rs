@@ -15,6 +15,7 @@
 //! The protocol cores never call a fabric: they emit [`Post`]s and take [`Completion`]s, and touch
 //! their own node's memory through [`LocalMemory`].
 
+pub mod contract;
 pub mod sim;
 
 use crate::protocol::{Ballot, NodeId};
