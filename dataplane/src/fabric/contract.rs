@@ -68,6 +68,13 @@ fn entry_bytes(g: &LogGeometry, slot: u64, fill: u8) -> Vec<u8> {
     out
 }
 
+/// A copy of a node's whole log.
+fn log_of(m: &mut dyn LocalMemory) -> Vec<u8> {
+    let mut buf = vec![0u8; m.log_len()];
+    m.read_log(0, &mut buf);
+    buf
+}
+
 /// The first offset where `a` and `b` differ.
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
@@ -102,7 +109,7 @@ pub fn check_success_means_landed_in_posting_order(h: &mut dyn ContractHarness) 
         done.iter().all(|c| c.result == Ok(None)),
         "contract 1: writes with permission succeed: {done:?}"
     );
-    let log = h.memory(0).log().to_vec();
+    let log = log_of(h.memory(0));
     let at = |s: u64| &log[g.slot_offset(s)..g.slot_offset(s) + g.slot_bytes];
     let last = Entry::decode(at(1)).expect("contract 1: a successful write is visible");
     assert_eq!(
@@ -122,14 +129,14 @@ pub fn check_success_means_landed_in_posting_order(h: &mut dyn ContractHarness) 
 /// nothing.
 pub fn check_writes_need_permission(h: &mut dyn ContractHarness) {
     let g = h.geometry();
-    let before = h.memory(0).log().to_vec();
+    let before = log_of(h.memory(0));
     h.post(
         1,
         log_write(1, 0, B1, g.slot_offset(0), entry_bytes(&g, 0, 1)),
     );
     let done = by_id(h.drain());
     assert_eq!(done[0].result, Err(FabricError::Permission), "contract 3");
-    let changed = first_difference(h.memory(0).log(), &before);
+    let changed = first_difference(&log_of(h.memory(0)), &before);
     assert!(
         changed.is_none(),
         "contract 3: log byte {changed:?} changed"
@@ -166,9 +173,8 @@ pub fn check_control_writes_touch_only_own_words(h: &mut dyn ContractHarness) {
         Err(FabricError::Permission),
         "the owner's words"
     );
-    let cb = h.memory(0).control().to_vec();
-    assert_eq!(&cb[cb_request(1)..cb_request(1) + 8], &5u64.to_le_bytes());
-    assert_eq!(&cb[cb_request(2)..cb_request(2) + 8], &[0; 8]);
+    assert_eq!(h.memory(0).control_word(cb_request(1)), 5);
+    assert_eq!(h.memory(0).control_word(cb_request(2)), 0);
 }
 
 /// Point 3: revocation is complete when `revoke` returns, with a writer streaming (revoked after
@@ -189,7 +195,7 @@ pub fn check_revocation_is_complete(h: &mut dyn ContractHarness, steps: usize) {
         done.extend(h.step());
     }
     h.memory(0).revoke(1);
-    let after_revoke = h.memory(0).log().to_vec();
+    let after_revoke = log_of(h.memory(0));
     h.memory(0).grant(2, B2);
     for i in 40..60u64 {
         h.post(
@@ -200,7 +206,7 @@ pub fn check_revocation_is_complete(h: &mut dyn ContractHarness, steps: usize) {
     done.extend(h.drain());
     let done = by_id(done);
     assert_eq!(done.len(), 60, "contract 4: every write completes");
-    let changed = first_difference(h.memory(0).log(), &after_revoke);
+    let changed = first_difference(&log_of(h.memory(0)), &after_revoke);
     assert!(
         changed.is_none(),
         "contract 3: a write of the revoked holder landed after revoke returned \
@@ -237,7 +243,7 @@ pub fn check_grant_covers_only_the_granted_ballot(h: &mut dyn ContractHarness) {
     let done = by_id(h.drain());
     assert_eq!(done[0].result, Err(FabricError::Permission));
     assert_eq!(done[1].result, Ok(None));
-    let log = h.memory(0).log().to_vec();
+    let log = log_of(h.memory(0));
     assert!(Entry::decode(&log[g.slot_offset(3)..g.slot_offset(3) + g.slot_bytes]).is_err());
     assert!(Entry::decode(&log[g.slot_offset(4)..g.slot_offset(4) + g.slot_bytes]).is_ok());
 }

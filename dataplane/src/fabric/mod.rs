@@ -91,19 +91,33 @@ pub struct Completion {
 
 /// A node's own view of its registered memory, as the fabric exposes it to the owner.
 ///
+/// Registered memory changes under the owner (peers' one-sided writes land in it at any time),
+/// so the owner never holds a reference into it: it copies bytes out (`read_control`,
+/// `read_log`) and loads and stores aligned 8-byte words, which are atomic. A copy may be torn
+/// by a write landing meanwhile; the checksums of entries and commit records catch that.
+///
 /// `write_log_as_holder` is the owner writing its own log as a proposer at `ballot`: it is subject
 /// to the same permission as a remote writer (a node whose log is granted to another ballot must
 /// not accept its own stale proposals). Owner metadata (`first_undecided`, the amnesiac flag, the
 /// control block) is written with the unchecked methods.
 pub trait LocalMemory {
     fn id(&self) -> NodeId;
-    fn control(&self) -> &[u8];
-    fn control_mut(&mut self) -> &mut [u8];
-    fn log(&self) -> &[u8];
+    /// Copies control-block bytes from `offset` into `buf`.
+    fn read_control(&self, offset: usize, buf: &mut [u8]);
+    /// Loads the aligned 8-byte word of the control block at `offset`.
+    fn control_word(&self, offset: usize) -> u64;
+    /// Stores the aligned 8-byte word of the control block at `offset`.
+    fn set_control_word(&mut self, offset: usize, value: u64);
+    /// Bytes in the log region.
+    fn log_len(&self) -> usize;
+    /// Copies log bytes from `offset` into `buf`.
+    fn read_log(&self, offset: usize, buf: &mut [u8]);
+    /// Loads the aligned 8-byte word of the log at `offset`.
+    fn log_word(&self, offset: usize) -> u64;
     /// Owner metadata in the log header; never a proposal.
     fn write_log_owner(&mut self, offset: usize, bytes: &[u8]);
-    /// A proposal into the local log; fails with [`FabricError::Permission`] unless the owner
-    /// holds write permission on its own log.
+    /// A proposal into the local log; fails with [`FabricError::Permission`] unless the owner's
+    /// own connection of `ballot` holds write permission on its log.
     fn write_log_as_holder(
         &mut self,
         ballot: Ballot,

@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use rand::{Rng, RngCore};
 
 use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
-use crate::protocol::layout::{cb_ack, cb_request, CB_BYTES, LINE_BYTES};
+use crate::protocol::layout::{cb_ack, cb_request, get_u64, put_u64, CB_BYTES, LINE_BYTES};
 use crate::protocol::{Ballot, NodeId};
 
 /// One node's registered memory and the rights on its log.
@@ -101,21 +101,49 @@ impl SimMemory {
     }
 }
 
+impl SimMemory {
+    /// The control block, for the simulator's checkers and tests.
+    pub fn control(&self) -> &[u8] {
+        &self.control
+    }
+
+    pub fn control_mut(&mut self) -> &mut [u8] {
+        &mut self.control
+    }
+
+    /// The log region, for the simulator's checkers and tests.
+    pub fn log(&self) -> &[u8] {
+        &self.log
+    }
+}
+
 impl LocalMemory for SimMemory {
     fn id(&self) -> NodeId {
         self.id
     }
 
-    fn control(&self) -> &[u8] {
-        &self.control
+    fn read_control(&self, offset: usize, buf: &mut [u8]) {
+        buf.copy_from_slice(&self.control[offset..offset + buf.len()]);
     }
 
-    fn control_mut(&mut self) -> &mut [u8] {
-        &mut self.control
+    fn control_word(&self, offset: usize) -> u64 {
+        get_u64(&self.control, offset)
     }
 
-    fn log(&self) -> &[u8] {
-        &self.log
+    fn set_control_word(&mut self, offset: usize, value: u64) {
+        put_u64(&mut self.control, offset, value);
+    }
+
+    fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    fn read_log(&self, offset: usize, buf: &mut [u8]) {
+        buf.copy_from_slice(&self.log[offset..offset + buf.len()]);
+    }
+
+    fn log_word(&self, offset: usize) -> u64 {
+        get_u64(&self.log, offset)
     }
 
     fn write_log_owner(&mut self, offset: usize, bytes: &[u8]) {

@@ -328,6 +328,13 @@ struct LogHeader {
 }
 
 impl LogHeader {
+    /// The header of our own log.
+    fn local(mem: &impl LocalMemory) -> LogHeader {
+        let mut b = [0u8; LOG_HEADER_BYTES];
+        mem.read_log(0, &mut b);
+        LogHeader::parse(&b)
+    }
+
     /// The header at the start of a read, if the read is long enough.
     fn read(b: &[u8]) -> Option<LogHeader> {
         (b.len() >= LOG_HEADER_BYTES).then(|| LogHeader::parse(b))
@@ -454,7 +461,10 @@ pub struct Node<S> {
     role: Role,
     applied: Slot,
     known_commit: Slot,
+    /// Encoding buffer for outgoing entries.
     scratch: Vec<u8>,
+    /// Copy-out buffer for reading our own log.
+    read_buf: Vec<u8>,
 }
 
 impl<S: StateMachine> Node<S> {
@@ -477,7 +487,7 @@ impl<S: StateMachine> Node<S> {
         assert!(cfg.batch_max_bytes <= cfg.geometry.max_payload());
         assert_eq!(mem.id(), cfg.id);
         let election = Election::new(cfg.id, cfg.ring.clone(), cfg.election.clone());
-        let granted = Ballot(get_u64(mem.control(), CB_GRANTED_BALLOT));
+        let granted = Ballot(mem.control_word(CB_GRANTED_BALLOT));
         let mut node = Node {
             election,
             now,
@@ -494,6 +504,7 @@ impl<S: StateMachine> Node<S> {
             applied: 0,
             known_commit: 0,
             scratch: Vec::new(),
+            read_buf: Vec::new(),
             sm,
             cfg,
         };
@@ -507,7 +518,7 @@ impl<S: StateMachine> Node<S> {
                     // Our ack may have been lost with the old process: send it again.
                     node.ack_due = Some((granted.node(), granted, now));
                 }
-                let header = LogHeader::parse(mem.log());
+                let header = LogHeader::local(mem);
                 node.max_seen = node.max_seen.max(header.min_ballot);
                 node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
                 if header.amnesiac && granted == Ballot::ZERO {
@@ -519,7 +530,7 @@ impl<S: StateMachine> Node<S> {
             }
             Start::MemoryLost => {
                 mem.write_log_owner(LOG_AMNESIAC, &1u64.to_le_bytes());
-                put_u64(mem.control_mut(), CB_AMNESIAC, 1);
+                mem.set_control_word(CB_AMNESIAC, 1);
                 node.grant_floor = None;
                 node.probe = Some(Probe::default());
                 node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
@@ -609,7 +620,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     pub fn is_amnesiac(&self, mem: &impl LocalMemory) -> bool {
-        get_u64(mem.log(), LOG_AMNESIAC) != 0
+        mem.log_word(LOG_AMNESIAC) != 0
     }
 
     fn post(&mut self, out: &mut Output, target: NodeId, op: Op, purpose: Purpose) {
@@ -685,8 +696,8 @@ impl<S: StateMachine> Node<S> {
     pub fn tick_data(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
         self.now = now;
         // The data plane's heartbeat: a stuck data plane stops it.
-        let hb = get_u64(mem.control(), CB_HEARTBEAT).wrapping_add(1);
-        put_u64(mem.control_mut(), CB_HEARTBEAT, hb);
+        let hb = mem.control_word(CB_HEARTBEAT).wrapping_add(1);
+        mem.set_control_word(CB_HEARTBEAT, hb);
         self.leader_tick(mem, out);
         self.apply(mem, out);
     }
@@ -806,14 +817,14 @@ impl<S: StateMachine> Node<S> {
 
     fn grant_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         // Mirror the log's amnesiac flag (cleared by a leader) into the control block.
-        if get_u64(mem.log(), LOG_AMNESIAC) == 0 && get_u64(mem.control(), CB_AMNESIAC) != 0 {
-            put_u64(mem.control_mut(), CB_AMNESIAC, 0);
+        if mem.log_word(LOG_AMNESIAC) == 0 && mem.control_word(CB_AMNESIAC) != 0 {
+            mem.set_control_word(CB_AMNESIAC, 0);
         }
-        let min_ballot = Ballot(get_u64(mem.log(), LOG_MIN_BALLOT));
+        let min_ballot = Ballot(mem.log_word(LOG_MIN_BALLOT));
         self.max_seen = self.max_seen.max(min_ballot);
         let mut best: Option<(NodeId, Ballot)> = None;
         for &p in &self.cfg.ring {
-            let r = Ballot(get_u64(mem.control(), cb_request(p)));
+            let r = Ballot(mem.control_word(cb_request(p)));
             if r == Ballot::ZERO || r.node() != p {
                 continue;
             }
@@ -833,7 +844,7 @@ impl<S: StateMachine> Node<S> {
                 }
                 mem.grant(p, r);
                 self.granted = r;
-                put_u64(mem.control_mut(), CB_GRANTED_BALLOT, r.0);
+                mem.set_control_word(CB_GRANTED_BALLOT, r.0);
                 out.notes.push(Note::Granted { to: p, ballot: r });
                 if self.own_ballot().is_some_and(|b| b < r) {
                     self.step_down("a higher ballot asked for permission", out);
@@ -844,7 +855,7 @@ impl<S: StateMachine> Node<S> {
         if let Some((to, b, due)) = self.ack_due {
             if self.now >= due && b == self.granted {
                 if to == self.cfg.id {
-                    put_u64(mem.control_mut(), cb_ack(to), b.0);
+                    mem.set_control_word(cb_ack(to), b.0);
                     self.ack_due = None;
                 } else {
                     self.ack_due = Some((to, b, u64::MAX));
@@ -876,7 +887,7 @@ impl<S: StateMachine> Node<S> {
         let me = self.cfg.id;
         match &mut self.role {
             Role::Follower => {
-                let amnesiac = get_u64(mem.log(), LOG_AMNESIAC) != 0;
+                let amnesiac = mem.log_word(LOG_AMNESIAC) != 0;
                 if self.now >= self.hold_candidacy_until
                     && !amnesiac
                     && self.probe.is_none()
@@ -896,7 +907,7 @@ impl<S: StateMachine> Node<S> {
                     .ring
                     .iter()
                     .copied()
-                    .filter(|&p| get_u64(mem.control(), cb_ack(p)) == ballot.0)
+                    .filter(|&p| mem.control_word(cb_ack(p)) == ballot.0)
                     .collect();
                 let usable = acked
                     .iter()
@@ -934,7 +945,7 @@ impl<S: StateMachine> Node<S> {
         let ballot = self.max_seen.max(self.granted).next_for(me);
         self.max_seen = ballot;
         // Our own request goes through our own grant logic like anyone's.
-        put_u64(mem.control_mut(), cb_request(me), ballot.0);
+        mem.set_control_word(cb_request(me), ballot.0);
         self.role = Role::Candidate {
             ballot,
             since: self.now,
@@ -1003,7 +1014,7 @@ impl<S: StateMachine> Node<S> {
             best: BTreeMap::new(),
             end: 0,
         };
-        rec.headers.insert(me, LogHeader::parse(mem.log()));
+        rec.headers.insert(me, LogHeader::local(mem));
         let peers: Vec<NodeId> = acked.into_iter().filter(|&p| p != me).collect();
         rec.outstanding = peers.len();
         self.role = Role::Recovering(Box::new(rec));
@@ -1172,7 +1183,7 @@ impl<S: StateMachine> Node<S> {
                     }
                     let lo = rec.lo;
                     // Our own log, read locally.
-                    let local = scan_local(mem.log(), &geometry, lo, chunk);
+                    let local = scan_local(mem, &geometry, lo, chunk);
                     for (s, (held, bytes)) in local {
                         rec.held.entry(me).or_default().insert(s, held);
                         if rec.best.get(&s).is_none_or(|(bb, _)| held.ballot > *bb) {
@@ -1306,9 +1317,9 @@ impl<S: StateMachine> Node<S> {
         out: &mut Output,
     ) {
         let geometry = self.cfg.geometry;
+        let mut buf = Vec::new();
         for s in lo..end {
-            let off = geometry.slot_offset(s);
-            let h = Entry::check(&mem.log()[off..off + geometry.slot_bytes])
+            let h = Entry::check(read_local_slot(mem, &geometry, s, &mut buf))
                 .expect("recovered slot is in our own log");
             out.notes.push(Note::Chosen {
                 slot: s,
@@ -1364,7 +1375,7 @@ impl<S: StateMachine> Node<S> {
                     request.push(p);
                 }
                 Follower::Requested { at } => {
-                    if get_u64(mem.control(), cb_ack(p)) == ballot.0 {
+                    if mem.control_word(cb_ack(p)) == ballot.0 {
                         *st = Follower::SyncHeader;
                         sync.push(p);
                     } else if now >= *at + retry {
@@ -1625,9 +1636,10 @@ impl<S: StateMachine> Node<S> {
         let held = held.clone();
         let (next_slot, commit) = (l.next_slot, l.commit);
         let mut writes = Vec::new();
+        let mut buf = Vec::new();
         for s in fuo..next_slot {
             let off = geometry.slot_offset(s);
-            let mut e = Entry::decode(&mem.log()[off..off + geometry.slot_bytes])
+            let mut e = Entry::decode(read_local_slot(mem, &geometry, s, &mut buf))
                 .expect("the leader holds every slot below next_slot");
             debug_assert_eq!(e.slot, s);
             let op = match held.get(&s) {
@@ -1714,20 +1726,21 @@ impl<S: StateMachine> Node<S> {
     /// Applies, in slot order, the valid entries below the highest commit this node knows.
     fn apply(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let geometry = self.cfg.geometry;
-        let log = mem.log();
-        let header = LogHeader::parse(log);
+        let header = LogHeader::local(mem);
         let mut known = self.known_commit.max(header.first_undecided);
-        if let Some(r) = CommitRecord::decode(&log[LOG_COMMIT..LOG_COMMIT + COMMIT_RECORD_BYTES]) {
+        let mut record = [0u8; COMMIT_RECORD_BYTES];
+        mem.read_log(LOG_COMMIT, &mut record);
+        if let Some(r) = CommitRecord::decode(&record) {
             known = known.max(r.index);
         }
+        let mut buf = std::mem::take(&mut self.read_buf);
         let is_leader = matches!(self.role, Role::Leader(_));
         if let Role::Leader(l) = &self.role {
             known = known.max(l.commit);
         }
         // Hints in the entries ahead of us.
         for s in self.applied..self.applied + self.cfg.apply_scan_slots {
-            let off = geometry.slot_offset(s);
-            match Entry::check(&log[off..off + geometry.slot_bytes]) {
+            match Entry::check(read_local_slot(mem, &geometry, s, &mut buf)) {
                 Ok(h) if h.slot == s => known = known.max(h.commit_hint),
                 _ => break,
             }
@@ -1736,8 +1749,7 @@ impl<S: StateMachine> Node<S> {
         let start = self.applied;
         while self.applied < self.known_commit {
             let s = self.applied;
-            let off = geometry.slot_offset(s);
-            let entry = match Entry::decode(&mem.log()[off..off + geometry.slot_bytes]) {
+            let entry = match Entry::decode(read_local_slot(mem, &geometry, s, &mut buf)) {
                 Ok(e) if e.slot == s => e,
                 // A write still landing (or not yet re-synced): try again next turn.
                 _ => break,
@@ -1762,11 +1774,24 @@ impl<S: StateMachine> Node<S> {
             });
             self.applied += 1;
         }
+        self.read_buf = buf;
         if self.applied != start {
             mem.write_log_owner(LOG_FIRST_UNDECIDED, &self.applied.to_le_bytes());
-            put_u64(mem.control_mut(), CB_APPLIED, self.applied);
+            mem.set_control_word(CB_APPLIED, self.applied);
         }
     }
+}
+
+/// Copies slot `s` of the local log into `buf` and returns it.
+fn read_local_slot<'b>(
+    mem: &impl LocalMemory,
+    geometry: &LogGeometry,
+    s: Slot,
+    buf: &'b mut Vec<u8>,
+) -> &'b [u8] {
+    buf.resize(geometry.slot_bytes, 0);
+    mem.read_log(geometry.slot_offset(s), buf);
+    buf
 }
 
 /// The bytes a successful read returned (`None` for a failed read, or a fabric that returned
@@ -1829,19 +1854,22 @@ impl From<&EntryHeader> for Held {
 /// The valid entries of our own log from `lo` on, chunk by chunk up to the first chunk without
 /// one: the same rule as the remote reads of recovery.
 fn scan_local(
-    log: &[u8],
+    mem: &impl LocalMemory,
     geometry: &LogGeometry,
     lo: Slot,
     chunk: u64,
 ) -> Vec<(Slot, (Held, Vec<u8>))> {
     let mut found = Vec::new();
     let mut from = lo;
+    let mut bytes = Vec::new();
     while from < geometry.capacity {
         let Op::Read { offset, len, .. } = read_slots(geometry, from, chunk) else {
             unreachable!("read_slots reads")
         };
+        bytes.resize(len, 0);
+        mem.read_log(offset, &mut bytes);
         let before = found.len();
-        for (s, h, b) in entries_in(&log[offset..offset + len], from, geometry) {
+        for (s, h, b) in entries_in(&bytes, from, geometry) {
             found.push((s, (Held::from(&h), b.to_vec())));
         }
         if found.len() == before {
@@ -1897,7 +1925,7 @@ mod tests {
     }
 
     fn request(mem: &mut SimMemory, from: NodeId, ballot: Ballot) {
-        put_u64(mem.control_mut(), cb_request(from), ballot.0);
+        mem.set_control_word(cb_request(from), ballot.0);
     }
 
     fn acks(out: &Output) -> Vec<(NodeId, Ballot)> {
@@ -1923,10 +1951,7 @@ mod tests {
         n.tick_control(1, &mut mem, &mut out);
         assert_eq!(mem.writers(), vec![(2, Ballot::new(2, 2))]);
         assert_eq!(n.granted(), Ballot::new(2, 2));
-        assert_eq!(
-            get_u64(mem.control(), CB_GRANTED_BALLOT),
-            Ballot::new(2, 2).0
-        );
+        assert_eq!(mem.control_word(CB_GRANTED_BALLOT), Ballot::new(2, 2).0);
         assert_eq!(acks(&out), vec![(2, Ballot::new(2, 2))]);
         // A lower or equal request changes nothing; a higher one moves the grant.
         out.clear();
@@ -1972,7 +1997,7 @@ mod tests {
         }
         assert_eq!(n.role(), RoleKind::Candidate);
         // A peer's ack makes a majority: recovery starts with a header read of that peer.
-        put_u64(mem.control_mut(), cb_ack(1), b.0);
+        mem.set_control_word(cb_ack(1), b.0);
         out.clear();
         n.tick(10, &mut mem, &mut out);
         assert_eq!(n.role(), RoleKind::Recovering);
