@@ -5,6 +5,7 @@
 //!   replication fast path, view change, and the replicated KV state machine. Start reading there.
 //! - [`fabric`]: the fabric contract and its backends (`sim` so far).
 
+pub mod agent;
 pub mod fabric;
 pub mod profile;
 pub mod protocol;
