@@ -251,11 +251,12 @@ pub fn check_grant_covers_only_the_granted_ballot(h: &mut dyn ContractHarness) {
 /// Point 4: a crashed or unreachable peer yields error completions, never a hang.
 pub fn check_unreachable_peers_complete_with_errors(h: &mut dyn ContractHarness) {
     let g = h.geometry();
-    h.memory(2).grant(0, B1);
+    let b0 = Ballot::new(1, 0);
+    h.memory(2).grant(0, b0);
     h.isolate(2);
     h.post(
         0,
-        log_write(1, 2, B1, g.slot_offset(0), entry_bytes(&g, 0, 1)),
+        log_write(1, 2, b0, g.slot_offset(0), entry_bytes(&g, 0, 1)),
     );
     h.post(
         0,

@@ -1,0 +1,597 @@
+//! The `shm` fabric's memory: every node's regions are one file in a per-cluster directory
+//! (tmpfs, mode 0600), mapped by every node process of the host.
+//!
+//! A one-sided write is a copy into the target's mapping under the target's rights word:
+//!
+//! - the rights area of each region holds the granted ballot (`holder`), one in-flight guard word
+//!   per writer, and per-writer connection-error bits;
+//! - a writer raises its guard (its pid), then checks the holder; if it may write it copies and
+//!   lowers the guard (release); `revoke` clears the holder, then waits until the revoked writer's
+//!   guard is down (or its process is gone). Both sides use sequentially consistent operations,
+//!   so either the writer sees the cleared holder or `revoke` sees the raised guard: revocation
+//!   is complete when `revoke` returns (contract point 3);
+//! - every byte is moved with atomic loads and stores, so concurrent copies are well defined; a
+//!   reader may see a copy torn by a write in progress, which the checksums catch.
+//!
+//! Operations complete at once (the memory is local). A region whose owner has gone offline
+//! (shut down, or its memory lost) answers with [`FabricError::Unreachable`].
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
+
+use memmap2::MmapRaw;
+
+use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
+use crate::protocol::layout::{cb_ack, cb_request, LogGeometry, CB_BYTES};
+use crate::protocol::{Ballot, NodeId, MAX_NODES};
+
+const MAGIC: u64 = 0x7261_7061_785f_7368; // "rapax_sh"
+const HDR_MAGIC: usize = 0;
+const HDR_LOG_BYTES: usize = 8;
+const HDR_ONLINE: usize = 16;
+const RIGHTS_HOLDER: usize = 64;
+const RIGHTS_ERROR_BITS: usize = 72;
+const RIGHTS_REVOKED_BITS: usize = 80;
+const RIGHTS_GUARDS: usize = 128;
+const CONTROL_AT: usize = RIGHTS_GUARDS + 8 * MAX_NODES + 128;
+const LOG_AT: usize = (CONTROL_AT + CB_BYTES).next_multiple_of(4096);
+
+/// Errors setting up shared-memory regions.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    #[error("shm region {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("shm region {path} is not a rapax region of this geometry")]
+    Layout { path: PathBuf },
+}
+
+/// One node's region file, mapped.
+struct Mapped {
+    map: MmapRaw,
+    log_bytes: usize,
+}
+
+impl Mapped {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        assert!(
+            at.is_multiple_of(8) && at + 8 <= self.len(),
+            "word {at} out of the region"
+        );
+        // SAFETY: `at` is 8-aligned (the mapping is page-aligned) and inside the mapping, which
+        // lives as long as `self`; the memory is only ever accessed atomically.
+        unsafe { &*(self.map.as_mut_ptr().add(at) as *const AtomicU64) }
+    }
+
+    fn byte(&self, at: usize) -> &AtomicU8 {
+        assert!(at < self.len(), "byte {at} out of the region");
+        // SAFETY: inside the mapping, which lives as long as `self`; accessed only atomically.
+        unsafe { &*(self.map.as_mut_ptr().add(at) as *const AtomicU8) }
+    }
+
+    /// Copies `buf.len()` bytes from `at` with atomic loads (words where aligned).
+    fn load(&self, at: usize, buf: &mut [u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            let a = at + i;
+            if a.is_multiple_of(8) && buf.len() - i >= 8 {
+                let w = self.word(a).load(Ordering::Relaxed);
+                buf[i..i + 8].copy_from_slice(&w.to_le_bytes());
+                i += 8;
+            } else {
+                buf[i] = self.byte(a).load(Ordering::Relaxed);
+                i += 1;
+            }
+        }
+        fence(Ordering::Acquire);
+    }
+
+    /// Copies `bytes` to `at` with atomic stores (words where aligned), in address order.
+    fn store(&self, at: usize, bytes: &[u8]) {
+        let mut i = 0;
+        while i < bytes.len() {
+            let a = at + i;
+            if a.is_multiple_of(8) && bytes.len() - i >= 8 {
+                let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+                self.word(a).store(w, Ordering::Relaxed);
+                i += 8;
+            } else {
+                self.byte(a).store(bytes[i], Ordering::Relaxed);
+                i += 1;
+            }
+        }
+        fence(Ordering::Release);
+    }
+}
+
+fn region_path(dir: &Path, node: NodeId) -> PathBuf {
+    dir.join(format!("node-{node}.region"))
+}
+
+fn map_file(path: &Path, len: u64, create: bool) -> Result<Mapped, ShmError> {
+    let io = |source| ShmError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true);
+    if create {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.create(true).mode(0o600);
+    }
+    let file: File = opts.open(path).map_err(io)?;
+    if create {
+        file.set_len(len).map_err(io)?;
+    } else if file.metadata().map_err(io)?.len() != len {
+        return Err(ShmError::Layout {
+            path: path.to_path_buf(),
+        });
+    }
+    let map = MmapRaw::map_raw(&file).map_err(io)?;
+    Ok(Mapped {
+        map,
+        log_bytes: len as usize - LOG_AT,
+    })
+}
+
+/// The regions of one cluster on this host, as seen by one node's processes.
+pub struct ShmFabric {
+    me: NodeId,
+    regions: Vec<Mapped>,
+    pid: u64,
+    completions: Vec<Completion>,
+}
+
+impl ShmFabric {
+    /// Creates (or re-opens, keeping its memory) node `me`'s region in `dir`, maps every node's
+    /// region (all `nodes` must exist; create them first), and marks `me` online.
+    pub fn open(
+        dir: &Path,
+        me: NodeId,
+        nodes: usize,
+        geometry: &LogGeometry,
+    ) -> Result<ShmFabric, ShmError> {
+        let len = (LOG_AT + geometry.log_bytes()) as u64;
+        let mut regions = Vec::with_capacity(nodes);
+        for n in 0..nodes as NodeId {
+            let path = region_path(dir, n);
+            let m = map_file(&path, len, n == me)?;
+            if n == me && m.word(HDR_MAGIC).load(Ordering::SeqCst) != MAGIC {
+                m.word(HDR_LOG_BYTES)
+                    .store(geometry.log_bytes() as u64, Ordering::SeqCst);
+                m.word(HDR_MAGIC).store(MAGIC, Ordering::SeqCst);
+            }
+            regions.push(m);
+        }
+        let fabric = ShmFabric {
+            me,
+            regions,
+            pid: u64::from(std::process::id()),
+            completions: Vec::new(),
+        };
+        for (n, m) in fabric.regions.iter().enumerate() {
+            if m.word(HDR_MAGIC).load(Ordering::SeqCst) != MAGIC
+                || m.word(HDR_LOG_BYTES).load(Ordering::SeqCst) != geometry.log_bytes() as u64
+            {
+                return Err(ShmError::Layout {
+                    path: region_path(dir, n as NodeId),
+                });
+            }
+        }
+        fabric.set_online(true);
+        Ok(fabric)
+    }
+
+    /// Creates every node's region file in `dir` (mode 0600), zeroed.
+    pub fn create_all(dir: &Path, nodes: usize, geometry: &LogGeometry) -> Result<(), ShmError> {
+        std::fs::create_dir_all(dir).map_err(|source| ShmError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let len = (LOG_AT + geometry.log_bytes()) as u64;
+        for n in 0..nodes as NodeId {
+            let m = map_file(&region_path(dir, n), len, true)?;
+            m.word(HDR_LOG_BYTES)
+                .store(geometry.log_bytes() as u64, Ordering::SeqCst);
+            m.word(HDR_MAGIC).store(MAGIC, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Marks this node's region reachable (or not) by peers.
+    pub fn set_online(&self, online: bool) {
+        self.regions[self.me as usize]
+            .word(HDR_ONLINE)
+            .store(u64::from(online), Ordering::SeqCst);
+    }
+
+    /// Carries out `post` at once; its completion is queued for [`ShmFabric::poll`].
+    pub fn post(&mut self, post: Post) {
+        let result = self.execute(&post);
+        self.completions.push(Completion {
+            wr_id: post.wr_id,
+            result,
+        });
+    }
+
+    /// Takes the completions of everything posted so far.
+    pub fn poll(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    fn execute(&self, post: &Post) -> Result<Option<Vec<u8>>, FabricError> {
+        let me = self.me;
+        let Some(t) = self.regions.get(post.target as usize) else {
+            return Err(FabricError::Unreachable);
+        };
+        if t.word(HDR_ONLINE).load(Ordering::SeqCst) == 0 {
+            return Err(FabricError::Unreachable);
+        }
+        let bit = 1u64 << me;
+        if post.reconnect {
+            t.word(RIGHTS_ERROR_BITS).fetch_and(!bit, Ordering::SeqCst);
+            t.word(RIGHTS_REVOKED_BITS)
+                .fetch_and(!bit, Ordering::SeqCst);
+        }
+        match &post.op {
+            Op::Read {
+                region,
+                offset,
+                len,
+            } => {
+                let (base, size) = region_span(t, *region);
+                if offset + len > size {
+                    return Err(FabricError::Permission);
+                }
+                if *region == Region::Log && self.broken(t, bit) {
+                    return Err(self.broken_error(t, bit));
+                }
+                let mut buf = vec![0u8; *len];
+                t.load(base + offset, &mut buf);
+                Ok(Some(buf))
+            }
+            Op::Write {
+                region: Region::Control,
+                offset,
+                bytes,
+            } => {
+                let allowed =
+                    bytes.len() == 8 && (*offset == cb_request(me) || *offset == cb_ack(me));
+                if !allowed {
+                    return Err(FabricError::Permission);
+                }
+                t.store(CONTROL_AT + offset, bytes);
+                Ok(None)
+            }
+            Op::Write {
+                region: Region::Log,
+                offset,
+                bytes,
+            } => {
+                if offset + bytes.len() > t.log_bytes {
+                    return Err(FabricError::Permission);
+                }
+                if self.broken(t, bit) {
+                    return Err(self.broken_error(t, bit));
+                }
+                guarded_write(t, me, self.pid, post.ballot, LOG_AT + offset, bytes).inspect_err(
+                    |_| {
+                        // A refused write breaks the connection, as on an RC queue pair.
+                        t.word(RIGHTS_ERROR_BITS).fetch_or(bit, Ordering::SeqCst);
+                    },
+                )?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn broken(&self, t: &Mapped, bit: u64) -> bool {
+        t.word(RIGHTS_ERROR_BITS).load(Ordering::SeqCst) & bit != 0
+    }
+
+    fn broken_error(&self, t: &Mapped, bit: u64) -> FabricError {
+        if t.word(RIGHTS_REVOKED_BITS).load(Ordering::SeqCst) & bit != 0 {
+            FabricError::Permission
+        } else {
+            FabricError::Unreachable
+        }
+    }
+
+    fn own(&self) -> &Mapped {
+        &self.regions[self.me as usize]
+    }
+}
+
+fn region_span(t: &Mapped, region: Region) -> (usize, usize) {
+    match region {
+        Region::Control => (CONTROL_AT, CB_BYTES),
+        Region::Log => (LOG_AT, t.log_bytes),
+    }
+}
+
+/// The write path under the target's rights: raise our guard, check the holder, copy, lower.
+fn guarded_write(
+    t: &Mapped,
+    writer: NodeId,
+    pid: u64,
+    ballot: Ballot,
+    at: usize,
+    bytes: &[u8],
+) -> Result<(), FabricError> {
+    let guard = t.word(RIGHTS_GUARDS + 8 * writer as usize);
+    guard.store(pid, Ordering::SeqCst);
+    if t.word(RIGHTS_HOLDER).load(Ordering::SeqCst) != ballot.0 || ballot == Ballot::ZERO {
+        guard.store(0, Ordering::SeqCst);
+        return Err(FabricError::Permission);
+    }
+    t.store(at, bytes);
+    guard.store(0, Ordering::Release);
+    Ok(())
+}
+
+fn process_alive(pid: u64) -> bool {
+    use nix::errno::Errno;
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
+}
+
+impl LocalMemory for ShmFabric {
+    fn id(&self) -> NodeId {
+        self.me
+    }
+
+    fn read_control(&self, offset: usize, buf: &mut [u8]) {
+        self.own().load(CONTROL_AT + offset, buf);
+    }
+
+    fn control_word(&self, offset: usize) -> u64 {
+        self.own().word(CONTROL_AT + offset).load(Ordering::Acquire)
+    }
+
+    fn set_control_word(&mut self, offset: usize, value: u64) {
+        self.own()
+            .word(CONTROL_AT + offset)
+            .store(value, Ordering::Release);
+    }
+
+    fn log_len(&self) -> usize {
+        self.own().log_bytes
+    }
+
+    fn read_log(&self, offset: usize, buf: &mut [u8]) {
+        self.own().load(LOG_AT + offset, buf);
+    }
+
+    fn log_word(&self, offset: usize) -> u64 {
+        self.own().word(LOG_AT + offset).load(Ordering::Acquire)
+    }
+
+    fn write_log_owner(&mut self, offset: usize, bytes: &[u8]) {
+        self.own().store(LOG_AT + offset, bytes);
+    }
+
+    fn write_log_as_holder(
+        &mut self,
+        ballot: Ballot,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), FabricError> {
+        guarded_write(
+            self.own(),
+            self.me,
+            self.pid,
+            ballot,
+            LOG_AT + offset,
+            bytes,
+        )
+    }
+
+    fn grant(&mut self, peer: NodeId, ballot: Ballot) {
+        assert_eq!(ballot.node(), peer, "a ballot belongs to its node");
+        self.own()
+            .word(RIGHTS_HOLDER)
+            .store(ballot.0, Ordering::SeqCst);
+    }
+
+    fn revoke(&mut self, peer: NodeId) {
+        let own = self.own();
+        let holder = own.word(RIGHTS_HOLDER);
+        let current = holder.load(Ordering::SeqCst);
+        if current != 0 && Ballot(current).node() == peer {
+            holder.store(0, Ordering::SeqCst);
+        }
+        own.word(RIGHTS_ERROR_BITS)
+            .fetch_or(1 << peer, Ordering::SeqCst);
+        own.word(RIGHTS_REVOKED_BITS)
+            .fetch_or(1 << peer, Ordering::SeqCst);
+        // Wait out a write of `peer` that checked the holder before we cleared it.
+        let guard = own.word(RIGHTS_GUARDS + 8 * peer as usize);
+        loop {
+            let pid = guard.load(Ordering::SeqCst);
+            if pid == 0 || !process_alive(pid) {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn writers(&self) -> Vec<(NodeId, Ballot)> {
+        let b = self.own().word(RIGHTS_HOLDER).load(Ordering::SeqCst);
+        if b == 0 {
+            Vec::new()
+        } else {
+            vec![(Ballot(b).node(), Ballot(b))]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::contract::{self, ContractHarness};
+    use std::sync::atomic::AtomicUsize;
+
+    const GEO: LogGeometry = LogGeometry {
+        capacity: 64,
+        slot_bytes: 256,
+    };
+
+    fn temp_dir() -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rapax-shm-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Three nodes in one process, each with its own mappings of the cluster's files.
+    struct ShmHarness {
+        dir: PathBuf,
+        nodes: Vec<ShmFabric>,
+    }
+
+    impl ShmHarness {
+        fn new() -> ShmHarness {
+            let dir = temp_dir();
+            ShmFabric::create_all(&dir, 3, &GEO).unwrap();
+            let nodes = (0..3)
+                .map(|i| ShmFabric::open(&dir, i, 3, &GEO).unwrap())
+                .collect();
+            ShmHarness { dir, nodes }
+        }
+    }
+
+    impl Drop for ShmHarness {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl ContractHarness for ShmHarness {
+        fn geometry(&self) -> LogGeometry {
+            GEO
+        }
+
+        fn post(&mut self, src: NodeId, post: Post) {
+            self.nodes[src as usize].post(post);
+        }
+
+        fn step(&mut self) -> Vec<(NodeId, Completion)> {
+            let mut done = Vec::new();
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                done.extend(n.poll().into_iter().map(|c| (i as NodeId, c)));
+            }
+            done
+        }
+
+        fn drain(&mut self) -> Vec<(NodeId, Completion)> {
+            self.step()
+        }
+
+        fn memory(&mut self, node: NodeId) -> &mut dyn LocalMemory {
+            &mut self.nodes[node as usize]
+        }
+
+        fn isolate(&mut self, node: NodeId) {
+            self.nodes[node as usize].set_online(false);
+        }
+    }
+
+    #[test]
+    fn the_contract_holds_on_shm() {
+        contract::run_all(&mut || Box::new(ShmHarness::new()));
+    }
+
+    #[test]
+    fn region_files_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let h = ShmHarness::new();
+        for n in 0..3 {
+            let mode = std::fs::metadata(region_path(&h.dir, n))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "node {n}");
+        }
+    }
+
+    #[test]
+    fn a_region_of_another_geometry_is_refused() {
+        let h = ShmHarness::new();
+        let other = LogGeometry::new(128, 256).unwrap();
+        assert!(matches!(
+            ShmFabric::open(&h.dir, 0, 3, &other),
+            Err(ShmError::Layout { .. })
+        ));
+    }
+
+    /// Revocation completeness under a concurrent writer thread: after `revoke` returns, not one
+    /// byte of the revoked writer lands, and it is refused from then on.
+    #[test]
+    fn revocation_is_complete_under_a_concurrent_writer() {
+        let b = Ballot::new(1, 1);
+        for round in 0..20 {
+            let h = ShmHarness::new();
+            let dir = h.dir.clone();
+            let mut owner = ShmFabric::open(&dir, 0, 3, &GEO).unwrap();
+            owner.grant(1, b);
+            let writer = std::thread::spawn(move || {
+                let mut w = ShmFabric::open(&dir, 1, 3, &GEO).unwrap();
+                let mut refused_at = None;
+                for i in 0..200_000u64 {
+                    let s = i % GEO.capacity;
+                    let bytes = vec![(i % 251) as u8 + 1; 200];
+                    w.post(Post {
+                        wr_id: i,
+                        target: 0,
+                        op: Op::Write {
+                            region: Region::Log,
+                            offset: GEO.slot_offset(s),
+                            bytes,
+                        },
+                        reconnect: false,
+                        ballot: b,
+                    });
+                    let c = w.poll().pop().unwrap();
+                    if c.result.is_err() {
+                        assert_eq!(c.result, Err(FabricError::Permission));
+                        refused_at.get_or_insert(i);
+                    } else {
+                        assert!(refused_at.is_none(), "a write succeeded after a refusal");
+                    }
+                }
+                refused_at
+            });
+            // Let the writer run a little, then revoke.
+            std::thread::sleep(std::time::Duration::from_micros(200 * (round % 5 + 1)));
+            owner.revoke(1);
+            let mut after = vec![0u8; owner.log_len()];
+            owner.read_log(0, &mut after);
+            let refused_at = writer.join().unwrap();
+            let mut end = vec![0u8; owner.log_len()];
+            owner.read_log(0, &mut end);
+            assert!(
+                refused_at.is_some(),
+                "round {round}: the writer was refused"
+            );
+            assert!(
+                after == end,
+                "round {round}: the revoked writer changed the log after revoke returned"
+            );
+        }
+    }
+}
