@@ -127,9 +127,11 @@ fn map_file(path: &Path, len: u64, create: bool) -> Result<Mapped, ShmError> {
         opts.create(true).mode(0o600);
     }
     let file: File = opts.open(path).map_err(io)?;
-    if create {
+    let existing = file.metadata().map_err(io)?.len();
+    if create && existing == 0 {
         file.set_len(len).map_err(io)?;
-    } else if file.metadata().map_err(io)?.len() != len {
+    } else if existing != len {
+        // Never resize a region that exists: it holds a node's accepted values.
         return Err(ShmError::Layout {
             path: path.to_path_buf(),
         });
@@ -189,7 +191,8 @@ impl ShmFabric {
         Ok(fabric)
     }
 
-    /// Creates every node's region file in `dir` (mode 0600), zeroed.
+    /// Creates every node's region file in `dir` (mode 0600, zeroed) where missing; existing
+    /// regions of this geometry are kept, others refused.
     pub fn create_all(dir: &Path, nodes: usize, geometry: &LogGeometry) -> Result<(), ShmError> {
         std::fs::create_dir_all(dir).map_err(|source| ShmError::Io {
             path: dir.to_path_buf(),
@@ -533,10 +536,13 @@ mod tests {
     fn a_region_of_another_geometry_is_refused() {
         let h = ShmHarness::new();
         let other = LogGeometry::new(128, 256).unwrap();
+        let before = std::fs::metadata(region_path(&h.dir, 0)).unwrap().len();
         assert!(matches!(
             ShmFabric::open(&h.dir, 0, 3, &other),
             Err(ShmError::Layout { .. })
         ));
+        let after = std::fs::metadata(region_path(&h.dir, 0)).unwrap().len();
+        assert_eq!(before, after, "the existing region was not resized");
     }
 
     /// Revocation completeness under a concurrent writer thread: after `revoke` returns, not one
