@@ -16,6 +16,7 @@
 //! their own node's memory through [`LocalMemory`].
 
 pub mod contract;
+pub mod frame;
 pub mod shm;
 pub mod sim;
 
