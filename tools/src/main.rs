@@ -28,7 +28,8 @@ enum Command {
     ///
     /// Each seed draws the cluster size (unless --replicas), the protocol knobs (pipeline window,
     /// batch limits, election thresholds and periods), the fabric's delays and a fault schedule:
-    /// crashes (memory kept or lost), pauses (leaders included), partitions and loss. Clients
+    /// crashes (memory kept or lost), pauses (leaders included), partitions, loss and slow
+    /// nodes. Clients
     /// issue KV operations with retries. Every step checks agreement, stability, the applied
     /// prefix and single-writer logs; the end checks linearizability, durability of
     /// acknowledged writes, replica convergence and that commits resumed after the faults healed.
@@ -39,7 +40,8 @@ enum Command {
     ///
     /// Examples:
     ///   rapax sim --seeds 2000 --replicas 5
-    ///   rapax sim --seed 1234 --trace
+    ///   rapax sim --seed 1234 --replicas 3 --trace
+    ///   rapax sim --seeds 200 --ticks 20000            (longer runs)
     ///   rapax sim --seeds 1000 --inject-bug commit-early   (needs --features inject-bugs)
     #[command(verbatim_doc_comment)]
     Sim {
