@@ -29,9 +29,8 @@ enum Command {
     /// Each seed draws the cluster size (unless --replicas), the protocol knobs (pipeline window,
     /// batch limits, election thresholds and periods), the fabric's delays and a fault schedule:
     /// crashes (memory kept or lost), pauses (leaders included), partitions, loss and slow
-    /// nodes. Clients
-    /// issue KV operations with retries. Every step checks agreement, stability, the applied
-    /// prefix and single-writer logs; the end checks linearizability, durability of
+    /// nodes. Clients issue KV operations with retries. Every step checks agreement, stability,
+    /// the applied prefix and single-writer logs; the end checks linearizability, durability of
     /// acknowledged writes, replica convergence and that commits resumed after the faults healed.
     ///
     /// A failing seed prints its number and the violated invariant; `--seed S` replays it exactly
