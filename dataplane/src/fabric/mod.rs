@@ -19,6 +19,7 @@ pub mod contract;
 pub mod frame;
 pub mod shm;
 pub mod sim;
+pub mod udp;
 
 use crate::protocol::{Ballot, NodeId};
 

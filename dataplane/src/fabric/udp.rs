@@ -1,0 +1,1374 @@
+//! The `udp` fabric: the wire frames of [`super::frame`] over kernel UDP sockets, the baseline
+//! every other backend is measured against (DESIGN §2).
+//!
+//! Each node owns one non-blocking [`UdpSocket`] and its registered memory ([`UdpMemory`], plain
+//! process memory). A one-sided operation is a request frame to the target's socket; the target's
+//! data plane, when it polls, plays the NIC: it checks rights, applies the request to its memory
+//! and sends back a completion frame. The poster matches completions to its outstanding work
+//! requests by wire id.
+//!
+//! # Rights
+//!
+//! [`UdpMemory`] keeps exactly the rules of the `sim` fabric's memory: write permission on the log
+//! is granted to a (peer, ballot) pair; control-block writes may only touch the poster's own
+//! request and ack words (8 bytes); a failed log operation puts the peer's data connection in
+//! error, and [`LocalMemory::revoke`] puts it in error "by revoke": later log operations on it fail
+//! with [`FabricError::Unreachable`] (or [`FabricError::Permission`] after a revoke) until an
+//! operation marked `reconnect` arrives. Requests are applied only inside [`UdpFabric::poll`],
+//! which holds the memory mutably, so no write can be half applied while the owner calls `revoke`:
+//! revocation is complete when it returns (contract point 3).
+//!
+//! # What UDP does not give, and what this version does about it
+//!
+//! - **Loss.** There is no retransmission in this version. A lost request or completion becomes a
+//!   time-out: the operation completes with [`FabricError::Unreachable`] once `timeout` has passed
+//!   (never before, never a hang: contract point 4), a completion arriving later is ignored, and a
+//!   time-out of a log operation puts the poster's data connection to that target in error, as in
+//!   the `sim`: every later log operation to it fails at once with `Unreachable` (and the other log
+//!   operations outstanding to it are flushed with `Unreachable`) until one marked `reconnect`.
+//!   The target does not learn about the loss, so requests sent after a lost one may still land.
+//! - **Order.** The frame carries no sequence number, so the target cannot restore posting order
+//!   or refuse requests behind a gap. Contract point 2 (writes of one endpoint land in posting
+//!   order) holds only on a path that does not reorder datagrams from one socket to another:
+//!   loopback and a single L2 hop in practice, not a routed network in general.
+//! - **Size.** One frame is at most [`MAX_FRAME_BYTES`]; a larger write or read is split into
+//!   several request frames (in address order) and completes when all of them have; the first
+//!   failing piece fails it. A lost piece can leave a write torn anywhere, not only as a prefix;
+//!   the checksums of entries and commit records catch that (contract point 5).
+//! - **Liveness of the owner.** Unlike shared or RDMA-registered memory, a node's memory is
+//!   reachable only while its data plane polls: a stopped process is unreachable.
+//!
+//! # Addresses
+//!
+//! A frame is acted upon only if it decodes, is addressed to this node in this cluster
+//! ([`Frame::is_addressed_to`]) and comes from the configured address of the node it names as its
+//! source; everything else is dropped and counted ([`UdpStats`]). A node bound to a wildcard
+//! address sends from the address the kernel picks, so configure the address peers see.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::frame::{Frame, FrameBody, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_READ_BYTES};
+use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
+use crate::protocol::layout::{cb_ack, cb_request, get_u64, put_u64, CB_BYTES};
+use crate::protocol::{Ballot, NodeId, MAX_NODES};
+
+type OpResult = Result<Option<Vec<u8>>, FabricError>;
+
+/// Datagrams taken from the socket in one poll at most, so a flood cannot starve time-outs.
+const RECV_BUDGET: usize = 4096;
+
+/// One node's registered memory and the rights on its log, in process memory.
+#[derive(Clone, Debug)]
+pub struct UdpMemory {
+    id: NodeId,
+    control: Vec<u8>,
+    log: Vec<u8>,
+    /// `writers[p]`: the ballot of node `p`'s connection that may write the log.
+    writers: [Option<Ballot>; MAX_NODES],
+    /// Bit `p`: the data connection from `p` is in error (after a failure or a revoke); every log
+    /// operation on it fails until one marked `reconnect` arrives.
+    data_error: u32,
+    /// Bit `p`: the data connection from `p` broke because `p` was revoked; its log operations
+    /// fail with [`FabricError::Permission`] until it reconnects.
+    revoked: u32,
+}
+
+impl UdpMemory {
+    /// Node `id`'s memory: a zeroed control block and a zeroed log of `log_bytes`.
+    pub fn new(id: NodeId, log_bytes: usize) -> UdpMemory {
+        assert!((id as usize) < MAX_NODES, "node id {id} out of range");
+        UdpMemory {
+            id,
+            control: vec![0; CB_BYTES],
+            log: vec![0; log_bytes],
+            writers: [None; MAX_NODES],
+            data_error: 0,
+            revoked: 0,
+        }
+    }
+
+    /// The control block, for checkers and tests.
+    pub fn control(&self) -> &[u8] {
+        &self.control
+    }
+
+    /// The log region, for checkers and tests.
+    pub fn log(&self) -> &[u8] {
+        &self.log
+    }
+
+    fn may_write(&self, peer: NodeId, ballot: Ballot) -> bool {
+        self.writers.get(peer as usize).copied().flatten() == Some(ballot)
+    }
+
+    /// The target-side rights check of a write by `src`.
+    fn write_allowed(
+        &self,
+        src: NodeId,
+        ballot: Ballot,
+        region: Region,
+        offset: usize,
+        len: usize,
+    ) -> bool {
+        match region {
+            Region::Log => {
+                self.may_write(src, ballot)
+                    && offset
+                        .checked_add(len)
+                        .is_some_and(|end| end <= self.log.len())
+            }
+            Region::Control => len == 8 && (offset == cb_request(src) || offset == cb_ack(src)),
+        }
+    }
+
+    /// Plays the NIC for a request of node `src`: checks rights and connection state, applies the
+    /// request and returns its result (the bytes read, for a read). `post.target` is not looked
+    /// at (the frame was addressed to this node).
+    pub fn apply(&mut self, src: NodeId, post: &Post) -> OpResult {
+        if src as usize >= MAX_NODES {
+            return Err(FabricError::Permission);
+        }
+        let bit = 1u32 << src;
+        let data = post.op.region() == Region::Log;
+        if data {
+            if post.reconnect {
+                self.data_error &= !bit;
+                self.revoked &= !bit;
+            }
+            if self.data_error & bit != 0 {
+                return Err(if self.revoked & bit != 0 {
+                    FabricError::Permission
+                } else {
+                    FabricError::Unreachable
+                });
+            }
+        }
+        match &post.op {
+            Op::Read {
+                region,
+                offset,
+                len,
+            } => {
+                let buf = match region {
+                    Region::Control => &self.control,
+                    Region::Log => &self.log,
+                };
+                match offset
+                    .checked_add(*len)
+                    .and_then(|end| buf.get(*offset..end))
+                {
+                    Some(b) => Ok(Some(b.to_vec())),
+                    None => Err(FabricError::Permission),
+                }
+            }
+            Op::Write {
+                region,
+                offset,
+                bytes,
+            } => {
+                if !self.write_allowed(src, post.ballot, *region, *offset, bytes.len()) {
+                    if data {
+                        // A refused write breaks the connection, as on an RC queue pair.
+                        self.data_error |= bit;
+                    }
+                    return Err(FabricError::Permission);
+                }
+                let buf = match region {
+                    Region::Control => &mut self.control,
+                    Region::Log => &mut self.log,
+                };
+                buf[*offset..*offset + bytes.len()].copy_from_slice(bytes);
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl LocalMemory for UdpMemory {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn read_control(&self, offset: usize, buf: &mut [u8]) {
+        buf.copy_from_slice(&self.control[offset..offset + buf.len()]);
+    }
+
+    fn control_word(&self, offset: usize) -> u64 {
+        get_u64(&self.control, offset)
+    }
+
+    fn set_control_word(&mut self, offset: usize, value: u64) {
+        put_u64(&mut self.control, offset, value);
+    }
+
+    fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    fn read_log(&self, offset: usize, buf: &mut [u8]) {
+        buf.copy_from_slice(&self.log[offset..offset + buf.len()]);
+    }
+
+    fn log_word(&self, offset: usize) -> u64 {
+        get_u64(&self.log, offset)
+    }
+
+    fn write_log_owner(&mut self, offset: usize, bytes: &[u8]) {
+        self.log[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn write_log_as_holder(
+        &mut self,
+        ballot: Ballot,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), FabricError> {
+        if !self.may_write(self.id, ballot) {
+            return Err(FabricError::Permission);
+        }
+        self.log[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn grant(&mut self, peer: NodeId, ballot: Ballot) {
+        self.writers[peer as usize] = Some(ballot);
+    }
+
+    fn revoke(&mut self, peer: NodeId) {
+        self.writers[peer as usize] = None;
+        self.data_error |= 1 << peer;
+        self.revoked |= 1 << peer;
+    }
+
+    fn writers(&self) -> Vec<(NodeId, Ballot)> {
+        (0..MAX_NODES as NodeId)
+            .filter_map(|p| self.writers[p as usize].map(|b| (p, b)))
+            .collect()
+    }
+}
+
+/// Who a node is and whom it talks to.
+#[derive(Clone, Debug)]
+pub struct UdpConfig {
+    pub me: NodeId,
+    pub cluster_id: u64,
+    /// The address every peer sends from and receives on.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// How long an operation may stay unanswered before it completes with
+    /// [`FabricError::Unreachable`].
+    pub timeout: Duration,
+}
+
+/// Counters of what one node's fabric did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// Datagrams sent (requests and completions).
+    pub sent: u64,
+    /// Datagrams received, dropped ones included.
+    pub received: u64,
+    /// Datagrams that are not a valid frame.
+    pub decode_errors: u64,
+    /// Frames from an address that is not the configured address of their source node.
+    pub strangers: u64,
+    /// Frames of another cluster or for another node.
+    pub misaddressed: u64,
+    /// Completions that match no outstanding request (unknown, duplicate, late, from the wrong
+    /// node or of the wrong shape) and client frames, which this fabric does not carry.
+    pub ignored: u64,
+    /// Operations that completed with `Unreachable` because their time-out passed.
+    pub timeouts: u64,
+    /// Operations failed without waiting because their data connection broke.
+    pub flushed: u64,
+    /// Datagrams the kernel refused to send (the frame is lost).
+    pub send_errors: u64,
+}
+
+/// Why a [`UdpFabric`] cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    #[error("udp socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("node id {0} out of range (a cluster has at most {MAX_NODES} nodes)")]
+    NodeOutOfRange(NodeId),
+    #[error("node {0} is configured twice")]
+    DuplicatePeer(NodeId),
+}
+
+/// An operation waiting for its completion frames.
+#[derive(Debug)]
+struct Pending {
+    wr_id: u64,
+    target: NodeId,
+    /// On the data connection (a log operation).
+    data: bool,
+    /// Pieces not answered yet.
+    remaining: usize,
+    /// The bytes read so far, for a read.
+    read: Option<Vec<u8>>,
+    /// The wire ids of its pieces.
+    wires: Vec<u64>,
+}
+
+/// One request frame on the wire: a piece of an operation.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    op: u64,
+    /// Offset of the piece within the operation.
+    at: usize,
+    len: usize,
+    read: bool,
+}
+
+/// One node's end of the `udp` fabric.
+pub struct UdpFabric {
+    me: NodeId,
+    cluster_id: u64,
+    timeout: Duration,
+    socket: UdpSocket,
+    peers: [Option<SocketAddr>; MAX_NODES],
+    next_op: u64,
+    /// Wire ids start at a random point, so a restarted node does not take an old incarnation's
+    /// late completions for its own.
+    next_wire: u64,
+    ops: HashMap<u64, Pending>,
+    pieces: HashMap<u64, Piece>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Bit `t`: our data connection to `t` is in error (a log operation timed out or could not be
+    /// sent); log operations to `t` fail at once until one marked `reconnect`.
+    broken: u32,
+    ready: Vec<Completion>,
+    stats: UdpStats,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+}
+
+impl UdpFabric {
+    /// Binds `addr` and sets up the fabric of `config.me` on it.
+    pub fn bind(addr: SocketAddr, config: UdpConfig) -> Result<UdpFabric, UdpError> {
+        UdpFabric::new(UdpSocket::bind(addr)?, config)
+    }
+
+    /// Sets up the fabric of `config.me` on a bound socket (made non-blocking).
+    pub fn new(socket: UdpSocket, config: UdpConfig) -> Result<UdpFabric, UdpError> {
+        if config.me as usize >= MAX_NODES {
+            return Err(UdpError::NodeOutOfRange(config.me));
+        }
+        let mut peers = [None; MAX_NODES];
+        for &(node, addr) in &config.peers {
+            let slot = peers
+                .get_mut(node as usize)
+                .ok_or(UdpError::NodeOutOfRange(node))?;
+            if slot.replace(addr).is_some() {
+                return Err(UdpError::DuplicatePeer(node));
+            }
+        }
+        socket.set_nonblocking(true)?;
+        Ok(UdpFabric {
+            me: config.me,
+            cluster_id: config.cluster_id,
+            timeout: config.timeout,
+            socket,
+            peers,
+            next_op: 0,
+            next_wire: random_start(),
+            ops: HashMap::new(),
+            pieces: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            broken: 0,
+            ready: Vec::new(),
+            stats: UdpStats::default(),
+            rx: vec![0; MAX_FRAME_BYTES + 1],
+            tx: Vec::with_capacity(MAX_FRAME_BYTES),
+        })
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The address this node's socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn stats(&self) -> &UdpStats {
+        &self.stats
+    }
+
+    /// Operations posted whose completion [`UdpFabric::poll`] has not returned yet.
+    pub fn outstanding(&self) -> usize {
+        self.ops.len() + self.ready.len()
+    }
+
+    fn peer(&self, node: NodeId) -> Option<SocketAddr> {
+        self.peers.get(node as usize).copied().flatten()
+    }
+
+    /// Sends `post` to its target; its completion comes out of a later [`UdpFabric::poll`]. A
+    /// post to a node that is not configured, or on a data connection in error, fails at once.
+    pub fn post(&mut self, post: Post, now: Instant) {
+        let Some(addr) = self.peer(post.target) else {
+            self.fail_now(post.wr_id, FabricError::Unreachable);
+            return;
+        };
+        let target = post.target;
+        let data = post.op.region() == Region::Log;
+        let bit = 1u32 << target;
+        if data {
+            if post.reconnect {
+                self.broken &= !bit;
+            } else if self.broken & bit != 0 {
+                self.stats.flushed += 1;
+                self.fail_now(post.wr_id, FabricError::Unreachable);
+                return;
+            }
+        }
+        let (region, offset, total, read) = match &post.op {
+            Op::Write {
+                region,
+                offset,
+                bytes,
+            } => (*region, *offset, bytes.len(), false),
+            Op::Read {
+                region,
+                offset,
+                len,
+            } => (*region, *offset, *len, true),
+        };
+        if offset.checked_add(total).is_none() {
+            // Past every region: the target would refuse it.
+            self.fail_now(post.wr_id, FabricError::Permission);
+            return;
+        }
+        let chunk = if read {
+            MAX_READ_BYTES
+        } else {
+            MAX_PAYLOAD_BYTES
+        };
+        let count = total.div_ceil(chunk).max(1);
+        let key = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(
+            key,
+            Pending {
+                wr_id: post.wr_id,
+                target,
+                data,
+                remaining: count,
+                read: read.then(|| vec![0; total]),
+                wires: Vec::with_capacity(count),
+            },
+        );
+        self.deadlines.push(Reverse((now + self.timeout, key)));
+        for i in 0..count {
+            let at = i * chunk;
+            let len = chunk.min(total - at);
+            let wire = self.next_wire;
+            self.next_wire = self.next_wire.wrapping_add(1);
+            let op = match &post.op {
+                Op::Write { bytes, .. } => Op::Write {
+                    region,
+                    offset: offset + at,
+                    bytes: bytes[at..at + len].to_vec(),
+                },
+                Op::Read { .. } => Op::Read {
+                    region,
+                    offset: offset + at,
+                    len,
+                },
+            };
+            let piece = Post {
+                wr_id: wire,
+                target,
+                op,
+                // Only the first piece re-establishes the connection: a later piece must not
+                // revive it after an earlier one was refused.
+                reconnect: post.reconnect && i == 0,
+                ballot: post.ballot,
+            };
+            let frame =
+                Frame::from_post(self.me, self.cluster_id, &piece).expect("a piece fits a frame");
+            self.ops.get_mut(&key).expect("pending").wires.push(wire);
+            self.pieces.insert(
+                wire,
+                Piece {
+                    op: key,
+                    at,
+                    len,
+                    read,
+                },
+            );
+            if !self.send(&frame, addr) {
+                self.finish(key, Err(FabricError::Unreachable));
+                if data {
+                    self.break_connection(target);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Receives and handles every pending datagram (requests are applied to `mem`, which must be
+    /// this node's memory), fails the operations whose time-out has passed by `now`, and returns
+    /// the completions of this node's operations.
+    pub fn poll(&mut self, mem: &mut UdpMemory, now: Instant) -> Vec<Completion> {
+        assert_eq!(
+            mem.id, self.me,
+            "a fabric applies requests to its own node's memory"
+        );
+        let mut rx = std::mem::take(&mut self.rx);
+        for _ in 0..RECV_BUDGET {
+            match self.socket.recv_from(&mut rx) {
+                Ok((n, from)) => {
+                    self.stats.received += 1;
+                    self.handle(&rx[..n], from, mem);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // An ICMP error for an earlier send, reported here: nothing to receive.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted
+                            | ErrorKind::ConnectionRefused
+                            | ErrorKind::ConnectionReset
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        self.rx = rx;
+        self.expire(now);
+        std::mem::take(&mut self.ready)
+    }
+
+    fn handle(&mut self, bytes: &[u8], from: SocketAddr, mem: &mut UdpMemory) {
+        let Ok(frame) = Frame::decode(bytes) else {
+            self.stats.decode_errors += 1;
+            return;
+        };
+        if !frame.is_addressed_to(self.cluster_id, self.me) {
+            self.stats.misaddressed += 1;
+            return;
+        }
+        let src = frame.src;
+        if self.peer(src) != Some(from) {
+            self.stats.strangers += 1;
+            return;
+        }
+        match frame.body {
+            FrameBody::WriteRequest { .. } | FrameBody::ReadRequest { .. } => {
+                let post = frame.into_post().expect("a request");
+                let completion = Completion {
+                    wr_id: post.wr_id,
+                    result: mem.apply(src, &post),
+                };
+                // Reads are bounded at decoding, so the completion fits a frame.
+                match Frame::completion(self.me, src, self.cluster_id, &completion) {
+                    Ok(reply) => {
+                        self.send(&reply, from);
+                    }
+                    Err(_) => self.stats.send_errors += 1,
+                }
+            }
+            FrameBody::Completion(c) => self.complete_piece(src, c),
+            FrameBody::ClientRequest { .. } | FrameBody::ClientReply { .. } => {
+                self.stats.ignored += 1;
+            }
+        }
+    }
+
+    /// Sends `frame` to `addr`; false (and counted) if the kernel refused it.
+    fn send(&mut self, frame: &Frame, addr: SocketAddr) -> bool {
+        self.tx.clear();
+        if frame.encode(&mut self.tx).is_err() {
+            self.stats.send_errors += 1;
+            return false;
+        }
+        match self.socket.send_to(&self.tx, addr) {
+            Ok(n) if n == self.tx.len() => {
+                self.stats.sent += 1;
+                true
+            }
+            _ => {
+                self.stats.send_errors += 1;
+                false
+            }
+        }
+    }
+
+    fn complete_piece(&mut self, src: NodeId, c: Completion) {
+        let Some(piece) = self.pieces.get(&c.wr_id).copied() else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let op = self
+            .ops
+            .get_mut(&piece.op)
+            .expect("a piece belongs to a pending op");
+        let answers = op.target == src
+            && match &c.result {
+                Ok(None) => !piece.read,
+                Ok(Some(bytes)) => piece.read && bytes.len() == piece.len,
+                Err(_) => true,
+            };
+        if !answers {
+            // From the wrong node, or not the shape of this piece's answer: left to time out.
+            self.stats.ignored += 1;
+            return;
+        }
+        match c.result {
+            Err(e) => self.finish(piece.op, Err(e)),
+            Ok(data) => {
+                if let (Some(bytes), Some(buf)) = (data, op.read.as_mut()) {
+                    buf[piece.at..piece.at + piece.len].copy_from_slice(&bytes);
+                }
+                op.remaining -= 1;
+                let done = op.remaining == 0;
+                self.pieces.remove(&c.wr_id);
+                if done {
+                    let result = Ok(self.ops.get_mut(&piece.op).and_then(|op| op.read.take()));
+                    self.finish(piece.op, result);
+                }
+            }
+        }
+    }
+
+    /// Completes operation `key` with `result` and forgets its pieces.
+    fn finish(&mut self, key: u64, result: OpResult) {
+        if let Some(op) = self.ops.remove(&key) {
+            for w in &op.wires {
+                self.pieces.remove(w);
+            }
+            self.ready.push(Completion {
+                wr_id: op.wr_id,
+                result,
+            });
+        }
+    }
+
+    fn fail_now(&mut self, wr_id: u64, e: FabricError) {
+        self.ready.push(Completion {
+            wr_id,
+            result: Err(e),
+        });
+    }
+
+    /// Our data connection to `target` is in error: flush its outstanding log operations.
+    fn break_connection(&mut self, target: NodeId) {
+        self.broken |= 1 << target;
+        let mut flushed: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| op.data && op.target == target)
+            .map(|(&k, _)| k)
+            .collect();
+        flushed.sort_unstable();
+        for key in flushed {
+            self.stats.flushed += 1;
+            self.finish(key, Err(FabricError::Unreachable));
+        }
+    }
+
+    /// Fails every operation whose time-out has passed by `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&Reverse((deadline, key))) = self.deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(op) = self.ops.get(&key) else {
+                continue; // completed before its deadline
+            };
+            let (target, data) = (op.target, op.data);
+            self.stats.timeouts += 1;
+            self.finish(key, Err(FabricError::Unreachable));
+            if data {
+                self.break_connection(target);
+            }
+        }
+    }
+}
+
+/// A random 64-bit starting point for wire ids (the std hasher's per-process keys, the clock
+/// and the pid).
+fn random_start() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    if let Ok(t) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shared contract suite over real sockets on 127.0.0.1, and the udp-specific points:
+    //! strangers, garbage and other clusters are dropped; silence becomes a time-out, not before;
+    //! large operations are split; the rights of [`UdpMemory`].
+    use super::*;
+    use crate::fabric::contract::{self, ContractHarness};
+    use crate::protocol::layout::LogGeometry;
+
+    const GEO: LogGeometry = LogGeometry {
+        capacity: 64,
+        slot_bytes: 256,
+    };
+    const CLUSTER: u64 = 0x5eed_00c1;
+    const B: Ballot = Ballot((1 << 8) | 1);
+
+    fn local_socket() -> UdpSocket {
+        UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+    }
+
+    /// `n` nodes on fresh loopback ports, each knowing all the others.
+    fn cluster(n: usize, log_bytes: usize, timeout: Duration) -> (Vec<UdpFabric>, Vec<UdpMemory>) {
+        let sockets: Vec<UdpSocket> = (0..n).map(|_| local_socket()).collect();
+        let addrs: Vec<(NodeId, SocketAddr)> = sockets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as NodeId, s.local_addr().unwrap()))
+            .collect();
+        let fabrics = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let config = UdpConfig {
+                    me: i as NodeId,
+                    cluster_id: CLUSTER,
+                    peers: addrs
+                        .iter()
+                        .copied()
+                        .filter(|(p, _)| *p != i as NodeId)
+                        .collect(),
+                    timeout,
+                };
+                UdpFabric::new(s, config).unwrap()
+            })
+            .collect();
+        let mems = (0..n)
+            .map(|i| UdpMemory::new(i as NodeId, log_bytes))
+            .collect();
+        (fabrics, mems)
+    }
+
+    struct UdpHarness {
+        nodes: Vec<UdpFabric>,
+        mems: Vec<UdpMemory>,
+        isolated: Vec<bool>,
+        timeout: Duration,
+    }
+
+    impl UdpHarness {
+        fn new(timeout: Duration) -> UdpHarness {
+            let (nodes, mems) = cluster(3, GEO.log_bytes(), timeout);
+            UdpHarness {
+                nodes,
+                mems,
+                isolated: vec![false; 3],
+                timeout,
+            }
+        }
+
+        fn received(&self) -> u64 {
+            self.nodes.iter().map(|n| n.stats().received).sum()
+        }
+
+        fn outstanding(&self) -> usize {
+            self.nodes
+                .iter()
+                .zip(&self.isolated)
+                .filter(|(_, iso)| !**iso)
+                .map(|(n, _)| n.outstanding())
+                .sum()
+        }
+    }
+
+    impl ContractHarness for UdpHarness {
+        fn geometry(&self) -> LogGeometry {
+            GEO
+        }
+
+        fn post(&mut self, src: NodeId, post: Post) {
+            self.nodes[src as usize].post(post, Instant::now());
+        }
+
+        fn step(&mut self) -> Vec<(NodeId, Completion)> {
+            let before = self.received();
+            let mut done = Vec::new();
+            for (i, (node, mem)) in self.nodes.iter_mut().zip(&mut self.mems).enumerate() {
+                if !self.isolated[i] {
+                    let completions = node.poll(mem, Instant::now());
+                    done.extend(completions.into_iter().map(|c| (i as NodeId, c)));
+                }
+            }
+            if done.is_empty() && self.received() == before {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            done
+        }
+
+        fn drain(&mut self) -> Vec<(NodeId, Completion)> {
+            let give_up = Instant::now() + 4 * self.timeout;
+            let mut done = Vec::new();
+            loop {
+                done.extend(self.step());
+                if self.outstanding() == 0 || Instant::now() > give_up {
+                    return done;
+                }
+            }
+        }
+
+        fn memory(&mut self, node: NodeId) -> &mut dyn LocalMemory {
+            &mut self.mems[node as usize]
+        }
+
+        fn isolate(&mut self, node: NodeId) {
+            // It stops polling: requests to it are never answered.
+            self.isolated[node as usize] = true;
+        }
+    }
+
+    #[test]
+    fn the_contract_holds_on_udp() {
+        contract::run_all(&mut || Box::new(UdpHarness::new(Duration::from_secs(1))));
+    }
+
+    /// Polls `f` until `done` holds of it (at most two seconds); returns the completions.
+    fn poll_until(
+        f: &mut UdpFabric,
+        mem: &mut UdpMemory,
+        done: impl Fn(&UdpFabric, &[Completion]) -> bool,
+    ) -> Vec<Completion> {
+        let give_up = Instant::now() + Duration::from_secs(2);
+        let mut out = Vec::new();
+        loop {
+            out.extend(f.poll(mem, Instant::now()));
+            if done(f, &out) {
+                return out;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "timed out polling: {:?}",
+                f.stats()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Receives one datagram on a raw socket (blocking up to two seconds) and decodes it.
+    fn recv_frame(s: &UdpSocket) -> Frame {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = vec![0; 65536];
+        let (n, _) = s.recv_from(&mut buf).expect("a datagram");
+        Frame::decode(&buf[..n]).expect("a valid frame")
+    }
+
+    /// Nothing arrives on `s` within 100 ms.
+    fn assert_silent(s: &UdpSocket) {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = vec![0; 65536];
+        let r = s.recv_from(&mut buf);
+        assert!(r.is_err(), "unexpected datagram: {r:?}");
+    }
+
+    fn send_frame(s: &UdpSocket, to: SocketAddr, f: &Frame) {
+        s.send_to(&f.to_bytes().unwrap(), to).unwrap();
+    }
+
+    /// Node 0 as a `UdpFabric`, node 1 as a raw socket at its configured address.
+    fn node_and_raw_peer(timeout: Duration) -> (UdpFabric, UdpMemory, UdpSocket, SocketAddr) {
+        let raw = local_socket();
+        let config = UdpConfig {
+            me: 0,
+            cluster_id: CLUSTER,
+            peers: vec![(1, raw.local_addr().unwrap())],
+            timeout,
+        };
+        let f = UdpFabric::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let addr = f.local_addr().unwrap();
+        (f, UdpMemory::new(0, GEO.log_bytes()), raw, addr)
+    }
+
+    fn control_write(wr_id: u64, offset: usize, value: u64) -> Post {
+        Post {
+            wr_id,
+            target: 0,
+            op: Op::Write {
+                region: Region::Control,
+                offset,
+                bytes: value.to_le_bytes().to_vec(),
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        }
+    }
+
+    #[test]
+    fn strangers_garbage_and_other_clusters_are_dropped() {
+        let (mut f, mut mem, peer, addr) = node_and_raw_peer(Duration::from_secs(5));
+        let stranger = local_socket();
+        let request = Frame::from_post(1, CLUSTER, &control_write(7, cb_request(1), 9)).unwrap();
+        let snapshot = |m: &UdpMemory| (m.control().to_vec(), m.log().to_vec());
+        let before = snapshot(&mem);
+
+        // A valid frame naming node 1 as its source, from an address that is not node 1's.
+        send_frame(&stranger, addr, &request);
+        let done = poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 1);
+        assert!(done.is_empty());
+        assert_eq!(f.stats().strangers, 1);
+        assert_eq!(snapshot(&mem), before, "a stranger changed memory");
+        assert_silent(&stranger);
+
+        // Garbage from node 1's own address.
+        peer.send_to(b"RPXF not a frame at all", addr).unwrap();
+        peer.send_to(&[], addr).unwrap();
+        poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 3);
+        assert_eq!(f.stats().decode_errors, 2);
+
+        // The right frame from the right address, but of another cluster, or for another node.
+        let mut other_cluster = request.clone();
+        other_cluster.cluster_id = CLUSTER + 1;
+        send_frame(&peer, addr, &other_cluster);
+        let mut other_node = request.clone();
+        other_node.dst = 2;
+        send_frame(&peer, addr, &other_node);
+        poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 5);
+        assert_eq!(f.stats().misaddressed, 2);
+        assert_eq!(
+            snapshot(&mem),
+            before,
+            "a misaddressed frame changed memory"
+        );
+        assert_silent(&peer);
+
+        // The same request from node 1's address is applied and answered: the drops above were
+        // not for want of a valid request.
+        send_frame(&peer, addr, &request);
+        poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 6);
+        assert_eq!(mem.control_word(cb_request(1)), 9);
+        let reply = recv_frame(&peer);
+        assert_eq!((reply.src, reply.dst, reply.cluster_id), (0, 1, CLUSTER));
+        assert_eq!(
+            reply.body.into_completion(),
+            Some(Completion {
+                wr_id: 7,
+                result: Ok(None)
+            })
+        );
+
+        // A stranger's forged completion of an outstanding read is dropped; the real one is
+        // delivered.
+        f.post(
+            Post {
+                wr_id: 42,
+                target: 1,
+                op: Op::Read {
+                    region: Region::Control,
+                    offset: 0,
+                    len: 8,
+                },
+                reconnect: false,
+                ballot: Ballot::ZERO,
+            },
+            Instant::now(),
+        );
+        let req = recv_frame(&peer);
+        let wire = req.body.wr_id().unwrap();
+        let answer = |data: u8| Completion {
+            wr_id: wire,
+            result: Ok(Some(vec![data; 8])),
+        };
+        let forged = Frame::completion(1, 0, CLUSTER, &answer(0xEE)).unwrap();
+        send_frame(&stranger, addr, &forged);
+        let done = poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 7);
+        assert!(
+            done.is_empty(),
+            "a forged completion was delivered: {done:?}"
+        );
+        assert_eq!(f.stats().strangers, 2);
+        // Answers of the wrong shape from the right node are ignored, not trusted.
+        for wrong in [Ok(Some(vec![0x22; 7])), Ok(Some(vec![0x22; 9])), Ok(None)] {
+            let c = Completion {
+                wr_id: wire,
+                result: wrong,
+            };
+            send_frame(&peer, addr, &Frame::completion(1, 0, CLUSTER, &c).unwrap());
+        }
+        let done = poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 10);
+        assert!(
+            done.is_empty(),
+            "a malformed completion was delivered: {done:?}"
+        );
+        assert_eq!(f.stats().ignored, 3);
+        let real = Frame::completion(1, 0, CLUSTER, &answer(0x11)).unwrap();
+        send_frame(&peer, addr, &real);
+        let done = poll_until(&mut f, &mut mem, |_, d| !d.is_empty());
+        assert_eq!(
+            done,
+            vec![Completion {
+                wr_id: 42,
+                result: Ok(Some(vec![0x11; 8]))
+            }]
+        );
+        // A duplicate of it is ignored.
+        send_frame(&peer, addr, &real);
+        let done = poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 12);
+        assert!(done.is_empty());
+        assert_eq!(f.stats().ignored, 4);
+        assert_eq!(f.outstanding(), 0);
+    }
+
+    fn log_write(wr_id: u64, target: NodeId, reconnect: bool) -> Post {
+        Post {
+            wr_id,
+            target,
+            op: Op::Write {
+                region: Region::Log,
+                offset: GEO.slot_offset(0),
+                bytes: vec![3; 64],
+            },
+            reconnect,
+            ballot: B,
+        }
+    }
+
+    #[test]
+    fn a_silent_node_times_out_after_the_time_out_not_before() {
+        let timeout = Duration::from_millis(300);
+        let (mut f, mut mem, peer, addr) = node_and_raw_peer(timeout);
+
+        // On the caller's clock: nothing a tick before the deadline, Unreachable at it.
+        let t0 = Instant::now();
+        f.post(log_write(1, 1, false), t0);
+        let req = recv_frame(&peer);
+        assert!(f.poll(&mut mem, t0).is_empty());
+        assert!(f
+            .poll(&mut mem, t0 + timeout - Duration::from_millis(1))
+            .is_empty());
+        assert_eq!(f.outstanding(), 1);
+        assert_eq!(
+            f.poll(&mut mem, t0 + timeout),
+            vec![Completion {
+                wr_id: 1,
+                result: Err(FabricError::Unreachable)
+            }]
+        );
+        assert_eq!(f.stats().timeouts, 1);
+
+        // A late completion is ignored.
+        let late = Completion {
+            wr_id: req.body.wr_id().unwrap(),
+            result: Ok(None),
+        };
+        send_frame(
+            &peer,
+            addr,
+            &Frame::completion(1, 0, CLUSTER, &late).unwrap(),
+        );
+        let done = poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 1);
+        assert!(done.is_empty(), "a late completion was delivered: {done:?}");
+        assert_eq!(f.stats().ignored, 1);
+
+        // The data connection is in error: a log operation fails at once without being sent; a
+        // control operation still goes out; a reconnecting one is sent, flagged.
+        let sent = f.stats().sent;
+        f.post(log_write(2, 1, false), Instant::now());
+        assert_eq!(
+            f.poll(&mut mem, Instant::now()),
+            vec![Completion {
+                wr_id: 2,
+                result: Err(FabricError::Unreachable)
+            }]
+        );
+        assert_eq!(f.stats().sent, sent);
+        let mut control = control_write(3, cb_ack(0), 1);
+        control.target = 1;
+        f.post(control, Instant::now());
+        assert!(matches!(
+            recv_frame(&peer).body,
+            FrameBody::WriteRequest {
+                region: Region::Control,
+                ..
+            }
+        ));
+        f.post(log_write(4, 1, true), Instant::now());
+        assert!(matches!(
+            recv_frame(&peer).body,
+            FrameBody::WriteRequest {
+                reconnect: true,
+                region: Region::Log,
+                ..
+            }
+        ));
+
+        // On the real clock: a silent node's operation completes no earlier than the time-out.
+        let (mut f, mut mem, _peer, _) = node_and_raw_peer(timeout);
+        let start = Instant::now();
+        f.post(log_write(5, 1, false), start);
+        let done = poll_until(&mut f, &mut mem, |_, d| !d.is_empty());
+        let waited = start.elapsed();
+        assert_eq!(done[0].result, Err(FabricError::Unreachable));
+        assert!(waited >= timeout, "completed after {waited:?}");
+        assert!(waited < timeout + Duration::from_secs(1), "{waited:?}");
+    }
+
+    #[test]
+    fn a_post_to_an_unknown_node_fails_at_once() {
+        let (mut f, mut mem, peer, _) = node_and_raw_peer(Duration::from_secs(5));
+        f.post(log_write(1, 5, false), Instant::now());
+        f.post(log_write(2, 0, false), Instant::now());
+        let mut done = f.poll(&mut mem, Instant::now());
+        done.sort_by_key(|c| c.wr_id);
+        assert_eq!(done.len(), 2);
+        assert!(done
+            .iter()
+            .all(|c| c.result == Err(FabricError::Unreachable)));
+        assert_eq!(f.stats().sent, 0);
+        assert_silent(&peer);
+    }
+
+    #[test]
+    fn large_operations_are_split_across_frames() {
+        let log_bytes = 64 * 1024;
+        let (mut nodes, mut mems) = cluster(2, log_bytes, Duration::from_secs(5));
+        let b = Ballot::new(1, 1);
+        mems[0].grant(1, b);
+        let len = 3 * MAX_PAYLOAD_BYTES + 100;
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let offset = 136;
+        nodes[1].post(
+            Post {
+                wr_id: 1,
+                target: 0,
+                op: Op::Write {
+                    region: Region::Log,
+                    offset,
+                    bytes: bytes.clone(),
+                },
+                reconnect: false,
+                ballot: b,
+            },
+            Instant::now(),
+        );
+        nodes[1].post(
+            Post {
+                wr_id: 2,
+                target: 0,
+                op: Op::Read {
+                    region: Region::Log,
+                    offset,
+                    len,
+                },
+                reconnect: false,
+                ballot: b,
+            },
+            Instant::now(),
+        );
+        let mut done = Vec::new();
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while done.len() < 2 && Instant::now() < give_up {
+            let (a, rest) = nodes.split_at_mut(1);
+            let (m0, m1) = mems.split_at_mut(1);
+            a[0].poll(&mut m0[0], Instant::now());
+            done.extend(rest[0].poll(&mut m1[0], Instant::now()));
+        }
+        done.sort_by_key(|c| c.wr_id);
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert_eq!(done[0].result, Ok(None));
+        assert_eq!(&mems[0].log()[offset..offset + len], &bytes[..]);
+        assert_eq!(done[1].result, Ok(Some(bytes)), "the read reassembles");
+        assert_eq!(nodes[1].stats().sent, 8, "four frames each way");
+        assert_eq!(nodes[0].stats().sent, 8);
+
+        // A write past the end is refused whole.
+        nodes[1].post(
+            Post {
+                wr_id: 3,
+                target: 0,
+                op: Op::Write {
+                    region: Region::Log,
+                    offset: log_bytes - 10,
+                    bytes: vec![1; 20],
+                },
+                reconnect: false,
+                ballot: b,
+            },
+            Instant::now(),
+        );
+        let give_up = Instant::now() + Duration::from_secs(2);
+        let mut done = Vec::new();
+        while done.is_empty() && Instant::now() < give_up {
+            let (a, rest) = nodes.split_at_mut(1);
+            let (m0, m1) = mems.split_at_mut(1);
+            a[0].poll(&mut m0[0], Instant::now());
+            done.extend(rest[0].poll(&mut m1[0], Instant::now()));
+        }
+        assert_eq!(done[0].result, Err(FabricError::Permission));
+        assert!(mems[0].log()[log_bytes - 10..].iter().all(|x| *x == 0));
+    }
+
+    #[test]
+    fn a_completion_from_another_member_is_ignored() {
+        let (one, two) = (local_socket(), local_socket());
+        let config = UdpConfig {
+            me: 0,
+            cluster_id: CLUSTER,
+            peers: vec![
+                (1, one.local_addr().unwrap()),
+                (2, two.local_addr().unwrap()),
+            ],
+            timeout: Duration::from_secs(5),
+        };
+        let mut f = UdpFabric::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let addr = f.local_addr().unwrap();
+        let mut mem = UdpMemory::new(0, GEO.log_bytes());
+        f.post(log_write(9, 1, false), Instant::now());
+        let wire = recv_frame(&one).body.wr_id().unwrap();
+        let ok = Completion {
+            wr_id: wire,
+            result: Ok(None),
+        };
+        // Node 2, from its own address, answers node 1's request.
+        send_frame(&two, addr, &Frame::completion(2, 0, CLUSTER, &ok).unwrap());
+        let done = poll_until(&mut f, &mut mem, |f, _| f.stats().received >= 1);
+        assert!(done.is_empty(), "{done:?}");
+        assert_eq!((f.stats().ignored, f.stats().strangers), (1, 0));
+        send_frame(&one, addr, &Frame::completion(1, 0, CLUSTER, &ok).unwrap());
+        let done = poll_until(&mut f, &mut mem, |_, d| !d.is_empty());
+        assert_eq!(
+            done,
+            vec![Completion {
+                wr_id: 9,
+                result: Ok(None)
+            }]
+        );
+    }
+
+    #[test]
+    fn only_the_first_piece_of_a_split_write_reconnects() {
+        let (mut f, _mem, peer, _) = node_and_raw_peer(Duration::from_secs(5));
+        let len = 2 * MAX_PAYLOAD_BYTES + 1;
+        let mut post = log_write(1, 1, true);
+        post.op = Op::Write {
+            region: Region::Log,
+            offset: 128,
+            bytes: vec![5; len],
+        };
+        f.post(post, Instant::now());
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            match recv_frame(&peer).body {
+                FrameBody::WriteRequest {
+                    reconnect,
+                    offset,
+                    bytes,
+                    ballot,
+                    ..
+                } => {
+                    assert_eq!(ballot, B);
+                    seen.push((reconnect, offset, bytes.len()));
+                }
+                other => panic!("not a write request: {other:?}"),
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (true, 128, MAX_PAYLOAD_BYTES),
+                (false, 128 + MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES),
+                (false, 128 + 2 * MAX_PAYLOAD_BYTES, 1),
+            ]
+        );
+        assert_silent(&peer);
+    }
+
+    #[test]
+    fn memory_rights_follow_the_sim() {
+        let mut m = UdpMemory::new(0, GEO.log_bytes());
+        let write = |ballot, reconnect| Post {
+            wr_id: 0,
+            target: 0,
+            op: Op::Write {
+                region: Region::Log,
+                offset: 256,
+                bytes: vec![1; 8],
+            },
+            reconnect,
+            ballot,
+        };
+        let b3 = Ballot::new(3, 1);
+        // No grant: refused, and the connection breaks.
+        assert_eq!(m.apply(1, &write(B, false)), Err(FabricError::Permission));
+        m.grant(1, B);
+        assert_eq!(m.apply(1, &write(B, false)), Err(FabricError::Unreachable));
+        assert_eq!(m.apply(1, &write(B, true)), Ok(None));
+        // Revoked: permission errors until a reconnect, even under a fresh grant (a write posted
+        // before the revoke never lands after it), and a reconnect alone grants nothing.
+        m.revoke(1);
+        m.grant(1, B);
+        assert_eq!(m.apply(1, &write(B, false)), Err(FabricError::Permission));
+        m.grant(1, b3);
+        assert_eq!(m.apply(1, &write(b3, false)), Err(FabricError::Permission));
+        assert_eq!(m.apply(1, &write(B, true)), Err(FabricError::Permission));
+        assert_eq!(m.apply(1, &write(b3, true)), Ok(None));
+        // Other peers are untouched by node 1's connection state.
+        m.grant(2, Ballot::new(3, 2));
+        assert_eq!(m.apply(2, &write(Ballot::new(3, 2), false)), Ok(None));
+        assert_eq!(m.writers(), vec![(1, b3), (2, Ballot::new(3, 2))]);
+        // The owner's own proposals need its own grant.
+        assert_eq!(
+            m.write_log_as_holder(B, 0, &[1; 8]),
+            Err(FabricError::Permission)
+        );
+        // Out-of-range and overflowing ranges are refused, never a panic.
+        let read = |offset, len| Post {
+            wr_id: 0,
+            target: 0,
+            op: Op::Read {
+                region: Region::Control,
+                offset,
+                len,
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        };
+        assert_eq!(
+            m.apply(1, &read(usize::MAX, 2)),
+            Err(FabricError::Permission)
+        );
+        assert_eq!(m.apply(1, &read(CB_BYTES, 1)), Err(FabricError::Permission));
+        let mut far = write(b3, false);
+        far.op = Op::Write {
+            region: Region::Log,
+            offset: usize::MAX - 3,
+            bytes: vec![1; 8],
+        };
+        assert_eq!(m.apply(1, &far), Err(FabricError::Permission));
+        assert_eq!(m.apply(200, &read(0, 8)), Err(FabricError::Permission));
+        // Control writes: own words, 8 bytes, only.
+        let cw = |offset, len| Post {
+            wr_id: 0,
+            target: 0,
+            op: Op::Write {
+                region: Region::Control,
+                offset,
+                bytes: vec![4; len],
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        };
+        assert_eq!(m.apply(1, &cw(cb_ack(1), 8)), Ok(None));
+        assert_eq!(m.apply(1, &cw(cb_ack(2), 8)), Err(FabricError::Permission));
+        assert_eq!(
+            m.apply(1, &cw(cb_request(1), 16)),
+            Err(FabricError::Permission)
+        );
+        assert_eq!(m.control_word(cb_ack(1)), u64::from_le_bytes([4; 8]));
+    }
+}
