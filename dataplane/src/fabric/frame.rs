@@ -27,9 +27,18 @@
 //! | 28 | 8 | ballot | ballot of the posting connection (requests) |
 //! | 36 | 8 | cluster_id | the cluster this frame belongs to |
 //! | 44 | 8 | offset | byte offset in the region (requests) |
-//! | 52 | 8 | checksum | xxh3-64 of bytes 0..52 followed by the payload |
+//! | 52 | 8 | seq | sequence number on the poster's data connection (log requests); 0 otherwise |
+//! | 60 | 8 | checksum | xxh3-64 of bytes 0..60 followed by the payload |
+//!
+//! Version 2 added `seq` (and moved the checksum); version 1 frames are refused with
+//! [`FrameError::UnsupportedVersion`].
 //!
 //! The offset is 64 bits because a log may be up to 16 GiB (`profile::MAX_LOG_BYTES`).
+//!
+//! `seq` numbers the log-region requests of one poster to one target, one per frame, so the
+//! target can refuse everything behind a lost or reordered frame (the fabric's business; see
+//! `udp`). Control-region requests are unsequenced and carry 0; completions and client frames
+//! carry 0 (a client message's own `seq` is in its payload).
 //!
 //! Payloads: a write request carries the bytes; a completion of a successful read carries the
 //! bytes read; a client request carries `client` (u64), `seq` (u64), then the command; a client
@@ -68,9 +77,9 @@ use crate::protocol::{Ballot, NodeId};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RPXF";
 /// The frame format version this code speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of the fixed header, checksum included.
-pub const HEADER_BYTES: usize = 60;
+pub const HEADER_BYTES: usize = 68;
 /// Largest encoded frame: a 9000-byte jumbo MTU less IPv6 and UDP headers.
 pub const MAX_FRAME_BYTES: usize = 9000 - 40 - 8;
 /// Largest payload of one frame.
@@ -105,7 +114,8 @@ const AT_WR_ID: usize = 20;
 const AT_BALLOT: usize = 28;
 const AT_CLUSTER_ID: usize = 36;
 const AT_OFFSET: usize = 44;
-const AT_CHECKSUM: usize = 52;
+const AT_SEQ: usize = 52;
+const AT_CHECKSUM: usize = 60;
 const _: () = assert!(AT_CHECKSUM + 8 == HEADER_BYTES);
 
 const KIND_WRITE_REQUEST: u8 = 1;
@@ -177,6 +187,8 @@ pub enum FrameBody {
     /// A one-sided write of `bytes` at `offset` of the receiver's `region`.
     WriteRequest {
         wr_id: u64,
+        /// The frame's number on the poster's data connection (0 for the control region).
+        seq: u64,
         ballot: Ballot,
         reconnect: bool,
         region: Region,
@@ -186,6 +198,8 @@ pub enum FrameBody {
     /// A one-sided read of `len` bytes (at most [`MAX_READ_BYTES`]) at `offset` of `region`.
     ReadRequest {
         wr_id: u64,
+        /// The frame's number on the poster's data connection (0 for the control region).
+        seq: u64,
         ballot: Ballot,
         reconnect: bool,
         region: Region,
@@ -353,10 +367,16 @@ impl From<ClientErrorCode> for ClientError {
 }
 
 impl Frame {
-    /// The request frame of `post`, from `src` to `post.target`. Fails with
+    /// The request frame of `post`, from `src` to `post.target`, numbered `seq` on the data
+    /// connection (`seq` must be 0 for a control-region operation). Fails with
     /// [`FrameError::TooLarge`] if the write, or the completion of the read, would not fit one
-    /// frame.
-    pub fn from_post(src: NodeId, cluster_id: u64, post: &Post) -> Result<Frame, FrameError> {
+    /// frame, and with [`FrameError::BadField`] for a numbered control-region operation.
+    pub fn from_post(
+        src: NodeId,
+        cluster_id: u64,
+        seq: u64,
+        post: &Post,
+    ) -> Result<Frame, FrameError> {
         let body = match &post.op {
             Op::Write {
                 region,
@@ -364,6 +384,7 @@ impl Frame {
                 bytes,
             } => FrameBody::WriteRequest {
                 wr_id: post.wr_id,
+                seq,
                 ballot: post.ballot,
                 reconnect: post.reconnect,
                 region: *region,
@@ -376,6 +397,7 @@ impl Frame {
                 len,
             } => FrameBody::ReadRequest {
                 wr_id: post.wr_id,
+                seq,
                 ballot: post.ballot,
                 reconnect: post.reconnect,
                 region: *region,
@@ -454,7 +476,8 @@ impl Frame {
     }
 
     /// The request as a [`Post`] (with `target` = `dst`), for the owner to check and apply;
-    /// `None` for other kinds. The poster is `src`.
+    /// `None` for other kinds. The poster is `src`; the sequence number is in
+    /// [`FrameBody::seq`].
     pub fn into_post(self) -> Option<Post> {
         let target = self.dst;
         match self.body {
@@ -465,6 +488,7 @@ impl Frame {
                 region,
                 offset,
                 bytes,
+                ..
             } => Some(Post {
                 wr_id,
                 target,
@@ -483,6 +507,7 @@ impl Frame {
                 region,
                 offset,
                 len,
+                ..
             } => Some(Post {
                 wr_id,
                 target,
@@ -504,8 +529,22 @@ impl Frame {
     }
 
     /// [`FrameError::TooLarge`] if the frame, or the completion of a read it requests, would
-    /// exceed [`MAX_FRAME_BYTES`].
+    /// exceed [`MAX_FRAME_BYTES`]; [`FrameError::BadField`] if it is a control-region request
+    /// carrying a sequence number (decoding would refuse it).
     pub fn check_size(&self) -> Result<(), FrameError> {
+        match self.body {
+            FrameBody::WriteRequest {
+                region: Region::Control,
+                seq,
+                ..
+            }
+            | FrameBody::ReadRequest {
+                region: Region::Control,
+                seq,
+                ..
+            } if seq != 0 => return Err(bad("seq", seq)),
+            _ => {}
+        }
         let bytes = match self.body {
             FrameBody::ReadRequest { len, .. } => HEADER_BYTES.saturating_add(len),
             _ => self.encoded_len(),
@@ -539,6 +578,7 @@ impl Frame {
         hdr[AT_BALLOT..AT_BALLOT + 8].copy_from_slice(&h.ballot.to_le_bytes());
         hdr[AT_CLUSTER_ID..AT_CLUSTER_ID + 8].copy_from_slice(&self.cluster_id.to_le_bytes());
         hdr[AT_OFFSET..AT_OFFSET + 8].copy_from_slice(&h.offset.to_le_bytes());
+        hdr[AT_SEQ..AT_SEQ + 8].copy_from_slice(&h.seq.to_le_bytes());
         // The checksum (AT_CHECKSUM) is filled in once the payload is in place.
         let start = out.len();
         out.reserve(self.encoded_len());
@@ -618,6 +658,7 @@ impl Frame {
             wr_id: u64_at(hdr, AT_WR_ID),
             ballot: u64_at(hdr, AT_BALLOT),
             offset: u64_at(hdr, AT_OFFSET),
+            seq: u64_at(hdr, AT_SEQ),
         };
         if hdr[AT_RESERVED] != 0 {
             return Err(bad("reserved", hdr[AT_RESERVED]));
@@ -640,6 +681,7 @@ impl Frame {
         match &self.body {
             FrameBody::WriteRequest {
                 wr_id,
+                seq,
                 ballot,
                 reconnect,
                 region,
@@ -647,6 +689,7 @@ impl Frame {
                 bytes,
             } => {
                 h.kind = KIND_WRITE_REQUEST;
+                h.seq = *seq;
                 h.flags = if *reconnect { FLAG_RECONNECT } else { 0 };
                 h.region = region_code(*region);
                 h.length = bytes.len() as u32;
@@ -656,6 +699,7 @@ impl Frame {
             }
             FrameBody::ReadRequest {
                 wr_id,
+                seq,
                 ballot,
                 reconnect,
                 region,
@@ -663,6 +707,7 @@ impl Frame {
                 len,
             } => {
                 h.kind = KIND_READ_REQUEST;
+                h.seq = *seq;
                 h.flags = if *reconnect { FLAG_RECONNECT } else { 0 };
                 h.region = region_code(*region);
                 h.length = *len as u32; // checked against MAX_READ_BYTES
@@ -701,6 +746,14 @@ impl FrameBody {
             }
             FrameBody::Completion(c) => Some(c.wr_id),
             FrameBody::ClientRequest { .. } | FrameBody::ClientReply { .. } => None,
+        }
+    }
+
+    /// The sequence number of a request (0 for the control region); `None` for other kinds.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            FrameBody::WriteRequest { seq, .. } | FrameBody::ReadRequest { seq, .. } => Some(*seq),
+            _ => None,
         }
     }
 
@@ -807,6 +860,10 @@ impl FrameBody {
                     REGION_LOG => Region::Log,
                     other => return Err(FrameError::UnknownRegion(other)),
                 };
+                if region == Region::Control && h.seq != 0 {
+                    return Err(bad("seq", h.seq));
+                }
+                let seq = h.seq;
                 let offset = usize::try_from(h.offset).map_err(|_| bad("offset", h.offset))?;
                 let wr_id = h.wr_id;
                 let ballot = Ballot(h.ballot);
@@ -822,6 +879,7 @@ impl FrameBody {
                     }
                     Ok(FrameBody::WriteRequest {
                         wr_id,
+                        seq,
                         ballot,
                         reconnect,
                         region,
@@ -840,6 +898,7 @@ impl FrameBody {
                     }
                     Ok(FrameBody::ReadRequest {
                         wr_id,
+                        seq,
                         ballot,
                         reconnect,
                         region,
@@ -917,6 +976,7 @@ struct Header {
     wr_id: u64,
     ballot: u64,
     offset: u64,
+    seq: u64,
 }
 
 impl Header {
@@ -937,8 +997,11 @@ impl Header {
         }
     }
 
-    /// The fields only requests use: region, length, ballot, offset.
+    /// The fields only requests use: region, length, ballot, offset, seq.
     fn request_fields_zero(&self) -> Result<(), FrameError> {
+        if self.seq != 0 {
+            return Err(bad("seq", self.seq));
+        }
         if self.region != 0 {
             return Err(bad("region", self.region));
         }
@@ -1073,6 +1136,7 @@ mod tests {
         let mut v = vec![
             frame(FrameBody::WriteRequest {
                 wr_id: 1,
+                seq: 1,
                 ballot: Ballot::new(3, 2),
                 reconnect: false,
                 region: Region::Log,
@@ -1081,6 +1145,7 @@ mod tests {
             }),
             frame(FrameBody::WriteRequest {
                 wr_id: u64::MAX,
+                seq: 0,
                 ballot: Ballot(u64::MAX),
                 reconnect: true,
                 region: Region::Control,
@@ -1089,6 +1154,7 @@ mod tests {
             }),
             frame(FrameBody::WriteRequest {
                 wr_id: 7,
+                seq: u64::MAX,
                 ballot: Ballot::ZERO,
                 reconnect: false,
                 region: Region::Log,
@@ -1097,6 +1163,7 @@ mod tests {
             }),
             frame(FrameBody::ReadRequest {
                 wr_id: 9,
+                seq: 0,
                 ballot: Ballot::ZERO,
                 reconnect: false,
                 region: Region::Control,
@@ -1105,6 +1172,7 @@ mod tests {
             }),
             frame(FrameBody::ReadRequest {
                 wr_id: 10,
+                seq: 0x8000_0000_0000_0001,
                 ballot: Ballot::new(1, 0),
                 reconnect: true,
                 region: Region::Log,
@@ -1236,6 +1304,7 @@ mod tests {
             cluster_id: 0x1122_3344_5566_7788,
             body: FrameBody::WriteRequest {
                 wr_id: 0x0102_0304_0506_0708,
+                seq: 0x1112_1314_1516_1718,
                 ballot: Ballot::new(5, 3),
                 reconnect: true,
                 region: Region::Log,
@@ -1246,7 +1315,7 @@ mod tests {
         let b = enc(&f);
         assert_eq!(b.len(), HEADER_BYTES + 3);
         assert_eq!(&b[AT_MAGIC..4], b"RPXF");
-        assert_eq!(b[AT_VERSION], 1);
+        assert_eq!(b[AT_VERSION], 2);
         assert_eq!(b[AT_KIND], KIND_WRITE_REQUEST);
         assert_eq!(b[AT_FLAGS], FLAG_RECONNECT);
         assert_eq!(b[AT_RESERVED], 0);
@@ -1272,6 +1341,11 @@ mod tests {
             &b[AT_OFFSET..AT_OFFSET + 8],
             &0x1_0000_0040u64.to_le_bytes()
         );
+        assert_eq!(
+            &b[AT_SEQ..AT_SEQ + 8],
+            &[0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11]
+        );
+        assert_eq!((AT_SEQ, AT_CHECKSUM, HEADER_BYTES), (52, 60, 68));
         assert_eq!(&b[HEADER_BYTES..], &[9, 8, 7]);
         // The checksum is the one-shot xxh3-64 of header-without-checksum ++ payload.
         let mut covered = b[..AT_CHECKSUM].to_vec();
@@ -1430,18 +1504,18 @@ mod tests {
             bytes: MAX_FRAME_BYTES + 1,
             max: MAX_FRAME_BYTES,
         };
-        assert!(Frame::from_post(0, CLUSTER, &post(write(MAX_PAYLOAD_BYTES))).is_ok());
+        assert!(Frame::from_post(0, CLUSTER, 3, &post(write(MAX_PAYLOAD_BYTES))).is_ok());
         assert_eq!(
-            Frame::from_post(0, CLUSTER, &post(write(MAX_PAYLOAD_BYTES + 1))),
+            Frame::from_post(0, CLUSTER, 3, &post(write(MAX_PAYLOAD_BYTES + 1))),
             Err(too_large.clone())
         );
-        assert!(Frame::from_post(0, CLUSTER, &post(read(MAX_READ_BYTES))).is_ok());
+        assert!(Frame::from_post(0, CLUSTER, 3, &post(read(MAX_READ_BYTES))).is_ok());
         assert_eq!(
-            Frame::from_post(0, CLUSTER, &post(read(MAX_READ_BYTES + 1))),
+            Frame::from_post(0, CLUSTER, 3, &post(read(MAX_READ_BYTES + 1))),
             Err(too_large.clone())
         );
         assert!(matches!(
-            Frame::from_post(0, CLUSTER, &post(read(usize::MAX))),
+            Frame::from_post(0, CLUSTER, 3, &post(read(usize::MAX))),
             Err(FrameError::TooLarge { .. })
         ));
         let completion = |n| Completion {
@@ -1485,6 +1559,7 @@ mod tests {
         // So is a read whose completion could not be sent.
         let r = frame(FrameBody::ReadRequest {
             wr_id: 1,
+            seq: 1,
             ballot: Ballot::ZERO,
             reconnect: false,
             region: Region::Log,
@@ -1572,11 +1647,20 @@ mod tests {
                 ballot: Ballot::ZERO,
             },
         ];
-        for p in posts {
-            let f = Frame::from_post(1, CLUSTER, &p).unwrap();
+        // Control-region operations are unsequenced: a numbered one is refused, not sent.
+        assert_eq!(
+            Frame::from_post(1, CLUSTER, 5, &posts[1]),
+            Err(FrameError::BadField {
+                field: "seq",
+                value: 5
+            })
+        );
+        for (p, seq) in posts.into_iter().zip([77, 0]) {
+            let f = Frame::from_post(1, CLUSTER, seq, &p).unwrap();
             assert_eq!((f.src, f.dst), (1, p.target));
             assert_eq!(f.body.wr_id(), Some(p.wr_id));
             let back = Frame::decode(&enc(&f)).unwrap();
+            assert_eq!(back.body.seq(), Some(seq));
             assert_eq!(back.clone().body.into_completion(), None);
             assert_eq!(back.into_post(), Some(p));
         }
@@ -1585,6 +1669,7 @@ mod tests {
             result: Ok(Some(pattern(8))),
         };
         let f = Frame::completion(0, 1, CLUSTER, &c).unwrap();
+        assert_eq!(f.body.seq(), None);
         assert_eq!(f.clone().into_post(), None);
         assert_eq!(
             Frame::decode(&enc(&f)).unwrap().body.into_completion(),
@@ -1656,6 +1741,16 @@ mod tests {
                 field: "payload_len",
                 value: 1
             })
+        );
+        // Only log requests are numbered: a sequence number anywhere else is refused.
+        for f in [&read, &samples()[1], &ok_none, &denied, &request, &reply] {
+            bad_field(f, AT_SEQ, 1);
+            bad_field(f, AT_SEQ + 7, 0x80);
+        }
+        // A version 1 frame (the layout before `seq`) is refused as such.
+        assert_eq!(
+            Frame::decode(&altered(&write, AT_VERSION, 1)),
+            Err(FrameError::UnsupportedVersion(1))
         );
         for f in [&ok_none, &request, &reply] {
             bad_field(f, AT_FLAGS, FLAG_RECONNECT);

@@ -14,7 +14,8 @@
 //! request and ack words (8 bytes); a failed log operation puts the peer's data connection in
 //! error, and [`LocalMemory::revoke`] puts it in error "by revoke": later log operations on it fail
 //! with [`FabricError::Unreachable`] (or [`FabricError::Permission`] after a revoke) until an
-//! operation marked `reconnect` arrives. Requests are applied only inside [`UdpFabric::poll`],
+//! operation marked `reconnect` arrives (see "Sequencing" for what else breaks it). Requests are
+//! applied only inside [`UdpFabric::poll`],
 //! which holds the memory mutably, so no write can be half applied while the owner calls `revoke`:
 //! revocation is complete when it returns (contract point 3).
 //!
@@ -26,11 +27,40 @@
 //!   time-out of a log operation puts the poster's data connection to that target in error, as in
 //!   the `sim`: every later log operation to it fails at once with `Unreachable` (and the other log
 //!   operations outstanding to it are flushed with `Unreachable`) until one marked `reconnect`.
-//!   The target does not learn about the loss, so requests sent after a lost one may still land.
-//! - **Order.** The frame carries no sequence number, so the target cannot restore posting order
-//!   or refuse requests behind a gap. Contract point 2 (writes of one endpoint land in posting
-//!   order) holds only on a path that does not reorder datagrams from one socket to another:
-//!   loopback and a single L2 hop in practice, not a routed network in general.
+//!   The target learns about a lost request from the sequence numbers (below): nothing posted
+//!   after it lands either.
+//! - **Order, duplicates.** Datagrams may be reordered or duplicated on the way; the sequence
+//!   numbers turn either into a broken connection, never into a write landing out of posting
+//!   order or twice (contract point 2).
+//!
+//! # Sequencing
+//!
+//! The protocol relies on a follower's log being a prefix of what its leader posted: after any
+//! failure on a data connection nothing later lands until a `reconnect`. So log-region requests
+//! are numbered per (poster, target) pair, one number per frame (every piece of a split operation
+//! takes its own):
+//!
+//! - The poster keeps, per target, the next number ([`UdpFabric`]'s `next_seq`, starting at 0 and
+//!   never reused within one incarnation). A `reconnect` operation restarts the sequence: its first
+//!   piece carries the `reconnect` flag and the number it carries is the new starting point (the
+//!   poster simply goes on counting).
+//! - The owner keeps, per source, the number it expects next ([`UdpMemory`]'s `expected_seq`,
+//!   starting at 0). A `reconnect` frame clears the connection's error state (as before) and sets
+//!   the expectation to its number + 1. Any other log request whose number is not the expected one
+//!   (one was lost, or arrives late, or twice) is not applied: it puts the connection from its
+//!   source in error, exactly like a refused write, and is answered with `Unreachable` (or
+//!   `Permission` after a revoke). Every later log request from that source then fails the same
+//!   way until a `reconnect`. An in-order request advances the expectation whether it succeeds or
+//!   not.
+//! - Control-region requests (request and ack words, heartbeat reads) travel on the control mesh:
+//!   they carry number 0, are not checked and never break anything, as in the `sim`.
+//!
+//! Both ends fail closed across restarts: a restarted poster starts again at 0 and a restarted
+//! owner expects 0, so the first log request after either restart is refused unless it is a
+//! `reconnect`, and the poster reconnects after that failure as after any other. What the numbers
+//! do not catch: a duplicate of a `reconnect` frame arriving late is taken as a fresh reconnect
+//! (it is applied again and restarts the expectation at its own number, so the poster's next
+//! request then breaks the connection); there is no per-incarnation identity to tell it apart.
 //! - **Size.** One frame is at most [`MAX_FRAME_BYTES`]; a larger write or read is split into
 //!   several request frames (in address order) and completes when all of them have; the first
 //!   failing piece fails it. A lost piece can leave a write torn anywhere, not only as a prefix;
@@ -77,6 +107,9 @@ pub struct UdpMemory {
     /// Bit `p`: the data connection from `p` broke because `p` was revoked; its log operations
     /// fail with [`FabricError::Permission`] until it reconnects.
     revoked: u32,
+    /// `expected_seq[p]`: the sequence number of the next log request from `p` (module docs,
+    /// "Sequencing").
+    expected_seq: [u64; MAX_NODES],
 }
 
 impl UdpMemory {
@@ -90,6 +123,7 @@ impl UdpMemory {
             writers: [None; MAX_NODES],
             data_error: 0,
             revoked: 0,
+            expected_seq: [0; MAX_NODES],
         }
     }
 
@@ -127,19 +161,27 @@ impl UdpMemory {
         }
     }
 
-    /// Plays the NIC for a request of node `src`: checks rights and connection state, applies the
-    /// request and returns its result (the bytes read, for a read). `post.target` is not looked
-    /// at (the frame was addressed to this node).
-    pub fn apply(&mut self, src: NodeId, post: &Post) -> OpResult {
+    /// Plays the NIC for a request of node `src` numbered `seq` on its data connection: checks
+    /// the sequence (log requests only), rights and connection state, applies the request and
+    /// returns its result (the bytes read, for a read). `post.target` is not looked at (the frame
+    /// was addressed to this node); `seq` is ignored for the control region.
+    pub fn apply(&mut self, src: NodeId, seq: u64, post: &Post) -> OpResult {
         if src as usize >= MAX_NODES {
             return Err(FabricError::Permission);
         }
         let bit = 1u32 << src;
         let data = post.op.region() == Region::Log;
         if data {
+            let expected = &mut self.expected_seq[src as usize];
             if post.reconnect {
                 self.data_error &= !bit;
                 self.revoked &= !bit;
+                *expected = seq.wrapping_add(1);
+            } else if seq == *expected {
+                *expected = seq.wrapping_add(1);
+            } else {
+                // A request was lost, reordered or duplicated: nothing behind the gap may land.
+                self.data_error |= bit;
             }
             if self.data_error & bit != 0 {
                 return Err(if self.revoked & bit != 0 {
@@ -342,6 +384,13 @@ pub struct UdpFabric {
     /// Bit `t`: our data connection to `t` is in error (a log operation timed out or could not be
     /// sent); log operations to `t` fail at once until one marked `reconnect`.
     broken: u32,
+    /// `next_seq[t]`: the sequence number of our next log request frame to `t` (module docs,
+    /// "Sequencing").
+    next_seq: [u64; MAX_NODES],
+    /// Test hook: this many of the next datagrams are dropped as if lost on the way (counted as
+    /// sent).
+    #[cfg(test)]
+    drop_sends: usize,
     ready: Vec<Completion>,
     stats: UdpStats,
     rx: Vec<u8>,
@@ -381,6 +430,9 @@ impl UdpFabric {
             pieces: HashMap::new(),
             deadlines: BinaryHeap::new(),
             broken: 0,
+            next_seq: [0; MAX_NODES],
+            #[cfg(test)]
+            drop_sends: 0,
             ready: Vec::new(),
             stats: UdpStats::default(),
             rx: vec![0; MAX_FRAME_BYTES + 1],
@@ -492,8 +544,18 @@ impl UdpFabric {
                 reconnect: post.reconnect && i == 0,
                 ballot: post.ballot,
             };
-            let frame =
-                Frame::from_post(self.me, self.cluster_id, &piece).expect("a piece fits a frame");
+            // Every log frame takes the next number, a reconnecting one included (it is the new
+            // starting point); control frames are unsequenced.
+            let seq = if data {
+                let seq = &mut self.next_seq[target as usize];
+                let this = *seq;
+                *seq = seq.wrapping_add(1);
+                this
+            } else {
+                0
+            };
+            let frame = Frame::from_post(self.me, self.cluster_id, seq, &piece)
+                .expect("a piece fits a frame");
             self.ops.get_mut(&key).expect("pending").wires.push(wire);
             self.pieces.insert(
                 wire,
@@ -561,11 +623,11 @@ impl UdpFabric {
             return;
         }
         match frame.body {
-            FrameBody::WriteRequest { .. } | FrameBody::ReadRequest { .. } => {
+            FrameBody::WriteRequest { seq, .. } | FrameBody::ReadRequest { seq, .. } => {
                 let post = frame.into_post().expect("a request");
                 let completion = Completion {
                     wr_id: post.wr_id,
-                    result: mem.apply(src, &post),
+                    result: mem.apply(src, seq, &post),
                 };
                 // Reads are bounded at decoding, so the completion fits a frame.
                 match Frame::completion(self.me, src, self.cluster_id, &completion) {
@@ -588,6 +650,12 @@ impl UdpFabric {
         if frame.encode(&mut self.tx).is_err() {
             self.stats.send_errors += 1;
             return false;
+        }
+        #[cfg(test)]
+        if self.drop_sends > 0 {
+            self.drop_sends -= 1;
+            self.stats.sent += 1;
+            return true;
         }
         match self.socket.send_to(&self.tx, addr) {
             Ok(n) if n == self.tx.len() => {
@@ -913,7 +981,7 @@ mod tests {
     fn strangers_garbage_and_other_clusters_are_dropped() {
         let (mut f, mut mem, peer, addr) = node_and_raw_peer(Duration::from_secs(5));
         let stranger = local_socket();
-        let request = Frame::from_post(1, CLUSTER, &control_write(7, cb_request(1), 9)).unwrap();
+        let request = Frame::from_post(1, CLUSTER, 0, &control_write(7, cb_request(1), 9)).unwrap();
         let snapshot = |m: &UdpMemory| (m.control().to_vec(), m.log().to_vec());
         let before = snapshot(&mem);
 
@@ -1288,6 +1356,261 @@ mod tests {
         assert_silent(&peer);
     }
 
+    /// A log write of node 1 to node 0: 64 bytes of `byte` at slot `slot`.
+    fn slot_write(wr_id: u64, slot: u64, byte: u8, reconnect: bool) -> Post {
+        Post {
+            wr_id,
+            target: 0,
+            op: Op::Write {
+                region: Region::Log,
+                offset: GEO.slot_offset(slot),
+                bytes: vec![byte; 64],
+            },
+            reconnect,
+            ballot: B,
+        }
+    }
+
+    fn slot(mem: &UdpMemory, slot: u64) -> &[u8] {
+        let at = GEO.slot_offset(slot);
+        &mem.log()[at..at + 64]
+    }
+
+    /// Sends the raw peer's request `frame` to node 0, lets node 0 poll it in and returns node
+    /// 0's answer.
+    fn exchange(
+        f: &mut UdpFabric,
+        mem: &mut UdpMemory,
+        peer: &UdpSocket,
+        addr: SocketAddr,
+        frame: &Frame,
+    ) -> OpResult {
+        let want = f.stats().received + 1;
+        send_frame(peer, addr, frame);
+        poll_until(f, mem, |f, _| f.stats().received >= want);
+        let reply = recv_frame(peer);
+        let c = reply.body.into_completion().expect("a completion");
+        assert_eq!(Some(c.wr_id), frame.body.wr_id());
+        c.result
+    }
+
+    #[test]
+    fn a_gap_in_the_log_sequence_refuses_everything_until_a_reconnect() {
+        let (mut f, mut mem, peer, addr) = node_and_raw_peer(Duration::from_secs(5));
+        mem.grant(1, B);
+        let req = |seq, post: Post| Frame::from_post(1, CLUSTER, seq, &post).unwrap();
+        let mut ask =
+            |mem: &mut UdpMemory, frame: Frame| exchange(&mut f, mem, &peer, addr, &frame);
+        assert_eq!(
+            ask(&mut mem, req(0, slot_write(1, 0, 0x11, false))),
+            Ok(None)
+        );
+        assert_eq!(slot(&mem, 0), &[0x11; 64]);
+        // Frame 1 is lost: frame 2 is refused and does not land.
+        assert_eq!(
+            ask(&mut mem, req(2, slot_write(3, 2, 0x33, false))),
+            Err(FabricError::Unreachable)
+        );
+        assert_eq!(slot(&mem, 2), &[0; 64], "a write behind a gap landed");
+        // Everything later keeps failing, the lost frame arriving late and reads included.
+        assert_eq!(
+            ask(&mut mem, req(3, slot_write(4, 3, 0x44, false))),
+            Err(FabricError::Unreachable)
+        );
+        assert_eq!(
+            ask(&mut mem, req(1, slot_write(2, 1, 0x22, false))),
+            Err(FabricError::Unreachable)
+        );
+        let read = |wr_id, slot| Post {
+            wr_id,
+            target: 0,
+            op: Op::Read {
+                region: Region::Log,
+                offset: GEO.slot_offset(slot),
+                len: 64,
+            },
+            reconnect: false,
+            ballot: B,
+        };
+        assert_eq!(
+            ask(&mut mem, req(4, read(5, 0))),
+            Err(FabricError::Unreachable)
+        );
+        for s in 1..4 {
+            assert_eq!(slot(&mem, s), &[0; 64], "slot {s}");
+        }
+        // The control mesh is unsequenced and unaffected.
+        let mut control = control_write(6, cb_ack(1), 77);
+        control.target = 0;
+        assert_eq!(ask(&mut mem, req(0, control)), Ok(None));
+        assert_eq!(mem.control_word(cb_ack(1)), 77);
+        // A reconnect restarts the sequence at its own number; writes land again, in order.
+        assert_eq!(
+            ask(&mut mem, req(40, slot_write(7, 1, 0x55, true))),
+            Ok(None)
+        );
+        assert_eq!(
+            ask(&mut mem, req(41, slot_write(8, 2, 0x66, false))),
+            Ok(None)
+        );
+        assert_eq!(ask(&mut mem, req(42, read(9, 2))), Ok(Some(vec![0x66; 64])));
+        assert_eq!(slot(&mem, 0), &[0x11; 64]);
+        assert_eq!(slot(&mem, 1), &[0x55; 64]);
+        assert_eq!(slot(&mem, 2), &[0x66; 64]);
+        assert_eq!(slot(&mem, 3), &[0; 64]);
+        // Another source's sequence is its own: node 2 (no grant needed to read) starts at 0.
+        assert_eq!(mem.apply(2, 0, &read(10, 0)), Ok(Some(vec![0x11; 64])));
+        assert_eq!(mem.apply(2, 5, &read(11, 0)), Err(FabricError::Unreachable));
+        assert_eq!(
+            ask(&mut mem, req(43, slot_write(12, 3, 0x77, false))),
+            Ok(None),
+            "node 1's connection is untouched by node 2's gap"
+        );
+    }
+
+    #[test]
+    fn a_replayed_request_is_not_applied_twice() {
+        let (mut f, mut mem, peer, addr) = node_and_raw_peer(Duration::from_secs(5));
+        mem.grant(1, B);
+        let req = |seq, post: Post| Frame::from_post(1, CLUSTER, seq, &post).unwrap();
+        let old = req(0, slot_write(1, 0, 0x11, false));
+        let new = req(1, slot_write(2, 0, 0x22, false));
+        assert_eq!(exchange(&mut f, &mut mem, &peer, addr, &old), Ok(None));
+        assert_eq!(exchange(&mut f, &mut mem, &peer, addr, &new), Ok(None));
+        assert_eq!(slot(&mem, 0), &[0x22; 64]);
+        // The older write, replayed, would roll the slot back: refused.
+        assert_eq!(
+            exchange(&mut f, &mut mem, &peer, addr, &old),
+            Err(FabricError::Unreachable)
+        );
+        assert_eq!(slot(&mem, 0), &[0x22; 64], "a replayed write landed");
+        // After a reconnect, a duplicate of the latest request is refused too.
+        let again = req(9, slot_write(3, 1, 0x33, true));
+        assert_eq!(exchange(&mut f, &mut mem, &peer, addr, &again), Ok(None));
+        let next = req(10, slot_write(4, 2, 0x44, false));
+        assert_eq!(exchange(&mut f, &mut mem, &peer, addr, &next), Ok(None));
+        mem.write_log_owner(GEO.slot_offset(2), &[0; 64]);
+        assert_eq!(
+            exchange(&mut f, &mut mem, &peer, addr, &next),
+            Err(FabricError::Unreachable)
+        );
+        assert_eq!(slot(&mem, 2), &[0; 64], "a duplicated write landed twice");
+    }
+
+    #[test]
+    fn log_frames_are_numbered_per_target() {
+        let (mut f, _mem, peer, _) = node_and_raw_peer(Duration::from_secs(5));
+        let seq_of = |frame: Frame| match frame.body {
+            FrameBody::WriteRequest {
+                seq,
+                reconnect,
+                region,
+                ..
+            } => (seq, reconnect, region),
+            other => panic!("not a write request: {other:?}"),
+        };
+        f.post(log_write(1, 1, false), Instant::now());
+        assert_eq!(seq_of(recv_frame(&peer)), (0, false, Region::Log));
+        // Control frames are unsequenced and take no number.
+        let mut control = control_write(2, cb_ack(0), 1);
+        control.target = 1;
+        f.post(control, Instant::now());
+        assert_eq!(seq_of(recv_frame(&peer)), (0, false, Region::Control));
+        // Every piece of a split write takes its own number.
+        let mut split = log_write(3, 1, false);
+        split.op = Op::Write {
+            region: Region::Log,
+            offset: 0,
+            bytes: vec![1; 2 * MAX_PAYLOAD_BYTES + 1],
+        };
+        f.post(split, Instant::now());
+        for want in 1..4 {
+            assert_eq!(seq_of(recv_frame(&peer)), (want, false, Region::Log));
+        }
+        // A reconnect goes on counting; its number is the target's new starting point.
+        f.post(log_write(4, 1, true), Instant::now());
+        assert_eq!(seq_of(recv_frame(&peer)), (4, true, Region::Log));
+        f.post(log_write(5, 1, false), Instant::now());
+        assert_eq!(seq_of(recv_frame(&peer)), (5, false, Region::Log));
+        assert_silent(&peer);
+    }
+
+    /// Polls every node until `done` holds of the completions so far (at most three seconds).
+    fn drive(
+        nodes: &mut [UdpFabric],
+        mems: &mut [UdpMemory],
+        done: impl Fn(&[(NodeId, Completion)]) -> bool,
+    ) -> Vec<(NodeId, Completion)> {
+        let give_up = Instant::now() + Duration::from_secs(3);
+        let mut out = Vec::new();
+        while !done(&out) {
+            assert!(Instant::now() < give_up, "timed out driving: {out:?}");
+            for (i, (node, mem)) in nodes.iter_mut().zip(mems.iter_mut()).enumerate() {
+                let completions = node.poll(mem, Instant::now());
+                out.extend(completions.into_iter().map(|c| (i as NodeId, c)));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        out
+    }
+
+    fn result_of(done: &[(NodeId, Completion)], wr_id: u64) -> Option<&OpResult> {
+        done.iter()
+            .find(|(_, c)| c.wr_id == wr_id)
+            .map(|(_, c)| &c.result)
+    }
+
+    #[test]
+    fn a_lost_datagram_stops_later_writes_until_a_reconnect() {
+        let (mut nodes, mut mems) = cluster(2, GEO.log_bytes(), Duration::from_millis(300));
+        mems[0].grant(1, B);
+        let write = |wr_id, slot, byte, reconnect| {
+            let mut p = slot_write(wr_id, slot, byte, reconnect);
+            p.target = 0;
+            p
+        };
+        // A first write lands: the path works.
+        nodes[1].post(write(1, 0, 0x11, false), Instant::now());
+        let done = drive(&mut nodes, &mut mems, |d| !d.is_empty());
+        assert_eq!(result_of(&done, 1), Some(&Ok(None)));
+        // The next request datagram is lost on the way; the write posted after it is refused by
+        // the target and does not land, and so is the one after that.
+        nodes[1].drop_sends = 1;
+        nodes[1].post(write(2, 1, 0x22, false), Instant::now());
+        nodes[1].post(write(3, 2, 0x33, false), Instant::now());
+        let done = drive(&mut nodes, &mut mems, |d| result_of(d, 3).is_some());
+        assert_eq!(result_of(&done, 3), Some(&Err(FabricError::Unreachable)));
+        nodes[1].post(write(4, 3, 0x44, false), Instant::now());
+        let done = drive(&mut nodes, &mut mems, |d| {
+            result_of(d, 4).is_some() && result_of(d, 2).is_some()
+        });
+        assert_eq!(result_of(&done, 4), Some(&Err(FabricError::Unreachable)));
+        // The lost one times out.
+        assert_eq!(result_of(&done, 2), Some(&Err(FabricError::Unreachable)));
+        for s in 1..4 {
+            assert_eq!(
+                slot(&mems[0], s),
+                &[0; 64],
+                "slot {s} landed behind the loss"
+            );
+        }
+        assert_eq!(slot(&mems[0], 0), &[0x11; 64]);
+        // Still in error until a reconnect (the poster knows it now, after the time-out).
+        nodes[1].post(write(5, 2, 0x55, false), Instant::now());
+        let done = drive(&mut nodes, &mut mems, |d| !d.is_empty());
+        assert_eq!(result_of(&done, 5), Some(&Err(FabricError::Unreachable)));
+        assert_eq!(slot(&mems[0], 2), &[0; 64]);
+        // After a reconnect writes land again, in order.
+        nodes[1].post(write(6, 1, 0x66, true), Instant::now());
+        nodes[1].post(write(7, 2, 0x77, false), Instant::now());
+        let done = drive(&mut nodes, &mut mems, |d| d.len() >= 2);
+        assert_eq!(result_of(&done, 6), Some(&Ok(None)));
+        assert_eq!(result_of(&done, 7), Some(&Ok(None)));
+        assert_eq!(slot(&mems[0], 1), &[0x66; 64]);
+        assert_eq!(slot(&mems[0], 2), &[0x77; 64]);
+        assert_eq!(slot(&mems[0], 3), &[0; 64]);
+    }
+
     #[test]
     fn memory_rights_follow_the_sim() {
         let mut m = UdpMemory::new(0, GEO.log_bytes());
@@ -1304,22 +1627,34 @@ mod tests {
         };
         let b3 = Ballot::new(3, 1);
         // No grant: refused, and the connection breaks.
-        assert_eq!(m.apply(1, &write(B, false)), Err(FabricError::Permission));
+        assert_eq!(
+            m.apply(1, 0, &write(B, false)),
+            Err(FabricError::Permission)
+        );
         m.grant(1, B);
-        assert_eq!(m.apply(1, &write(B, false)), Err(FabricError::Unreachable));
-        assert_eq!(m.apply(1, &write(B, true)), Ok(None));
+        assert_eq!(
+            m.apply(1, 1, &write(B, false)),
+            Err(FabricError::Unreachable)
+        );
+        assert_eq!(m.apply(1, 2, &write(B, true)), Ok(None));
         // Revoked: permission errors until a reconnect, even under a fresh grant (a write posted
         // before the revoke never lands after it), and a reconnect alone grants nothing.
         m.revoke(1);
         m.grant(1, B);
-        assert_eq!(m.apply(1, &write(B, false)), Err(FabricError::Permission));
+        assert_eq!(
+            m.apply(1, 3, &write(B, false)),
+            Err(FabricError::Permission)
+        );
         m.grant(1, b3);
-        assert_eq!(m.apply(1, &write(b3, false)), Err(FabricError::Permission));
-        assert_eq!(m.apply(1, &write(B, true)), Err(FabricError::Permission));
-        assert_eq!(m.apply(1, &write(b3, true)), Ok(None));
+        assert_eq!(
+            m.apply(1, 4, &write(b3, false)),
+            Err(FabricError::Permission)
+        );
+        assert_eq!(m.apply(1, 5, &write(B, true)), Err(FabricError::Permission));
+        assert_eq!(m.apply(1, 6, &write(b3, true)), Ok(None));
         // Other peers are untouched by node 1's connection state.
         m.grant(2, Ballot::new(3, 2));
-        assert_eq!(m.apply(2, &write(Ballot::new(3, 2), false)), Ok(None));
+        assert_eq!(m.apply(2, 0, &write(Ballot::new(3, 2), false)), Ok(None));
         assert_eq!(m.writers(), vec![(1, b3), (2, Ballot::new(3, 2))]);
         // The owner's own proposals need its own grant.
         assert_eq!(
@@ -1339,18 +1674,21 @@ mod tests {
             ballot: Ballot::ZERO,
         };
         assert_eq!(
-            m.apply(1, &read(usize::MAX, 2)),
+            m.apply(1, 0, &read(usize::MAX, 2)),
             Err(FabricError::Permission)
         );
-        assert_eq!(m.apply(1, &read(CB_BYTES, 1)), Err(FabricError::Permission));
+        assert_eq!(
+            m.apply(1, 0, &read(CB_BYTES, 1)),
+            Err(FabricError::Permission)
+        );
         let mut far = write(b3, false);
         far.op = Op::Write {
             region: Region::Log,
             offset: usize::MAX - 3,
             bytes: vec![1; 8],
         };
-        assert_eq!(m.apply(1, &far), Err(FabricError::Permission));
-        assert_eq!(m.apply(200, &read(0, 8)), Err(FabricError::Permission));
+        assert_eq!(m.apply(1, 7, &far), Err(FabricError::Permission));
+        assert_eq!(m.apply(200, 0, &read(0, 8)), Err(FabricError::Permission));
         // Control writes: own words, 8 bytes, only.
         let cw = |offset, len| Post {
             wr_id: 0,
@@ -1363,10 +1701,13 @@ mod tests {
             reconnect: false,
             ballot: Ballot::ZERO,
         };
-        assert_eq!(m.apply(1, &cw(cb_ack(1), 8)), Ok(None));
-        assert_eq!(m.apply(1, &cw(cb_ack(2), 8)), Err(FabricError::Permission));
+        assert_eq!(m.apply(1, 0, &cw(cb_ack(1), 8)), Ok(None));
         assert_eq!(
-            m.apply(1, &cw(cb_request(1), 16)),
+            m.apply(1, 0, &cw(cb_ack(2), 8)),
+            Err(FabricError::Permission)
+        );
+        assert_eq!(
+            m.apply(1, 0, &cw(cb_request(1), 16)),
             Err(FabricError::Permission)
         );
         assert_eq!(m.control_word(cb_ack(1)), u64::from_le_bytes([4; 8]));
