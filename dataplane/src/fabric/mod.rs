@@ -17,6 +17,7 @@
 
 pub mod contract;
 pub mod frame;
+pub mod nic;
 pub mod shm;
 pub mod sim;
 pub mod udp;

@@ -22,164 +22,13 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use rand::{Rng, RngCore};
 
-use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
-use crate::protocol::layout::{cb_ack, cb_request, get_u64, put_u64, CB_BYTES, LINE_BYTES};
-use crate::protocol::{Ballot, NodeId};
+use super::nic::NicMemory;
+use super::{Completion, FabricError, Op, Post, Region};
+use crate::protocol::layout::LINE_BYTES;
+use crate::protocol::NodeId;
 
-/// One node's registered memory and the rights on its log.
-#[derive(Clone, Debug)]
-pub struct SimMemory {
-    id: NodeId,
-    control: Vec<u8>,
-    log: Vec<u8>,
-    /// `writers[p]`: the ballot of node `p`'s connection that may write the log.
-    writers: [Option<Ballot>; 32],
-    /// Second halves of torn-in-flight writes: (poster, offset, bytes).
-    partial: Vec<(NodeId, usize, Vec<u8>)>,
-    /// Log byte ranges written since the last [`SimMemory::take_dirty`].
-    dirty: Vec<(usize, usize)>,
-    /// Bit `p`: the data connection from `p` is in error (after a failure or a revoke); every
-    /// operation on it fails until one marked `reconnect` arrives, as with an RC queue pair that
-    /// must be reset. So a write posted before a revoke can never land after a later re-grant.
-    data_error: u32,
-    /// Bit `p`: the data connection from `p` broke because `p` was revoked; its operations fail
-    /// with [`FabricError::Permission`] until it reconnects.
-    revoked: u32,
-}
-
-impl SimMemory {
-    pub fn new(id: NodeId, log_bytes: usize) -> SimMemory {
-        SimMemory {
-            id,
-            control: vec![0; CB_BYTES],
-            log: vec![0; log_bytes],
-            writers: [None; 32],
-            partial: Vec::new(),
-            dirty: Vec::new(),
-            data_error: 0,
-            revoked: 0,
-        }
-    }
-
-    /// The log ranges (offset, len) written since the last call.
-    pub fn take_dirty(&mut self) -> Vec<(usize, usize)> {
-        std::mem::take(&mut self.dirty)
-    }
-
-    pub fn writer_count(&self) -> usize {
-        self.writers.iter().flatten().count()
-    }
-
-    fn may_write(&self, peer: NodeId, ballot: Ballot) -> bool {
-        self.writers[peer as usize] == Some(ballot)
-    }
-
-    fn raw_write_log(&mut self, offset: usize, bytes: &[u8]) {
-        self.log[offset..offset + bytes.len()].copy_from_slice(bytes);
-        self.dirty.push((offset, bytes.len()));
-    }
-
-    fn zero(&mut self) {
-        self.control.fill(0);
-        self.log.fill(0);
-        self.writers = [None; 32];
-        self.partial.clear();
-        self.dirty.push((0, self.log.len()));
-    }
-
-    /// Lands the second halves of `peer`'s torn-in-flight writes now.
-    fn flush_partial(&mut self, peer: NodeId) {
-        let mut i = 0;
-        while i < self.partial.len() {
-            if self.partial[i].0 == peer {
-                let (_, off, bytes) = self.partial.remove(i);
-                self.raw_write_log(off, &bytes);
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
-
-impl SimMemory {
-    /// The control block, for the simulator's checkers and tests.
-    pub fn control(&self) -> &[u8] {
-        &self.control
-    }
-
-    pub fn control_mut(&mut self) -> &mut [u8] {
-        &mut self.control
-    }
-
-    /// The log region, for the simulator's checkers and tests.
-    pub fn log(&self) -> &[u8] {
-        &self.log
-    }
-}
-
-impl LocalMemory for SimMemory {
-    fn id(&self) -> NodeId {
-        self.id
-    }
-
-    fn read_control(&self, offset: usize, buf: &mut [u8]) {
-        buf.copy_from_slice(&self.control[offset..offset + buf.len()]);
-    }
-
-    fn control_word(&self, offset: usize) -> u64 {
-        get_u64(&self.control, offset)
-    }
-
-    fn set_control_word(&mut self, offset: usize, value: u64) {
-        put_u64(&mut self.control, offset, value);
-    }
-
-    fn log_len(&self) -> usize {
-        self.log.len()
-    }
-
-    fn read_log(&self, offset: usize, buf: &mut [u8]) {
-        buf.copy_from_slice(&self.log[offset..offset + buf.len()]);
-    }
-
-    fn log_word(&self, offset: usize) -> u64 {
-        get_u64(&self.log, offset)
-    }
-
-    fn write_log_owner(&mut self, offset: usize, bytes: &[u8]) {
-        self.raw_write_log(offset, bytes);
-    }
-
-    fn write_log_as_holder(
-        &mut self,
-        ballot: Ballot,
-        offset: usize,
-        bytes: &[u8],
-    ) -> Result<(), FabricError> {
-        if !self.may_write(self.id, ballot) {
-            return Err(FabricError::Permission);
-        }
-        self.raw_write_log(offset, bytes);
-        Ok(())
-    }
-
-    fn grant(&mut self, peer: NodeId, ballot: Ballot) {
-        self.writers[peer as usize] = Some(ballot);
-    }
-
-    fn revoke(&mut self, peer: NodeId) {
-        self.flush_partial(peer);
-        self.writers[peer as usize] = None;
-        self.data_error |= 1 << peer;
-        self.revoked |= 1 << peer;
-    }
-
-    fn writers(&self) -> Vec<(NodeId, Ballot)> {
-        (0..32u8)
-            .filter_map(|p| self.writers[p as usize].map(|b| (p, b)))
-            .collect()
-    }
-}
+/// One node's registered memory and the NIC state around it (see [`NicMemory`]).
+pub type SimMemory = NicMemory;
 
 /// The fault and timing knobs of one run (drawn per seed by the simulator).
 #[derive(Clone, Debug)]
@@ -370,22 +219,17 @@ impl SimFabric {
         let i = node as usize;
         self.up[i] = true;
         self.incarnation[i] += 1;
-        // The NIC's rights table goes with the process; the node restores what it remembers.
-        self.mems[i].writers = [None; 32];
-        if memory_lost {
-            self.mems[i].zero();
-        }
-        // Its own connections start afresh; connections towards it broke with it.
+        // Its own connections start afresh; connections towards it broke with it. The NIC's
+        // rights table goes with the process; the node restores what it remembers.
         for (&(a, _, _), conn) in self.conns.iter_mut() {
             if a == node {
                 conn.cut_by_crash = false;
             }
         }
         for mem in &mut self.mems {
-            mem.data_error &= !(1 << node);
-            mem.revoked &= !(1 << node);
+            mem.peer_restarted(node);
         }
-        self.mems[i].data_error = u32::MAX;
+        self.mems[i].restart(memory_lost);
     }
 
     /// Processes everything due at or before `now`; returns the completions to deliver
@@ -402,16 +246,8 @@ impl SimFabric {
                 Event::Wake(key) => self.drain_connection(at, key, rng),
                 Event::LandRest { conn, offset } => {
                     let (src, target, _) = conn;
-                    let mem = &mut self.mems[target as usize];
                     // `revoke` may have landed it already.
-                    if let Some(i) = mem
-                        .partial
-                        .iter()
-                        .position(|(p, off, _)| *p == src && *off == offset)
-                    {
-                        let (_, off, bytes) = mem.partial.remove(i);
-                        mem.raw_write_log(off, &bytes);
-                    }
+                    self.mems[target as usize].finish_partial(src, offset);
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.blocked = false;
                     }
@@ -479,7 +315,7 @@ impl SimFabric {
             if self.conns.get(&key).is_some_and(|c| c.cut_by_crash) {
                 return;
             }
-            let sticky = mesh == Mesh::Data && self.mems[t].data_error & (1 << src) != 0;
+            let sticky = mesh == Mesh::Data && self.mems[t].connection_error(src).is_some();
             if let Op::Write {
                 region,
                 offset,
@@ -489,16 +325,16 @@ impl SimFabric {
                 if self.up[t] && !self.cut[src as usize][t] && !sticky {
                     let fate = rng.gen_range(0..4);
                     let allowed =
-                        self.write_allowed(src, target, post.ballot, *region, *offset, bytes.len());
+                        self.mems[t].write_allowed(src, post.ballot, *region, *offset, bytes.len());
                     if !allowed || fate == 0 {
                         self.conns.entry(key).or_default().cut_by_crash = true;
                     } else if fate == 1 && bytes.len() > 8 {
                         self.stats.torn_by_crash += 1;
                         let len = rng.gen_range(1..bytes.len());
-                        self.apply_write(target, *region, *offset, &bytes[..len]);
+                        self.mems[t].write(*region, *offset, &bytes[..len]);
                         self.conns.entry(key).or_default().cut_by_crash = true;
                     } else {
-                        self.apply_write(target, *region, *offset, bytes);
+                        self.mems[t].write(*region, *offset, bytes);
                     }
                 } else {
                     self.conns.entry(key).or_default().cut_by_crash = true;
@@ -507,13 +343,16 @@ impl SimFabric {
             return;
         }
         if post.reconnect && mesh == Mesh::Data {
-            self.mems[t].data_error &= !(1 << src);
-            self.mems[t].revoked &= !(1 << src);
+            self.mems[t].reconnect(src, 0);
         }
-        let sticky = mesh == Mesh::Data && self.mems[t].data_error & (1 << src) != 0;
+        let broken = match mesh {
+            Mesh::Data => self.mems[t].connection_error(src),
+            Mesh::Control => None,
+        };
+        let sticky = broken.is_some();
         let unreachable = !self.up[t] || self.cut[src as usize][t];
         let lost = !unreachable && self.loss_prob > 0.0 && rng.gen_bool(self.loss_prob);
-        if sticky && !unreachable && self.mems[t].revoked & (1 << src) != 0 {
+        if broken == Some(FabricError::Permission) && !unreachable {
             // A connection broken by a revoke: the target answers with an access error.
             self.stats.permission_errors += 1;
             self.complete(back, src, inc, post.wr_id, Err(FabricError::Permission));
@@ -526,27 +365,15 @@ impl SimFabric {
                 self.stats.unreachable += 1;
             }
             if mesh == Mesh::Data {
-                self.mems[t].data_error |= 1 << src;
+                self.mems[t].break_connection(src);
             }
             let when = fail_at(rng, &self.knobs);
             self.complete(when, src, inc, post.wr_id, Err(FabricError::Unreachable));
             return;
         }
         match post.op {
-            Op::Read {
-                region,
-                offset,
-                len,
-            } => {
-                let mem = &self.mems[t];
-                let buf = match region {
-                    Region::Control => &mem.control,
-                    Region::Log => &mem.log,
-                };
-                let result = match buf.get(offset..offset + len) {
-                    Some(b) => Ok(Some(b.to_vec())),
-                    None => Err(FabricError::Permission),
-                };
+            Op::Read { .. } => {
+                let result = self.mems[t].execute(src, &post);
                 self.complete(back, src, inc, post.wr_id, result);
             }
             Op::Write {
@@ -554,10 +381,10 @@ impl SimFabric {
                 offset,
                 bytes,
             } => {
-                if !self.write_allowed(src, target, post.ballot, region, offset, bytes.len()) {
+                if !self.mems[t].write_allowed(src, post.ballot, region, offset, bytes.len()) {
                     self.stats.permission_errors += 1;
                     if mesh == Mesh::Data {
-                        self.mems[t].data_error |= 1 << src;
+                        self.mems[t].break_connection(src);
                     }
                     self.complete(back, src, inc, post.wr_id, Err(FabricError::Permission));
                     return;
@@ -570,10 +397,8 @@ impl SimFabric {
                     // The first half is visible now, the rest a tick later.
                     self.stats.split_writes += 1;
                     let cut = rng.gen_range(1..bytes.len());
-                    self.apply_write(target, region, offset, &bytes[..cut]);
-                    self.mems[t]
-                        .partial
-                        .push((src, offset + cut, bytes[cut..].to_vec()));
+                    self.mems[t].write(region, offset, &bytes[..cut]);
+                    self.mems[t].begin_partial(src, offset + cut, bytes[cut..].to_vec());
                     let key = (src, target, mesh);
                     self.schedule(
                         at + 1,
@@ -587,35 +412,10 @@ impl SimFabric {
                     self.conns.entry(key).or_default().blocked = true;
                     self.complete(back.max(at + 1), src, inc, post.wr_id, Ok(None));
                 } else {
-                    self.apply_write(target, region, offset, &bytes);
+                    self.mems[t].write(region, offset, &bytes);
                     self.complete(back, src, inc, post.wr_id, Ok(None));
                 }
             }
-        }
-    }
-
-    /// The target-side rights check.
-    fn write_allowed(
-        &self,
-        src: NodeId,
-        target: NodeId,
-        ballot: Ballot,
-        region: Region,
-        offset: usize,
-        len: usize,
-    ) -> bool {
-        let mem = &self.mems[target as usize];
-        match region {
-            Region::Log => mem.may_write(src, ballot) && offset + len <= mem.log.len(),
-            Region::Control => len == 8 && (offset == cb_request(src) || offset == cb_ack(src)),
-        }
-    }
-
-    fn apply_write(&mut self, target: NodeId, region: Region, offset: usize, bytes: &[u8]) {
-        let mem = &mut self.mems[target as usize];
-        match region {
-            Region::Control => mem.control[offset..offset + bytes.len()].copy_from_slice(bytes),
-            Region::Log => mem.raw_write_log(offset, bytes),
         }
     }
 
@@ -637,6 +437,7 @@ mod tests {
     //! sim-specific points: reconnect, a crashed writer's stream, restarts.
     use super::*;
     use crate::fabric::contract::{self, ContractHarness};
+    use crate::fabric::LocalMemory;
     use crate::protocol::layout::{Entry, EntryKind, LogGeometry};
     use crate::protocol::Ballot;
     use rand::SeedableRng;

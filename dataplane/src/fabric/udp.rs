@@ -85,215 +85,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::frame::{Frame, FrameBody, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_READ_BYTES};
 use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
-use crate::protocol::layout::{cb_ack, cb_request, get_u64, put_u64, CB_BYTES};
-use crate::protocol::{Ballot, NodeId, MAX_NODES};
+use crate::protocol::{NodeId, MAX_NODES};
 
-type OpResult = Result<Option<Vec<u8>>, FabricError>;
+use super::nic::{NicMemory, OpResult};
 
 /// Datagrams taken from the socket in one poll at most, so a flood cannot starve time-outs.
 const RECV_BUDGET: usize = 4096;
 
-/// One node's registered memory and the rights on its log, in process memory.
-#[derive(Clone, Debug)]
-pub struct UdpMemory {
-    id: NodeId,
-    control: Vec<u8>,
-    log: Vec<u8>,
-    /// `writers[p]`: the ballot of node `p`'s connection that may write the log.
-    writers: [Option<Ballot>; MAX_NODES],
-    /// Bit `p`: the data connection from `p` is in error (after a failure or a revoke); every log
-    /// operation on it fails until one marked `reconnect` arrives.
-    data_error: u32,
-    /// Bit `p`: the data connection from `p` broke because `p` was revoked; its log operations
-    /// fail with [`FabricError::Permission`] until it reconnects.
-    revoked: u32,
-    /// `expected_seq[p]`: the sequence number of the next log request from `p` (module docs,
-    /// "Sequencing").
-    expected_seq: [u64; MAX_NODES],
-}
-
-impl UdpMemory {
-    /// Node `id`'s memory: a zeroed control block and a zeroed log of `log_bytes`.
-    pub fn new(id: NodeId, log_bytes: usize) -> UdpMemory {
-        assert!((id as usize) < MAX_NODES, "node id {id} out of range");
-        UdpMemory {
-            id,
-            control: vec![0; CB_BYTES],
-            log: vec![0; log_bytes],
-            writers: [None; MAX_NODES],
-            data_error: 0,
-            revoked: 0,
-            expected_seq: [0; MAX_NODES],
-        }
-    }
-
-    /// The control block, for checkers and tests.
-    pub fn control(&self) -> &[u8] {
-        &self.control
-    }
-
-    /// The log region, for checkers and tests.
-    pub fn log(&self) -> &[u8] {
-        &self.log
-    }
-
-    fn may_write(&self, peer: NodeId, ballot: Ballot) -> bool {
-        self.writers.get(peer as usize).copied().flatten() == Some(ballot)
-    }
-
-    /// The target-side rights check of a write by `src`.
-    fn write_allowed(
-        &self,
-        src: NodeId,
-        ballot: Ballot,
-        region: Region,
-        offset: usize,
-        len: usize,
-    ) -> bool {
-        match region {
-            Region::Log => {
-                self.may_write(src, ballot)
-                    && offset
-                        .checked_add(len)
-                        .is_some_and(|end| end <= self.log.len())
-            }
-            Region::Control => len == 8 && (offset == cb_request(src) || offset == cb_ack(src)),
-        }
-    }
-
-    /// Plays the NIC for a request of node `src` numbered `seq` on its data connection: checks
-    /// the sequence (log requests only), rights and connection state, applies the request and
-    /// returns its result (the bytes read, for a read). `post.target` is not looked at (the frame
-    /// was addressed to this node); `seq` is ignored for the control region.
-    pub fn apply(&mut self, src: NodeId, seq: u64, post: &Post) -> OpResult {
-        if src as usize >= MAX_NODES {
-            return Err(FabricError::Permission);
-        }
-        let bit = 1u32 << src;
-        let data = post.op.region() == Region::Log;
-        if data {
-            let expected = &mut self.expected_seq[src as usize];
-            if post.reconnect {
-                self.data_error &= !bit;
-                self.revoked &= !bit;
-                *expected = seq.wrapping_add(1);
-            } else if seq == *expected {
-                *expected = seq.wrapping_add(1);
-            } else {
-                // A request was lost, reordered or duplicated: nothing behind the gap may land.
-                self.data_error |= bit;
-            }
-            if self.data_error & bit != 0 {
-                return Err(if self.revoked & bit != 0 {
-                    FabricError::Permission
-                } else {
-                    FabricError::Unreachable
-                });
-            }
-        }
-        match &post.op {
-            Op::Read {
-                region,
-                offset,
-                len,
-            } => {
-                let buf = match region {
-                    Region::Control => &self.control,
-                    Region::Log => &self.log,
-                };
-                match offset
-                    .checked_add(*len)
-                    .and_then(|end| buf.get(*offset..end))
-                {
-                    Some(b) => Ok(Some(b.to_vec())),
-                    None => Err(FabricError::Permission),
-                }
-            }
-            Op::Write {
-                region,
-                offset,
-                bytes,
-            } => {
-                if !self.write_allowed(src, post.ballot, *region, *offset, bytes.len()) {
-                    if data {
-                        // A refused write breaks the connection, as on an RC queue pair.
-                        self.data_error |= bit;
-                    }
-                    return Err(FabricError::Permission);
-                }
-                let buf = match region {
-                    Region::Control => &mut self.control,
-                    Region::Log => &mut self.log,
-                };
-                buf[*offset..*offset + bytes.len()].copy_from_slice(bytes);
-                Ok(None)
-            }
-        }
-    }
-}
-
-impl LocalMemory for UdpMemory {
-    fn id(&self) -> NodeId {
-        self.id
-    }
-
-    fn read_control(&self, offset: usize, buf: &mut [u8]) {
-        buf.copy_from_slice(&self.control[offset..offset + buf.len()]);
-    }
-
-    fn control_word(&self, offset: usize) -> u64 {
-        get_u64(&self.control, offset)
-    }
-
-    fn set_control_word(&mut self, offset: usize, value: u64) {
-        put_u64(&mut self.control, offset, value);
-    }
-
-    fn log_len(&self) -> usize {
-        self.log.len()
-    }
-
-    fn read_log(&self, offset: usize, buf: &mut [u8]) {
-        buf.copy_from_slice(&self.log[offset..offset + buf.len()]);
-    }
-
-    fn log_word(&self, offset: usize) -> u64 {
-        get_u64(&self.log, offset)
-    }
-
-    fn write_log_owner(&mut self, offset: usize, bytes: &[u8]) {
-        self.log[offset..offset + bytes.len()].copy_from_slice(bytes);
-    }
-
-    fn write_log_as_holder(
-        &mut self,
-        ballot: Ballot,
-        offset: usize,
-        bytes: &[u8],
-    ) -> Result<(), FabricError> {
-        if !self.may_write(self.id, ballot) {
-            return Err(FabricError::Permission);
-        }
-        self.log[offset..offset + bytes.len()].copy_from_slice(bytes);
-        Ok(())
-    }
-
-    fn grant(&mut self, peer: NodeId, ballot: Ballot) {
-        self.writers[peer as usize] = Some(ballot);
-    }
-
-    fn revoke(&mut self, peer: NodeId) {
-        self.writers[peer as usize] = None;
-        self.data_error |= 1 << peer;
-        self.revoked |= 1 << peer;
-    }
-
-    fn writers(&self) -> Vec<(NodeId, Ballot)> {
-        (0..MAX_NODES as NodeId)
-            .filter_map(|p| self.writers[p as usize].map(|b| (p, b)))
-            .collect()
-    }
-}
+/// One node's registered memory and the NIC state around it, in process memory (see
+/// [`NicMemory`]: rights per (node, ballot) connection, connection errors, and the sequence
+/// numbers of log operations).
+pub type UdpMemory = NicMemory;
 
 /// Who a node is and whom it talks to.
 #[derive(Clone, Debug)]
@@ -581,7 +383,8 @@ impl UdpFabric {
     /// the completions of this node's operations.
     pub fn poll(&mut self, mem: &mut UdpMemory, now: Instant) -> Vec<Completion> {
         assert_eq!(
-            mem.id, self.me,
+            mem.id(),
+            self.me,
             "a fabric applies requests to its own node's memory"
         );
         let mut rx = std::mem::take(&mut self.rx);
@@ -780,7 +583,8 @@ mod tests {
     //! large operations are split; the rights of [`UdpMemory`].
     use super::*;
     use crate::fabric::contract::{self, ContractHarness};
-    use crate::protocol::layout::LogGeometry;
+    use crate::protocol::layout::{cb_ack, cb_request, LogGeometry, CB_BYTES};
+    use crate::protocol::Ballot;
 
     const GEO: LogGeometry = LogGeometry {
         capacity: 64,
