@@ -6,6 +6,7 @@
 //! - [`fabric`]: the fabric contract and its backends (`sim` so far).
 
 pub mod agent;
+pub mod channel;
 pub mod fabric;
 pub mod profile;
 pub mod protocol;
