@@ -409,15 +409,17 @@ impl LocalMemory for ShmFabric {
 
     fn revoke(&mut self, peer: NodeId) {
         let own = self.own();
+        // Mark the connection broken by revoke before anything can see it broken, so every
+        // refusal from here on reads as a permission error.
+        own.word(RIGHTS_REVOKED_BITS)
+            .fetch_or(1 << peer, Ordering::SeqCst);
+        own.word(RIGHTS_ERROR_BITS)
+            .fetch_or(1 << peer, Ordering::SeqCst);
         let holder = own.word(RIGHTS_HOLDER);
         let current = holder.load(Ordering::SeqCst);
         if current != 0 && Ballot(current).node() == peer {
             holder.store(0, Ordering::SeqCst);
         }
-        own.word(RIGHTS_ERROR_BITS)
-            .fetch_or(1 << peer, Ordering::SeqCst);
-        own.word(RIGHTS_REVOKED_BITS)
-            .fetch_or(1 << peer, Ordering::SeqCst);
         // Wait out a write of `peer` that checked the holder before we cleared it.
         let guard = own.word(RIGHTS_GUARDS + 8 * peer as usize);
         loop {
