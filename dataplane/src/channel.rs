@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use memmap2::MmapRaw;
+use crate::mapped::MappedFile;
 
 use crate::protocol::{NodeId, MAX_NODES};
 
@@ -381,45 +381,7 @@ impl Event {
 }
 
 /// The channel file, mapped. Only ever accessed through atomics.
-struct Mapped {
-    map: MmapRaw,
-}
-
-impl Mapped {
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    fn word(&self, at: usize) -> &AtomicU64 {
-        assert!(
-            at.is_multiple_of(8) && at + 8 <= self.len(),
-            "word {at} out of the channel"
-        );
-        // SAFETY: `at` is 8-aligned (the mapping is page-aligned) and inside the mapping, which
-        // lives as long as `self`; the memory is only ever accessed atomically, by every process.
-        unsafe { &*(self.map.as_mut_ptr().add(at) as *const AtomicU64) }
-    }
-
-    /// Copies one slot out with atomic word loads.
-    fn load_slot(&self, at: usize) -> [u8; MESSAGE_BYTES] {
-        let mut m = [0u8; MESSAGE_BYTES];
-        for (i, chunk) in m.chunks_exact_mut(8).enumerate() {
-            let w = self.word(at + 8 * i).load(Ordering::Relaxed);
-            chunk.copy_from_slice(&w.to_le_bytes());
-        }
-        m
-    }
-
-    /// Copies one slot in with atomic word stores.
-    fn store_slot(&self, at: usize, m: &[u8; MESSAGE_BYTES]) {
-        for (i, chunk) in m.chunks_exact(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            self.word(at + 8 * i)
-                .store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
-    }
-}
+type Mapped = MappedFile;
 
 fn ring_bytes(entries: u64) -> usize {
     RING_SLOTS + entries as usize * MESSAGE_BYTES
@@ -702,11 +664,10 @@ impl Channel {
 }
 
 fn map(file: &File, path: &Path) -> Result<Mapped, ChannelError> {
-    let map = MmapRaw::map_raw(file).map_err(|source| ChannelError::Io {
+    MappedFile::map(file).map_err(|source| ChannelError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    Ok(Mapped { map })
+    })
 }
 
 /// One ring inside the mapping.
@@ -786,7 +747,7 @@ impl<M: Message> Sender<M> {
                 return Err(Full);
             }
         }
-        ring.map.store_slot(ring.slot(tail), message);
+        ring.map.store(ring.slot(tail), message);
         // Release: the slot's contents are visible before the new tail.
         ring.tail().store(tail.wrapping_add(1), Ordering::Release);
         Ok(())
@@ -825,7 +786,8 @@ impl<M: Message> Receiver<M> {
                 return None;
             }
         }
-        let message = ring.map.load_slot(ring.slot(head));
+        let mut message = [0u8; MESSAGE_BYTES];
+        ring.map.load(ring.slot(head), &mut message);
         // Release: the copy out happens before the producer (acquiring the head) reuses the slot.
         ring.head().store(head.wrapping_add(1), Ordering::Release);
         Some(message)

@@ -8,5 +8,6 @@
 pub mod agent;
 pub mod channel;
 pub mod fabric;
+pub mod mapped;
 pub mod profile;
 pub mod protocol;

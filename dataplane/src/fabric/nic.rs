@@ -14,7 +14,7 @@
 //!   in-flight guard the contract asks for.
 
 use super::{FabricError, LocalMemory, Op, Post, Region};
-use crate::protocol::layout::{cb_ack, cb_request, get_u64, put_u64, CB_BYTES};
+use crate::protocol::layout::{get_u64, peer_may_write_control, put_u64, CB_BYTES};
 use crate::protocol::{Ballot, NodeId, MAX_NODES};
 
 /// The result of one operation at the target: the bytes read, for a read.
@@ -100,7 +100,7 @@ impl NicMemory {
                         .checked_add(len)
                         .is_some_and(|end| end <= self.log.len())
             }
-            Region::Control => len == 8 && (offset == cb_request(src) || offset == cb_ack(src)),
+            Region::Control => peer_may_write_control(src, offset, len),
         }
     }
 

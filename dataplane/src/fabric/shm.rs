@@ -18,12 +18,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
-use memmap2::MmapRaw;
+use crate::mapped::MappedFile;
 
 use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
-use crate::protocol::layout::{cb_ack, cb_request, LogGeometry, CB_BYTES};
+use crate::protocol::layout::{peer_may_write_control, LogGeometry, CB_BYTES};
 use crate::protocol::{Ballot, NodeId, MAX_NODES};
 
 const MAGIC: u64 = 0x7261_7061_785f_7368; // "rapax_sh"
@@ -49,65 +49,17 @@ pub enum ShmError {
     Layout { path: PathBuf },
 }
 
-/// One node's region file, mapped.
+/// One node's region file, mapped, and the size of its log.
 struct Mapped {
-    map: MmapRaw,
+    file: MappedFile,
     log_bytes: usize,
 }
 
-impl Mapped {
-    fn len(&self) -> usize {
-        self.map.len()
-    }
+impl std::ops::Deref for Mapped {
+    type Target = MappedFile;
 
-    fn word(&self, at: usize) -> &AtomicU64 {
-        assert!(
-            at.is_multiple_of(8) && at + 8 <= self.len(),
-            "word {at} out of the region"
-        );
-        // SAFETY: `at` is 8-aligned (the mapping is page-aligned) and inside the mapping, which
-        // lives as long as `self`; the memory is only ever accessed atomically.
-        unsafe { &*(self.map.as_mut_ptr().add(at) as *const AtomicU64) }
-    }
-
-    fn byte(&self, at: usize) -> &AtomicU8 {
-        assert!(at < self.len(), "byte {at} out of the region");
-        // SAFETY: inside the mapping, which lives as long as `self`; accessed only atomically.
-        unsafe { &*(self.map.as_mut_ptr().add(at) as *const AtomicU8) }
-    }
-
-    /// Copies `buf.len()` bytes from `at` with atomic loads (words where aligned).
-    fn load(&self, at: usize, buf: &mut [u8]) {
-        let mut i = 0;
-        while i < buf.len() {
-            let a = at + i;
-            if a.is_multiple_of(8) && buf.len() - i >= 8 {
-                let w = self.word(a).load(Ordering::Relaxed);
-                buf[i..i + 8].copy_from_slice(&w.to_le_bytes());
-                i += 8;
-            } else {
-                buf[i] = self.byte(a).load(Ordering::Relaxed);
-                i += 1;
-            }
-        }
-        fence(Ordering::Acquire);
-    }
-
-    /// Copies `bytes` to `at` with atomic stores (words where aligned), in address order.
-    fn store(&self, at: usize, bytes: &[u8]) {
-        let mut i = 0;
-        while i < bytes.len() {
-            let a = at + i;
-            if a.is_multiple_of(8) && bytes.len() - i >= 8 {
-                let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-                self.word(a).store(w, Ordering::Relaxed);
-                i += 8;
-            } else {
-                self.byte(a).store(bytes[i], Ordering::Relaxed);
-                i += 1;
-            }
-        }
-        fence(Ordering::Release);
+    fn deref(&self) -> &MappedFile {
+        &self.file
     }
 }
 
@@ -136,9 +88,8 @@ fn map_file(path: &Path, len: u64, create: bool) -> Result<Mapped, ShmError> {
             path: path.to_path_buf(),
         });
     }
-    let map = MmapRaw::map_raw(&file).map_err(io)?;
     Ok(Mapped {
-        map,
+        file: MappedFile::map(&file).map_err(io)?,
         log_bytes: len as usize - LOG_AT,
     })
 }
@@ -265,9 +216,7 @@ impl ShmFabric {
                 offset,
                 bytes,
             } => {
-                let allowed =
-                    bytes.len() == 8 && (*offset == cb_request(me) || *offset == cb_ack(me));
-                if !allowed {
+                if !peer_may_write_control(me, *offset, bytes.len()) {
                     return Err(FabricError::Permission);
                 }
                 t.store(CONTROL_AT + offset, bytes);

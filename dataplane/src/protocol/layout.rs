@@ -68,6 +68,12 @@ pub fn cb_ack(j: u8) -> usize {
     CB_ACKS + 8 * j as usize
 }
 
+/// Whether node `src` may write `len` bytes at `offset` of another node's control block: only
+/// its own request and ack words, whole.
+pub fn peer_may_write_control(src: u8, offset: usize, len: usize) -> bool {
+    len == 8 && (offset == cb_request(src) || offset == cb_ack(src))
+}
+
 // ---- log header ----
 pub const LOG_MIN_BALLOT: usize = 0;
 pub const LOG_FIRST_UNDECIDED: usize = 8;
