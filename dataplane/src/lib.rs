@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod channel;
 pub mod fabric;
+pub mod mailbox;
 pub mod mapped;
 pub mod profile;
 pub mod protocol;

@@ -996,6 +996,7 @@ impl Profile {
             stepdown_holdoff_ticks: to_ticks(e.stepdown_holdoff_us, tick_us),
             apply_scan_slots: scan,
             read_chunk_slots: scan,
+            external_election: false,
             bugs: Bugs::default(),
         }
     }

@@ -1,6 +1,8 @@
 //! The `rapax` operator's tool: the deterministic simulator and the linearizability checker.
 
+pub mod floor;
 pub mod lincheck;
+pub mod report;
 pub mod sim;
 
 /// Prints a line on standard output; a closed pipe (`rapax sim ... | head`) ends the process

@@ -71,13 +71,15 @@
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::fabric::{Completion, FabricError, Op, Post, Region};
-use crate::protocol::node::{ClientError, ClientReply, ClientRequest};
+use crate::protocol::node::{BadRequest, ClientError, ClientReply, ClientRequest};
 use crate::protocol::{Ballot, NodeId};
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RPXF";
 /// The frame format version this code speaks.
 pub const VERSION: u8 = 2;
+/// The `src` of a client's request and the `dst` of a reply to a client: clients are not nodes.
+pub const CLIENT_NODE: NodeId = 0xff;
 /// Bytes of the fixed header, checksum included.
 pub const HEADER_BYTES: usize = 68;
 /// Largest encoded frame: a 9000-byte jumbo MTU less IPv6 and UDP headers.
@@ -234,6 +236,8 @@ pub enum ClientErrorCode {
     Busy,
     #[error("log full: no slot left before the log is reused")]
     LogFull,
+    #[error("bad request: {0}")]
+    BadRequest(BadRequest),
 }
 
 impl ClientErrorCode {
@@ -241,6 +245,7 @@ impl ClientErrorCode {
     pub const CODE_TOO_LARGE: u8 = 2;
     pub const CODE_BUSY: u8 = 3;
     pub const CODE_LOG_FULL: u8 = 4;
+    pub const CODE_BAD_REQUEST: u8 = 5;
 
     /// The stable numeric code of this error; never reused for another meaning.
     pub fn code(&self) -> u8 {
@@ -249,6 +254,7 @@ impl ClientErrorCode {
             ClientErrorCode::TooLarge { .. } => Self::CODE_TOO_LARGE,
             ClientErrorCode::Busy => Self::CODE_BUSY,
             ClientErrorCode::LogFull => Self::CODE_LOG_FULL,
+            ClientErrorCode::BadRequest(_) => Self::CODE_BAD_REQUEST,
         }
     }
 
@@ -271,6 +277,7 @@ impl ClientErrorCode {
         let fields = match self {
             ClientErrorCode::NotLeader { .. } => 2,
             ClientErrorCode::TooLarge { .. } => 16,
+            ClientErrorCode::BadRequest(_) => 1,
             ClientErrorCode::Busy | ClientErrorCode::LogFull => 0,
         };
         1 + fields + 1 + self.message().len()
@@ -287,6 +294,7 @@ impl ClientErrorCode {
                 out.extend_from_slice(&bytes.to_le_bytes());
                 out.extend_from_slice(&max.to_le_bytes());
             }
+            ClientErrorCode::BadRequest(why) => out.push(why as u8),
             ClientErrorCode::Busy | ClientErrorCode::LogFull => {}
         }
         let message = self.message();
@@ -315,6 +323,12 @@ impl ClientErrorCode {
             },
             Self::CODE_BUSY => ClientErrorCode::Busy,
             Self::CODE_LOG_FULL => ClientErrorCode::LogFull,
+            Self::CODE_BAD_REQUEST => {
+                let why = r.u8("bad request reason")?;
+                ClientErrorCode::BadRequest(
+                    BadRequest::from_code(why).ok_or(bad("bad request reason", u64::from(why)))?,
+                )
+            }
             other => return Err(FrameError::UnknownClientErrorCode(other)),
         };
         let len = usize::from(r.u8("client error message length")?);
@@ -340,6 +354,7 @@ impl From<&ClientError> for ClientErrorCode {
             },
             ClientError::Busy => ClientErrorCode::Busy,
             ClientError::LogFull => ClientErrorCode::LogFull,
+            ClientError::BadRequest(why) => ClientErrorCode::BadRequest(why),
         }
     }
 }
@@ -362,6 +377,7 @@ impl From<ClientErrorCode> for ClientError {
             },
             ClientErrorCode::Busy => ClientError::Busy,
             ClientErrorCode::LogFull => ClientError::LogFull,
+            ClientErrorCode::BadRequest(why) => ClientError::BadRequest(why),
         }
     }
 }

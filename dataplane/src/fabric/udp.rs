@@ -83,8 +83,9 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::frame::{Frame, FrameBody, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_READ_BYTES};
+use super::frame::{Frame, FrameBody, CLIENT_NODE, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_READ_BYTES};
 use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
+use crate::protocol::node::{ClientReply, ClientRequest};
 use crate::protocol::{NodeId, MAX_NODES};
 
 use super::nic::{NicMemory, OpResult};
@@ -107,6 +108,12 @@ pub struct UdpConfig {
     /// How long an operation may stay unanswered before it completes with
     /// [`FabricError::Unreachable`].
     pub timeout: Duration,
+    /// The control-plane endpoints of the members: they may read control blocks (heartbeat
+    /// reads), nothing else.
+    pub control_readers: Vec<(NodeId, SocketAddr)>,
+    /// The addresses clients may send requests from; client frames from anywhere else are
+    /// strangers.
+    pub clients: Vec<SocketAddr>,
 }
 
 /// Counters of what one node's fabric did.
@@ -131,6 +138,8 @@ pub struct UdpStats {
     pub flushed: u64,
     /// Datagrams the kernel refused to send (the frame is lost).
     pub send_errors: u64,
+    /// Client requests taken from configured clients.
+    pub client_requests: u64,
 }
 
 /// Why a [`UdpFabric`] cannot be set up.
@@ -176,6 +185,9 @@ pub struct UdpFabric {
     timeout: Duration,
     socket: UdpSocket,
     peers: [Option<SocketAddr>; MAX_NODES],
+    control_readers: [Option<SocketAddr>; MAX_NODES],
+    clients: Vec<SocketAddr>,
+    client_requests: Vec<(ClientRequest, SocketAddr)>,
     next_op: u64,
     /// Wire ids start at a random point, so a restarted node does not take an old incarnation's
     /// late completions for its own.
@@ -219,6 +231,13 @@ impl UdpFabric {
                 return Err(UdpError::DuplicatePeer(node));
             }
         }
+        let mut control_readers = [None; MAX_NODES];
+        for &(node, addr) in &config.control_readers {
+            let slot = control_readers
+                .get_mut(node as usize)
+                .ok_or(UdpError::NodeOutOfRange(node))?;
+            *slot = Some(addr);
+        }
         socket.set_nonblocking(true)?;
         Ok(UdpFabric {
             me: config.me,
@@ -226,6 +245,9 @@ impl UdpFabric {
             timeout: config.timeout,
             socket,
             peers,
+            control_readers,
+            clients: config.clients,
+            client_requests: Vec::new(),
             next_op: 0,
             next_wire: random_start(),
             ops: HashMap::new(),
@@ -421,9 +443,28 @@ impl UdpFabric {
             return;
         }
         let src = frame.src;
-        if self.peer(src) != Some(from) {
-            self.stats.strangers += 1;
+        if let FrameBody::ClientRequest { .. } = frame.body {
+            if !self.clients.contains(&from) {
+                self.stats.strangers += 1;
+                return;
+            }
+            self.stats.client_requests += 1;
+            let request = frame.body.into_client_request().expect("a client request");
+            self.client_requests.push((request, from));
             return;
+        }
+        if self.peer(src) != Some(from) {
+            let heartbeat_read = matches!(
+                frame.body,
+                FrameBody::ReadRequest {
+                    region: Region::Control,
+                    ..
+                }
+            );
+            if !(heartbeat_read && self.control_readers.get(src as usize) == Some(&Some(from))) {
+                self.stats.strangers += 1;
+                return;
+            }
         }
         match frame.body {
             FrameBody::WriteRequest { seq, .. } | FrameBody::ReadRequest { seq, .. } => {
@@ -443,6 +484,23 @@ impl UdpFabric {
             FrameBody::Completion(c) => self.complete_piece(src, c),
             FrameBody::ClientRequest { .. } | FrameBody::ClientReply { .. } => {
                 self.stats.ignored += 1;
+            }
+        }
+    }
+
+    /// Takes the client requests received by [`UdpFabric::poll`], each with the address to
+    /// answer.
+    pub fn take_client_requests(&mut self) -> std::vec::Drain<'_, (ClientRequest, SocketAddr)> {
+        self.client_requests.drain(..)
+    }
+
+    /// Sends `reply` to the client at `to`.
+    pub fn reply_client(&mut self, reply: &ClientReply, to: SocketAddr) -> bool {
+        match Frame::client_reply(self.me, CLIENT_NODE, self.cluster_id, reply) {
+            Ok(frame) => self.send(&frame, to),
+            Err(_) => {
+                self.stats.send_errors += 1;
+                false
             }
         }
     }
@@ -618,6 +676,8 @@ mod tests {
                         .filter(|(p, _)| *p != i as NodeId)
                         .collect(),
                     timeout,
+                    control_readers: Vec::new(),
+                    clients: Vec::new(),
                 };
                 UdpFabric::new(s, config).unwrap()
             })
@@ -761,6 +821,8 @@ mod tests {
             cluster_id: CLUSTER,
             peers: vec![(1, raw.local_addr().unwrap())],
             timeout,
+            control_readers: Vec::new(),
+            clients: Vec::new(),
         };
         let f = UdpFabric::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
         let addr = f.local_addr().unwrap();
@@ -1096,6 +1158,8 @@ mod tests {
                 (2, two.local_addr().unwrap()),
             ],
             timeout: Duration::from_secs(5),
+            control_readers: Vec::new(),
+            clients: Vec::new(),
         };
         let mut f = UdpFabric::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
         let addr = f.local_addr().unwrap();

@@ -145,6 +145,9 @@ pub struct NodeConfig {
     pub apply_scan_slots: u64,
     /// Slots per read when recovery or catch-up reads a log.
     pub read_chunk_slots: u64,
+    /// Peer liveness comes from outside (the control-plane process, through
+    /// [`Node::on_peer_status`]) instead of this node's own heartbeat reads.
+    pub external_election: bool,
     pub bugs: Bugs,
 }
 
@@ -179,6 +182,36 @@ pub enum ClientError {
     Busy,
     #[error("log full: no slot left before the log is reused")]
     LogFull,
+    /// The request could not be taken as it is (see [`BadRequest`]); retrying it cannot help.
+    #[error("bad request: {0}")]
+    BadRequest(BadRequest),
+}
+
+/// Why a request was refused at the node's door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[repr(u8)]
+pub enum BadRequest {
+    #[error("the command does not decode")]
+    Malformed = 1,
+    #[error("unknown operation")]
+    UnknownOperation = 2,
+    #[error("the command's client or sequence number differs from the request's")]
+    Mismatch = 3,
+    #[error("sequence number 0 is reserved")]
+    ZeroSequence = 4,
+}
+
+impl BadRequest {
+    /// The reason from its wire code.
+    pub fn from_code(code: u8) -> Option<BadRequest> {
+        Some(match code {
+            1 => BadRequest::Malformed,
+            2 => BadRequest::UnknownOperation,
+            3 => BadRequest::Mismatch,
+            4 => BadRequest::ZeroSequence,
+            _ => return None,
+        })
+    }
 }
 
 /// An answer to a client.
@@ -203,6 +236,10 @@ pub enum Note {
     SteppedDown {
         ballot: Ballot,
         reason: &'static str,
+    },
+    /// The leader wrote `slot` to its own log and posted it to its active followers.
+    Proposed {
+        slot: Slot,
     },
     /// The leader counted `slot` chosen with this value.
     Chosen {
@@ -457,6 +494,8 @@ pub struct Node<S> {
     probe: Option<Probe>,
     ack_due: Option<(NodeId, Ballot, u64)>,
     peer_amnesiac: [bool; MAX_NODES],
+    /// Liveness reported by the control plane (with [`NodeConfig::external_election`]).
+    peer_alive: [bool; MAX_NODES],
     hold_candidacy_until: u64,
     role: Role,
     applied: Slot,
@@ -499,6 +538,7 @@ impl<S: StateMachine> Node<S> {
             probe: None,
             ack_due: None,
             peer_amnesiac: [false; MAX_NODES],
+            peer_alive: [true; MAX_NODES],
             hold_candidacy_until: now,
             role: Role::Follower,
             applied: 0,
@@ -678,7 +718,9 @@ impl<S: StateMachine> Node<S> {
     pub fn tick_control(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
         self.now = now;
         let mut actions = Vec::new();
-        self.election.tick(now, &mut actions);
+        if !self.cfg.external_election {
+            self.election.tick(now, &mut actions);
+        }
         for ElectionAction::ReadHeartbeat { peer, token } in actions {
             let op = Op::Read {
                 region: Region::Control,
@@ -720,12 +762,7 @@ impl<S: StateMachine> Node<S> {
                     Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
                         let amnesiac = get_u64(b, CB_AMNESIAC) != 0;
                         let granted = Ballot(get_u64(b, CB_GRANTED_BALLOT));
-                        self.peer_amnesiac[peer as usize] = amnesiac;
-                        // The ballot the peer granted: a candidate must stand above it.
-                        self.max_seen = self.max_seen.max(granted);
-                        if let (Some(p), false) = (&mut self.probe, amnesiac) {
-                            p.answers.insert(peer, granted);
-                        }
+                        self.peer_read(peer, granted, amnesiac);
                         Some(get_u64(b, CB_HEARTBEAT))
                     }
                     _ => None,
@@ -754,6 +791,44 @@ impl<S: StateMachine> Node<S> {
             | Purpose::Meta { ballot, peer } => {
                 self.leader_completion(purpose, ballot, peer, c.result, mem, out)
             }
+        }
+    }
+
+    /// What a successful heartbeat read of `peer`'s control block tells: the ballot it granted
+    /// (a candidate must stand above it) and whether it lost its memory.
+    fn peer_read(&mut self, peer: NodeId, granted: Ballot, amnesiac: bool) {
+        self.peer_amnesiac[peer as usize] = amnesiac;
+        self.max_seen = self.max_seen.max(granted);
+        if let (Some(p), false) = (&mut self.probe, amnesiac) {
+            p.answers.insert(peer, granted);
+        }
+    }
+
+    /// With [`NodeConfig::external_election`]: the control plane's verdict on `peer` (alive by
+    /// pull-score) and, when its last heartbeat read succeeded, what that read returned.
+    pub fn on_peer_status(
+        &mut self,
+        now: u64,
+        peer: NodeId,
+        alive: bool,
+        read: Option<(Ballot, bool)>,
+    ) {
+        self.now = now;
+        if peer as usize >= MAX_NODES || peer == self.cfg.id || !self.cfg.ring.contains(&peer) {
+            return;
+        }
+        self.peer_alive[peer as usize] = alive;
+        if let Some((granted, amnesiac)) = read {
+            self.peer_read(peer, granted, amnesiac);
+        }
+    }
+
+    /// Whether `peer` is alive: by this node's own pull-score, or as the control plane said.
+    fn is_alive(&self, peer: NodeId) -> bool {
+        if self.cfg.external_election {
+            peer == self.cfg.id || self.peer_alive[peer as usize]
+        } else {
+            self.election.is_alive(peer)
         }
     }
 
@@ -878,7 +953,7 @@ impl<S: StateMachine> Node<S> {
             if p == self.cfg.id {
                 self.probe.is_none()
             } else {
-                self.election.is_alive(p) && !self.peer_amnesiac[p as usize]
+                self.is_alive(p) && !self.peer_amnesiac[p as usize]
             }
         })
     }
@@ -1501,6 +1576,7 @@ impl<S: StateMachine> Node<S> {
         l.next_slot = entry.slot + 1;
         l.hint_sent = l.hint_sent.max(entry.commit_hint);
         l.last_touch = self.now;
+        out.notes.push(Note::Proposed { slot: entry.slot });
         let active: Vec<NodeId> = l
             .followers
             .iter()
@@ -1907,6 +1983,7 @@ mod tests {
             stepdown_holdoff_ticks: 5,
             apply_scan_slots: 16,
             read_chunk_slots: 16,
+            external_election: false,
             bugs: Bugs::default(),
         }
     }

@@ -321,6 +321,7 @@ impl World {
                 stepdown_holdoff_ticks: read_period * (u64::from(score_cap) + 2),
                 apply_scan_slots: 64,
                 read_chunk_slots: 64,
+                external_election: false,
                 bugs: spec.bugs,
             })
             .collect();
@@ -559,7 +560,7 @@ impl World {
                 Note::SteppedDown { ballot, reason } => self.trace(format_args!(
                     "node {node} steps down from {ballot}: {reason}"
                 )),
-                Note::FollowerSynced { .. } => {}
+                Note::FollowerSynced { .. } | Note::Proposed { .. } => {}
                 Note::Candidate { ballot } => {
                     self.trace(format_args!("node {node} stands at {ballot}"))
                 }
