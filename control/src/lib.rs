@@ -1,10 +1,346 @@
-//! rapax control plane.
+//! rapax control plane: the `rapax-control` process of one node.
 //!
-//! The control plane's protocol (pull-score election, permission handover, the view change and
-//! the amnesia probe) is part of the node core in `rapax_dataplane::protocol`, so the whole
-//! protocol reads in one place and the simulator drives it exactly as the daemons will. This
-//! crate holds the `rapax-control` process around it: its agents, its fabric endpoints on the
-//! control mesh and its side of the shared-memory channel to the data plane.
+//! It reads every peer's heartbeat counter over its own endpoints (the control mesh: on `shm` a
+//! read-only view of the peers' regions, on `udp` its own socket, which peers' data planes accept
+//! for control-block reads only), keeps the pull-score election ([`election::Election`]), and
+//! tells its data plane each peer's verdict over the shared-memory channel
+//! ([`rapax_dataplane::channel`]). It never touches the fast path. The permission handover runs
+//! in the data plane's node core on the verdicts it receives (the node's grant and candidacy
+//! logic lives with the memory it guards).
+//!
+//! It publishes, in the channel's counters, the alive set, the scores and the time it last
+//! declared the leader it followed failed (for `rapax failover`'s detection time).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rapax_dataplane::agent::{Agent, AgentRunner, IdleStrategy};
+use rapax_dataplane::channel::{Channel, Command, CommandSender, Counter, EventReceiver};
+use rapax_dataplane::daemon::{load_config, monotonic_ns, ClusterDir, DaemonError};
+use rapax_dataplane::fabric::nic::NicMemory;
+use rapax_dataplane::fabric::shm::ShmFabric;
+use rapax_dataplane::fabric::udp::{UdpConfig, UdpFabric};
+use rapax_dataplane::fabric::{Completion, Op, Post, Region};
+use rapax_dataplane::profile::{FabricKind, Profile};
+use rapax_dataplane::protocol::layout::{
+    LogGeometry, CB_AMNESIAC, CB_GRANTED_BALLOT, CB_HEARTBEAT,
+};
+use rapax_dataplane::protocol::{Ballot, NodeId};
 
 pub use rapax_dataplane::protocol::election;
-pub use rapax_dataplane::protocol::node::{Node, NodeConfig, RoleKind};
+use election::{Election, ElectionAction};
+
+/// Where a control plane finds its configuration.
+#[derive(Clone, Debug)]
+pub struct ControlOptions {
+    pub dir: PathBuf,
+    pub node: NodeId,
+    pub profile: Option<PathBuf>,
+    pub cluster: Option<PathBuf>,
+}
+
+/// The control plane's view of the peers' control blocks.
+enum Reader {
+    Shm(ShmFabric),
+    Udp(Box<UdpFabric>, Box<NicMemory>),
+}
+
+impl Reader {
+    fn post(&mut self, post: Post) {
+        match self {
+            Reader::Shm(f) => f.post(post),
+            Reader::Udp(f, _) => f.post(post, Instant::now()),
+        }
+    }
+
+    fn poll(&mut self) -> Vec<Completion> {
+        match self {
+            Reader::Shm(f) => f.poll(),
+            Reader::Udp(f, mem) => f.poll(mem, Instant::now()),
+        }
+    }
+}
+
+/// The channel to this node's data plane; re-opened when the data plane restarts (it creates a
+/// fresh channel file each start).
+struct Link {
+    path: PathBuf,
+    inode: u64,
+    channel: Channel,
+    commands: CommandSender,
+    events: EventReceiver,
+}
+
+fn inode(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+impl Link {
+    fn open(path: &std::path::Path) -> Option<Link> {
+        let inode = inode(path)?;
+        let channel = Channel::open(path).ok()?;
+        let commands = channel.command_sender().ok()?;
+        let events = channel.event_receiver().ok()?;
+        Some(Link {
+            path: path.to_path_buf(),
+            inode,
+            channel,
+            commands,
+            events,
+        })
+    }
+}
+
+struct Control {
+    me: NodeId,
+    ring: Vec<NodeId>,
+    election: Election,
+    reader: Reader,
+    link: Link,
+    start: Instant,
+    next_wr: u64,
+    pending: std::collections::HashMap<u64, (NodeId, u64)>,
+    actions: Vec<ElectionAction>,
+    followed: Option<NodeId>,
+    last_link_check: Instant,
+}
+
+impl Control {
+    fn turn(&mut self) -> usize {
+        let now = self.start.elapsed().as_micros() as u64;
+        let mut work = 0;
+        if self.last_link_check.elapsed() > Duration::from_millis(20) {
+            self.last_link_check = Instant::now();
+            if inode(&self.link.path) != Some(self.link.inode) {
+                if let Some(link) = Link::open(&self.link.path) {
+                    self.link = link;
+                    work += 1;
+                }
+            }
+        }
+        while let Some(_event) = self.link.events.recv() {
+            work += 1;
+        }
+        self.actions.clear();
+        self.election.tick(now, &mut self.actions);
+        for ElectionAction::ReadHeartbeat { peer, token } in self.actions.drain(..) {
+            let wr_id = self.next_wr;
+            self.next_wr += 1;
+            self.pending.insert(wr_id, (peer, token));
+            self.reader.post(Post {
+                wr_id,
+                target: peer,
+                op: Op::Read {
+                    region: Region::Control,
+                    offset: 0,
+                    len: CB_AMNESIAC + 8,
+                },
+                reconnect: false,
+                ballot: Ballot::ZERO,
+            });
+            work += 1;
+        }
+        for c in self.reader.poll() {
+            work += 1;
+            let Some((peer, token)) = self.pending.remove(&c.wr_id) else {
+                continue;
+            };
+            let read = match &c.result {
+                Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
+                    let word = |at: usize| {
+                        u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+                    };
+                    Some((
+                        word(CB_HEARTBEAT),
+                        word(CB_GRANTED_BALLOT),
+                        word(CB_AMNESIAC) != 0,
+                    ))
+                }
+                _ => None,
+            };
+            self.election.on_read(peer, token, read.map(|r| r.0));
+            let status = Command::PeerStatus {
+                peer,
+                alive: self.election.is_alive(peer),
+                read_ok: read.is_some(),
+                granted: read.map_or(0, |r| r.1),
+                amnesiac: read.is_some_and(|r| r.2),
+            };
+            if self.link.commands.send(&status).is_err() {
+                self.link.channel.add(Counter::PeerStatusDropped, 1);
+            }
+        }
+        let leader = self.election.leader();
+        if leader != self.followed {
+            if let Some(old) = self.followed {
+                if !self.election.is_alive(old) {
+                    self.link
+                        .channel
+                        .set(Counter::LeaderLostAtNs, monotonic_ns());
+                }
+            }
+            self.followed = leader;
+        }
+        let mut alive = 0u64;
+        let mut scores = 0u64;
+        for &p in &self.ring {
+            if self.election.is_alive(p) {
+                alive |= 1 << p;
+            }
+            scores |= u64::from(self.election.score(p).min(255) as u8) << (8 * u64::from(p));
+        }
+        let c = &self.link.channel;
+        c.set(Counter::AliveMask, alive);
+        c.set(Counter::Scores, scores);
+        c.add(Counter::ControlHeartbeat, 1);
+        let _ = self.me;
+        work
+    }
+}
+
+impl Agent for Control {
+    fn name(&self) -> &str {
+        "election"
+    }
+
+    fn do_work(&mut self) -> usize {
+        self.turn()
+    }
+}
+
+/// Waits up to `limit` for `f` to give a value, retrying every few milliseconds.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn reader(
+    profile: &Profile,
+    cluster: &rapax_dataplane::profile::ClusterFile,
+    dir: &ClusterDir,
+    me: NodeId,
+) -> Result<Reader, DaemonError> {
+    let geometry = LogGeometry::new(profile.log.capacity_entries, profile.log.slot_bytes)
+        .expect("validated geometry");
+    let n = cluster.nodes.iter().map(|n| n.id).max().map_or(0, |m| m + 1) as usize;
+    match profile.fabric.kind {
+        FabricKind::Shm => {
+            // The peers' data planes create their regions; wait for them.
+            let mut last = None;
+            let got = wait_for(Duration::from_secs(30), || {
+                match ShmFabric::open_observer(&dir.dir, me, n, &geometry) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        last = Some(e);
+                        None
+                    }
+                }
+            });
+            match got {
+                Some(f) => Ok(Reader::Shm(f)),
+                None => Err(last.expect("an error").into()),
+            }
+        }
+        FabricKind::Udp => {
+            let node = cluster.node(me).expect("member");
+            let addr = node
+                .control_socket_addr()
+                .ok_or(DaemonError::MissingAddress {
+                    node: me,
+                    what: "control_addr",
+                })?;
+            let period = Duration::from_micros(profile.election.read_period_us);
+            let config = UdpConfig {
+                me,
+                cluster_id: cluster.cluster_id(),
+                peers: cluster
+                    .nodes
+                    .iter()
+                    .filter(|p| p.id != me)
+                    .filter_map(|p| Some((p.id, p.udp_socket_addr()?)))
+                    .collect(),
+                timeout: (period * 2).max(Duration::from_micros(500)),
+                control_readers: Vec::new(),
+                clients: Vec::new(),
+            };
+            let fabric = UdpFabric::bind(addr, config)?;
+            Ok(Reader::Udp(
+                Box::new(fabric),
+                Box::new(NicMemory::new(me, 64)),
+            ))
+        }
+        other => Err(DaemonError::UnsupportedFabric(other.as_str())),
+    }
+}
+
+/// Runs node `opts.node`'s control plane until the process is signalled.
+pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
+    let dir = ClusterDir::new(&opts.dir);
+    let (profile, cluster) = load_config(&dir, opts.profile.as_deref(), opts.cluster.as_deref())?;
+    let me = opts.node;
+    if cluster.node(me).is_none() {
+        return Err(DaemonError::NotAMember {
+            node: me,
+            cluster: cluster.name.clone(),
+        });
+    }
+    if !cluster.ring.contains(&me) {
+        return Err(DaemonError::Spare { node: me });
+    }
+    println!(
+        "rapax-control: node {me} of cluster {:?}, ring {:?}, effective profile:\n{}",
+        cluster.name,
+        cluster.ring,
+        profile.render()
+    );
+    let cfg = profile.node_config(me, cluster.ring.clone(), 1);
+    let path = dir.channel(me);
+    let link = wait_for(Duration::from_secs(30), || Link::open(&path)).ok_or_else(|| {
+        DaemonError::Io {
+            what: format!("channel {}", path.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the data plane did not create it within 30 s",
+            ),
+        }
+    })?;
+    let reader = reader(&profile, &cluster, &dir, me)?;
+    let election = Election::new(me, cluster.ring.clone(), cfg.election.clone());
+    let control = Control {
+        me,
+        ring: cluster.ring.clone(),
+        followed: election.leader(),
+        election,
+        reader,
+        link,
+        start: Instant::now(),
+        next_wr: 1,
+        pending: std::collections::HashMap::new(),
+        actions: Vec::new(),
+        last_link_check: Instant::now(),
+    };
+    let spec = profile.agents.election;
+    let runner = AgentRunner::start(
+        Box::new(control),
+        IdleStrategy::for_agent(&spec, &profile.backoff),
+        spec.core,
+    )?;
+    println!("rapax-control: node {me} running");
+    let stop = Arc::new(AtomicBool::new(false));
+    while !stop.load(Ordering::Relaxed) && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    runner.stop()?;
+    Ok(())
+}

@@ -143,11 +143,39 @@ pub enum Counter {
     ClientRejected = 6,
     /// Malformed frames dropped.
     MalformedFrames = 7,
+    /// Client requests refused as malformed, unknown or oversize.
+    ClientBadRequests = 8,
+    /// The ballot this node granted its log to (raw).
+    Granted = 9,
+    /// Control plane: bit i set while node i is alive by pull-score (this node included).
+    AliveMask = 10,
+    /// Control plane: the pull-score of node i in bits 8i..8i+8.
+    Scores = 11,
+    /// Incremented by the control plane's main loop.
+    ControlHeartbeat = 12,
+    /// Control plane: CLOCK_MONOTONIC ns when the leader it followed was last declared failed.
+    LeaderLostAtNs = 13,
+    /// Data plane: CLOCK_MONOTONIC ns when it last stood as a candidate.
+    CandidateAtNs = 14,
+    /// Data plane: CLOCK_MONOTONIC ns when it last became leader.
+    LeaderAtNs = 15,
+    /// Data plane: CLOCK_MONOTONIC ns of its first chosen slot as the current leader.
+    FirstCommitAtNs = 16,
+    /// Written by tools: a new value asks the data plane to write its latency histogram.
+    StatsRequest = 17,
+    /// Data plane: the last stats request it answered.
+    StatsDone = 18,
+    /// Control plane: peer-status commands dropped on a full ring.
+    PeerStatusDropped = 19,
+    /// Data plane: slots whose replication latency it measured.
+    ReplicationSamples = 20,
+    /// Data plane: the node it believes leads, plus one (0: unknown).
+    LeaderHint = 21,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 22] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -156,6 +184,20 @@ impl Counter {
         Counter::ClientRequests,
         Counter::ClientRejected,
         Counter::MalformedFrames,
+        Counter::ClientBadRequests,
+        Counter::Granted,
+        Counter::AliveMask,
+        Counter::Scores,
+        Counter::ControlHeartbeat,
+        Counter::LeaderLostAtNs,
+        Counter::CandidateAtNs,
+        Counter::LeaderAtNs,
+        Counter::FirstCommitAtNs,
+        Counter::StatsRequest,
+        Counter::StatsDone,
+        Counter::PeerStatusDropped,
+        Counter::ReplicationSamples,
+        Counter::LeaderHint,
     ];
 
     /// The counter's name, for tools.
@@ -169,6 +211,20 @@ impl Counter {
             Counter::ClientRequests => "client_requests",
             Counter::ClientRejected => "client_rejected",
             Counter::MalformedFrames => "malformed_frames",
+            Counter::ClientBadRequests => "client_bad_requests",
+            Counter::Granted => "granted",
+            Counter::AliveMask => "alive_mask",
+            Counter::Scores => "scores",
+            Counter::ControlHeartbeat => "control_heartbeat",
+            Counter::LeaderLostAtNs => "leader_lost_at_ns",
+            Counter::CandidateAtNs => "candidate_at_ns",
+            Counter::LeaderAtNs => "leader_at_ns",
+            Counter::FirstCommitAtNs => "first_commit_at_ns",
+            Counter::StatsRequest => "stats_request",
+            Counter::StatsDone => "stats_done",
+            Counter::PeerStatusDropped => "peer_status_dropped",
+            Counter::ReplicationSamples => "replication_samples",
+            Counter::LeaderHint => "leader_hint",
         }
     }
 
@@ -198,6 +254,15 @@ pub enum Command {
     View { ballot: u64, leader: u8 },
     /// Stop the data plane.
     Shutdown,
+    /// The control plane's view of `peer`: alive by pull-score or not and, when its last
+    /// heartbeat read succeeded, the ballot it granted and whether it lost its memory.
+    PeerStatus {
+        peer: u8,
+        alive: bool,
+        read_ok: bool,
+        granted: u64,
+        amnesiac: bool,
+    },
 }
 
 /// Data plane → control plane.
@@ -218,6 +283,7 @@ const TAG_LEAD: u8 = 0x01;
 const TAG_STEP_DOWN: u8 = 0x02;
 const TAG_VIEW: u8 = 0x03;
 const TAG_SHUTDOWN: u8 = 0x04;
+const TAG_PEER_STATUS: u8 = 0x05;
 const TAG_STEPPED_DOWN: u8 = 0x81;
 const TAG_BECAME_LEADER: u8 = 0x82;
 const TAG_APPLIED: u8 = 0x83;
@@ -271,6 +337,18 @@ impl Message for Command {
                 m[FIELDS_AT + 8] = leader;
             }
             Command::Shutdown => m[0] = TAG_SHUTDOWN,
+            Command::PeerStatus {
+                peer,
+                alive,
+                read_ok,
+                granted,
+                amnesiac,
+            } => {
+                m[0] = TAG_PEER_STATUS;
+                put_u64(&mut m, FIELDS_AT, granted);
+                m[FIELDS_AT + 8] = peer;
+                m[FIELDS_AT + 9] = u8::from(alive) | u8::from(read_ok) << 1 | u8::from(amnesiac) << 2;
+            }
         }
         m
     }
@@ -299,6 +377,25 @@ impl Message for Command {
                 FIELDS_AT + 9,
             ),
             TAG_SHUTDOWN => (Command::Shutdown, FIELDS_AT),
+            TAG_PEER_STATUS => {
+                let flags = m[FIELDS_AT + 9];
+                if flags & !0b111 != 0 {
+                    return Err(ChannelError::NonzeroPadding {
+                        kind: KIND,
+                        offset: FIELDS_AT + 9,
+                    });
+                }
+                (
+                    Command::PeerStatus {
+                        peer: m[FIELDS_AT + 8],
+                        alive: flags & 1 != 0,
+                        read_ok: flags & 2 != 0,
+                        granted: get_u64(m, FIELDS_AT),
+                        amnesiac: flags & 4 != 0,
+                    },
+                    FIELDS_AT + 10,
+                )
+            }
             tag => return Err(ChannelError::UnknownTag { kind: KIND, tag }),
         };
         check_padding(KIND, m, end)?;

@@ -7,6 +7,8 @@
 
 pub mod agent;
 pub mod channel;
+pub mod client;
+pub mod daemon;
 pub mod fabric;
 pub mod mailbox;
 pub mod mapped;

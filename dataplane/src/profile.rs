@@ -1036,6 +1036,10 @@ pub struct ClusterNode {
     /// `ip:port` of the node's UDP endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_addr: Option<String>,
+    /// `ip:port` of the node's control-plane UDP endpoint (its heartbeat reads on `udp`); when
+    /// absent, the port after `udp_addr`'s port plus 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_addr: Option<String>,
     /// `ip:port` where the node's rdma_cm listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma_addr: Option<String>,
@@ -1043,6 +1047,9 @@ pub struct ClusterNode {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpdk_mac: Option<String>,
 }
+
+/// Clients listed in a local cluster file ([`ClusterFile::local`]).
+pub const LOCAL_CLIENTS: usize = 32;
 
 /// One `[[client]]` of a cluster file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1079,6 +1086,14 @@ impl ClusterNode {
     /// The node's UDP address (the cluster file must have been validated).
     pub fn udp_socket_addr(&self) -> Option<SocketAddr> {
         parse_addr(&self.udp_addr)
+    }
+
+    /// The node's control-plane UDP address (the cluster file must have been validated).
+    pub fn control_socket_addr(&self) -> Option<SocketAddr> {
+        parse_addr(&self.control_addr).or_else(|| {
+            let a = self.udp_socket_addr()?;
+            Some(SocketAddr::new(a.ip(), a.port().checked_add(64)?))
+        })
     }
 
     /// The node's rdma_cm address (the cluster file must have been validated).
@@ -1141,6 +1156,10 @@ impl ClusterFile {
             usize::from(base_udp_port) + n - 1 <= usize::from(u16::MAX),
             "UDP ports {base_udp_port}.. for {n} nodes overflow"
         );
+        assert!(
+            usize::from(base_udp_port) + 128 + LOCAL_CLIENTS <= usize::from(u16::MAX),
+            "UDP ports {base_udp_port}.. for clients overflow"
+        );
         let all: Vec<NodeId> = (0..n).map(|i| i as NodeId).collect();
         let acceptors = if n.is_multiple_of(2) { n - 1 } else { n };
         let cluster = ClusterFile {
@@ -1154,16 +1173,31 @@ impl ClusterFile {
                     host: "localhost".to_string(),
                     shm_dir: None,
                     udp_addr: Some(format!("127.0.0.1:{}", base_udp_port + u16::from(id))),
+                    control_addr: Some(format!(
+                        "127.0.0.1:{}",
+                        base_udp_port + 64 + u16::from(id)
+                    )),
                     rdma_addr: None,
                     dpdk_mac: None,
                 })
                 .collect(),
-            clients: Vec::new(),
+            clients: (0..LOCAL_CLIENTS)
+                .map(|k| ClusterClient {
+                    id: k as u64,
+                    udp_addr: Some(format!("127.0.0.1:{}", base_udp_port + 128 + k as u16)),
+                })
+                .collect(),
         };
         if let Err(e) = cluster.validate() {
             panic!("local cluster invalid: {e}");
         }
         cluster
+    }
+
+    /// The cluster's id on the wire: a hash of its name, so two clusters on one network (or a
+    /// test cluster beside a production one) drop each other's frames.
+    pub fn cluster_id(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.name.as_bytes())
     }
 
     /// The node with this id.
@@ -1234,6 +1268,15 @@ impl ClusterFile {
                         format!("{at}.udp_addr"),
                         quoted(a),
                         format!("is node {other}'s udp_addr too"),
+                    ));
+                }
+            }
+            if let Some(a) = &n.control_addr {
+                if a.parse::<SocketAddr>().map_or(true, |a| a.port() == 0) {
+                    return Err(cluster_invalid(
+                        format!("{at}.control_addr"),
+                        quoted(a),
+                        "must be a socket address ip:port with a port (not 0)",
                     ));
                 }
             }

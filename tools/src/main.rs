@@ -6,15 +6,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use rapax::cluster::LocalCluster;
+use rapax::drill::{BenchOptions, FailMode, FailoverOptions};
+use rapax_dataplane::client::{Client, ClientOptions};
+use rapax_dataplane::profile::Profile;
+use rapax_dataplane::protocol::kv::{KvOp, KvReply};
 
 use rapax::sim::{run_seed, RunReport, RunSpec, Summary};
 use rapax_dataplane::protocol::node::Bugs;
 
 /// rapax: kernel-bypass state-machine replication.
 ///
-/// Commands so far: `sim`, the deterministic simulator that runs whole clusters in one thread
-/// with faults drawn from a seed and checks the protocol's invariants at every step.
+/// Start here: `rapax demo` starts a 3-node cluster on shared memory, benchmarks it, kills the
+/// leader in the middle, and prints latency percentiles and the fail-over time.
+///
+/// A local cluster: `rapax up --profile hw-profiles/shm-local.toml --replicas 3`, then
+/// `rapax status`, `rapax kv put k v`, `rapax kv get k`, `rapax down`. Measurements: `rapax
+/// bench` and `rapax failover`. The protocol itself: `rapax sim`, the deterministic simulator.
 #[derive(Parser)]
 #[command(name = "rapax", version, about, long_about)]
 struct Cli {
@@ -24,6 +37,130 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job on a fresh machine: a 3-node shm cluster, a short benchmark with the
+    /// leader killed in the middle, the latency summary, the fail-over time and a plot.
+    ///
+    /// Everything it starts is stopped at the end. The plot is written to --plot.
+    ///
+    /// Example:
+    ///   rapax demo
+    #[command(verbatim_doc_comment)]
+    Demo {
+        /// The hardware profile.
+        #[arg(long, default_value = "hw-profiles/shm-local.toml")]
+        profile: PathBuf,
+        /// Operations of the benchmark.
+        #[arg(long, default_value_t = 20_000)]
+        ops: u64,
+        /// Where to write the latency plot.
+        #[arg(long, default_value = "target/rapax-demo.svg")]
+        plot: PathBuf,
+        /// The cluster directory (default: `demo` under the profile's shm directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Start a local cluster in the background: one rapax-dataplane and one rapax-control
+    /// process per node, all files (regions, channels, mailboxes, logs) in --dir, mode 0600.
+    ///
+    /// Example:
+    ///   rapax up --profile hw-profiles/shm-local.toml --replicas 3
+    ///   rapax status; rapax kv put greeting hello; rapax down
+    #[command(verbatim_doc_comment)]
+    Up {
+        /// The hardware profile (`shm` or `udp` fabric).
+        #[arg(long, default_value = "hw-profiles/shm-local.toml")]
+        profile: PathBuf,
+        /// Acceptors: 1, 3, 5 or 7.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// The cluster directory (default: `cluster` under the profile's shm directory, or
+        /// the temporary directory for udp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop exactly the processes `rapax up` started in --dir (SIGTERM, then SIGKILL).
+    Down {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Each node's role, view, ballot, applied index, heartbeat and pull-scores.
+    ///
+    /// The counters are read from the nodes' shared-memory channels (no request to the nodes).
+    /// `view` is the leader the node granted its log to; `alive (ctl)` is the set of nodes its
+    /// control plane holds alive; `scores` are its pull-scores of every node in ring order.
+    #[command(verbatim_doc_comment)]
+    Status {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Key-value commands against a running cluster (they find the leader and retry).
+    Kv {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        op: KvCommand,
+    },
+    /// Benchmark a cluster: end-to-end and leader-side replication latency percentiles, the
+    /// fabric floor measured in the same run, and throughput.
+    ///
+    /// Starts a cluster in --dir (or attaches to the one running there), warms up, measures
+    /// the floor (shm: a cross-core round trip of one write of the value size; udp: a UDP
+    /// ping-pong over loopback), then runs --ops puts from --clients closed-loop clients.
+    /// Percentiles come from HdrHistograms; --json writes the summary, --plot a
+    /// latency-percentile plot.
+    ///
+    /// Example:
+    ///   rapax bench --profile hw-profiles/shm-local.toml --replicas 3 --ops 100000 \
+    ///       --value-bytes 64 --clients 1 --json target/bench.json --plot target/bench.svg
+    #[command(verbatim_doc_comment)]
+    Bench {
+        #[arg(long, default_value = "hw-profiles/shm-local.toml")]
+        profile: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        #[arg(long, default_value_t = 50_000)]
+        ops: u64,
+        #[arg(long, default_value_t = 64)]
+        value_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// The cluster directory (default: `bench` under the profile's shm directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Fail-over drill: under steady client load, K times take the leader's data plane out
+    /// (kill -9, or SIGSTOP then SIGCONT once a new leader commits), measure detection,
+    /// handover and kill-to-first-commit, and bring the victim back as a follower. The client
+    /// history is checked for linearizability at the end.
+    ///
+    /// detect: kill to the new leader's control plane declaring the old one failed;
+    /// handover: from there to the new leader leading (permissions acquired, logs recovered);
+    /// failover: kill to the new leader's first commit.
+    ///
+    /// Example:
+    ///   rapax failover --profile hw-profiles/shm-local.toml --replicas 3 --kills 20
+    #[command(verbatim_doc_comment)]
+    Failover {
+        #[arg(long, default_value = "hw-profiles/shm-local.toml")]
+        profile: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        #[arg(long, value_enum, default_value = "kill")]
+        mode: ModeArg,
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The cluster directory (default: `failover` under the profile's shm directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the deterministic simulator over many seeds (or replay one).
     ///
     /// Each seed draws the cluster size (unless --replicas), the protocol knobs (pipeline window,
@@ -128,9 +265,179 @@ fn for_each_in_order(
     });
 }
 
+const DEFAULT_DIR: &str = "/dev/shm/rapax/cluster";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Kill,
+    Pause,
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Store VALUE under KEY.
+    Put { key: String, value: String },
+    /// Read KEY.
+    Get { key: String },
+    /// Delete KEY.
+    Del { key: String },
+    /// Set KEY to NEW if its value is EXPECTED (`--absent`: if KEY does not exist).
+    Cas {
+        key: String,
+        #[arg(required_unless_present = "absent")]
+        expected: Option<String>,
+        new: String,
+        #[arg(long)]
+        absent: bool,
+    },
+}
+
+fn load_profile(path: &Path) -> Result<Profile, String> {
+    Profile::load(path).map_err(|e| e.to_string())
+}
+
+fn dir_for(profile: &Profile, dir: Option<PathBuf>, what: &str) -> PathBuf {
+    dir.unwrap_or_else(|| {
+        rapax::cluster::default_dir(profile)
+            .parent()
+            .map_or_else(|| PathBuf::from(what), |p| p.join(what))
+    })
+}
+
+fn fail(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("rapax {cmd}: {e}");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo {
+            profile,
+            ops,
+            plot,
+            dir,
+        } => match demo(&profile, ops, &plot, dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("demo", e),
+        },
+        Command::Up {
+            profile,
+            replicas,
+            dir,
+        } => {
+            let profile = match load_profile(&profile) {
+                Ok(p) => p,
+                Err(e) => return fail("up", e),
+            };
+            let dir = dir.unwrap_or_else(|| rapax::cluster::default_dir(&profile));
+            match LocalCluster::up(&profile, replicas, &dir) {
+                Ok(c) => match c.wait_leader(Duration::from_secs(20)) {
+                    Ok(l) => {
+                        rapax::say!(
+                            "rapax up: {} nodes on {} in {}; node {l} leads",
+                            replicas,
+                            profile.fabric.kind.as_str(),
+                            dir.display()
+                        );
+                        rapax::say!("{}", c.status());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("rapax up: {e}; logs: {}/node-*.log", dir.display());
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => fail("up", e),
+            }
+        }
+        Command::Down { dir } => {
+            let n = rapax::cluster::down(&dir);
+            rapax::say!("rapax down: stopped {n} processes in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Command::Status { dir } => match LocalCluster::open(&dir) {
+            Ok(c) => {
+                rapax::say!("{}", c.status());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("status", format!("no cluster in {}: {e}", dir.display())),
+        },
+        Command::Kv { dir, op } => kv(&dir, op),
+        Command::Bench {
+            profile,
+            replicas,
+            ops,
+            value_bytes,
+            clients,
+            json,
+            plot,
+            dir,
+        } => {
+            let profile = match load_profile(&profile) {
+                Ok(p) => p,
+                Err(e) => return fail("bench", e),
+            };
+            if clients == 0 || clients > 32 {
+                return fail("bench", "--clients must be 1..=32");
+            }
+            let dir = dir_for(&profile, dir, "bench");
+            let opts = BenchOptions {
+                profile,
+                replicas,
+                ops,
+                value_bytes,
+                clients,
+                dir,
+                json,
+                plot,
+            };
+            match rapax::drill::bench(&opts) {
+                Ok(r) => {
+                    rapax::say!("{}", r.human());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("bench", e),
+            }
+        }
+        Command::Failover {
+            profile,
+            replicas,
+            kills,
+            mode,
+            clients,
+            json,
+            dir,
+        } => {
+            let profile = match load_profile(&profile) {
+                Ok(p) => p,
+                Err(e) => return fail("failover", e),
+            };
+            let dir = dir_for(&profile, dir, "failover");
+            let opts = FailoverOptions {
+                profile,
+                replicas,
+                kills,
+                mode: match mode {
+                    ModeArg::Kill => FailMode::Kill,
+                    ModeArg::Pause => FailMode::Pause,
+                },
+                dir,
+                clients,
+                json,
+            };
+            match rapax::drill::failover(&opts) {
+                Ok((r, _)) => {
+                    rapax::say!("{}", r.human());
+                    if r.linearizable {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => fail("failover", e),
+            }
+        }
         Command::Sim {
             seeds,
             first_seed,
@@ -209,4 +516,143 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn kv(dir: &Path, op: KvCommand) -> ExitCode {
+    let mut client = match Client::connect(dir, ClientOptions::default()) {
+        Ok(c) => c,
+        Err(e) => return fail("kv", format!("cluster in {}: {e}", dir.display())),
+    };
+    let op = match op {
+        KvCommand::Put { key, value } => KvOp::Put {
+            key: key.into_bytes(),
+            value: value.into_bytes(),
+        },
+        KvCommand::Get { key } => KvOp::Get {
+            key: key.into_bytes(),
+        },
+        KvCommand::Del { key } => KvOp::Delete {
+            key: key.into_bytes(),
+        },
+        KvCommand::Cas {
+            key,
+            expected,
+            new,
+            absent,
+        } => KvOp::Cas {
+            key: key.into_bytes(),
+            expected: if absent {
+                None
+            } else {
+                expected.map(String::into_bytes)
+            },
+            new: new.into_bytes(),
+        },
+    };
+    match client.execute(op) {
+        Ok(KvReply::Stored) => rapax::say!("stored"),
+        Ok(KvReply::Value(Some(v))) => rapax::say!("{}", String::from_utf8_lossy(&v)),
+        Ok(KvReply::Value(None)) => {
+            rapax::say!("(absent)");
+            return ExitCode::from(3);
+        }
+        Ok(KvReply::Deleted(existed)) => {
+            rapax::say!("{}", if existed { "deleted" } else { "(absent)" })
+        }
+        Ok(KvReply::Cas(true)) => rapax::say!("swapped"),
+        Ok(KvReply::Cas(false)) => {
+            rapax::say!("not swapped");
+            return ExitCode::from(3);
+        }
+        Ok(KvReply::Rejected(why)) => return fail("kv", format!("rejected: {why}")),
+        Err(e) => return fail("kv", e),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `rapax demo`.
+fn demo(profile: &Path, ops: u64, plot: &Path, dir: Option<PathBuf>) -> Result<(), String> {
+    use rapax::drill::{fail_leader, measure_floor, replication, run_load, Session};
+    use rapax::report::write_plot;
+    let profile = load_profile(profile)?;
+    let dir = dir_for(&profile, dir, "demo");
+    rapax::say!(
+        "demo: starting a 3-node cluster on the {} fabric in {}",
+        profile.fabric.kind.as_str(),
+        dir.display()
+    );
+    let session = Session::start_or_attach(&profile, 3, &dir).map_err(|e| e.to_string())?;
+    let leader = session.ready().map_err(|e| e.to_string())?;
+    rapax::say!("{}", session.cluster.status());
+    rapax::say!("demo: node {leader} leads; warming up");
+    run_load(&dir, 1, (ops / 10).max(500), 64, "warm-up", None).map_err(|e| e.to_string())?;
+    let floor = measure_floor(&profile, 20_000, 64);
+    let _ = replication(&session.cluster);
+    let sample = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let kill = {
+        let sample = std::sync::Arc::clone(&sample);
+        let dir = dir.clone();
+        Box::new(move || {
+            if let Ok(c) = LocalCluster::open(&dir) {
+                let r = fail_leader(&c, FailMode::Kill, 1, 1);
+                *sample.lock().expect("lock") = Some(r.map_err(|e| e.to_string()));
+            }
+        }) as Box<dyn FnOnce() + Send>
+    };
+    rapax::say!("demo: {ops} puts of 64 B from one client; the leader is killed half-way");
+    let load = run_load(&dir, 1, ops, 64, "demo", Some(kill)).map_err(|e| e.to_string())?;
+    let repl = replication(&session.cluster);
+    let e2e = load.e2e.summary();
+    let r = repl.summary();
+    let f = floor.summary2();
+    rapax::say!(
+        "demo: {} ops in {:.2} s ({:.0} ops/s), {} failed",
+        load.ops,
+        load.elapsed.as_secs_f64(),
+        load.ops as f64 / load.elapsed.as_secs_f64(),
+        load.failures
+    );
+    rapax::say!(
+        "  end-to-end   us: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.0}  (includes the fail-over)",
+        e2e.p50, e2e.p99, e2e.p999, e2e.max
+    );
+    rapax::say!(
+        "  replication  us: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.0}",
+        r.p50, r.p99, r.p999, r.max
+    );
+    rapax::say!(
+        "  fabric floor us: p50 {:.2}  p99 {:.2}   (e2e p50 = {:.1} x floor p50)",
+        f.p50,
+        f.p99,
+        e2e.p50 / f.p50.max(1e-9)
+    );
+    match sample.lock().expect("lock").take() {
+        Some(Ok(s)) => rapax::say!(
+            "  fail-over: node {} killed, node {} leads; detect {:.0} us, handover {:.0} us, kill to first commit {:.0} us",
+            s.victim,
+            s.new_leader,
+            s.detect_ns as f64 / 1e3,
+            s.handover_ns as f64 / 1e3,
+            s.failover_ns as f64 / 1e3
+        ),
+        Some(Err(e)) => return Err(format!("fail-over: {e}")),
+        None => rapax::say!("  fail-over: not run"),
+    }
+    if let Some(parent) = plot.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    write_plot(
+        plot,
+        &[
+            ("end-to-end", &load.e2e),
+            ("replication (leader)", &repl),
+            ("fabric floor", &floor),
+        ],
+        "rapax demo: shm, 3 replicas, 64 B, 1 client, leader killed half-way",
+    )
+    .map_err(|e| e.to_string())?;
+    rapax::say!("demo: plot written to {}", plot.display());
+    drop(session);
+    rapax::say!("demo: cluster stopped");
+    Ok(())
 }

@@ -24,6 +24,8 @@ pub const SIGNIFICANT_FIGURES: u8 = 3;
 
 /// Nanoseconds per microsecond, as a float for conversions.
 const NS_PER_US: f64 = 1_000.0;
+/// Relative amount taken off a quantile before the histogram rounds its rank up.
+const QUANTILE_ROUNDING_SLACK: f64 = 1e-12;
 
 // ------------------------------------------------------------------------------------------------
 // Recorder and summaries
@@ -87,7 +89,10 @@ impl LatencyRecorder {
             return 0.0;
         }
         let q = if q.is_nan() { 0.0 } else { q.clamp(0.0, 100.0) };
-        self.histogram.value_at_quantile(q / 100.0) as f64 / NS_PER_US
+        // The histogram takes the ceiling of `quantile * count`; shave a hair off the quantile
+        // so rounding error (0.999 * 1000 = 999.000...01) does not step to the next sample.
+        let quantile = q / 100.0 * (1.0 - QUANTILE_ROUNDING_SLACK);
+        self.histogram.value_at_quantile(quantile) as f64 / NS_PER_US
     }
 
     /// The largest latency recorded, in microseconds (0 when empty).
@@ -544,7 +549,20 @@ pub fn percentile_plot_svg(series: &[(&str, &LatencyRecorder)], title: &str) -> 
         );
     }
 
-    // Legend, top left inside the plot.
+    // Legend, top left inside the plot, on a white box so grid lines do not run through it.
+    let longest_chars = series
+        .iter()
+        .map(|(name, _)| name.chars().count() + 13)
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#999999"/>"##,
+        left + 6.0,
+        top + 6.0,
+        48.0 + 7.0 * longest_chars as f64,
+        10.0 + 18.0 * series.len() as f64
+    );
     for (i, (name, recorder)) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let y = top + 18.0 + 18.0 * i as f64;

@@ -142,6 +142,42 @@ impl ShmFabric {
         Ok(fabric)
     }
 
+    /// Maps every node's region in `dir` (all must exist) without touching any: the view of a
+    /// node's control-plane process, which only reads peers' control blocks (heartbeat reads).
+    pub fn open_observer(
+        dir: &Path,
+        me: NodeId,
+        nodes: usize,
+        geometry: &LogGeometry,
+    ) -> Result<ShmFabric, ShmError> {
+        let len = (LOG_AT + geometry.log_bytes()) as u64;
+        let regions = (0..nodes as NodeId)
+            .map(|n| map_file(&region_path(dir, n), len, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (n, m) in regions.iter().enumerate() {
+            if m.word(HDR_MAGIC).load(Ordering::SeqCst) != MAGIC {
+                return Err(ShmError::Layout {
+                    path: region_path(dir, n as NodeId),
+                });
+            }
+        }
+        Ok(ShmFabric {
+            me,
+            regions,
+            pid: u64::from(std::process::id()),
+            completions: Vec::new(),
+        })
+    }
+
+    /// Whether node `me`'s region in `dir` exists and was set up (its memory can be kept).
+    pub fn region_exists(dir: &Path, me: NodeId, geometry: &LogGeometry) -> bool {
+        let len = (LOG_AT + geometry.log_bytes()) as u64;
+        match map_file(&region_path(dir, me), len, false) {
+            Ok(m) => m.word(HDR_MAGIC).load(Ordering::SeqCst) == MAGIC,
+            Err(_) => false,
+        }
+    }
+
     /// Creates every node's region file in `dir` (mode 0600, zeroed) where missing; existing
     /// regions of this geometry are kept, others refused.
     pub fn create_all(dir: &Path, nodes: usize, geometry: &LogGeometry) -> Result<(), ShmError> {
@@ -157,6 +193,19 @@ impl ShmFabric {
             m.word(HDR_MAGIC).store(MAGIC, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Zeroes this node's control block and log: its memory is lost (a restart that must not
+    /// trust what the region holds).
+    pub fn zero_own(&mut self) {
+        let own = &self.regions[self.me as usize];
+        for at in (CONTROL_AT..CONTROL_AT + CB_BYTES).step_by(8) {
+            own.word(at).store(0, Ordering::SeqCst);
+        }
+        for at in (LOG_AT..LOG_AT + own.log_bytes).step_by(8) {
+            own.word(at).store(0, Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Marks this node's region reachable (or not) by peers.

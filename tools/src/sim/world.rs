@@ -991,8 +991,8 @@ impl World {
                     w.deadline = now + self.rng.gen_range(5..=20);
                 }
             }
-            Err(e @ ClientError::TooLarge { .. }) => {
-                panic!("simulated clients send small commands: {e}")
+            Err(e @ (ClientError::TooLarge { .. } | ClientError::BadRequest(_))) => {
+                panic!("simulated clients send small, well-formed commands: {e}")
             }
         }
     }

@@ -1,0 +1,315 @@
+//! The Rust client of a rapax cluster.
+//!
+//! A [`Client`] has an id (random, so two runs never share one) and numbers its commands
+//! 1, 2, 3, ... It sends each command to the node it believes leads; a `NotLeader` answer moves
+//! it to the hinted node, a time-out to the next node in the cluster file, `Busy` makes it wait a
+//! little. Every retry carries the same (client, sequence) pair, and the state machine keeps the
+//! last reply per client, so a command retried across a fail-over executes once.
+//!
+//! Transports: on `shm` the nodes' mailboxes ([`crate::mailbox`]) in the cluster directory; on
+//! `udp` client frames from one of the cluster file's client addresses.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::daemon::{load_config, ClusterDir, DaemonError};
+use crate::fabric::frame::{Frame, FrameBody, CLIENT_NODE};
+use crate::mailbox::{MailboxClient, MailboxError};
+use crate::profile::FabricKind;
+use crate::protocol::kv::{self, KvCodecError, KvOp, KvReply};
+use crate::protocol::node::{ClientError, ClientReply, ClientRequest};
+use crate::protocol::NodeId;
+
+/// Why a command did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientFailure {
+    /// No node answered in time: the command may or may not have taken effect.
+    #[error("no answer for command {seq} within {waited:?} (it may or may not have taken effect)")]
+    Timeout { seq: u64, waited: Duration },
+    /// The cluster refused the command; retrying it cannot help.
+    #[error("refused: {0}")]
+    Refused(ClientError),
+    #[error("reply does not decode: {0}")]
+    BadReply(KvCodecError),
+}
+
+/// Why a client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Config(#[from] DaemonError),
+    #[error(transparent)]
+    Mailbox(#[from] MailboxError),
+    #[error("udp: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no free client address: all {0} addresses of the cluster file's [[client]] tables are in use")]
+    NoClientAddress(usize),
+    #[error("fabric {0} has no client transport in this build")]
+    Unsupported(&'static str),
+}
+
+enum Transport {
+    Shm {
+        dir: ClusterDir,
+        boxes: Vec<Option<MailboxClient>>,
+    },
+    Udp {
+        socket: UdpSocket,
+        nodes: Vec<SocketAddr>,
+    },
+}
+
+/// Tunables of a client.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// How long to wait for one node's answer before trying the next.
+    pub attempt_timeout: Duration,
+    /// How long to keep trying one command before giving up with [`ClientFailure::Timeout`].
+    pub command_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            attempt_timeout: Duration::from_millis(10),
+            command_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One client of one cluster.
+pub struct Client {
+    id: u64,
+    seq: u64,
+    cluster_id: u64,
+    nodes: Vec<NodeId>,
+    leader: usize,
+    transport: Transport,
+    options: ClientOptions,
+    frame: Vec<u8>,
+    reply: Vec<u8>,
+    /// Retries (time-outs, redirects, busy answers) over the client's life.
+    pub retries: u64,
+}
+
+fn fresh_id() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&t.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    h.update(
+        &NEXT
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes(),
+    );
+    h.digest() | 1
+}
+
+impl Client {
+    /// A client of the cluster whose directory is `dir` (its `profile.toml` and `cluster.toml`).
+    pub fn connect(dir: &Path, options: ClientOptions) -> Result<Client, ConnectError> {
+        let cdir = ClusterDir::new(dir);
+        let (profile, cluster) = load_config(&cdir, None, None)?;
+        let nodes: Vec<NodeId> = cluster.ring.clone();
+        let transport = match profile.fabric.kind {
+            FabricKind::Shm => Transport::Shm {
+                dir: cdir,
+                boxes: nodes.iter().map(|_| None).collect(),
+            },
+            FabricKind::Udp => {
+                let addrs: Vec<SocketAddr> = cluster
+                    .clients
+                    .iter()
+                    .filter_map(|c| c.udp_addr.as_ref()?.parse().ok())
+                    .collect();
+                let socket = addrs
+                    .iter()
+                    .find_map(|a| UdpSocket::bind(a).ok())
+                    .ok_or(ConnectError::NoClientAddress(addrs.len()))?;
+                let nodes = nodes
+                    .iter()
+                    .filter_map(|&n| cluster.node(n)?.udp_socket_addr())
+                    .collect();
+                Transport::Udp { socket, nodes }
+            }
+            other => return Err(ConnectError::Unsupported(other.as_str())),
+        };
+        Ok(Client {
+            id: fresh_id(),
+            seq: 0,
+            cluster_id: cluster.cluster_id(),
+            nodes,
+            leader: 0,
+            transport,
+            options,
+            frame: Vec::new(),
+            reply: Vec::new(),
+            retries: 0,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The node this client will try first.
+    pub fn leader_guess(&self) -> NodeId {
+        self.nodes[self.leader]
+    }
+
+    /// Runs `op` to completion: its reply, or why there is none.
+    pub fn execute(&mut self, op: KvOp) -> Result<KvReply, ClientFailure> {
+        self.seq += 1;
+        let command = kv::Command {
+            client: self.id,
+            seq: self.seq,
+            op,
+        };
+        let mut bytes = Vec::new();
+        command.encode(&mut bytes);
+        let reply = self.submit(bytes)?;
+        KvReply::decode(&reply).map_err(ClientFailure::BadReply)
+    }
+
+    /// Sends raw command bytes under the next sequence number (for tests of the node's door:
+    /// the bytes need not be a valid command).
+    pub fn execute_raw(&mut self, command: Vec<u8>) -> Result<Vec<u8>, ClientFailure> {
+        self.seq += 1;
+        self.submit(command)
+    }
+
+    fn submit(&mut self, command: Vec<u8>) -> Result<Vec<u8>, ClientFailure> {
+        let request = ClientRequest {
+            client: self.id,
+            seq: self.seq,
+            command,
+        };
+        let started = Instant::now();
+        loop {
+            if started.elapsed() > self.options.command_timeout {
+                return Err(ClientFailure::Timeout {
+                    seq: self.seq,
+                    waited: started.elapsed(),
+                });
+            }
+            let target = self.leader;
+            match self.attempt(target, &request) {
+                Some(reply) => match reply.result {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(ClientError::NotLeader { leader_hint }) => {
+                        self.retries += 1;
+                        self.leader = match leader_hint
+                            .and_then(|h| self.nodes.iter().position(|&n| n == h))
+                        {
+                            Some(i) if i != target => i,
+                            _ => {
+                                // No hint (an election is under way): try the next node, and do
+                                // not hammer the cluster.
+                                std::thread::sleep(Duration::from_micros(200));
+                                (target + 1) % self.nodes.len()
+                            }
+                        };
+                    }
+                    Err(ClientError::Busy) => {
+                        self.retries += 1;
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    Err(e) => return Err(ClientFailure::Refused(e)),
+                },
+                None => {
+                    self.retries += 1;
+                    self.leader = (target + 1) % self.nodes.len();
+                }
+            }
+        }
+    }
+
+    /// One try at node index `i`: its reply, or `None` on time-out or an unreachable node.
+    fn attempt(&mut self, i: usize, request: &ClientRequest) -> Option<ClientReply> {
+        let node = self.nodes[i];
+        let frame = Frame::client_request(CLIENT_NODE, node, self.cluster_id, request).ok()?;
+        self.frame.clear();
+        frame.encode(&mut self.frame).ok()?;
+        let deadline = Instant::now() + self.options.attempt_timeout;
+        match &mut self.transport {
+            Transport::Shm { dir, boxes } => {
+                if boxes[i].is_none() {
+                    boxes[i] = MailboxClient::open(&dir.mailbox(node)).ok();
+                }
+                let mb = boxes[i].as_mut()?;
+                if mb.send(&self.frame).is_err() {
+                    return None;
+                }
+                let mut spins = 0u32;
+                loop {
+                    if mb.try_recv(&mut self.reply) {
+                        match decode_reply(&self.reply, self.cluster_id, request) {
+                            Some(r) => return Some(r),
+                            None => return None,
+                        }
+                    }
+                    spins += 1;
+                    if spins < 20_000 {
+                        std::hint::spin_loop();
+                    } else {
+                        if spins.is_multiple_of(256)
+                            && (Instant::now() > deadline || !mb.server_alive())
+                        {
+                            return None;
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+            }
+            Transport::Udp { socket, nodes } => {
+                socket.send_to(&self.frame, nodes[i]).ok()?;
+                let mut buf = vec![0u8; crate::fabric::frame::MAX_FRAME_BYTES];
+                loop {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    socket
+                        .set_read_timeout(Some(left.max(Duration::from_micros(50))))
+                        .ok()?;
+                    let (n, from) = match socket.recv_from(&mut buf) {
+                        Ok(x) => x,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            return None
+                        }
+                        Err(_) => continue,
+                    };
+                    if from != nodes[i] {
+                        continue;
+                    }
+                    if let Some(r) = decode_reply(&buf[..n], self.cluster_id, request) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reply in `bytes` if it answers `request` (a refusal of an undecodable request, sent with
+/// client and sequence 0, answers it too).
+fn decode_reply(bytes: &[u8], cluster_id: u64, request: &ClientRequest) -> Option<ClientReply> {
+    let frame = Frame::decode(bytes).ok()?;
+    if !frame.is_addressed_to(cluster_id, CLIENT_NODE) {
+        return None;
+    }
+    if !matches!(frame.body, FrameBody::ClientReply { .. }) {
+        return None;
+    }
+    let reply = frame.body.into_client_reply()?;
+    let ours = reply.client == request.client && reply.seq == request.seq;
+    let door = reply.client == 0 && reply.seq == 0 && reply.result.is_err();
+    (ours || door).then_some(reply)
+}

@@ -1,0 +1,733 @@
+//! `rapax-dataplane`: the data-plane process of one node.
+//!
+//! It owns the node's registered memory (through the fabric), the data mesh, the client ingress
+//! and the replicated state machine, and drives the node core ([`Node`]) from one agent loop:
+//! commands from the control plane (peer liveness), client requests, the node's turn (grants and
+//! candidacy on its own log, the leader's fast path, apply), posts and completions, replies.
+//! Peer liveness comes from the node's `rapax-control` process over the channel
+//! ([`crate::channel`]); the heartbeat counter in the control block is bumped by this loop, so a
+//! stuck data plane stops it.
+//!
+//! Files of a cluster directory ([`ClusterDir`]): `profile.toml` and `cluster.toml` (what every
+//! process of the cluster runs with), and per node the region (`shm`), the channel, the mailbox
+//! (`shm` client ingress), a latency-histogram file written on request, and logs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+
+use crate::agent::{Agent, AgentRunner, IdleStrategy};
+use crate::channel::{
+    Channel, ChannelError, Command as ChannelCommand, CommandReceiver, Counter, Event,
+    EventSender,
+};
+use crate::fabric::frame::{Frame, FrameBody, CLIENT_NODE};
+use crate::fabric::shm::{ShmError, ShmFabric};
+use crate::fabric::udp::{UdpConfig, UdpError, UdpFabric, UdpMemory};
+use crate::fabric::{Completion, LocalMemory, Post};
+use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
+use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
+use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
+use crate::protocol::layout::LogGeometry;
+use crate::protocol::node::{
+    BadRequest, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind, Start,
+};
+use crate::protocol::{Ballot, NodeId};
+
+/// Nanoseconds of `CLOCK_MONOTONIC`: one clock for every process of the host, so a tool can
+/// subtract a time stamp another process wrote.
+pub fn monotonic_ns() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// The role of a node as the data plane publishes it in [`Counter::Role`].
+pub fn role_code(role: RoleKind) -> u64 {
+    match role {
+        RoleKind::Follower => 1,
+        RoleKind::Candidate => 2,
+        RoleKind::Recovering => 3,
+        RoleKind::Leader => 4,
+    }
+}
+
+/// The name of a [`Counter::Role`] value.
+pub fn role_name(code: u64) -> &'static str {
+    match code {
+        1 => "follower",
+        2 => "candidate",
+        3 => "recovering",
+        4 => "leader",
+        _ => "-",
+    }
+}
+
+/// The files of one cluster on this host (one directory, mode 0700, every file mode 0600).
+#[derive(Clone, Debug)]
+pub struct ClusterDir {
+    pub dir: PathBuf,
+}
+
+impl ClusterDir {
+    pub fn new(dir: impl Into<PathBuf>) -> ClusterDir {
+        ClusterDir { dir: dir.into() }
+    }
+
+    pub fn profile(&self) -> PathBuf {
+        self.dir.join("profile.toml")
+    }
+
+    pub fn cluster(&self) -> PathBuf {
+        self.dir.join("cluster.toml")
+    }
+
+    pub fn channel(&self, node: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{node}.channel"))
+    }
+
+    pub fn mailbox(&self, node: NodeId) -> PathBuf {
+        mailbox_path(&self.dir, node)
+    }
+
+    /// Written by the data plane on request ([`Counter::StatsRequest`]): its replication
+    /// latency histogram since the previous request, one line `nanoseconds count` per recorded
+    /// value.
+    pub fn replication_histogram(&self, node: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{node}.replication.hgrm"))
+    }
+
+    /// Present once the node's data plane has started (a later start is a restart).
+    pub fn started_marker(&self, node: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{node}.started"))
+    }
+
+    pub fn log(&self, node: NodeId, process: &str) -> PathBuf {
+        self.dir.join(format!("node-{node}.{process}.log"))
+    }
+
+    /// The processes `rapax up` started: one line `node process pid` each.
+    pub fn pids(&self) -> PathBuf {
+        self.dir.join("pids")
+    }
+
+    /// Creates the directory (mode 0700).
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+    }
+}
+
+/// Why a daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("node {node} is not in cluster {cluster:?}")]
+    NotAMember { node: NodeId, cluster: String },
+    #[error("node {node} is a spare: spares join the ring by reconfiguration, not yet supported")]
+    Spare { node: NodeId },
+    #[error("fabric {0} is not supported by this build (shm and udp are)")]
+    UnsupportedFabric(&'static str),
+    #[error("cluster file: node {node} has no {what}")]
+    MissingAddress { node: NodeId, what: &'static str },
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    #[error(transparent)]
+    Udp(#[from] UdpError),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Mailbox(#[from] MailboxError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("agent: {0}")]
+    Agent(#[from] crate::agent::AgentError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Where a data plane finds its configuration.
+#[derive(Clone, Debug)]
+pub struct DataplaneOptions {
+    pub dir: PathBuf,
+    pub node: NodeId,
+    /// Defaults to `dir/profile.toml`.
+    pub profile: Option<PathBuf>,
+    /// Defaults to `dir/cluster.toml`.
+    pub cluster: Option<PathBuf>,
+    /// Defaults to: memory kept if this node's region exists (`shm`), memory lost on a restart
+    /// of a `udp` node, fresh otherwise.
+    pub start: Option<Start>,
+}
+
+/// The profile and cluster file a daemon runs with, validated against each other.
+pub fn load_config(
+    dir: &ClusterDir,
+    profile: Option<&Path>,
+    cluster: Option<&Path>,
+) -> Result<(Profile, ClusterFile), DaemonError> {
+    let profile = Profile::load(profile.map_or_else(|| dir.profile(), Path::to_path_buf))?;
+    let cluster = ClusterFile::load(cluster.map_or_else(|| dir.cluster(), Path::to_path_buf))?;
+    cluster.check_for(&profile)?;
+    Ok((profile, cluster))
+}
+
+/// The node core's configuration for this daemon: time in microseconds, liveness external.
+fn node_config(
+    profile: &Profile,
+    cluster: &ClusterFile,
+    node: NodeId,
+) -> Result<crate::protocol::node::NodeConfig, DaemonError> {
+    if cluster.node(node).is_none() {
+        return Err(DaemonError::NotAMember {
+            node,
+            cluster: cluster.name.clone(),
+        });
+    }
+    if !cluster.ring.contains(&node) {
+        return Err(DaemonError::Spare { node });
+    }
+    let mut cfg = profile.node_config(node, cluster.ring.clone(), 1);
+    cfg.external_election = true;
+    Ok(cfg)
+}
+
+/// The largest client frame: a request with the largest command (and room for replies, which
+/// carry a value of at most that size).
+pub fn client_frame_bytes(profile: &Profile) -> usize {
+    crate::fabric::frame::HEADER_BYTES + 64 + profile.replication.max_command_bytes
+}
+
+/// How to answer one client request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Slot(usize),
+    Addr(SocketAddr),
+}
+
+/// The fabric side of a data plane: its memory, one-sided operations and client ingress.
+trait Plane: Send {
+    type Mem: LocalMemory;
+    fn mem(&mut self) -> &mut Self::Mem;
+    fn post(&mut self, post: Post);
+    fn poll(&mut self, out: &mut Vec<Completion>);
+    /// Client requests received, each with its route; frames that do not decode are counted in
+    /// `malformed` and answered where there is a route.
+    fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize;
+    fn answer(&mut self, route: Route, reply: &ClientReply);
+}
+
+struct ShmPlane {
+    fabric: ShmFabric,
+    mailbox: MailboxServer,
+    node: NodeId,
+    cluster_id: u64,
+    frame: Vec<u8>,
+}
+
+impl Plane for ShmPlane {
+    type Mem = ShmFabric;
+
+    fn mem(&mut self) -> &mut ShmFabric {
+        &mut self.fabric
+    }
+
+    fn post(&mut self, post: Post) {
+        self.fabric.post(post);
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.fabric.poll());
+    }
+
+    fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
+        let (node, cluster_id) = (self.node, self.cluster_id);
+        self.mailbox.poll(|slot, bytes| {
+            let request = match Frame::decode(bytes) {
+                Ok(f) if f.is_addressed_to(cluster_id, node) => match f.body {
+                    FrameBody::ClientRequest { .. } => f
+                        .body
+                        .into_client_request()
+                        .ok_or(BadRequest::Malformed),
+                    _ => Err(BadRequest::Malformed),
+                },
+                _ => Err(BadRequest::Malformed),
+            };
+            sink.push((request, Route::Slot(slot)));
+        })
+    }
+
+    fn answer(&mut self, route: Route, reply: &ClientReply) {
+        let Route::Slot(slot) = route else { return };
+        if let Ok(frame) = Frame::client_reply(self.node, CLIENT_NODE, self.cluster_id, reply) {
+            self.frame.clear();
+            if frame.encode(&mut self.frame).is_ok() {
+                self.mailbox.reply(slot, &self.frame);
+            }
+        }
+    }
+}
+
+struct UdpPlane {
+    fabric: UdpFabric,
+    mem: UdpMemory,
+}
+
+impl Plane for UdpPlane {
+    type Mem = UdpMemory;
+
+    fn mem(&mut self) -> &mut UdpMemory {
+        &mut self.mem
+    }
+
+    fn post(&mut self, post: Post) {
+        self.fabric.post(post, Instant::now());
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.fabric.poll(&mut self.mem, Instant::now()));
+    }
+
+    fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
+        let before = sink.len();
+        sink.extend(
+            self.fabric
+                .take_client_requests()
+                .map(|(r, from)| (Ok(r), Route::Addr(from))),
+        );
+        sink.len() - before
+    }
+
+    fn answer(&mut self, route: Route, reply: &ClientReply) {
+        if let Route::Addr(addr) = route {
+            self.fabric.reply_client(reply, addr);
+        }
+    }
+}
+
+/// Checks a client request at the door: sequence, size, and that the command decodes as a KV
+/// command of this client and sequence.
+fn admit(request: &ClientRequest, max_command_bytes: usize) -> Result<(), ClientError> {
+    if request.seq == 0 {
+        return Err(ClientError::BadRequest(BadRequest::ZeroSequence));
+    }
+    if request.command.len() > max_command_bytes {
+        return Err(ClientError::TooLarge {
+            bytes: request.command.len(),
+            max: max_command_bytes,
+        });
+    }
+    match kv::Command::decode(&request.command) {
+        Ok(c) if c.client == request.client && c.seq == request.seq => Ok(()),
+        Ok(_) => Err(ClientError::BadRequest(BadRequest::Mismatch)),
+        Err(KvCodecError::UnknownOpTag(_)) => {
+            Err(ClientError::BadRequest(BadRequest::UnknownOperation))
+        }
+        Err(_) => Err(ClientError::BadRequest(BadRequest::Malformed)),
+    }
+}
+
+/// Most client requests remembered for routing their replies.
+const MAX_ROUTES: usize = 1 << 16;
+
+/// The data plane's agent: one loop over the node's whole turn.
+struct Dataplane<P: Plane> {
+    plane: P,
+    node: Node<KvStore>,
+    channel: Channel,
+    commands: CommandReceiver,
+    events: EventSender,
+    start: Instant,
+    max_command_bytes: usize,
+    out: Output,
+    completions: Vec<Completion>,
+    inbox: Vec<(Result<ClientRequest, BadRequest>, Route)>,
+    routes: HashMap<(u64, u64), Route>,
+    /// `proposed[slot & mask] = (slot, ns)`.
+    proposed: Vec<(u64, u64)>,
+    replication: Histogram<u64>,
+    stats_done: u64,
+    stats_path: PathBuf,
+    awaiting_first_commit: bool,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl<P: Plane> Dataplane<P> {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn turn(&mut self) -> usize {
+        let now = self.now_us();
+        let mut work = 0;
+        while let Some(m) = self.commands.recv() {
+            work += 1;
+            match m {
+                Ok(ChannelCommand::PeerStatus {
+                    peer,
+                    alive,
+                    read_ok,
+                    granted,
+                    amnesiac,
+                }) => self.node.on_peer_status(
+                    now,
+                    peer,
+                    alive,
+                    read_ok.then_some((Ballot(granted), amnesiac)),
+                ),
+                Ok(ChannelCommand::Shutdown) => {
+                    self.shutdown.store(true, Ordering::Release);
+                    return work;
+                }
+                Ok(_) => {}
+                Err(_) => self.channel.add(Counter::MalformedFrames, 1),
+            }
+        }
+        work += self.plane.ingress(&mut self.inbox);
+        let mut inbox = std::mem::take(&mut self.inbox);
+        for (request, route) in inbox.drain(..) {
+            self.channel.add(Counter::ClientRequests, 1);
+            let request = match request {
+                Ok(r) => r,
+                Err(why) => {
+                    self.channel.add(Counter::MalformedFrames, 1);
+                    self.channel.add(Counter::ClientBadRequests, 1);
+                    let reply = ClientReply {
+                        client: 0,
+                        seq: 0,
+                        result: Err(ClientError::BadRequest(why)),
+                    };
+                    self.plane.answer(route, &reply);
+                    continue;
+                }
+            };
+            if let Err(e) = admit(&request, self.max_command_bytes) {
+                self.channel.add(Counter::ClientBadRequests, 1);
+                let reply = ClientReply {
+                    client: request.client,
+                    seq: request.seq,
+                    result: Err(e),
+                };
+                self.plane.answer(route, &reply);
+                continue;
+            }
+            if self.routes.len() >= MAX_ROUTES {
+                // Requests never answered (their leader stepped down mid-flight): their
+                // clients have timed out and retried long ago.
+                self.routes.clear();
+            }
+            self.routes.insert((request.client, request.seq), route);
+            self.node
+                .on_client_request(now, request, self.plane.mem(), &mut self.out);
+        }
+        self.inbox = inbox;
+        self.node.tick(now, self.plane.mem(), &mut self.out);
+        loop {
+            for post in self.out.posts.drain(..) {
+                work += 1;
+                self.plane.post(post);
+            }
+            self.plane.poll(&mut self.completions);
+            if self.completions.is_empty() {
+                break;
+            }
+            for c in self.completions.drain(..) {
+                work += 1;
+                self.node
+                    .on_completion(now, c, self.plane.mem(), &mut self.out);
+            }
+        }
+        for reply in self.out.replies.drain(..) {
+            work += 1;
+            if reply.result.is_err() {
+                self.channel.add(Counter::ClientRejected, 1);
+            }
+            if let Some(route) = self.routes.remove(&(reply.client, reply.seq)) {
+                self.plane.answer(route, &reply);
+            }
+        }
+        let notes = std::mem::take(&mut self.out.notes);
+        for note in &notes {
+            self.note(note);
+        }
+        self.out.notes = notes;
+        self.out.notes.clear();
+        self.publish();
+        work
+    }
+
+    fn note(&mut self, note: &Note) {
+        let mask = self.proposed.len() as u64 - 1;
+        match *note {
+            Note::Proposed { slot } => {
+                self.proposed[(slot & mask) as usize] = (slot, monotonic_ns());
+            }
+            Note::Chosen { slot, .. } => {
+                let (s, t) = self.proposed[(slot & mask) as usize];
+                let now = monotonic_ns();
+                if s == slot && t != 0 {
+                    self.proposed[(slot & mask) as usize] = (0, 0);
+                    let _ = self.replication.record(now.saturating_sub(t).max(1));
+                    self.channel.add(Counter::ReplicationSamples, 1);
+                }
+                if self.awaiting_first_commit {
+                    self.awaiting_first_commit = false;
+                    self.channel.set(Counter::FirstCommitAtNs, now);
+                }
+            }
+            Note::Candidate { ballot } => {
+                self.channel.set(Counter::CandidateAtNs, monotonic_ns());
+                let _ = ballot;
+            }
+            Note::BecameLeader { ballot, .. } => {
+                self.channel.set(Counter::LeaderAtNs, monotonic_ns());
+                self.awaiting_first_commit = true;
+                let _ = self.events.send(&Event::BecameLeader { ballot: ballot.0 });
+            }
+            Note::SteppedDown { ballot, .. } => {
+                self.awaiting_first_commit = false;
+                let _ = self.events.send(&Event::SteppedDown {
+                    ballot: ballot.0,
+                    reason: 0,
+                });
+            }
+            Note::Applied { .. } | Note::Granted { .. } | Note::FollowerSynced { .. } => {}
+        }
+    }
+
+    fn publish(&mut self) {
+        let c = &self.channel;
+        c.set(Counter::Applied, self.node.applied());
+        c.set(Counter::Commit, self.node.commit());
+        c.set(
+            Counter::Ballot,
+            self.node.own_ballot().unwrap_or(self.node.granted()).0,
+        );
+        c.set(Counter::Granted, self.node.granted().0);
+        c.set(Counter::Role, role_code(self.node.role()));
+        c.set(
+            Counter::LeaderHint,
+            self.node.leader_hint().map_or(0, |n| u64::from(n) + 1),
+        );
+        c.add(Counter::Heartbeat, 1);
+        let request = c.counter(Counter::StatsRequest);
+        if request != self.stats_done {
+            self.stats_done = request;
+            let mut text = String::new();
+            for v in self.replication.iter_recorded() {
+                text.push_str(&format!(
+                    "{} {}\n",
+                    v.value_iterated_to(),
+                    v.count_at_value()
+                ));
+            }
+            let tmp = self.stats_path.with_extension("tmp");
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &self.stats_path);
+            }
+            self.replication.reset();
+            c.set(Counter::StatsDone, request);
+        }
+    }
+}
+
+impl<P: Plane> Agent for Dataplane<P> {
+    fn name(&self) -> &str {
+        "dataplane"
+    }
+
+    fn do_work(&mut self) -> usize {
+        if self.shutdown.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.turn()
+    }
+}
+
+/// Runs node `opts.node`'s data plane until the control plane sends `Shutdown` (or the process
+/// is signalled). Prints the effective profile first.
+pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
+    let dir = ClusterDir::new(&opts.dir);
+    let (profile, cluster) = load_config(&dir, opts.profile.as_deref(), opts.cluster.as_deref())?;
+    let me = opts.node;
+    let cfg = node_config(&profile, &cluster, me)?;
+    println!(
+        "rapax-dataplane: node {me} of cluster {:?}, ring {:?}, effective profile:\n{}",
+        cluster.name,
+        cluster.ring,
+        profile.render()
+    );
+    let geometry = LogGeometry::new(profile.log.capacity_entries, profile.log.slot_bytes)
+        .expect("validated geometry");
+    let n = cluster.nodes.iter().map(|n| n.id).max().map_or(0, |m| m + 1) as usize;
+    let marker = dir.started_marker(me);
+    let restarted = marker.exists();
+    let channel = Channel::create(&dir.channel(me), me, profile.rings.command_ring_entries)?;
+    let max_command_bytes = profile.replication.max_command_bytes;
+    let limits = KvLimits {
+        max_key_bytes: KvLimits::default().max_key_bytes,
+        max_value_bytes: max_command_bytes,
+    };
+    let spec = profile.agents.leader;
+    let idle = IdleStrategy::for_agent(&spec, &profile.backoff);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let runner = match profile.fabric.kind {
+        FabricKind::Shm => {
+            let kept = restarted && ShmFabric::region_exists(&dir.dir, me, &geometry);
+            let start = opts.start.unwrap_or(if kept {
+                Start::MemoryKept
+            } else {
+                Start::Fresh
+            });
+            // Every region must exist before any is mapped; whichever data plane starts first
+            // creates the missing ones (existing regions are kept).
+            ShmFabric::create_all(&dir.dir, n, &geometry)?;
+            let mut fabric = ShmFabric::open(&dir.dir, me, n, &geometry)?;
+            if start == Start::MemoryLost {
+                fabric.zero_own();
+            }
+            let mailbox = MailboxServer::create(
+                &dir.mailbox(me),
+                MAX_SLOTS,
+                client_frame_bytes(&profile),
+            )?;
+            let plane = ShmPlane {
+                fabric,
+                mailbox,
+                node: me,
+                cluster_id: cluster.cluster_id(),
+                frame: Vec::new(),
+            };
+            println!("rapax-dataplane: node {me} starts {start:?} on shm");
+            start_agent(plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown)?
+        }
+        FabricKind::Udp => {
+            let start = opts.start.unwrap_or(if restarted {
+                Start::MemoryLost
+            } else {
+                Start::Fresh
+            });
+            let node = cluster.node(me).expect("member");
+            let addr = node.udp_socket_addr().ok_or(DaemonError::MissingAddress {
+                node: me,
+                what: "udp_addr",
+            })?;
+            let mut bind = profile
+                .fabric
+                .udp
+                .as_ref()
+                .map_or(addr, |u| u.bind_addr());
+            if bind.port() == 0 {
+                bind.set_port(addr.port());
+            }
+            let config = UdpConfig {
+                me,
+                cluster_id: cluster.cluster_id(),
+                peers: cluster
+                    .nodes
+                    .iter()
+                    .filter(|p| p.id != me)
+                    .filter_map(|p| Some((p.id, p.udp_socket_addr()?)))
+                    .collect(),
+                timeout: Duration::from_micros(profile.election.retry_us.max(1000)),
+                control_readers: cluster
+                    .nodes
+                    .iter()
+                    .filter_map(|p| Some((p.id, p.control_socket_addr()?)))
+                    .collect(),
+                clients: cluster
+                    .clients
+                    .iter()
+                    .filter_map(|c| c.udp_addr.as_ref()?.parse().ok())
+                    .collect(),
+            };
+            let fabric = UdpFabric::bind(bind, config)?;
+            let mem = UdpMemory::new(me, geometry.log_bytes());
+            println!("rapax-dataplane: node {me} starts {start:?} on udp {bind}");
+            start_agent(
+                UdpPlane { fabric, mem },
+                cfg,
+                limits,
+                start,
+                channel,
+                &dir,
+                me,
+                &profile,
+                idle,
+                &shutdown,
+            )?
+        }
+        other => return Err(DaemonError::UnsupportedFabric(other.as_str())),
+    };
+    std::fs::write(&marker, b"").map_err(io_err(format!("{}", marker.display())))?;
+    while !shutdown.load(Ordering::Acquire) && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    runner.stop()?;
+    println!("rapax-dataplane: node {me} shut down");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_agent<P: Plane + 'static>(
+    mut plane: P,
+    cfg: crate::protocol::node::NodeConfig,
+    limits: KvLimits,
+    start: Start,
+    channel: Channel,
+    dir: &ClusterDir,
+    me: NodeId,
+    profile: &Profile,
+    idle: IdleStrategy,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<AgentRunner, DaemonError> {
+    let window = (cfg.window_slots as usize * 2).next_power_of_two();
+    let commands = channel.command_receiver()?;
+    let events = channel.event_sender()?;
+    let started = Instant::now();
+    let node = Node::new(cfg, KvStore::new(limits), plane.mem(), start, 0);
+    let agent = Dataplane {
+        plane,
+        node,
+        commands,
+        events,
+        channel,
+        start: started,
+        max_command_bytes: profile.replication.max_command_bytes,
+        out: Output::default(),
+        completions: Vec::new(),
+        inbox: Vec::new(),
+        routes: HashMap::new(),
+        proposed: vec![(0, 0); window],
+        replication: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
+        stats_done: 0,
+        stats_path: dir.replication_histogram(me),
+        awaiting_first_commit: false,
+        shutdown: Arc::clone(shutdown),
+    };
+    Ok(AgentRunner::start(
+        Box::new(agent),
+        idle,
+        profile.agents.leader.core,
+    )?)
+}
+

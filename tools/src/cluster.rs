@@ -1,0 +1,505 @@
+//! Local clusters: `rapax up`, `rapax down`, `rapax status`, and what bench and the drills
+//! need to find and poke the processes of a cluster started here.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use rapax_dataplane::channel::{Channel, Counter};
+use rapax_dataplane::daemon::{role_name, ClusterDir};
+use rapax_dataplane::profile::{ClusterFile, FabricKind, Profile};
+use rapax_dataplane::protocol::{Ballot, NodeId};
+
+/// Errors of local cluster management.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Profile(#[from] rapax_dataplane::profile::ProfileError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("a cluster started here still runs in {dir} (pids {pids:?}); `rapax down --dir {dir}` first")]
+    Running { dir: String, pids: Vec<i32> },
+    #[error("--replicas must be 1, 3, 5 or 7, not {0}")]
+    Replicas(usize),
+    #[error("cannot find the {0} binary next to this one (build with `cargo build --release --bins`, or set RAPAX_BIN_DIR)")]
+    Binary(String),
+    #[error("profile {profile:?}: fabric {fabric} cannot run a local cluster (shm and udp can)")]
+    Fabric { profile: String, fabric: String },
+    #[error("no leader within {0:?}")]
+    NoLeader(Duration),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// The default cluster directory for a profile: under the profile's shm directory on `shm`,
+/// under the temporary directory otherwise.
+pub fn default_dir(profile: &Profile) -> PathBuf {
+    match (&profile.fabric.kind, &profile.fabric.shm) {
+        (FabricKind::Shm, Some(shm)) => Path::new(&shm.dir).join("cluster"),
+        _ => std::env::temp_dir().join("rapax-cluster"),
+    }
+}
+
+/// Where the daemons' binaries are: `RAPAX_BIN_DIR`, else beside the running executable (or
+/// its parent, for test executables in `deps/`).
+pub fn bin_path(name: &str) -> Result<PathBuf, ClusterError> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("RAPAX_BIN_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if let Some(p) = d.parent() {
+                dirs.push(p.to_path_buf());
+            }
+        }
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ClusterError::Binary(name.to_string()))
+}
+
+/// One process of a local cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub node: NodeId,
+    /// `dataplane` or `control`.
+    pub kind: String,
+    pub pid: i32,
+}
+
+/// Whether `pid` runs and is a rapax daemon of cluster directory `dir` (so a recycled pid is
+/// never signalled).
+pub fn is_ours(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie (killed, not yet reaped by its parent) does not run.
+        if let Some(state) = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) {
+            if state == "Z" || state == "X" {
+                return false;
+            }
+        }
+    }
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let dir = dir.as_os_str().as_encoded_bytes();
+    let daemon = args.first().is_some_and(|a| {
+        a.ends_with(b"rapax-dataplane") || a.ends_with(b"rapax-control")
+    });
+    daemon && args.windows(2).any(|w| w[0] == b"--dir" && w[1] == dir)
+}
+
+/// A local cluster: its directory, configuration and processes.
+pub struct LocalCluster {
+    pub dir: ClusterDir,
+    pub profile: Profile,
+    pub cluster: ClusterFile,
+}
+
+impl LocalCluster {
+    /// The cluster whose files are in `dir` (started by `up`, running or not).
+    pub fn open(dir: &Path) -> Result<LocalCluster, ClusterError> {
+        let cdir = ClusterDir::new(dir);
+        let profile = Profile::load(cdir.profile())?;
+        let text = std::fs::read_to_string(cdir.cluster()).map_err(io("cluster.toml"))?;
+        let cluster = ClusterFile::from_toml_str(&text).map_err(|e| ClusterError::Io {
+            what: "cluster.toml".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(LocalCluster {
+            dir: cdir,
+            profile,
+            cluster,
+        })
+    }
+
+    /// Starts a fresh cluster of `replicas` nodes with `profile` in `dir`: writes the profile and
+    /// a local cluster file, removes what an earlier cluster left there, and starts one
+    /// `rapax-dataplane` and one `rapax-control` per node in the background.
+    pub fn up(profile: &Profile, replicas: usize, dir: &Path) -> Result<LocalCluster, ClusterError> {
+        if ![1, 3, 5, 7].contains(&replicas) {
+            return Err(ClusterError::Replicas(replicas));
+        }
+        if !matches!(profile.fabric.kind, FabricKind::Shm | FabricKind::Udp) {
+            return Err(ClusterError::Fabric {
+                profile: profile.name.clone(),
+                fabric: profile.fabric.kind.as_str().to_string(),
+            });
+        }
+        let cdir = ClusterDir::new(dir);
+        let running: Vec<i32> = read_pids(&cdir)
+            .into_iter()
+            .filter(|p| is_ours(p.pid, dir))
+            .map(|p| p.pid)
+            .collect();
+        if !running.is_empty() {
+            return Err(ClusterError::Running {
+                dir: dir.display().to_string(),
+                pids: running,
+            });
+        }
+        cdir.create().map_err(io(format!("create {}", dir.display())))?;
+        clean(&cdir);
+        let base = local_port_base(dir);
+        let mut cluster = ClusterFile::local(replicas, base);
+        cluster.name = format!("local-{replicas}-{base}");
+        write_private(&cdir.profile(), &profile.render())?;
+        write_private(&cdir.cluster(), &cluster.render())?;
+        let lc = LocalCluster {
+            dir: cdir,
+            profile: profile.clone(),
+            cluster,
+        };
+        let mut procs = Vec::new();
+        for &node in &lc.cluster.ring.clone() {
+            procs.push(lc.spawn(node, "dataplane")?);
+            procs.push(lc.spawn(node, "control")?);
+        }
+        lc.write_pids(&procs)?;
+        Ok(lc)
+    }
+
+    /// Starts one daemon (`dataplane` or `control`) of `node`, logging to its log file.
+    pub fn spawn(&self, node: NodeId, kind: &str) -> Result<Proc, ClusterError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::process::CommandExt;
+        let bin = bin_path(&format!("rapax-{kind}"))?;
+        let log_path = self.dir.log(node, kind);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(io(format!("{}", log_path.display())))?;
+        let log2 = log.try_clone().map_err(io("log"))?;
+        let child = Command::new(&bin)
+            .arg("--dir")
+            .arg(&self.dir.dir)
+            .arg("--node")
+            .arg(node.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(io(format!("start {}", bin.display())))?;
+        let pid = child.id() as i32;
+        // Reap it when it exits, so a killed daemon does not linger as a zombie.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(Proc {
+            node,
+            kind: kind.to_string(),
+            pid,
+        })
+    }
+
+    /// Restarts `node`'s `kind` daemon and records its new pid.
+    pub fn restart(&self, node: NodeId, kind: &str) -> Result<Proc, ClusterError> {
+        let p = self.spawn(node, kind)?;
+        let mut procs: Vec<Proc> = read_pids(&self.dir)
+            .into_iter()
+            .filter(|q| !(q.node == node && q.kind == kind))
+            .collect();
+        procs.push(p.clone());
+        self.write_pids(&procs)?;
+        Ok(p)
+    }
+
+    fn write_pids(&self, procs: &[Proc]) -> Result<(), ClusterError> {
+        let mut text = String::new();
+        for p in procs {
+            let _ = writeln!(text, "{} {} {}", p.node, p.kind, p.pid);
+        }
+        write_private(&self.dir.pids(), &text)
+    }
+
+    /// The processes started here, as recorded.
+    pub fn procs(&self) -> Vec<Proc> {
+        read_pids(&self.dir)
+    }
+
+    /// The pid of `node`'s `kind` daemon.
+    pub fn pid(&self, node: NodeId, kind: &str) -> Option<i32> {
+        self.procs()
+            .into_iter()
+            .find(|p| p.node == node && p.kind == kind)
+            .map(|p| p.pid)
+    }
+
+    /// Reads `node`'s channel counters (`None` if its data plane has not created the channel).
+    pub fn counters(&self, node: NodeId) -> Option<NodeCounters> {
+        let ch = Channel::open(&self.dir.channel(node)).ok()?;
+        let get = |c| ch.counter(c);
+        Some(NodeCounters {
+            node,
+            role: get(Counter::Role),
+            ballot: Ballot(get(Counter::Ballot)),
+            granted: Ballot(get(Counter::Granted)),
+            applied: get(Counter::Applied),
+            commit: get(Counter::Commit),
+            heartbeat: get(Counter::Heartbeat),
+            alive_mask: get(Counter::AliveMask),
+            scores: get(Counter::Scores),
+            leader_lost_at_ns: get(Counter::LeaderLostAtNs),
+            leader_at_ns: get(Counter::LeaderAtNs),
+            first_commit_at_ns: get(Counter::FirstCommitAtNs),
+            client_requests: get(Counter::ClientRequests),
+            client_bad_requests: get(Counter::ClientBadRequests),
+            malformed_frames: get(Counter::MalformedFrames),
+        })
+    }
+
+    /// The node whose data plane says it leads (and runs), if exactly one does.
+    pub fn leader(&self) -> Option<NodeId> {
+        let leaders: Vec<NodeId> = self
+            .cluster
+            .ring
+            .iter()
+            .copied()
+            .filter(|&n| {
+                self.pid(n, "dataplane")
+                    .is_some_and(|p| is_ours(p, &self.dir.dir) && !is_stopped(p))
+                    && self.counters(n).is_some_and(|c| c.role == 4)
+            })
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// Waits until one node leads.
+    pub fn wait_leader(&self, limit: Duration) -> Result<NodeId, ClusterError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::NoLeader(limit));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Asks `node`'s data plane for its replication-latency histogram since the last request
+    /// and returns its samples `(nanoseconds, count)` (empty if it does not answer in 2 s).
+    pub fn replication_samples(&self, node: NodeId) -> Vec<(u64, u64)> {
+        let Ok(ch) = Channel::open(&self.dir.channel(node)) else {
+            return Vec::new();
+        };
+        let want = ch.counter(Counter::StatsRequest) + 1;
+        ch.set(Counter::StatsRequest, want);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while ch.counter(Counter::StatsDone) != want {
+            if Instant::now() > deadline {
+                return Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let text = std::fs::read_to_string(self.dir.replication_histogram(node)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Stops exactly the processes started for this cluster (SIGTERM, then SIGKILL after 2 s);
+    /// returns how many were running.
+    pub fn down(&self) -> usize {
+        down(&self.dir.dir)
+    }
+
+    /// A status table, one line per node.
+    pub fn status(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "cluster {:?} ({} fabric, profile {}), ring {:?}, dir {}",
+            self.cluster.name,
+            self.profile.fabric.kind.as_str(),
+            self.profile.name,
+            self.cluster.ring,
+            self.dir.dir.display()
+        );
+        let _ = writeln!(
+            s,
+            "{:>4}  {:<10}  {:<9}  {:>9}  {:>9}  {:>9}  {:>12}  {:<14}  {:<18}",
+            "node", "role", "view", "ballot", "applied", "commit", "heartbeat", "alive (ctl)", "scores"
+        );
+        for &n in &self.cluster.ring {
+            let running = |k| {
+                self.pid(n, k)
+                    .is_some_and(|p| is_ours(p, &self.dir.dir))
+            };
+            let (dp, cp) = (running("dataplane"), running("control"));
+            let Some(c) = self.counters(n) else {
+                let _ = writeln!(s, "{n:>4}  (no channel yet)");
+                continue;
+            };
+            let role = if !dp {
+                "down".to_string()
+            } else if self.pid(n, "dataplane").is_some_and(is_stopped) {
+                "stopped".to_string()
+            } else {
+                role_name(c.role).to_string()
+            };
+            let view = if c.granted == Ballot::ZERO {
+                "-".to_string()
+            } else {
+                format!("leader {}", c.granted.node())
+            };
+            let alive: Vec<String> = self
+                .cluster
+                .ring
+                .iter()
+                .filter(|&&p| c.alive_mask & (1 << p) != 0)
+                .map(|p| p.to_string())
+                .collect();
+            let scores: Vec<String> = self
+                .cluster
+                .ring
+                .iter()
+                .map(|&p| format!("{}", (c.scores >> (8 * u32::from(p))) & 0xff))
+                .collect();
+            let _ = writeln!(
+                s,
+                "{n:>4}  {role:<10}  {view:<9}  {:>9}  {:>9}  {:>9}  {:>12}  {:<14}  {:<18}",
+                format!("{}", c.ballot),
+                c.applied,
+                c.commit,
+                c.heartbeat,
+                if cp { format!("[{}]", alive.join(",")) } else { "control down".into() },
+                scores.join(" ")
+            );
+        }
+        s
+    }
+}
+
+/// What a node's channel counters say.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeCounters {
+    pub node: NodeId,
+    pub role: u64,
+    pub ballot: Ballot,
+    pub granted: Ballot,
+    pub applied: u64,
+    pub commit: u64,
+    pub heartbeat: u64,
+    pub alive_mask: u64,
+    pub scores: u64,
+    pub leader_lost_at_ns: u64,
+    pub leader_at_ns: u64,
+    pub first_commit_at_ns: u64,
+    pub client_requests: u64,
+    pub client_bad_requests: u64,
+    pub malformed_frames: u64,
+}
+
+/// Whether `pid` is stopped (SIGSTOP).
+pub fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .map(|st| st == "T")
+        })
+        .unwrap_or(false)
+}
+
+fn read_pids(dir: &ClusterDir) -> Vec<Proc> {
+    let text = std::fs::read_to_string(dir.pids()).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some(Proc {
+                node: it.next()?.parse().ok()?,
+                kind: it.next()?.to_string(),
+                pid: it.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("{}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(io(format!("{}", path.display())))
+}
+
+/// Removes the files an earlier cluster left in `dir` (regions, channels, mailboxes, markers,
+/// histograms, logs, pids); nothing else.
+fn clean(dir: &ClusterDir) {
+    let Ok(entries) = std::fs::read_dir(&dir.dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let ours = name.starts_with("node-") || name == "pids";
+        if ours {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// UDP ports of a local cluster: derived from its directory, so clusters in different
+/// directories do not collide.
+fn local_port_base(dir: &Path) -> u16 {
+    let h = xxhash_rust::xxh3::xxh3_64(dir.as_os_str().as_encoded_bytes());
+    20_000 + (h % 150) as u16 * 256
+}
+
+/// Stops the processes recorded in `dir` that are still ours; returns how many were.
+pub fn down(dir: &Path) -> usize {
+    let cdir = ClusterDir::new(dir);
+    let procs: Vec<Proc> = read_pids(&cdir)
+        .into_iter()
+        .filter(|p| is_ours(p.pid, dir))
+        .collect();
+    for p in &procs {
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGCONT);
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && procs.iter().any(|p| is_ours(p.pid, dir)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in &procs {
+        if is_ours(p.pid, dir) {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(cdir.pids());
+    procs.len()
+}
+
+/// Sends `signal` to `pid` if it is one of ours.
+pub fn signal(pid: i32, dir: &Path, signal: Signal) -> bool {
+    is_ours(pid, dir) && kill(Pid::from_raw(pid), signal).is_ok()
+}

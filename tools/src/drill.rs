@@ -1,0 +1,547 @@
+//! `rapax bench`, `rapax failover` and `rapax demo`: client load against a local cluster,
+//! latency percentiles against the fabric floor of the same run, and fail-over drills with a
+//! linearizability check of the client history.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use rapax_dataplane::client::{Client, ClientFailure, ClientOptions};
+use rapax_dataplane::daemon::monotonic_ns;
+use rapax_dataplane::profile::{FabricKind, Profile};
+use rapax_dataplane::protocol::kv::{KvOp, KvReply};
+use rapax_dataplane::protocol::NodeId;
+
+use crate::cluster::{is_ours, signal, ClusterError, LocalCluster};
+use crate::floor;
+use crate::lincheck::{check_kv_history, HistoryOp};
+use crate::report::{
+    progress_bar, write_plot, BenchReport, FailoverReport, LatencyRecorder,
+};
+
+/// Errors of the drills.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("client: {0}")]
+    Client(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("fail-over {kill} of {kills}: no new leader committed within {limit:?} after the leader (node {victim}) was {how}")]
+    NoFailover {
+        kill: usize,
+        kills: usize,
+        victim: NodeId,
+        how: &'static str,
+        limit: Duration,
+    },
+}
+
+/// A cluster the drill started (stopped at the end) or attached to (left running).
+pub struct Session {
+    pub cluster: LocalCluster,
+    started: bool,
+}
+
+impl Session {
+    /// Attaches to the cluster running in `dir`, or starts one there with `profile`.
+    pub fn start_or_attach(
+        profile: &Profile,
+        replicas: usize,
+        dir: &Path,
+    ) -> Result<Session, DrillError> {
+        if let Ok(c) = LocalCluster::open(dir) {
+            if c.procs().iter().any(|p| is_ours(p.pid, dir)) {
+                return Ok(Session {
+                    cluster: c,
+                    started: false,
+                });
+            }
+        }
+        let cluster = LocalCluster::up(profile, replicas, dir)?;
+        Ok(Session {
+            cluster,
+            started: true,
+        })
+    }
+
+    /// Waits for a leader and for a first command to be answered.
+    pub fn ready(&self) -> Result<NodeId, DrillError> {
+        let leader = self.cluster.wait_leader(Duration::from_secs(20))?;
+        let mut c = client(&self.cluster.dir.dir)?;
+        c.execute(KvOp::Put {
+            key: b"rapax-ready".to_vec(),
+            value: b"1".to_vec(),
+        })
+        .map_err(|e| DrillError::Client(e.to_string()))?;
+        Ok(leader)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.started {
+            self.cluster.down();
+        }
+    }
+}
+
+fn client(dir: &Path) -> Result<Client, DrillError> {
+    Client::connect(dir, ClientOptions::default()).map_err(|e| DrillError::Client(e.to_string()))
+}
+
+/// The fabric floor of this run: the round trip of one write of `bytes` on the fabric.
+pub fn measure_floor(profile: &Profile, samples: usize, bytes: usize) -> LatencyRecorder {
+    match profile.fabric.kind {
+        FabricKind::Udp => floor::udp_floor(samples, bytes).unwrap_or_default(),
+        _ => floor::shm_floor_bytes(samples, None, bytes),
+    }
+}
+
+/// What one load run measured.
+pub struct LoadResult {
+    pub e2e: LatencyRecorder,
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub failures: u64,
+}
+
+/// Runs `ops` puts of `value_bytes` from `clients` closed-loop clients; `at_half` runs once
+/// when half the operations are done (the demo kills the leader there).
+pub fn run_load(
+    dir: &Path,
+    clients: usize,
+    ops: u64,
+    value_bytes: usize,
+    message: &str,
+    at_half: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<LoadResult, DrillError> {
+    let mut handles = Vec::new();
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress_bar(ops, message);
+    let at_half = Arc::new(Mutex::new(at_half));
+    let started = Instant::now();
+    let per = ops / clients as u64;
+    let extra = ops % clients as u64;
+    for k in 0..clients {
+        let mut c = client(dir)?;
+        let n = per + u64::from((k as u64) < extra);
+        let done = Arc::clone(&done);
+        let bar = bar.clone();
+        let at_half = Arc::clone(&at_half);
+        handles.push(std::thread::spawn(move || {
+            let mut rec = LatencyRecorder::new();
+            let mut failures = 0;
+            let value = vec![b'v'; value_bytes];
+            for i in 0..n {
+                let op = KvOp::Put {
+                    key: format!("bench-{k}-{}", i % 64).into_bytes(),
+                    value: value.clone(),
+                };
+                let t = Instant::now();
+                match c.execute(op) {
+                    Ok(_) => rec.record_duration(t.elapsed()),
+                    Err(_) => failures += 1,
+                }
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if d % 256 == 0 {
+                    bar.set_position(d);
+                }
+                if d == ops / 2 {
+                    if let Some(f) = at_half.lock().expect("lock").take() {
+                        f();
+                    }
+                }
+            }
+            (rec, failures)
+        }));
+    }
+    let mut e2e = LatencyRecorder::new();
+    let mut failures = 0;
+    for h in handles {
+        let (rec, f) = h.join().expect("client thread");
+        e2e.merge(&rec);
+        failures += f;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok(LoadResult {
+        e2e,
+        ops,
+        elapsed,
+        failures,
+    })
+}
+
+/// Replication latency samples of every node since the last request, merged.
+pub fn replication(cluster: &LocalCluster) -> LatencyRecorder {
+    let mut r = LatencyRecorder::new();
+    for &n in &cluster.cluster.ring {
+        for (ns, count) in cluster.replication_samples(n) {
+            for _ in 0..count.min(1_000_000) {
+                r.record_ns(ns);
+            }
+        }
+    }
+    r
+}
+
+/// Options of `rapax bench`.
+pub struct BenchOptions {
+    pub profile: Profile,
+    pub replicas: usize,
+    pub ops: u64,
+    pub value_bytes: usize,
+    pub clients: usize,
+    pub dir: PathBuf,
+    pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+/// `rapax bench`: the report, and the recorders for a plot.
+pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
+    let session = Session::start_or_attach(&o.profile, o.replicas, &o.dir)?;
+    let leader = session.ready()?;
+    eprintln!(
+        "bench: {} fabric, {} replicas, leader node {leader}, {} clients, {} ops of {} B values",
+        o.profile.fabric.kind.as_str(),
+        session.cluster.cluster.ring.len(),
+        o.clients,
+        o.ops,
+        o.value_bytes
+    );
+    let warm = (o.ops / 10).clamp(200, 20_000);
+    run_load(&o.dir, o.clients, warm, o.value_bytes, "warm-up", None)?;
+    let floor = measure_floor(&o.profile, 20_000, o.value_bytes.max(64));
+    let _ = replication(&session.cluster); // reset
+    let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", None)?;
+    let repl = replication(&session.cluster);
+    let report = BenchReport {
+        fabric: o.profile.fabric.kind.as_str().to_string(),
+        replicas: session.cluster.cluster.ring.len(),
+        ops: o.ops,
+        value_bytes: o.value_bytes,
+        clients: o.clients,
+        e2e_us: load.e2e.summary(),
+        replication_us: repl.summary(),
+        floor_us: floor.summary2(),
+        ops_per_s: load.ops as f64 / load.elapsed.as_secs_f64(),
+    };
+    if let Some(p) = &o.json {
+        report.write_json(p).map_err(|source| DrillError::Io {
+            what: p.display().to_string(),
+            source,
+        })?;
+    }
+    if let Some(p) = &o.plot {
+        write_plot(
+            p,
+            &[
+                ("end-to-end", &load.e2e),
+                ("replication (leader)", &repl),
+                ("fabric floor", &floor),
+            ],
+            &format!(
+                "rapax bench: {} fabric, {} replicas, {} B, {} clients",
+                report.fabric, report.replicas, o.value_bytes, o.clients
+            ),
+        )
+        .map_err(|source| DrillError::Io {
+            what: p.display().to_string(),
+            source,
+        })?;
+    }
+    if load.failures > 0 {
+        eprintln!("bench: {} operations failed", load.failures);
+    }
+    Ok(report)
+}
+
+/// How the leader is taken out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    Kill,
+    Pause,
+}
+
+/// One fail-over as measured from the counters of the new leader.
+#[derive(Clone, Copy, Debug)]
+pub struct FailoverSample {
+    pub victim: NodeId,
+    pub new_leader: NodeId,
+    pub detect_ns: u64,
+    pub handover_ns: u64,
+    pub failover_ns: u64,
+}
+
+/// Takes the current leader out (kill -9 or SIGSTOP of its data plane), waits for a new leader
+/// to commit, measures, then brings the victim back (restart as a follower, or SIGCONT).
+pub fn fail_leader(
+    cluster: &LocalCluster,
+    mode: FailMode,
+    kill: usize,
+    kills: usize,
+) -> Result<FailoverSample, DrillError> {
+    let dir = &cluster.dir.dir;
+    let victim = cluster.wait_leader(Duration::from_secs(20))?;
+    let pid = cluster
+        .pid(victim, "dataplane")
+        .ok_or(ClusterError::NoLeader(Duration::ZERO))?;
+    let t0 = monotonic_ns();
+    let how = match mode {
+        FailMode::Kill => {
+            signal(pid, dir, Signal::SIGKILL);
+            "killed"
+        }
+        FailMode::Pause => {
+            signal(pid, dir, Signal::SIGSTOP);
+            "paused"
+        }
+    };
+    let limit = Duration::from_secs(20);
+    let deadline = Instant::now() + limit;
+    let sample = loop {
+        let found = cluster.cluster.ring.iter().copied().find_map(|n| {
+            if n == victim {
+                return None;
+            }
+            let c = cluster.counters(n)?;
+            (c.role == 4 && c.first_commit_at_ns > t0 && c.leader_at_ns > t0).then_some(c)
+        });
+        if let Some(c) = found {
+            let lost = if c.leader_lost_at_ns > t0 {
+                c.leader_lost_at_ns
+            } else {
+                c.leader_at_ns
+            };
+            break FailoverSample {
+                victim,
+                new_leader: c.node,
+                detect_ns: lost - t0,
+                handover_ns: c.leader_at_ns.saturating_sub(lost),
+                failover_ns: c.first_commit_at_ns - t0,
+            };
+        }
+        if Instant::now() > deadline {
+            return Err(DrillError::NoFailover {
+                kill,
+                kills,
+                victim,
+                how,
+                limit,
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    match mode {
+        FailMode::Kill => {
+            // Wait until it is gone, then restart it: it rejoins as a follower.
+            let gone = Instant::now() + Duration::from_secs(5);
+            while is_ours(pid, dir) && Instant::now() < gone {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            cluster.restart(victim, "dataplane")?;
+        }
+        FailMode::Pause => {
+            signal(pid, dir, Signal::SIGCONT);
+        }
+    }
+    // Let the victim rejoin: its data plane runs, follows, and the leader counts it alive.
+    let back = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = cluster.counters(victim).is_some_and(|c| c.role == 1)
+            && cluster
+                .counters(sample.new_leader)
+                .is_some_and(|c| c.alive_mask & (1 << victim) != 0);
+        if ok || Instant::now() > back {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(sample)
+}
+
+/// A history-recording client load that runs until stopped: puts of unique values, gets and
+/// compare-and-swaps on a few keys, so the checker has something to refute.
+pub struct HistoryLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<HistoryOp>, u64)>>,
+    pub acked: Arc<AtomicU64>,
+}
+
+impl HistoryLoad {
+    pub fn start(dir: &Path, clients: usize) -> Result<HistoryLoad, DrillError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for k in 0..clients {
+            let mut c = Client::connect(
+                dir,
+                ClientOptions {
+                    attempt_timeout: Duration::from_millis(5),
+                    command_timeout: Duration::from_secs(20),
+                },
+            )
+            .map_err(|e| DrillError::Client(e.to_string()))?;
+            let stop = Arc::clone(&stop);
+            let acked = Arc::clone(&acked);
+            threads.push(std::thread::spawn(move || {
+                let mut history = Vec::new();
+                let mut failures = 0;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("h{}", i % 5).into_bytes();
+                    let op = match i % 4 {
+                        0 => KvOp::Get { key },
+                        1 | 2 => KvOp::Put {
+                            key,
+                            value: format!("{k}:{i}").into_bytes(),
+                        },
+                        _ => KvOp::Cas {
+                            key,
+                            expected: Some(format!("{k}:{}", i - 1).into_bytes()),
+                            new: format!("{k}:{i}").into_bytes(),
+                        },
+                    };
+                    let invoke = monotonic_ns();
+                    let result = c.execute(op.clone());
+                    let response = match result {
+                        Ok(r) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            Some((monotonic_ns(), r))
+                        }
+                        Err(ClientFailure::Timeout { .. }) => {
+                            failures += 1;
+                            None
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            Some((monotonic_ns(), KvReply::Rejected(e.to_string())))
+                        }
+                    };
+                    let timed_out = response.is_none();
+                    history.push(HistoryOp {
+                        client: c.id(),
+                        op,
+                        invoke,
+                        response,
+                    });
+                    if timed_out {
+                        // A client with a command of unknown outcome stops: its next command
+                        // could not be ordered after it.
+                        break;
+                    }
+                    // Steady, not flat out: the log is not reused yet (its capacity bounds a
+                    // cluster's life), and the drill is about fail-over, not throughput.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                (history, failures)
+            }));
+        }
+        Ok(HistoryLoad {
+            stop,
+            threads,
+            acked,
+        })
+    }
+
+    /// Stops the clients and returns the history and how many commands failed.
+    pub fn finish(self) -> (Vec<HistoryOp>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        let mut failures = 0;
+        for t in self.threads {
+            let (h, f) = t.join().expect("client thread");
+            all.extend(h);
+            failures += f;
+        }
+        (all, failures)
+    }
+}
+
+/// Options of `rapax failover`.
+pub struct FailoverOptions {
+    pub profile: Profile,
+    pub replicas: usize,
+    pub kills: usize,
+    pub mode: FailMode,
+    pub dir: PathBuf,
+    pub clients: usize,
+    pub json: Option<PathBuf>,
+}
+
+/// `rapax failover`.
+pub fn failover(o: &FailoverOptions) -> Result<(FailoverReport, Vec<FailoverSample>), DrillError> {
+    let session = Session::start_or_attach(&o.profile, o.replicas, &o.dir)?;
+    session.ready()?;
+    let load = HistoryLoad::start(&o.dir, o.clients)?;
+    let bar = progress_bar(o.kills as u64, "fail-overs");
+    let mut samples = Vec::new();
+    let mut err = None;
+    for k in 0..o.kills {
+        // Steady load before each fail-over.
+        let before = load.acked.load(Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_secs(5);
+        while load.acked.load(Ordering::Relaxed) < before + 200 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match fail_leader(&session.cluster, o.mode, k + 1, o.kills) {
+            Ok(s) => samples.push(s),
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let (history, _failures) = load.finish();
+    let verdict = check_kv_history(&history);
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let mut detect = LatencyRecorder::new();
+    let mut handover = LatencyRecorder::new();
+    let mut total = LatencyRecorder::new();
+    for s in &samples {
+        detect.record_ns(s.detect_ns);
+        handover.record_ns(s.handover_ns);
+        total.record_ns(s.failover_ns);
+    }
+    let report = FailoverReport {
+        fabric: o.profile.fabric.kind.as_str().to_string(),
+        replicas: session.cluster.cluster.ring.len(),
+        mode: match o.mode {
+            FailMode::Kill => "kill".into(),
+            FailMode::Pause => "pause".into(),
+        },
+        kills: samples.len(),
+        detect_us: detect.summary3(),
+        handover_us: handover.summary3(),
+        failover_us: total.summary3(),
+        linearizable: verdict.is_linearizable(),
+    };
+    if !verdict.is_linearizable() {
+        eprintln!("failover: history of {} operations: {verdict:?}", history.len());
+    } else {
+        eprintln!(
+            "failover: history of {} operations checked: linearizable",
+            history.len()
+        );
+    }
+    if let Some(p) = &o.json {
+        report.write_json(p).map_err(|source| DrillError::Io {
+            what: p.display().to_string(),
+            source,
+        })?;
+    }
+    Ok((report, samples))
+}
