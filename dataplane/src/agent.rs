@@ -34,6 +34,12 @@ pub trait Agent {
     fn do_work(&mut self) -> usize;
     /// Called once after the agent's last `do_work`, on the thread that stops it.
     fn on_close(&mut self) {}
+    /// Which of the runner's placements (idle strategy and core) the agent wants now: a data
+    /// plane idles as the profile's `leader` agent while it leads and as its `follower_apply`
+    /// agent otherwise. Index into the list given to [`AgentRunner::start_with_classes`].
+    fn class(&self) -> usize {
+        0
+    }
 }
 
 /// Steps `agent` once: one `do_work`, no idling. Returns the work it did.
@@ -332,6 +338,24 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Checks that `core` is one this process may run on, before any thread is spawned.
+/// Pins the calling thread to `core`, or lets it run on every core of the host.
+fn place(core: Option<usize>) {
+    match core {
+        Some(core) => {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        }
+        None => {
+            use nix::sched::{sched_setaffinity, CpuSet};
+            use nix::unistd::Pid;
+            let mut all = CpuSet::new();
+            for c in core_affinity::get_core_ids().unwrap_or_default() {
+                let _ = all.set(c.id);
+            }
+            let _ = sched_setaffinity(Pid::from_raw(0), &all);
+        }
+    }
+}
+
 fn check_core(agent: &str, core: usize) -> Result<(), AgentError> {
     let ids = core_affinity::get_core_ids().ok_or_else(|| AgentError::CoreIdsUnavailable {
         agent: agent.to_string(),
@@ -378,13 +402,27 @@ impl AgentRunner {
     /// and the agent never runs.
     pub fn start(
         agent: AgentBox,
-        mut idle: IdleStrategy,
+        idle: IdleStrategy,
         core: Option<usize>,
     ) -> Result<AgentRunner, AgentError> {
+        AgentRunner::start_with_classes(agent, vec![(idle, core)])
+    }
+
+    /// Starts `agent` with several placements; before each pass the runner takes the one
+    /// [`Agent::class`] names (re-pinning the thread, or unpinning it for a placement without
+    /// a core). The first placement's core must be valid; so must every other.
+    pub fn start_with_classes(
+        agent: AgentBox,
+        mut classes: Vec<(IdleStrategy, Option<usize>)>,
+    ) -> Result<AgentRunner, AgentError> {
+        assert!(!classes.is_empty(), "an agent needs a placement");
         let name = agent.name().to_string();
-        if let Some(core) = core {
-            check_core(&name, core)?;
+        for (_, core) in &classes {
+            if let Some(core) = *core {
+                check_core(&name, core)?;
+            }
         }
+        let core = classes[0].1;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = AgentCounters::default();
         let (pinned_tx, pinned_rx) = mpsc::sync_channel::<bool>(1);
@@ -403,10 +441,17 @@ impl AgentRunner {
                         }
                     }
                     let _ = pinned_tx.send(true);
+                    let mut current = 0;
                     while !stop.load(Ordering::Acquire) {
+                        let class = agent.class().min(classes.len() - 1);
+                        if class != current {
+                            current = class;
+                            place(classes[class].1);
+                            classes[class].0.reset();
+                        }
                         let work_count = agent.do_work();
                         counters.record(work_count);
-                        idle.idle(work_count);
+                        classes[current].0.idle(work_count);
                     }
                     agent
                 })

@@ -441,6 +441,7 @@ impl<P: Plane> Dataplane<P> {
         }
         self.inbox = inbox;
         self.node.tick(now, self.plane.mem(), &mut self.out);
+        let mut completed = false;
         loop {
             for post in self.out.posts.drain(..) {
                 work += 1;
@@ -450,11 +451,16 @@ impl<P: Plane> Dataplane<P> {
             if self.completions.is_empty() {
                 break;
             }
+            completed = true;
             for c in self.completions.drain(..) {
                 work += 1;
                 self.node
                     .on_completion(now, c, self.plane.mem(), &mut self.out);
             }
+        }
+        if completed {
+            // Answer what those completions chose in this turn, not the next.
+            self.node.settle(now, self.plane.mem(), &mut self.out);
         }
         for reply in self.out.replies.drain(..) {
             work += 1;
@@ -560,6 +566,14 @@ impl<P: Plane> Agent for Dataplane<P> {
             return 0;
         }
         self.turn()
+    }
+
+    /// 0: the profile's `leader` placement (leading or standing), 1: `follower_apply`.
+    fn class(&self) -> usize {
+        match self.node.role() {
+            RoleKind::Follower => 1,
+            _ => 0,
+        }
     }
 }
 
@@ -724,10 +738,16 @@ fn start_agent<P: Plane + 'static>(
         awaiting_first_commit: false,
         shutdown: Arc::clone(shutdown),
     };
-    Ok(AgentRunner::start(
+    let follower = profile.agents.follower_apply;
+    Ok(AgentRunner::start_with_classes(
         Box::new(agent),
-        idle,
-        profile.agents.leader.core,
+        vec![
+            (idle, profile.agents.leader.core),
+            (
+                IdleStrategy::for_agent(&follower, &profile.backoff),
+                follower.core,
+            ),
+        ],
     )?)
 }
 

@@ -136,7 +136,11 @@ pub fn run_load(
         let done = Arc::clone(&done);
         let bar = bar.clone();
         let at_half = Arc::clone(&at_half);
+        let core = client_core(dir, k);
         handles.push(std::thread::spawn(move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            }
             let mut rec = LatencyRecorder::new();
             let mut failures = 0;
             let value = vec![b'v'; value_bytes];
@@ -180,6 +184,19 @@ pub fn run_load(
     })
 }
 
+/// The core for client `k`: the cores the profile does not give the leader, in turn (`None`
+/// when the profile pins no leader, or leaves no other core).
+fn client_core(dir: &Path, k: usize) -> Option<usize> {
+    let profile = Profile::load(rapax_dataplane::daemon::ClusterDir::new(dir).profile()).ok()?;
+    let leader = profile.agents.leader.core?;
+    let others: Vec<usize> = core_affinity::get_core_ids()?
+        .into_iter()
+        .map(|c| c.id)
+        .filter(|&c| c != leader)
+        .collect();
+    (!others.is_empty()).then(|| others[k % others.len()])
+}
+
 /// Replication latency samples of every node since the last request, merged.
 pub fn replication(cluster: &LocalCluster) -> LatencyRecorder {
     let mut r = LatencyRecorder::new();
@@ -207,6 +224,9 @@ pub struct BenchOptions {
 
 /// `rapax bench`: the report, and the recorders for a plot.
 pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
+    // The floor first, on the cores the cluster will use, before its agents occupy them (a
+    // cluster already running in --dir is attached to, and the floor then shares the cores).
+    let floor = measure_floor(&o.profile, 20_000, o.value_bytes.max(64));
     let session = Session::start_or_attach(&o.profile, o.replicas, &o.dir)?;
     let leader = session.ready()?;
     eprintln!(
@@ -219,7 +239,6 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     );
     let warm = (o.ops / 10).clamp(200, 20_000);
     run_load(&o.dir, o.clients, warm, o.value_bytes, "warm-up", None)?;
-    let floor = measure_floor(&o.profile, 20_000, o.value_bytes.max(64));
     let _ = replication(&session.cluster); // reset
     let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", None)?;
     let repl = replication(&session.cluster);
@@ -353,13 +372,16 @@ pub fn fail_leader(
             signal(pid, dir, Signal::SIGCONT);
         }
     }
-    // Let the victim rejoin: its data plane runs, follows, and the leader counts it alive.
+    // Let the victim rejoin: its data plane runs and a leader counts it alive. (Leadership
+    // follows ring order, so a restarted victim earlier in the ring takes it back: a planned
+    // view change, not measured.)
     let back = Instant::now() + Duration::from_secs(20);
     loop {
-        let ok = cluster.counters(victim).is_some_and(|c| c.role == 1)
-            && cluster
-                .counters(sample.new_leader)
-                .is_some_and(|c| c.alive_mask & (1 << victim) != 0);
+        let ok = cluster.leader().is_some_and(|l| {
+            cluster
+                .counters(l)
+                .is_some_and(|c| c.alive_mask & (1 << victim) != 0 && c.role == 4)
+        }) && cluster.counters(victim).is_some_and(|c| c.role == 1 || c.role == 4);
         if ok || Instant::now() > back {
             break;
         }
@@ -441,7 +463,7 @@ impl HistoryLoad {
                     }
                     // Steady, not flat out: the log is not reused yet (its capacity bounds a
                     // cluster's life), and the drill is about fail-over, not throughput.
-                    std::thread::sleep(Duration::from_micros(500));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 (history, failures)
             }));

@@ -581,12 +581,12 @@ fn demo(profile: &Path, ops: u64, plot: &Path, dir: Option<PathBuf>) -> Result<(
         profile.fabric.kind.as_str(),
         dir.display()
     );
+    let floor = measure_floor(&profile, 20_000, 64);
     let session = Session::start_or_attach(&profile, 3, &dir).map_err(|e| e.to_string())?;
     let leader = session.ready().map_err(|e| e.to_string())?;
     rapax::say!("{}", session.cluster.status());
     rapax::say!("demo: node {leader} leads; warming up");
     run_load(&dir, 1, (ops / 10).max(500), 64, "warm-up", None).map_err(|e| e.to_string())?;
-    let floor = measure_floor(&profile, 20_000, 64);
     let _ = replication(&session.cluster);
     let sample = std::sync::Arc::new(std::sync::Mutex::new(None));
     let kill = {

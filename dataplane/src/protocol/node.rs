@@ -744,6 +744,14 @@ impl<S: StateMachine> Node<S> {
         self.apply(mem, out);
     }
 
+    /// Applies what became chosen since the last turn (and answers its clients) without a
+    /// whole turn: a driver whose completions arrive within its turn calls this after them, so
+    /// a command is answered in the turn that proposed it.
+    pub fn settle(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
+        self.now = now;
+        self.apply(mem, out);
+    }
+
     /// A completion of one of this node's posts.
     pub fn on_completion(
         &mut self,
@@ -1426,6 +1434,20 @@ impl<S: StateMachine> Node<S> {
             followers,
             queue: VecDeque::new(),
         }));
+        // A no-op opens the new view at once: the view's first commit does not wait for a
+        // client, and followers learn the commit index from it.
+        if end < geometry.capacity {
+            let noop = Entry {
+                ballot,
+                slot: end,
+                commit_hint: end,
+                kind: EntryKind::Noop,
+                payload: Vec::new(),
+            };
+            if !self.propose(noop, mem, out) {
+                return;
+            }
+        }
         self.leader_tick(mem, out);
     }
 
@@ -1802,20 +1824,30 @@ impl<S: StateMachine> Node<S> {
     /// Applies, in slot order, the valid entries below the highest commit this node knows.
     fn apply(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let geometry = self.cfg.geometry;
-        let header = LogHeader::local(mem);
-        let mut known = self.known_commit.max(header.first_undecided);
-        let mut record = [0u8; COMMIT_RECORD_BYTES];
-        mem.read_log(LOG_COMMIT, &mut record);
-        if let Some(r) = CommitRecord::decode(&record) {
-            known = known.max(r.index);
+        let is_leader = matches!(self.role, Role::Leader(_));
+        let mut known = self.known_commit;
+        if let Role::Leader(l) = &self.role {
+            // The leader's own count is ahead of anything in its log.
+            known = known.max(l.commit);
+        } else {
+            known = known.max(LogHeader::local(mem).first_undecided);
+            let mut record = [0u8; COMMIT_RECORD_BYTES];
+            mem.read_log(LOG_COMMIT, &mut record);
+            if let Some(r) = CommitRecord::decode(&record) {
+                known = known.max(r.index);
+            }
+        }
+        if is_leader && known <= self.applied {
+            return;
         }
         let mut buf = std::mem::take(&mut self.read_buf);
-        let is_leader = matches!(self.role, Role::Leader(_));
-        if let Role::Leader(l) = &self.role {
-            known = known.max(l.commit);
-        }
-        // Hints in the entries ahead of us.
-        for s in self.applied..self.applied + self.cfg.apply_scan_slots {
+        // Hints in the entries ahead of us (the leader knows its commit index).
+        let scan = if is_leader {
+            0
+        } else {
+            self.cfg.apply_scan_slots
+        };
+        for s in self.applied..self.applied + scan {
             match Entry::check(read_local_slot(mem, &geometry, s, &mut buf)) {
                 Ok(h) if h.slot == s => known = known.max(h.commit_hint),
                 _ => break,
@@ -1865,8 +1897,15 @@ fn read_local_slot<'b>(
     s: Slot,
     buf: &'b mut Vec<u8>,
 ) -> &'b [u8] {
-    buf.resize(geometry.slot_bytes, 0);
-    mem.read_log(geometry.slot_offset(s), buf);
+    // The header line first: it says how much of the slot the entry fills (a torn or garbage
+    // length is bounded by the slot; the checksum rejects it).
+    let off = geometry.slot_offset(s);
+    buf.resize(ENTRY_HEADER_BYTES, 0);
+    mem.read_log(off, buf);
+    let len = u32::from_le_bytes(buf[ENTRY_LEN..ENTRY_LEN + 4].try_into().expect("4 bytes")) as usize;
+    let total = (ENTRY_HEADER_BYTES + len).min(geometry.slot_bytes);
+    buf.resize(total, 0);
+    mem.read_log(off + ENTRY_HEADER_BYTES, &mut buf[ENTRY_HEADER_BYTES..]);
     buf
 }
 
