@@ -245,24 +245,30 @@ impl Client {
                 if mb.send(&self.frame).is_err() {
                     return None;
                 }
-                let mut spins = 0u32;
+                // Spin while an answer is due within microseconds, then yield, then sleep in
+                // short steps: a client waiting out a fail-over must not starve the nodes.
+                let sent = Instant::now();
+                let mut polls = 0u32;
                 loop {
                     if mb.try_recv(&mut self.reply) {
-                        match decode_reply(&self.reply, self.cluster_id, request) {
-                            Some(r) => return Some(r),
-                            None => return None,
-                        }
+                        return decode_reply(&self.reply, self.cluster_id, request);
                     }
-                    spins += 1;
-                    if spins < 20_000 {
+                    polls += 1;
+                    if polls < 256 {
                         std::hint::spin_loop();
-                    } else {
-                        if spins.is_multiple_of(256)
-                            && (Instant::now() > deadline || !mb.server_alive())
-                        {
-                            return None;
-                        }
+                        continue;
+                    }
+                    polls = 0;
+                    let waited = sent.elapsed();
+                    if Instant::now() > deadline || !mb.server_alive() {
+                        return None;
+                    }
+                    if waited < Duration::from_micros(50) {
+                        std::hint::spin_loop();
+                    } else if waited < Duration::from_micros(200) {
                         std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(20));
                     }
                 }
             }

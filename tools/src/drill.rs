@@ -340,6 +340,16 @@ pub fn fail_leader(
             } else {
                 c.leader_at_ns
             };
+            if std::env::var_os("RAPAX_TRACE").is_some() {
+                eprintln!(
+                    "failover: node {} lost leader {victim} at +{} us, stood at +{} us, leads at +{} us, first commit at +{} us",
+                    c.node,
+                    (c.leader_lost_at_ns as i64 - t0 as i64) / 1000,
+                    (c.candidate_at_ns as i64 - t0 as i64) / 1000,
+                    (c.leader_at_ns as i64 - t0 as i64) / 1000,
+                    (c.first_commit_at_ns as i64 - t0 as i64) / 1000,
+                );
+            }
             break FailoverSample {
                 victim,
                 new_leader: c.node,
