@@ -547,7 +547,18 @@ impl<P: Plane> Dataplane<P> {
                 ));
             }
             let tmp = self.stats_path.with_extension("tmp");
-            if std::fs::write(&tmp, text).is_ok() {
+            let written = {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .and_then(|mut f| f.write_all(text.as_bytes()))
+            };
+            if written.is_ok() {
                 let _ = std::fs::rename(&tmp, &self.stats_path);
             }
             self.replication.reset();
@@ -692,7 +703,16 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
         }
         other => return Err(DaemonError::UnsupportedFabric(other.as_str())),
     };
-    std::fs::write(&marker, b"").map_err(io_err(format!("{}", marker.display())))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&marker)
+            .map_err(io_err(format!("{}", marker.display())))?;
+    }
     while !shutdown.load(Ordering::Acquire) && !runner.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
     }

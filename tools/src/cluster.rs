@@ -34,6 +34,8 @@ pub enum ClusterError {
     Fabric { profile: String, fabric: String },
     #[error("no leader within {0:?}")]
     NoLeader(Duration),
+    #[error("node {node} did not apply up to {target} in time")]
+    NotCaughtUp { node: NodeId, target: u64 },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
@@ -294,6 +296,28 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Waits until `node` has applied everything the leader had committed when called (a
+    /// restarted node has caught up; one that lost its memory counts as an acceptor again).
+    pub fn wait_caught_up(&self, node: NodeId, limit: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + limit;
+        let target = loop {
+            if let Some(c) = self.leader().and_then(|l| self.counters(l)) {
+                break c.commit;
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::NoLeader(limit));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        while self.counters(node).is_none_or(|c| c.applied < target) {
+            if Instant::now() > deadline {
+                return Err(ClusterError::NotCaughtUp { node, target });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 
     /// Asks `node`'s data plane for its replication-latency histogram since the last request

@@ -397,6 +397,8 @@ pub fn fail_leader(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    // A victim that lost its memory counts again only once a leader has caught it up.
+    cluster.wait_caught_up(victim, Duration::from_secs(20))?;
     Ok(sample)
 }
 

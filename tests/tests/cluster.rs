@@ -1,0 +1,248 @@
+//! Multi-process tests: real `rapax-dataplane` and `rapax-control` processes on `shm` and `udp`,
+//! kill -9 of leaders and followers, SIGSTOP/SIGCONT of a leader, bad client input; client
+//! histories checked for linearizability, with a final read of every key so a lost
+//! acknowledged write fails the check.
+//!
+//! The daemons are found in `RAPAX_BIN_DIR` (`tools/check.sh` builds them with
+//! `cargo build --release --bins` and sets it) or beside the test executable. Clusters run one
+//! at a time: each leader takes the profile's core.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use rapax::cluster::{is_ours, signal, LocalCluster};
+use rapax::drill::{fail_leader, FailMode, HistoryLoad};
+use rapax::lincheck::{check_kv_history, HistoryOp};
+use rapax_dataplane::client::{Client, ClientFailure, ClientOptions};
+use rapax_dataplane::daemon::monotonic_ns;
+use rapax_dataplane::fabric::frame::{Frame, CLIENT_NODE};
+use rapax_dataplane::mailbox::MailboxClient;
+use rapax_dataplane::profile::Profile;
+use rapax_dataplane::protocol::kv::{KvOp, KvReply};
+use rapax_dataplane::protocol::node::{BadRequest, ClientError, ClientRequest};
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn profile(name: &str) -> Profile {
+    Profile::load(repo().join("hw-profiles").join(name)).expect("profile loads")
+}
+
+/// A cluster directory for one test, removed (and its processes stopped) at the end.
+struct TestCluster {
+    cluster: LocalCluster,
+    dir: PathBuf,
+}
+
+impl TestCluster {
+    fn up(profile_name: &str, tag: &str) -> TestCluster {
+        let p = profile(profile_name);
+        let dir = Path::new("/dev/shm/rapax-test").join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cluster = LocalCluster::up(&p, 3, &dir).unwrap_or_else(|e| panic!("up: {e}"));
+        cluster
+            .wait_leader(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.status()));
+        TestCluster { cluster, dir }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.dir, ClientOptions::default()).expect("client")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.cluster.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads every key of the load with a fresh client and adds the reads to the history.
+fn final_reads(t: &TestCluster, history: &mut Vec<HistoryOp>) {
+    let mut c = t.client();
+    for k in 0..5 {
+        let op = KvOp::Get {
+            key: format!("h{k}").into_bytes(),
+        };
+        let invoke = monotonic_ns();
+        let r = c.execute(op.clone()).expect("final read");
+        history.push(HistoryOp {
+            client: c.id(),
+            op,
+            invoke,
+            response: Some((monotonic_ns(), r)),
+        });
+    }
+}
+
+fn assert_linearizable(history: &[HistoryOp], what: &str) {
+    let acked = history.iter().filter(|h| h.response.is_some()).count();
+    assert!(acked > 100, "{what}: only {acked} operations acknowledged");
+    let verdict = check_kv_history(history);
+    assert!(
+        verdict.is_linearizable(),
+        "{what}: history of {} operations is not linearizable: {verdict:?}",
+        history.len()
+    );
+}
+
+/// Lets the load run until `n` more operations are acknowledged.
+fn steady(load: &HistoryLoad, n: u64) {
+    let before = load.acked.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while load.acked.load(std::sync::atomic::Ordering::Relaxed) < before + n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster stopped answering"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn faults(profile_name: &str, tag: &str) {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t = TestCluster::up(profile_name, tag);
+    let load = HistoryLoad::start(&t.dir, 2).expect("load");
+    steady(&load, 100);
+    // kill -9 of the leader's data plane, twice; each victim is restarted.
+    for k in 0..2 {
+        fail_leader(&t.cluster, FailMode::Kill, k + 1, 2)
+            .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
+        steady(&load, 100);
+    }
+    // kill -9 of a follower's data plane, then its restart.
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let follower = *t.cluster.cluster.ring.iter().find(|&&n| n != leader).unwrap();
+    let pid = t.cluster.pid(follower, "dataplane").unwrap();
+    assert!(signal(pid, &t.dir, Signal::SIGKILL));
+    steady(&load, 100); // a majority still commits
+    while is_ours(pid, &t.dir) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    t.cluster.restart(follower, "dataplane").unwrap();
+    t.cluster
+        .wait_caught_up(follower, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
+    steady(&load, 100);
+    // SIGSTOP of the leader, SIGCONT once a new leader commits: the resumed old leader must
+    // not corrupt anything.
+    fail_leader(&t.cluster, FailMode::Pause, 1, 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
+    steady(&load, 200);
+    let (mut history, _) = load.finish();
+    final_reads(&t, &mut history);
+    assert_linearizable(&history, tag);
+}
+
+#[test]
+fn shm_cluster_survives_kills_and_a_paused_leader() {
+    faults("shm-local.toml", "shm-faults");
+}
+
+#[test]
+fn udp_cluster_survives_kills_and_a_paused_leader() {
+    faults("udp-local.toml", "udp-faults");
+}
+
+#[test]
+fn bad_client_input_gets_clear_errors_and_loses_nothing() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t = TestCluster::up("shm-local.toml", "shm-bad-input");
+    let mut c = t.client();
+    let put = |c: &mut Client, k: &str, v: &str| {
+        c.execute(KvOp::Put {
+            key: k.into(),
+            value: v.into(),
+        })
+    };
+    assert_eq!(put(&mut c, "kept", "1").unwrap(), KvReply::Stored);
+    // Over the profile's command limit.
+    let limit = t.cluster.profile.replication.max_command_bytes;
+    let big = "x".repeat(limit + 1);
+    match put(&mut c, "big", &big) {
+        Err(ClientFailure::Refused(ClientError::TooLarge { max, .. })) => assert_eq!(max, limit),
+        other => panic!("oversize command: {other:?}"),
+    }
+    // An unknown operation, and bytes that are no command at all.
+    let mut unknown = Vec::new();
+    unknown.extend_from_slice(&c.id().to_le_bytes());
+    unknown.extend_from_slice(&3u64.to_le_bytes()); // the sequence number it will be sent with
+    unknown.push(99);
+    match c.execute_raw(unknown) {
+        Err(ClientFailure::Refused(ClientError::BadRequest(BadRequest::UnknownOperation))) => {}
+        other => panic!("unknown operation: {other:?}"),
+    }
+    match c.execute_raw(vec![1, 2, 3]) {
+        Err(ClientFailure::Refused(ClientError::BadRequest(BadRequest::Malformed))) => {}
+        other => panic!("malformed command: {other:?}"),
+    }
+    // A frame that does not decode, straight into the leader's mailbox: refused, counted.
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let before = t.cluster.counters(leader).unwrap();
+    let mut mb = MailboxClient::open(&t.cluster.dir.mailbox(leader)).unwrap();
+    let request = ClientRequest {
+        client: 7,
+        seq: 1,
+        command: vec![0; 8],
+    };
+    let mut frame = Vec::new();
+    Frame::client_request(CLIENT_NODE, leader, 1, &request)
+        .unwrap()
+        .encode(&mut frame)
+        .unwrap();
+    let last = frame.len() - 1;
+    frame[last] ^= 0xff; // breaks the checksum
+    mb.send(&frame).unwrap();
+    let mut reply = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !mb.try_recv(&mut reply) {
+        assert!(std::time::Instant::now() < deadline, "no answer to a bad frame");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let answer = Frame::decode(&reply).unwrap().body.into_client_reply().unwrap();
+    assert_eq!(
+        answer.result,
+        Err(ClientError::BadRequest(BadRequest::Malformed))
+    );
+    let after = t.cluster.counters(leader).unwrap();
+    assert!(after.malformed_frames > before.malformed_frames);
+    assert!(after.client_bad_requests >= before.client_bad_requests + 1);
+    // Nothing crashed and the acknowledged write is there.
+    assert_eq!(
+        c.execute(KvOp::Get { key: "kept".into() }).unwrap(),
+        KvReply::Value(Some(b"1".to_vec()))
+    );
+    for p in t.cluster.procs() {
+        assert!(is_ours(p.pid, &t.dir), "{} of node {} died", p.kind, p.node);
+    }
+}
+
+#[test]
+fn cluster_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t = TestCluster::up("shm-local.toml", "shm-modes");
+    t.client()
+        .execute(KvOp::Put {
+            key: "a".into(),
+            value: "b".into(),
+        })
+        .unwrap();
+    let dir_mode = std::fs::metadata(&t.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let mut files = 0;
+    for e in std::fs::read_dir(&t.dir).unwrap().flatten() {
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is mode {mode:o}", e.path().display());
+        files += 1;
+    }
+    // profile, cluster, pids, and per node: region, channel, mailbox, marker, two logs.
+    assert!(files >= 3 + 3 * 6, "only {files} files");
+}
