@@ -29,8 +29,8 @@ use rapax_dataplane::protocol::layout::{
 };
 use rapax_dataplane::protocol::{Ballot, NodeId};
 
-pub use rapax_dataplane::protocol::election;
 use election::{Election, ElectionAction};
+pub use rapax_dataplane::protocol::election;
 
 /// Where a control plane finds its configuration.
 #[derive(Clone, Debug)]
@@ -150,9 +150,8 @@ impl Control {
             };
             let read = match &c.result {
                 Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
-                    let word = |at: usize| {
-                        u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-                    };
+                    let word =
+                        |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
                     Some((
                         word(CB_HEARTBEAT),
                         word(CB_GRANTED_BALLOT),
@@ -233,7 +232,12 @@ fn reader(
 ) -> Result<Reader, DaemonError> {
     let geometry = LogGeometry::new(profile.log.capacity_entries, profile.log.slot_bytes)
         .expect("validated geometry");
-    let n = cluster.nodes.iter().map(|n| n.id).max().map_or(0, |m| m + 1) as usize;
+    let n = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .max()
+        .map_or(0, |m| m + 1) as usize;
     match profile.fabric.kind {
         FabricKind::Shm => {
             // The peers' data planes create their regions; wait for them.
@@ -306,15 +310,14 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
     );
     let cfg = profile.node_config(me, cluster.ring.clone(), 1);
     let path = dir.channel(me);
-    let link = wait_for(Duration::from_secs(30), || Link::open(&path)).ok_or_else(|| {
-        DaemonError::Io {
+    let link =
+        wait_for(Duration::from_secs(30), || Link::open(&path)).ok_or_else(|| DaemonError::Io {
             what: format!("channel {}", path.display()),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "the data plane did not create it within 30 s",
             ),
-        }
-    })?;
+        })?;
     let reader = reader(&profile, &cluster, &dir, me)?;
     let election = Election::new(me, cluster.ring.clone(), cfg.election.clone());
     let control = Control {

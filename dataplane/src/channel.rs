@@ -347,7 +347,8 @@ impl Message for Command {
                 m[0] = TAG_PEER_STATUS;
                 put_u64(&mut m, FIELDS_AT, granted);
                 m[FIELDS_AT + 8] = peer;
-                m[FIELDS_AT + 9] = u8::from(alive) | u8::from(read_ok) << 1 | u8::from(amnesiac) << 2;
+                m[FIELDS_AT + 9] =
+                    u8::from(alive) | u8::from(read_ok) << 1 | u8::from(amnesiac) << 2;
             }
         }
         m

@@ -38,7 +38,7 @@ pub enum ClientFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error(transparent)]
-    Config(#[from] DaemonError),
+    Config(#[from] Box<DaemonError>),
     #[error(transparent)]
     Mailbox(#[from] MailboxError),
     #[error("udp: {0}")]
@@ -114,7 +114,7 @@ impl Client {
     /// A client of the cluster whose directory is `dir` (its `profile.toml` and `cluster.toml`).
     pub fn connect(dir: &Path, options: ClientOptions) -> Result<Client, ConnectError> {
         let cdir = ClusterDir::new(dir);
-        let (profile, cluster) = load_config(&cdir, None, None)?;
+        let (profile, cluster) = load_config(&cdir, None, None).map_err(Box::new)?;
         let nodes: Vec<NodeId> = cluster.ring.clone();
         let transport = match profile.fabric.kind {
             FabricKind::Shm => Transport::Shm {

@@ -24,8 +24,7 @@ use hdrhistogram::Histogram;
 
 use crate::agent::{Agent, AgentRunner, IdleStrategy};
 use crate::channel::{
-    Channel, ChannelError, Command as ChannelCommand, CommandReceiver, Counter, Event,
-    EventSender,
+    Channel, ChannelError, Command as ChannelCommand, CommandReceiver, Counter, Event, EventSender,
 };
 use crate::fabric::frame::{Frame, FrameBody, CLIENT_NODE};
 use crate::fabric::shm::{ShmError, ShmFabric};
@@ -132,9 +131,9 @@ impl ClusterDir {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
-    Profile(#[from] ProfileError),
+    Profile(Box<ProfileError>),
     #[error(transparent)]
-    Cluster(#[from] ClusterError),
+    Cluster(Box<ClusterError>),
     #[error("node {node} is not in cluster {cluster:?}")]
     NotAMember { node: NodeId, cluster: String },
     #[error("node {node} is a spare: spares join the ring by reconfiguration, not yet supported")]
@@ -158,6 +157,18 @@ pub enum DaemonError {
     },
     #[error("agent: {0}")]
     Agent(#[from] crate::agent::AgentError),
+}
+
+impl From<ProfileError> for DaemonError {
+    fn from(e: ProfileError) -> DaemonError {
+        DaemonError::Profile(Box::new(e))
+    }
+}
+
+impl From<ClusterError> for DaemonError {
+    fn from(e: ClusterError) -> DaemonError {
+        DaemonError::Cluster(Box::new(e))
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -264,10 +275,9 @@ impl Plane for ShmPlane {
         self.mailbox.poll(|slot, bytes| {
             let request = match Frame::decode(bytes) {
                 Ok(f) if f.is_addressed_to(cluster_id, node) => match f.body {
-                    FrameBody::ClientRequest { .. } => f
-                        .body
-                        .into_client_request()
-                        .ok_or(BadRequest::Malformed),
+                    FrameBody::ClientRequest { .. } => {
+                        f.body.into_client_request().ok_or(BadRequest::Malformed)
+                    }
                     _ => Err(BadRequest::Malformed),
                 },
                 _ => Err(BadRequest::Malformed),
@@ -603,7 +613,12 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
     );
     let geometry = LogGeometry::new(profile.log.capacity_entries, profile.log.slot_bytes)
         .expect("validated geometry");
-    let n = cluster.nodes.iter().map(|n| n.id).max().map_or(0, |m| m + 1) as usize;
+    let n = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .max()
+        .map_or(0, |m| m + 1) as usize;
     let marker = dir.started_marker(me);
     let restarted = marker.exists();
     let channel = Channel::create(&dir.channel(me), me, profile.rings.command_ring_entries)?;
@@ -630,11 +645,8 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
             if start == Start::MemoryLost {
                 fabric.zero_own();
             }
-            let mailbox = MailboxServer::create(
-                &dir.mailbox(me),
-                MAX_SLOTS,
-                client_frame_bytes(&profile),
-            )?;
+            let mailbox =
+                MailboxServer::create(&dir.mailbox(me), MAX_SLOTS, client_frame_bytes(&profile))?;
             let plane = ShmPlane {
                 fabric,
                 mailbox,
@@ -643,7 +655,9 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
                 frame: Vec::new(),
             };
             println!("rapax-dataplane: node {me} starts {start:?} on shm");
-            start_agent(plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown)?
+            start_agent(
+                plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
+            )?
         }
         FabricKind::Udp => {
             let start = opts.start.unwrap_or(if restarted {
@@ -656,11 +670,7 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
                 node: me,
                 what: "udp_addr",
             })?;
-            let mut bind = profile
-                .fabric
-                .udp
-                .as_ref()
-                .map_or(addr, |u| u.bind_addr());
+            let mut bind = profile.fabric.udp.as_ref().map_or(addr, |u| u.bind_addr());
             if bind.port() == 0 {
                 bind.set_port(addr.port());
             }
@@ -770,4 +780,3 @@ fn start_agent<P: Plane + 'static>(
         ],
     )?)
 }
-

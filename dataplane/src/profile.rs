@@ -1173,10 +1173,7 @@ impl ClusterFile {
                     host: "localhost".to_string(),
                     shm_dir: None,
                     udp_addr: Some(format!("127.0.0.1:{}", base_udp_port + u16::from(id))),
-                    control_addr: Some(format!(
-                        "127.0.0.1:{}",
-                        base_udp_port + 64 + u16::from(id)
-                    )),
+                    control_addr: Some(format!("127.0.0.1:{}", base_udp_port + 64 + u16::from(id))),
                     rdma_addr: None,
                     dpdk_mac: None,
                 })

@@ -107,7 +107,9 @@ fn steady(load: &HistoryLoad, n: u64) {
 }
 
 fn faults(profile_name: &str, tag: &str) {
-    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let t = TestCluster::up(profile_name, tag);
     let load = HistoryLoad::start(&t.dir, 2).expect("load");
     steady(&load, 100);
@@ -119,7 +121,13 @@ fn faults(profile_name: &str, tag: &str) {
     }
     // kill -9 of a follower's data plane, then its restart.
     let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
-    let follower = *t.cluster.cluster.ring.iter().find(|&&n| n != leader).unwrap();
+    let follower = *t
+        .cluster
+        .cluster
+        .ring
+        .iter()
+        .find(|&&n| n != leader)
+        .unwrap();
     let pid = t.cluster.pid(follower, "dataplane").unwrap();
     assert!(signal(pid, &t.dir, Signal::SIGKILL));
     steady(&load, 100); // a majority still commits
@@ -153,7 +161,9 @@ fn udp_cluster_survives_kills_and_a_paused_leader() {
 
 #[test]
 fn bad_client_input_gets_clear_errors_and_loses_nothing() {
-    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let t = TestCluster::up("shm-local.toml", "shm-bad-input");
     let mut c = t.client();
     let put = |c: &mut Client, k: &str, v: &str| {
@@ -203,17 +213,24 @@ fn bad_client_input_gets_clear_errors_and_loses_nothing() {
     let mut reply = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !mb.try_recv(&mut reply) {
-        assert!(std::time::Instant::now() < deadline, "no answer to a bad frame");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer to a bad frame"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
-    let answer = Frame::decode(&reply).unwrap().body.into_client_reply().unwrap();
+    let answer = Frame::decode(&reply)
+        .unwrap()
+        .body
+        .into_client_reply()
+        .unwrap();
     assert_eq!(
         answer.result,
         Err(ClientError::BadRequest(BadRequest::Malformed))
     );
     let after = t.cluster.counters(leader).unwrap();
     assert!(after.malformed_frames > before.malformed_frames);
-    assert!(after.client_bad_requests >= before.client_bad_requests + 1);
+    assert!(after.client_bad_requests > before.client_bad_requests);
     // Nothing crashed and the acknowledged write is there.
     assert_eq!(
         c.execute(KvOp::Get { key: "kept".into() }).unwrap(),
@@ -227,7 +244,9 @@ fn bad_client_input_gets_clear_errors_and_loses_nothing() {
 #[test]
 fn cluster_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
-    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let t = TestCluster::up("shm-local.toml", "shm-modes");
     t.client()
         .execute(KvOp::Put {

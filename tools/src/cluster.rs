@@ -90,7 +90,11 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
     };
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie (killed, not yet reaped by its parent) does not run.
-        if let Some(state) = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) {
+        if let Some(state) = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+        {
             if state == "Z" || state == "X" {
                 return false;
             }
@@ -98,9 +102,9 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
     }
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let dir = dir.as_os_str().as_encoded_bytes();
-    let daemon = args.first().is_some_and(|a| {
-        a.ends_with(b"rapax-dataplane") || a.ends_with(b"rapax-control")
-    });
+    let daemon = args
+        .first()
+        .is_some_and(|a| a.ends_with(b"rapax-dataplane") || a.ends_with(b"rapax-control"));
     daemon && args.windows(2).any(|w| w[0] == b"--dir" && w[1] == dir)
 }
 
@@ -131,7 +135,11 @@ impl LocalCluster {
     /// Starts a fresh cluster of `replicas` nodes with `profile` in `dir`: writes the profile and
     /// a local cluster file, removes what an earlier cluster left there, and starts one
     /// `rapax-dataplane` and one `rapax-control` per node in the background.
-    pub fn up(profile: &Profile, replicas: usize, dir: &Path) -> Result<LocalCluster, ClusterError> {
+    pub fn up(
+        profile: &Profile,
+        replicas: usize,
+        dir: &Path,
+    ) -> Result<LocalCluster, ClusterError> {
         if ![1, 3, 5, 7].contains(&replicas) {
             return Err(ClusterError::Replicas(replicas));
         }
@@ -153,7 +161,8 @@ impl LocalCluster {
                 pids: running,
             });
         }
-        cdir.create().map_err(io(format!("create {}", dir.display())))?;
+        cdir.create()
+            .map_err(io(format!("create {}", dir.display())))?;
         clean(&cdir);
         let base = local_port_base(dir);
         let mut cluster = ClusterFile::local(replicas, base);
@@ -335,7 +344,8 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let text = std::fs::read_to_string(self.dir.replication_histogram(node)).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.replication_histogram(node)).unwrap_or_default();
         text.lines()
             .filter_map(|l| {
                 let mut it = l.split_whitespace();
@@ -365,13 +375,18 @@ impl LocalCluster {
         let _ = writeln!(
             s,
             "{:>4}  {:<10}  {:<9}  {:>9}  {:>9}  {:>9}  {:>12}  {:<14}  {:<18}",
-            "node", "role", "view", "ballot", "applied", "commit", "heartbeat", "alive (ctl)", "scores"
+            "node",
+            "role",
+            "view",
+            "ballot",
+            "applied",
+            "commit",
+            "heartbeat",
+            "alive (ctl)",
+            "scores"
         );
         for &n in &self.cluster.ring {
-            let running = |k| {
-                self.pid(n, k)
-                    .is_some_and(|p| is_ours(p, &self.dir.dir))
-            };
+            let running = |k| self.pid(n, k).is_some_and(|p| is_ours(p, &self.dir.dir));
             let (dp, cp) = (running("dataplane"), running("control"));
             let Some(c) = self.counters(n) else {
                 let _ = writeln!(s, "{n:>4}  (no channel yet)");
@@ -409,7 +424,11 @@ impl LocalCluster {
                 c.applied,
                 c.commit,
                 c.heartbeat,
-                if cp { format!("[{}]", alive.join(",")) } else { "control down".into() },
+                if cp {
+                    format!("[{}]", alive.join(","))
+                } else {
+                    "control down".into()
+                },
                 scores.join(" ")
             );
         }

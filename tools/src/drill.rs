@@ -18,9 +18,7 @@ use rapax_dataplane::protocol::NodeId;
 use crate::cluster::{is_ours, signal, ClusterError, LocalCluster};
 use crate::floor;
 use crate::lincheck::{check_kv_history, HistoryOp};
-use crate::report::{
-    progress_bar, write_plot, BenchReport, FailoverReport, LatencyRecorder,
-};
+use crate::report::{progress_bar, write_plot, BenchReport, FailoverReport, LatencyRecorder};
 
 /// Errors of the drills.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +153,7 @@ pub fn run_load(
                     Err(_) => failures += 1,
                 }
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if d % 256 == 0 {
+                if d.is_multiple_of(256) {
                     bar.set_position(d);
                 }
                 if d == ops / 2 {
@@ -391,7 +389,9 @@ pub fn fail_leader(
             cluster
                 .counters(l)
                 .is_some_and(|c| c.alive_mask & (1 << victim) != 0 && c.role == 4)
-        }) && cluster.counters(victim).is_some_and(|c| c.role == 1 || c.role == 4);
+        }) && cluster
+            .counters(victim)
+            .is_some_and(|c| c.role == 1 || c.role == 4);
         if ok || Instant::now() > back {
             break;
         }
@@ -564,7 +564,10 @@ pub fn failover(o: &FailoverOptions) -> Result<(FailoverReport, Vec<FailoverSamp
         linearizable: verdict.is_linearizable(),
     };
     if !verdict.is_linearizable() {
-        eprintln!("failover: history of {} operations: {verdict:?}", history.len());
+        eprintln!(
+            "failover: history of {} operations: {verdict:?}",
+            history.len()
+        );
     } else {
         eprintln!(
             "failover: history of {} operations checked: linearizable",

@@ -1,8 +1,8 @@
 //! The `rapax` operator's tool: the deterministic simulator and the linearizability checker.
 
-pub mod floor;
 pub mod cluster;
 pub mod drill;
+pub mod floor;
 pub mod lincheck;
 pub mod report;
 pub mod sim;

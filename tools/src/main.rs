@@ -614,11 +614,17 @@ fn demo(profile: &Path, ops: u64, plot: &Path, dir: Option<PathBuf>) -> Result<(
     );
     rapax::say!(
         "  end-to-end   us: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.0}  (includes the fail-over)",
-        e2e.p50, e2e.p99, e2e.p999, e2e.max
+        e2e.p50,
+        e2e.p99,
+        e2e.p999,
+        e2e.max
     );
     rapax::say!(
         "  replication  us: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.0}",
-        r.p50, r.p99, r.p999, r.max
+        r.p50,
+        r.p99,
+        r.p999,
+        r.max
     );
     rapax::say!(
         "  fabric floor us: p50 {:.2}  p99 {:.2}   (e2e p50 = {:.1} x floor p50)",

@@ -14,7 +14,13 @@ use rapax_control::{run_control, ControlOptions};
 /// Example:
 ///   rapax-control --dir /dev/shm/rapax/local-3 --node 0
 #[derive(Parser)]
-#[command(name = "rapax-control", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "rapax-control",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 struct Args {
     /// The cluster directory (profile.toml, cluster.toml, channels).
     #[arg(long)]

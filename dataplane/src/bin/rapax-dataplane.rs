@@ -15,7 +15,13 @@ use rapax_dataplane::protocol::node::Start;
 /// Example:
 ///   rapax-dataplane --dir /dev/shm/rapax/local-3 --node 0
 #[derive(Parser)]
-#[command(name = "rapax-dataplane", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "rapax-dataplane",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 struct Args {
     /// The cluster directory (profile.toml, cluster.toml, regions, channels, mailboxes).
     #[arg(long)]

@@ -83,7 +83,9 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::frame::{Frame, FrameBody, CLIENT_NODE, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_READ_BYTES};
+use super::frame::{
+    Frame, FrameBody, CLIENT_NODE, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_READ_BYTES,
+};
 use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
 use crate::protocol::node::{ClientReply, ClientRequest};
 use crate::protocol::{NodeId, MAX_NODES};

@@ -1902,7 +1902,8 @@ fn read_local_slot<'b>(
     let off = geometry.slot_offset(s);
     buf.resize(ENTRY_HEADER_BYTES, 0);
     mem.read_log(off, buf);
-    let len = u32::from_le_bytes(buf[ENTRY_LEN..ENTRY_LEN + 4].try_into().expect("4 bytes")) as usize;
+    let len =
+        u32::from_le_bytes(buf[ENTRY_LEN..ENTRY_LEN + 4].try_into().expect("4 bytes")) as usize;
     let total = (ENTRY_HEADER_BYTES + len).min(geometry.slot_bytes);
     buf.resize(total, 0);
     mem.read_log(off + ENTRY_HEADER_BYTES, &mut buf[ENTRY_HEADER_BYTES..]);
