@@ -290,6 +290,7 @@ fn reader(
 
 /// Runs node `opts.node`'s control plane until the process is signalled.
 pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
+    rapax_dataplane::agent::allow_every_core();
     let dir = ClusterDir::new(&opts.dir);
     let (profile, cluster) = load_config(&dir, opts.profile.as_deref(), opts.cluster.as_deref())?;
     let me = opts.node;

@@ -344,16 +344,22 @@ fn place(core: Option<usize>) {
         Some(core) => {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
-        None => {
-            use nix::sched::{sched_setaffinity, CpuSet};
-            use nix::unistd::Pid;
-            let mut all = CpuSet::new();
-            for c in core_affinity::get_core_ids().unwrap_or_default() {
-                let _ = all.set(c.id);
-            }
-            let _ = sched_setaffinity(Pid::from_raw(0), &all);
-        }
+        None => allow_every_core(),
     }
+}
+
+/// Lets the calling thread run on every core of the host, whatever affinity it inherited (a
+/// daemon started by a pinned thread inherits its pinning). Daemons call it first thing, so a
+/// profile's cores are available to pin to.
+pub fn allow_every_core() {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let mut all = CpuSet::new();
+    for c in 0..CpuSet::count() {
+        let _ = all.set(c);
+    }
+    // The kernel keeps the cores that exist.
+    let _ = sched_setaffinity(Pid::from_raw(0), &all);
 }
 
 fn check_core(agent: &str, core: usize) -> Result<(), AgentError> {

@@ -601,6 +601,7 @@ impl<P: Plane> Agent for Dataplane<P> {
 /// Runs node `opts.node`'s data plane until the control plane sends `Shutdown` (or the process
 /// is signalled). Prints the effective profile first.
 pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
+    crate::agent::allow_every_core();
     let dir = ClusterDir::new(&opts.dir);
     let (profile, cluster) = load_config(&dir, opts.profile.as_deref(), opts.cluster.as_deref())?;
     let me = opts.node;

@@ -222,6 +222,16 @@ pub struct BenchOptions {
 
 /// `rapax bench`: the report, and the recorders for a plot.
 pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
+    let warm = (o.ops / 10).clamp(200, 20_000);
+    let capacity = o.profile.log.capacity_entries;
+    if (warm + o.ops) * 10 > capacity * 9 {
+        return Err(DrillError::Client(format!(
+            "{} operations (and {warm} to warm up) could need more entries than the log's {capacity}; \
+             the log is not reused yet, so a cluster's life is bounded by it: use fewer --ops or \
+             a profile with a larger log.capacity_entries",
+            o.ops
+        )));
+    }
     // The floor first, on the cores the cluster will use, before its agents occupy them (a
     // cluster already running in --dir is attached to, and the floor then shares the cores).
     let floor = measure_floor(&o.profile, 20_000, o.value_bytes.max(64));
@@ -235,7 +245,6 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
         o.ops,
         o.value_bytes
     );
-    let warm = (o.ops / 10).clamp(200, 20_000);
     run_load(&o.dir, o.clients, warm, o.value_bytes, "warm-up", None)?;
     let _ = replication(&session.cluster); // reset
     let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", None)?;
