@@ -268,12 +268,7 @@ fn reader(
             let config = UdpConfig {
                 me,
                 cluster_id: cluster.cluster_id(),
-                peers: cluster
-                    .nodes
-                    .iter()
-                    .filter(|p| p.id != me)
-                    .filter_map(|p| Some((p.id, p.udp_socket_addr()?)))
-                    .collect(),
+                peers: cluster.udp_peers(me),
                 timeout: (period * 2).max(Duration::from_micros(500)),
                 control_readers: Vec::new(),
                 clients: Vec::new(),

@@ -176,6 +176,23 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
     move |source| DaemonError::Io { what, source }
 }
 
+/// The command-line arguments every daemon of a node takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// The cluster directory (profile.toml, cluster.toml, regions, channels, mailboxes).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// This node's id in the cluster file.
+    #[arg(long)]
+    pub node: u8,
+    /// The hardware profile (default: DIR/profile.toml).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// The cluster file (default: DIR/cluster.toml).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+}
+
 /// Where a data plane finds its configuration.
 #[derive(Clone, Debug)]
 pub struct DataplaneOptions {
@@ -678,12 +695,7 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
             let config = UdpConfig {
                 me,
                 cluster_id: cluster.cluster_id(),
-                peers: cluster
-                    .nodes
-                    .iter()
-                    .filter(|p| p.id != me)
-                    .filter_map(|p| Some((p.id, p.udp_socket_addr()?)))
-                    .collect(),
+                peers: cluster.udp_peers(me),
                 timeout: Duration::from_micros(profile.election.retry_us.max(1000)),
                 control_readers: cluster
                     .nodes

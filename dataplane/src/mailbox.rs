@@ -18,6 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+use crate::fabric::shm::process_alive;
 use crate::mapped::MappedFile;
 
 const MAGIC: u64 = 0x7261_7061_785f_6d62; // "rapax_mb"
@@ -81,16 +82,6 @@ fn open_mapped(path: &Path, create_len: Option<u64>) -> Result<MappedFile, Mailb
         }
     }
     MappedFile::map(&file).map_err(io)
-}
-
-fn process_alive(pid: u64) -> bool {
-    use nix::errno::Errno;
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
 }
 
 /// The data plane's end: takes requests, writes replies.

@@ -1197,6 +1197,15 @@ impl ClusterFile {
         xxhash_rust::xxh3::xxh3_64(self.name.as_bytes())
     }
 
+    /// Every other node's data-plane UDP address (the peers node `me` posts to).
+    pub fn udp_peers(&self, me: NodeId) -> Vec<(NodeId, SocketAddr)> {
+        self.nodes
+            .iter()
+            .filter(|p| p.id != me)
+            .filter_map(|p| Some((p.id, p.udp_socket_addr()?)))
+            .collect()
+    }
+
     /// The node with this id.
     pub fn node(&self, id: NodeId) -> Option<&ClusterNode> {
         self.nodes.iter().find(|n| n.id == id)

@@ -1,11 +1,10 @@
 //! `rapax-dataplane`: the data-plane process of one rapax node.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 
-use rapax_dataplane::daemon::{run_dataplane, DataplaneOptions};
+use rapax_dataplane::daemon::{run_dataplane, DaemonArgs, DataplaneOptions};
 use rapax_dataplane::protocol::node::Start;
 
 /// The data plane of one node: registered memory, the data mesh, client ingress, the replicated
@@ -23,18 +22,8 @@ use rapax_dataplane::protocol::node::Start;
     verbatim_doc_comment
 )]
 struct Args {
-    /// The cluster directory (profile.toml, cluster.toml, regions, channels, mailboxes).
-    #[arg(long)]
-    dir: PathBuf,
-    /// This node's id in the cluster file.
-    #[arg(long)]
-    node: u8,
-    /// The hardware profile (default: DIR/profile.toml).
-    #[arg(long)]
-    profile: Option<PathBuf>,
-    /// The cluster file (default: DIR/cluster.toml).
-    #[arg(long)]
-    cluster: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// How the node's memory starts (default: kept if its shm region exists, lost on a udp
     /// restart, fresh otherwise).
     #[arg(long, value_enum)]
@@ -51,10 +40,10 @@ enum StartArg {
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = DataplaneOptions {
-        dir: args.dir,
-        node: args.node,
-        profile: args.profile,
-        cluster: args.cluster,
+        dir: args.daemon.dir,
+        node: args.daemon.node,
+        profile: args.daemon.profile,
+        cluster: args.daemon.cluster,
         start: args.start.map(|s| match s {
             StartArg::Fresh => Start::Fresh,
             StartArg::Kept => Start::MemoryKept,

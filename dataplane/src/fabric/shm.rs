@@ -337,7 +337,8 @@ fn guarded_write(
     Ok(())
 }
 
-fn process_alive(pid: u64) -> bool {
+/// Whether process `pid` exists (a zombie still does).
+pub(crate) fn process_alive(pid: u64) -> bool {
     use nix::errno::Errno;
     use nix::sys::signal::kill;
     use nix::unistd::Pid;
