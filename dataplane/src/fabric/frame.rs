@@ -1266,6 +1266,8 @@ mod tests {
             },
             ClientErrorCode::Busy,
             ClientErrorCode::LogFull,
+            ClientErrorCode::BadRequest(BadRequest::Malformed),
+            ClientErrorCode::BadRequest(BadRequest::ZeroSequence),
         ]
     }
 
@@ -1601,8 +1603,12 @@ mod tests {
             },
             ClientError::Busy,
             ClientError::LogFull,
+            ClientError::BadRequest(BadRequest::Malformed),
+            ClientError::BadRequest(BadRequest::UnknownOperation),
+            ClientError::BadRequest(BadRequest::Mismatch),
+            ClientError::BadRequest(BadRequest::ZeroSequence),
         ];
-        let codes = [1, 1, 2, 3, 4];
+        let codes = [1, 1, 2, 3, 4, 5, 5, 5, 5];
         for (e, code) in errors.iter().zip(codes) {
             let wire = ClientErrorCode::from(e);
             assert_eq!(wire.code(), code, "codes are stable: {e:?}");
@@ -1629,7 +1635,7 @@ mod tests {
         });
         let at = HEADER_BYTES + CLIENT_HEADER_BYTES;
         assert_eq!(enc(&f)[at], ClientErrorCode::CODE_BUSY);
-        for bad_code in [0, 5, 255] {
+        for bad_code in [0, 6, 255] {
             assert_eq!(
                 Frame::decode(&altered(&f, at, bad_code)),
                 Err(FrameError::UnknownClientErrorCode(bad_code))
