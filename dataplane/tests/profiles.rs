@@ -82,6 +82,16 @@ fn local_profiles_run_on_two_cores() {
     {
         let p = Profile::load(&path).unwrap();
         for (name, agent) in p.agents.all() {
+            if name == "leader" && agent.idle != IdleKind::Backoff {
+                // Only the leading data plane may spin, on a core a 2-core host has.
+                assert_eq!(agent.idle, IdleKind::Spin, "{}", path.display());
+                assert!(
+                    agent.core.is_some_and(|c| c < 2),
+                    "{}: a spinning leader needs a core of its own below 2",
+                    path.display()
+                );
+                continue;
+            }
             assert_eq!(
                 agent.core,
                 None,
@@ -95,6 +105,14 @@ fn local_profiles_run_on_two_cores() {
                 path.display()
             );
         }
+        // A parked follower must bump its heartbeat faster than peers read it.
+        assert!(
+            p.backoff.max_park_us < p.election.read_period_us,
+            "{}: max_park_us {} >= read_period_us {}",
+            path.display(),
+            p.backoff.max_park_us,
+            p.election.read_period_us
+        );
         assert!(p.verified_on_hardware, "{}", path.display());
     }
 }
