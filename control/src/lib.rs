@@ -12,8 +12,6 @@
 //! declared the leader it followed failed (for `rapax failover`'s detection time).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rapax_dataplane::agent::{Agent, AgentRunner, IdleStrategy};
@@ -24,9 +22,7 @@ use rapax_dataplane::fabric::shm::ShmFabric;
 use rapax_dataplane::fabric::udp::{UdpConfig, UdpFabric};
 use rapax_dataplane::fabric::{Completion, Op, Post, Region};
 use rapax_dataplane::profile::{FabricKind, Profile};
-use rapax_dataplane::protocol::layout::{
-    LogGeometry, CB_AMNESIAC, CB_GRANTED_BALLOT, CB_HEARTBEAT,
-};
+use rapax_dataplane::protocol::layout::{CB_AMNESIAC, CB_GRANTED_BALLOT, CB_HEARTBEAT};
 use rapax_dataplane::protocol::{Ballot, NodeId};
 
 use election::{Election, ElectionAction};
@@ -95,7 +91,6 @@ impl Link {
 }
 
 struct Control {
-    me: NodeId,
     ring: Vec<NodeId>,
     election: Election,
     reader: Reader,
@@ -195,7 +190,6 @@ impl Control {
         c.set(Counter::AliveMask, alive);
         c.set(Counter::Scores, scores);
         c.add(Counter::ControlHeartbeat, 1);
-        let _ = self.me;
         work
     }
 }
@@ -230,14 +224,8 @@ fn reader(
     dir: &ClusterDir,
     me: NodeId,
 ) -> Result<Reader, DaemonError> {
-    let geometry = LogGeometry::new(profile.log.capacity_entries, profile.log.slot_bytes)
-        .expect("validated geometry");
-    let n = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .max()
-        .map_or(0, |m| m + 1) as usize;
+    let geometry = profile.geometry();
+    let n = cluster.node_slots();
     match profile.fabric.kind {
         FabricKind::Shm => {
             // The peers' data planes create their regions; wait for them.
@@ -317,7 +305,6 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
     let reader = reader(&profile, &cluster, &dir, me)?;
     let election = Election::new(me, cluster.ring.clone(), cfg.election.clone());
     let control = Control {
-        me,
         ring: cluster.ring.clone(),
         followed: election.leader(),
         election,
@@ -336,8 +323,7 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
         spec.core,
     )?;
     println!("rapax-control: node {me} running");
-    let stop = Arc::new(AtomicBool::new(false));
-    while !stop.load(Ordering::Relaxed) && !runner.is_finished() {
+    while !runner.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
     }
     runner.stop()?;

@@ -33,7 +33,6 @@ use crate::fabric::{Completion, LocalMemory, Post};
 use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
-use crate::protocol::layout::LogGeometry;
 use crate::protocol::node::{
     BadRequest, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind, Start,
 };
@@ -159,6 +158,20 @@ pub enum DaemonError {
     Agent(#[from] crate::agent::AgentError),
 }
 
+/// Writes `bytes` to `path`, created or truncated with mode 0600 (every file of a cluster
+/// directory is private to its owner).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
 impl From<ProfileError> for DaemonError {
     fn from(e: ProfileError) -> DaemonError {
         DaemonError::Profile(Box::new(e))
@@ -258,8 +271,8 @@ trait Plane: Send {
     fn mem(&mut self) -> &mut Self::Mem;
     fn post(&mut self, post: Post);
     fn poll(&mut self, out: &mut Vec<Completion>);
-    /// Client requests received, each with its route; frames that do not decode are counted in
-    /// `malformed` and answered where there is a route.
+    /// Client requests received, each with its route; a frame that does not decode comes as
+    /// the reason to refuse it. Returns how many.
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize;
     fn answer(&mut self, route: Route, reply: &ClientReply);
 }
@@ -527,9 +540,8 @@ impl<P: Plane> Dataplane<P> {
                     self.channel.set(Counter::FirstCommitAtNs, now);
                 }
             }
-            Note::Candidate { ballot } => {
+            Note::Candidate { .. } => {
                 self.channel.set(Counter::CandidateAtNs, monotonic_ns());
-                let _ = ballot;
             }
             Note::BecameLeader { ballot, .. } => {
                 self.channel.set(Counter::LeaderAtNs, monotonic_ns());
@@ -574,18 +586,7 @@ impl<P: Plane> Dataplane<P> {
                 ));
             }
             let tmp = self.stats_path.with_extension("tmp");
-            let written = {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .and_then(|mut f| f.write_all(text.as_bytes()))
-            };
-            if written.is_ok() {
+            if write_private(&tmp, text.as_bytes()).is_ok() {
                 let _ = std::fs::rename(&tmp, &self.stats_path);
             }
             self.replication.reset();
@@ -629,14 +630,8 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
         cluster.ring,
         profile.render()
     );
-    let geometry = LogGeometry::new(profile.log.capacity_entries, profile.log.slot_bytes)
-        .expect("validated geometry");
-    let n = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .max()
-        .map_or(0, |m| m + 1) as usize;
+    let geometry = profile.geometry();
+    let n = cluster.node_slots();
     let marker = dir.started_marker(me);
     let restarted = marker.exists();
     let channel = Channel::create(&dir.channel(me), me, profile.rings.command_ring_entries)?;
@@ -726,16 +721,7 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
         }
         other => return Err(DaemonError::UnsupportedFabric(other.as_str())),
     };
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&marker)
-            .map_err(io_err(format!("{}", marker.display())))?;
-    }
+    write_private(&marker, b"").map_err(io_err(format!("{}", marker.display())))?;
     while !shutdown.load(Ordering::Acquire) && !runner.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
     }

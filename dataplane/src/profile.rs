@@ -965,13 +965,18 @@ impl Profile {
     /// read chunk cover `max(64, 2 × window_slots)` slots, at most the log's capacity.
     ///
     /// Panics if `tick_us` is 0 or the profile is invalid (validate it at load).
+    /// The log's geometry (panics if the profile was not validated).
+    pub fn geometry(&self) -> LogGeometry {
+        LogGeometry::new(self.log.capacity_entries, self.log.slot_bytes)
+            .expect("validated log geometry")
+    }
+
     pub fn node_config(&self, id: NodeId, ring: Vec<NodeId>, tick_us: u64) -> NodeConfig {
         assert!(tick_us > 0, "tick_us must be at least 1");
         if let Err(e) = self.validate() {
             panic!("node_config of an invalid profile: {e}");
         }
-        let geometry = LogGeometry::new(self.log.capacity_entries, self.log.slot_bytes)
-            .expect("validated log geometry");
+        let geometry = self.geometry();
         let r = &self.replication;
         let e = &self.election;
         let scan = (2 * r.window_slots)
@@ -1195,6 +1200,15 @@ impl ClusterFile {
     /// test cluster beside a production one) drop each other's frames.
     pub fn cluster_id(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(self.name.as_bytes())
+    }
+
+    /// How many node ids a fabric must map: one past the highest id.
+    pub fn node_slots(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| usize::from(n.id) + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Every other node's data-plane UDP address (the peers node `me` posts to).

@@ -1,9 +1,11 @@
 //! Local clusters: `rapax up`, `rapax down`, `rapax status`, and what bench and the drills
 //! need to find and poke the processes of a cluster started here.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -113,6 +115,9 @@ pub struct LocalCluster {
     pub dir: ClusterDir,
     pub profile: Profile,
     pub cluster: ClusterFile,
+    /// Each node's channel as last mapped, with the file's inode: a restarted data plane makes
+    /// a new channel file, and only then is it mapped again (the drills poll counters often).
+    channels: Mutex<HashMap<NodeId, (u64, Arc<Channel>)>>,
 }
 
 impl LocalCluster {
@@ -129,6 +134,7 @@ impl LocalCluster {
             dir: cdir,
             profile,
             cluster,
+            channels: Mutex::default(),
         })
     }
 
@@ -173,6 +179,7 @@ impl LocalCluster {
             dir: cdir,
             profile: profile.clone(),
             cluster,
+            channels: Mutex::default(),
         };
         let mut procs = Vec::new();
         for &node in &lc.cluster.ring.clone() {
@@ -253,9 +260,25 @@ impl LocalCluster {
             .map(|p| p.pid)
     }
 
+    /// `node`'s channel, mapped again only when its data plane has made a new one.
+    fn channel(&self, node: NodeId) -> Option<Arc<Channel>> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.dir.channel(node);
+        let inode = std::fs::metadata(&path).ok()?.ino();
+        let mut cache = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((i, ch)) = cache.get(&node) {
+            if *i == inode {
+                return Some(Arc::clone(ch));
+            }
+        }
+        let ch = Arc::new(Channel::open(&path).ok()?);
+        cache.insert(node, (inode, Arc::clone(&ch)));
+        Some(ch)
+    }
+
     /// Reads `node`'s channel counters (`None` if its data plane has not created the channel).
     pub fn counters(&self, node: NodeId) -> Option<NodeCounters> {
-        let ch = Channel::open(&self.dir.channel(node)).ok()?;
+        let ch = self.channel(node)?;
         let get = |c| ch.counter(c);
         Some(NodeCounters {
             node,
@@ -332,7 +355,7 @@ impl LocalCluster {
     /// Asks `node`'s data plane for its replication-latency histogram since the last request
     /// and returns its samples `(nanoseconds, count)` (empty if it does not answer in 2 s).
     pub fn replication_samples(&self, node: NodeId) -> Vec<(u64, u64)> {
-        let Ok(ch) = Channel::open(&self.dir.channel(node)) else {
+        let Some(ch) = self.channel(node) else {
             return Vec::new();
         };
         let want = ch.counter(Counter::StatsRequest) + 1;
@@ -457,17 +480,21 @@ pub struct NodeCounters {
     pub malformed_frames: u64,
 }
 
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie, ...).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 /// Whether `pid` is stopped (SIGSTOP).
 pub fn is_stopped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                .map(|st| st == "T")
-        })
-        .unwrap_or(false)
+    proc_state(pid) == Some('T')
 }
 
 fn read_pids(dir: &ClusterDir) -> Vec<Proc> {
@@ -485,16 +512,7 @@ fn read_pids(dir: &ClusterDir) -> Vec<Proc> {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(format!("{}", path.display())))?;
-    f.write_all(text.as_bytes())
+    rapax_dataplane::daemon::write_private(path, text.as_bytes())
         .map_err(io(format!("{}", path.display())))
 }
 

@@ -57,6 +57,11 @@ impl LatencyRecorder {
         self.histogram.saturating_record(latency_ns);
     }
 
+    /// Records `count` samples of `latency_ns` at once, clamped into the tracked range.
+    pub fn record_ns_count(&mut self, latency_ns: u64, count: u64) {
+        self.histogram.saturating_record_n(latency_ns, count);
+    }
+
     /// Records one sample given as a [`Duration`], clamped into the tracked range.
     pub fn record_duration(&mut self, latency: Duration) {
         self.record_ns(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
