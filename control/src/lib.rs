@@ -260,6 +260,9 @@ fn reader(
                 timeout: (period * 2).max(Duration::from_micros(500)),
                 control_readers: Vec::new(),
                 clients: Vec::new(),
+                // Heartbeat reads only: one in flight per peer, on the control mesh.
+                window_ops: 1,
+                socket_buffer_bytes: 0,
             };
             let fabric = UdpFabric::bind(addr, config)?;
             Ok(Reader::Udp(

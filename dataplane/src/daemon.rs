@@ -683,6 +683,7 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
                 node: me,
                 what: "udp_addr",
             })?;
+            let udp = profile.fabric.udp.clone().unwrap_or_default();
             let mut bind = profile.fabric.udp.as_ref().map_or(addr, |u| u.bind_addr());
             if bind.port() == 0 {
                 bind.set_port(addr.port());
@@ -702,6 +703,8 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
                     .iter()
                     .filter_map(|c| c.udp_addr.as_ref()?.parse().ok())
                     .collect(),
+                window_ops: udp.send_window_ops,
+                socket_buffer_bytes: udp.socket_buffer_bytes,
             };
             let fabric = UdpFabric::bind(bind, config)?;
             let mem = UdpMemory::new(me, geometry.log_bytes());

@@ -293,12 +293,20 @@ pub struct UdpFabric {
     /// Local `ip:port` to bind; port 0 takes the port of this node's `udp_addr` in the cluster
     /// file.
     pub bind: String,
+    /// Most log operations in flight to one peer; later ones wait in posting order, so a
+    /// catch-up of thousands of entries never overruns the peer's socket buffer.
+    pub send_window_ops: usize,
+    /// Requested kernel send and receive buffer of the socket, bytes (the kernel may cap it at
+    /// `net.core.rmem_max` / `wmem_max`).
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for UdpFabric {
     fn default() -> UdpFabric {
         UdpFabric {
             bind: "127.0.0.1:0".to_string(),
+            send_window_ops: 64,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -671,6 +679,13 @@ impl Profile {
                             "must be a socket address ip:port (port 0: the node's udp_addr port)",
                         ));
                     }
+                    check_range("fabric.udp.send_window_ops", udp.send_window_ops, 1, 4096)?;
+                    check_range(
+                        "fabric.udp.socket_buffer_bytes",
+                        udp.socket_buffer_bytes,
+                        64 << 10,
+                        1 << 28,
+                    )?;
                 }
             }
             FabricKind::Rdma => {
@@ -1550,8 +1565,19 @@ mod tests {
         p.fabric.shm = None;
         p.fabric.udp = Some(UdpFabric {
             bind: "localhost".into(),
+            ..UdpFabric::default()
         });
         expect_invalid(&p, "fabric.udp.bind", "\"localhost\"");
+        p.fabric.udp = Some(UdpFabric {
+            send_window_ops: 0,
+            ..UdpFabric::default()
+        });
+        expect_invalid(&p, "fabric.udp.send_window_ops", "0");
+        p.fabric.udp = Some(UdpFabric {
+            socket_buffer_bytes: 1000,
+            ..UdpFabric::default()
+        });
+        expect_invalid(&p, "fabric.udp.socket_buffer_bytes", "1000");
 
         // rdma and dpdk need their table.
         let mut p = base();

@@ -155,9 +155,6 @@ fn shm_cluster_survives_kills_and_a_paused_leader() {
 }
 
 #[test]
-#[ignore = "known bug: catching up a udp node that lost its memory bursts one frame per missing \
-            entry; with thousands missing the kernel drops frames and the sync restarts without \
-            end (sync writes need a window)"]
 fn udp_cluster_survives_kills_and_a_paused_leader() {
     faults("udp-local.toml", "udp-faults");
 }

@@ -77,7 +77,7 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -116,6 +116,12 @@ pub struct UdpConfig {
     /// The addresses clients may send requests from; client frames from anywhere else are
     /// strangers.
     pub clients: Vec<SocketAddr>,
+    /// Most log operations in flight to one target; later ones wait in posting order (module
+    /// docs, "Send window").
+    pub window_ops: usize,
+    /// Requested kernel send and receive buffer of the socket, bytes; 0 leaves the kernel's
+    /// default.
+    pub socket_buffer_bytes: usize,
 }
 
 /// Counters of what one node's fabric did.
@@ -140,6 +146,8 @@ pub struct UdpStats {
     pub flushed: u64,
     /// Datagrams the kernel refused to send (the frame is lost).
     pub send_errors: u64,
+    /// Log operations that waited for the send window before going out.
+    pub window_waits: u64,
     /// Client requests taken from configured clients.
     pub client_requests: u64,
 }
@@ -203,6 +211,12 @@ pub struct UdpFabric {
     /// `next_seq[t]`: the sequence number of our next log request frame to `t` (module docs,
     /// "Sequencing").
     next_seq: [u64; MAX_NODES],
+    /// Most log operations in flight to one target.
+    window_ops: usize,
+    /// `in_flight[t]`: log operations sent to `t` and not completed yet.
+    in_flight: [usize; MAX_NODES],
+    /// `waiting[t]`: log operations to `t` posted while its window was full, in posting order.
+    waiting: Vec<VecDeque<Post>>,
     /// Test hook: this many of the next datagrams are dropped as if lost on the way (counted as
     /// sent).
     #[cfg(test)]
@@ -241,6 +255,9 @@ impl UdpFabric {
             *slot = Some(addr);
         }
         socket.set_nonblocking(true)?;
+        if config.socket_buffer_bytes > 0 {
+            set_buffers(&socket, config.socket_buffer_bytes);
+        }
         Ok(UdpFabric {
             me: config.me,
             cluster_id: config.cluster_id,
@@ -257,6 +274,9 @@ impl UdpFabric {
             deadlines: BinaryHeap::new(),
             broken: 0,
             next_seq: [0; MAX_NODES],
+            window_ops: config.window_ops.max(1),
+            in_flight: [0; MAX_NODES],
+            waiting: (0..MAX_NODES).map(|_| VecDeque::new()).collect(),
             #[cfg(test)]
             drop_sends: 0,
             ready: Vec::new(),
@@ -281,7 +301,7 @@ impl UdpFabric {
 
     /// Operations posted whose completion [`UdpFabric::poll`] has not returned yet.
     pub fn outstanding(&self) -> usize {
-        self.ops.len() + self.ready.len()
+        self.ops.len() + self.ready.len() + self.waiting.iter().map(VecDeque::len).sum::<usize>()
     }
 
     fn peer(&self, node: NodeId) -> Option<SocketAddr> {
@@ -290,15 +310,16 @@ impl UdpFabric {
 
     /// Sends `post` to its target; its completion comes out of a later [`UdpFabric::poll`]. A
     /// post to a node that is not configured, or on a data connection in error, fails at once.
+    /// A log operation beyond the target's send window waits, in posting order, until earlier
+    /// ones complete.
     pub fn post(&mut self, post: Post, now: Instant) {
-        let Some(addr) = self.peer(post.target) else {
+        if self.peer(post.target).is_none() {
             self.fail_now(post.wr_id, FabricError::Unreachable);
             return;
-        };
+        }
         let target = post.target;
-        let data = post.op.region() == Region::Log;
         let bit = 1u32 << target;
-        if data {
+        if post.op.region() == Region::Log {
             if post.reconnect {
                 self.broken &= !bit;
             } else if self.broken & bit != 0 {
@@ -306,7 +327,37 @@ impl UdpFabric {
                 self.fail_now(post.wr_id, FabricError::Unreachable);
                 return;
             }
+            let t = target as usize;
+            if !self.waiting[t].is_empty() || self.in_flight[t] >= self.window_ops {
+                self.stats.window_waits += 1;
+                self.waiting[t].push_back(post);
+                return;
+            }
         }
+        self.send_post(post, now);
+    }
+
+    /// Sends the waiting log operations of every target whose window has room.
+    fn send_waiting(&mut self, now: Instant) {
+        for t in 0..MAX_NODES {
+            while self.in_flight[t] < self.window_ops {
+                let Some(post) = self.waiting[t].pop_front() else {
+                    break;
+                };
+                self.send_post(post, now);
+            }
+        }
+    }
+
+    /// Puts `post` on the wire now (its target is configured and, for a log operation, its
+    /// connection is not known to be broken).
+    fn send_post(&mut self, post: Post, now: Instant) {
+        let Some(addr) = self.peer(post.target) else {
+            self.fail_now(post.wr_id, FabricError::Unreachable);
+            return;
+        };
+        let target = post.target;
+        let data = post.op.region() == Region::Log;
         let (region, offset, total, read) = match &post.op {
             Op::Write {
                 region,
@@ -332,6 +383,9 @@ impl UdpFabric {
         let count = total.div_ceil(chunk).max(1);
         let key = self.next_op;
         self.next_op += 1;
+        if data {
+            self.in_flight[target as usize] += 1;
+        }
         self.ops.insert(
             key,
             Pending {
@@ -432,6 +486,7 @@ impl UdpFabric {
         }
         self.rx = rx;
         self.expire(now);
+        self.send_waiting(now);
         std::mem::take(&mut self.ready)
     }
 
@@ -575,6 +630,9 @@ impl UdpFabric {
             for w in &op.wires {
                 self.pieces.remove(w);
             }
+            if op.data {
+                self.in_flight[op.target as usize] -= 1;
+            }
             self.ready.push(Completion {
                 wr_id: op.wr_id,
                 result,
@@ -603,6 +661,11 @@ impl UdpFabric {
             self.stats.flushed += 1;
             self.finish(key, Err(FabricError::Unreachable));
         }
+        // Posted after the ones just flushed: they fail too, in posting order.
+        while let Some(post) = self.waiting[target as usize].pop_front() {
+            self.stats.flushed += 1;
+            self.fail_now(post.wr_id, FabricError::Unreachable);
+        }
     }
 
     /// Fails every operation whose time-out has passed by `now`.
@@ -622,6 +685,19 @@ impl UdpFabric {
                 self.break_connection(target);
             }
         }
+    }
+}
+
+/// Asks for `bytes` of kernel send and receive buffer: forced past `net.core.rmem_max` where
+/// the process may (CAP_NET_ADMIN), else as much as the kernel allows. Best effort: a smaller
+/// buffer only means a burst beyond it is lost and retried, which the send window makes rare.
+fn set_buffers(socket: &UdpSocket, bytes: usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &bytes);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &bytes).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &bytes);
     }
 }
 
@@ -680,6 +756,8 @@ mod tests {
                     timeout,
                     control_readers: Vec::new(),
                     clients: Vec::new(),
+                    window_ops: 64,
+                    socket_buffer_bytes: 0,
                 };
                 UdpFabric::new(s, config).unwrap()
             })
@@ -825,6 +903,8 @@ mod tests {
             timeout,
             control_readers: Vec::new(),
             clients: Vec::new(),
+            window_ops: 64,
+            socket_buffer_bytes: 0,
         };
         let f = UdpFabric::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
         let addr = f.local_addr().unwrap();
@@ -1162,6 +1242,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             control_readers: Vec::new(),
             clients: Vec::new(),
+            window_ops: 64,
+            socket_buffer_bytes: 0,
         };
         let mut f = UdpFabric::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
         let addr = f.local_addr().unwrap();
@@ -1479,6 +1561,53 @@ mod tests {
         assert_eq!(slot(&mems[0], 1), &[0x66; 64]);
         assert_eq!(slot(&mems[0], 2), &[0x77; 64]);
         assert_eq!(slot(&mems[0], 3), &[0; 64]);
+    }
+
+    /// A catch-up posts thousands of writes at once; the send window keeps at most
+    /// `window_ops` of them on the wire, so none is dropped by a full socket buffer and all land
+    /// in posting order (the last write to each slot wins).
+    #[test]
+    fn a_burst_far_beyond_the_window_lands_whole_and_in_order() {
+        let (mut nodes, mut mems) = cluster(2, GEO.log_bytes(), Duration::from_secs(2));
+        mems[0].grant(1, B);
+        const BURST: u64 = 5000;
+        for i in 0..BURST {
+            let mut p = slot_write(i, i % GEO.capacity, (i % 251) as u8, i == 0);
+            p.target = 0;
+            nodes[1].post(p, Instant::now());
+        }
+        assert!(nodes[1].outstanding() as u64 == BURST);
+        assert!(nodes[1].stats().window_waits >= BURST - 64);
+        let done = drive(&mut nodes, &mut mems, |d| d.len() as u64 == BURST);
+        let order: Vec<u64> = done.iter().map(|(_, c)| c.wr_id).collect();
+        assert_eq!(order, (0..BURST).collect::<Vec<_>>(), "completions out of order");
+        assert!(done.iter().all(|(_, c)| c.result == Ok(None)), "{done:?}");
+        for s in 0..GEO.capacity {
+            let last = (BURST - 1 - s) / GEO.capacity * GEO.capacity + s;
+            assert_eq!(slot(&mems[0], s), &[(last % 251) as u8; 64], "slot {s}");
+        }
+        assert_eq!(nodes[1].stats().timeouts, 0);
+        assert_eq!(nodes[1].outstanding(), 0);
+    }
+
+    /// Operations waiting for the window fail with the connection when it breaks, in posting
+    /// order, and are never sent.
+    #[test]
+    fn waiting_operations_fail_with_their_connection() {
+        let (mut nodes, mut mems) = cluster(2, GEO.log_bytes(), Duration::from_millis(100));
+        mems[0].grant(1, B);
+        nodes[1].drop_sends = 64;
+        for i in 0..200 {
+            let mut p = slot_write(i, i % GEO.capacity, 0x5a, i == 0);
+            p.target = 0;
+            nodes[1].post(p, Instant::now());
+        }
+        let done = drive(&mut nodes, &mut mems, |d| d.len() == 200);
+        assert!(done
+            .iter()
+            .all(|(_, c)| c.result == Err(FabricError::Unreachable)));
+        assert_eq!(nodes[1].stats().sent, 64, "a waiting operation went out");
+        assert!((0..GEO.capacity).all(|s| slot(&mems[0], s) == [0; 64]));
     }
 
     #[test]
