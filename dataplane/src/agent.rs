@@ -40,6 +40,12 @@ pub trait Agent {
     fn class(&self) -> usize {
         0
     }
+    /// Parks the thread for at most `d` after idle passes (the `backoff` strategy's park). An
+    /// agent with a source of wake-ups (a socket) waits on it instead, so work that arrives
+    /// while it is parked wakes it at once.
+    fn park(&mut self, d: Duration) {
+        thread::sleep(d);
+    }
 }
 
 /// Steps `agent` once: one `do_work`, no idling. Returns the work it did.
@@ -253,11 +259,16 @@ impl IdleStrategy {
 
     /// Idles after a pass that did `work_count`: nothing (and a reset) if it did work.
     pub fn idle(&mut self, work_count: usize) {
+        self.idle_parking_with(work_count, thread::sleep);
+    }
+
+    /// [`IdleStrategy::idle`], parking with `park` (an agent's [`Agent::park`]).
+    pub fn idle_parking_with(&mut self, work_count: usize, park: impl FnOnce(Duration)) {
         match self.next_action(work_count) {
             IdleAction::None => {}
             IdleAction::Spin => std::hint::spin_loop(),
             IdleAction::Yield => thread::yield_now(),
-            IdleAction::Park(d) => thread::sleep(d),
+            IdleAction::Park(d) => park(d),
         }
     }
 
@@ -457,7 +468,9 @@ impl AgentRunner {
                         }
                         let work_count = agent.do_work();
                         counters.record(work_count);
-                        classes[current].0.idle(work_count);
+                        classes[current]
+                            .0
+                            .idle_parking_with(work_count, |d| agent.park(d));
                     }
                     agent
                 })

@@ -110,6 +110,11 @@ impl ClusterDir {
         self.dir.join(format!("node-{node}.{process}.log"))
     }
 
+    /// The network namespace of each node started in one (`NODE NAMESPACE` lines).
+    pub fn netns(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+
     /// The processes `rapax up` started: one line `node process pid` each.
     pub fn pids(&self) -> PathBuf {
         self.dir.join("pids")
@@ -275,6 +280,10 @@ trait Plane: Send {
     /// the reason to refuse it. Returns how many.
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize;
     fn answer(&mut self, route: Route, reply: &ClientReply);
+    /// Waits at most `d` for work (the data plane's backoff park).
+    fn park(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
 }
 
 struct ShmPlane {
@@ -361,6 +370,12 @@ impl Plane for UdpPlane {
         if let Route::Addr(addr) = route {
             self.fabric.reply_client(reply, addr);
         }
+    }
+
+    /// A parked udp data plane waits on its socket: a request, a completion or a client frame
+    /// wakes it as soon as the kernel has it, as a kernel-socket server would.
+    fn park(&mut self, d: Duration) {
+        self.fabric.wait_readable(d, Instant::now());
     }
 }
 
@@ -613,6 +628,10 @@ impl<P: Plane> Agent for Dataplane<P> {
             RoleKind::Follower => 1,
             _ => 0,
         }
+    }
+
+    fn park(&mut self, d: Duration) {
+        self.plane.park(d);
     }
 }
 

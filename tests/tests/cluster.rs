@@ -16,13 +16,15 @@ use nix::sys::signal::Signal;
 use rapax::cluster::{is_ours, signal, LocalCluster};
 use rapax::drill::{fail_leader, FailMode, HistoryLoad};
 use rapax::lincheck::{check_kv_history, HistoryOp};
+use rapax::netlab::NetLab;
 use rapax_dataplane::client::{Client, ClientFailure, ClientOptions};
 use rapax_dataplane::daemon::monotonic_ns;
 use rapax_dataplane::fabric::frame::{Frame, CLIENT_NODE};
 use rapax_dataplane::mailbox::MailboxClient;
-use rapax_dataplane::profile::Profile;
+use rapax_dataplane::profile::{ClusterFile, Profile};
 use rapax_dataplane::protocol::kv::{KvOp, KvReply};
 use rapax_dataplane::protocol::node::{BadRequest, ClientError, ClientRequest};
+use rapax_dataplane::protocol::NodeId;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -50,6 +52,14 @@ impl TestCluster {
             .wait_leader(Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{e}\n{}", cluster.status()));
         TestCluster { cluster, dir }
+    }
+
+    fn from(cluster: LocalCluster, dir: PathBuf) -> TestCluster {
+        let t = TestCluster { cluster, dir };
+        t.cluster
+            .wait_leader(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
+        t
     }
 
     fn client(&self) -> Client {
@@ -157,6 +167,90 @@ fn shm_cluster_survives_kills_and_a_paused_leader() {
 #[test]
 fn udp_cluster_survives_kills_and_a_paused_leader() {
     faults("udp-local.toml", "udp-faults");
+}
+
+/// A 3-node udp cluster with each node in a network namespace of its own: the leader is cut
+/// off (the majority elects another and goes on committing; the clients, in this namespace,
+/// find it), then healed (the deposed leader catches up and corrupts nothing); then a follower
+/// is cut off and healed. Needs root and iproute2, as CI has.
+#[test]
+fn udp_cluster_survives_partitions_in_network_namespaces() {
+    use std::collections::HashMap;
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let lab = NetLab::create("pt", 3).unwrap_or_else(|e| panic!("network namespaces: {e}"));
+    let base = 30_000 + (std::process::id() % 100) as u16 * 200;
+    let mut cluster = ClusterFile::local(3, base);
+    cluster.name = format!("netns-3-{base}");
+    for n in &mut cluster.nodes {
+        let i = n.id as usize;
+        n.udp_addr = Some(format!("{}:{}", lab.node_ip(i), base + n.id as u16));
+        n.control_addr = Some(format!("{}:{}", lab.node_ip(i), base + 64 + n.id as u16));
+    }
+    for (k, c) in cluster.clients.iter_mut().enumerate() {
+        c.udp_addr = Some(format!("{}:{}", lab.host_ip(), base + 128 + k as u16));
+    }
+    let netns: HashMap<NodeId, String> = (0..3).map(|i| (i as NodeId, lab.namespace(i))).collect();
+    let dir = Path::new("/dev/shm/rapax-test").join(format!("udp-netns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Bound to the wildcard address in each namespace: the kernel sends from eth0's address,
+    // the one the cluster file gives.
+    let mut p = profile("udp-local.toml");
+    if let Some(udp) = p.fabric.udp.as_mut() {
+        udp.bind = "0.0.0.0:0".into();
+    }
+    let started =
+        LocalCluster::up_with(&p, cluster, &dir, &netns).unwrap_or_else(|e| panic!("up: {e}"));
+    let t = TestCluster::from(started, dir);
+    let load = HistoryLoad::start(&t.dir, 2).expect("load");
+    steady(&load, 100);
+    for round in 0..2 {
+        let leader = t
+            .cluster
+            .wait_leader(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
+        // The leader alone on its side: the clients cannot reach it, so every acknowledgement
+        // from here on comes from a leader the majority elected.
+        lab.isolate(leader as usize).unwrap();
+        steady(&load, 200);
+        let new = t
+            .cluster
+            .counters((leader + 1) % 3)
+            .into_iter()
+            .chain(t.cluster.counters((leader + 2) % 3))
+            .find(|c| c.role == 4)
+            .unwrap_or_else(|| {
+                panic!(
+                    "round {round}: no leader on the majority side\n{}",
+                    t.cluster.status()
+                )
+            });
+        assert_ne!(new.node, leader);
+        lab.heal(leader as usize).unwrap();
+        steady(&load, 200);
+        t.cluster
+            .wait_caught_up(leader, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", t.cluster.status()));
+    }
+    // A follower cut off and healed: the majority goes on, the follower catches up.
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let follower = (leader + 1) % 3;
+    lab.isolate(follower as usize).unwrap();
+    steady(&load, 200);
+    lab.heal(follower as usize).unwrap();
+    t.cluster
+        .wait_caught_up(follower, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
+    steady(&load, 100);
+    let (mut history, _) = load.finish();
+    final_reads(&t, &mut history);
+    assert_linearizable(&history, "udp-netns");
+    for p in t.cluster.procs() {
+        assert!(is_ours(p.pid, &t.dir), "{} of node {} died", p.kind, p.node);
+    }
+    drop(t);
+    drop(lab);
 }
 
 #[test]

@@ -149,6 +149,20 @@ impl LocalCluster {
         if ![1, 3, 5, 7].contains(&replicas) {
             return Err(ClusterError::Replicas(replicas));
         }
+        let base = local_port_base(dir);
+        let mut cluster = ClusterFile::local(replicas, base);
+        cluster.name = format!("local-{replicas}-{base}");
+        LocalCluster::up_with(profile, cluster, dir, &HashMap::new())
+    }
+
+    /// Starts a fresh cluster described by `cluster` in `dir`, each node's daemons in the
+    /// network namespace `netns` names for it (`ip netns exec`), others in this one.
+    pub fn up_with(
+        profile: &Profile,
+        cluster: ClusterFile,
+        dir: &Path,
+        netns: &HashMap<NodeId, String>,
+    ) -> Result<LocalCluster, ClusterError> {
         if !matches!(profile.fabric.kind, FabricKind::Shm | FabricKind::Udp) {
             return Err(ClusterError::Fabric {
                 profile: profile.name.clone(),
@@ -170,11 +184,13 @@ impl LocalCluster {
         cdir.create()
             .map_err(io(format!("create {}", dir.display())))?;
         clean(&cdir);
-        let base = local_port_base(dir);
-        let mut cluster = ClusterFile::local(replicas, base);
-        cluster.name = format!("local-{replicas}-{base}");
         write_private(&cdir.profile(), &profile.render())?;
         write_private(&cdir.cluster(), &cluster.render())?;
+        let mut text = String::new();
+        for (node, ns) in netns {
+            let _ = writeln!(text, "{node} {ns}");
+        }
+        write_private(&cdir.netns(), &text)?;
         let lc = LocalCluster {
             dir: cdir,
             profile: profile.clone(),
@@ -203,7 +219,16 @@ impl LocalCluster {
             .open(&log_path)
             .map_err(io(format!("{}", log_path.display())))?;
         let log2 = log.try_clone().map_err(io("log"))?;
-        let child = Command::new(&bin)
+        let mut command = match self.netns(node) {
+            Some(ns) => {
+                // `ip netns exec` enters the namespace and execs the daemon: same pid.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .arg("--dir")
             .arg(&self.dir.dir)
             .arg("--node")
@@ -237,6 +262,15 @@ impl LocalCluster {
         procs.push(p.clone());
         self.write_pids(&procs)?;
         Ok(p)
+    }
+
+    /// The network namespace `node`'s daemons run in, if not this one.
+    pub fn netns(&self, node: NodeId) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.netns()).ok()?;
+        text.lines().find_map(|l| {
+            let (n, ns) = l.split_once(' ')?;
+            (n.parse() == Ok(node)).then(|| ns.to_string())
+        })
     }
 
     fn write_pids(&self, procs: &[Proc]) -> Result<(), ClusterError> {
@@ -524,7 +558,7 @@ fn clean(dir: &ClusterDir) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let ours = name.starts_with("node-") || name == "pids";
+        let ours = name.starts_with("node-") || name == "pids" || name == "netns";
         if ours {
             let _ = std::fs::remove_file(e.path());
         }

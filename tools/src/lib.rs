@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod drill;
 pub mod floor;
 pub mod lincheck;
+pub mod netlab;
 pub mod report;
 pub mod sim;
 

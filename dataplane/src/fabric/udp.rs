@@ -456,6 +456,26 @@ impl UdpFabric {
         }
     }
 
+    /// Blocks until a datagram is waiting on the socket, `d` has passed, or the earliest
+    /// time-out of an outstanding operation is due, whichever comes first. The backoff park of
+    /// an agent that drives this fabric.
+    pub fn wait_readable(&self, d: Duration, now: Instant) {
+        use nix::poll::{ppoll, PollFd, PollFlags};
+        use nix::sys::time::TimeSpec;
+        use std::os::fd::AsFd;
+        let due = self
+            .deadlines
+            .peek()
+            .map_or(d, |Reverse((t, _))| t.saturating_duration_since(now));
+        let wait = d.min(due);
+        if wait.is_zero() || !self.ready.is_empty() {
+            return;
+        }
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        // An interrupted or failed wait only ends the park early.
+        let _ = ppoll(&mut fds, Some(TimeSpec::from_duration(wait)), None);
+    }
+
     /// Receives and handles every pending datagram (requests are applied to `mem`, which must be
     /// this node's memory), fails the operations whose time-out has passed by `now`, and returns
     /// the completions of this node's operations.
@@ -1580,7 +1600,11 @@ mod tests {
         assert!(nodes[1].stats().window_waits >= BURST - 64);
         let done = drive(&mut nodes, &mut mems, |d| d.len() as u64 == BURST);
         let order: Vec<u64> = done.iter().map(|(_, c)| c.wr_id).collect();
-        assert_eq!(order, (0..BURST).collect::<Vec<_>>(), "completions out of order");
+        assert_eq!(
+            order,
+            (0..BURST).collect::<Vec<_>>(),
+            "completions out of order"
+        );
         assert!(done.iter().all(|(_, c)| c.result == Ok(None)), "{done:?}");
         for s in 0..GEO.capacity {
             let last = (BURST - 1 - s) / GEO.capacity * GEO.capacity + s;
