@@ -32,7 +32,8 @@ fn main() {
     }
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let shim_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("shim");
+    let shim_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("shim");
 
     settle(
         "rapax_rdma",
@@ -97,9 +98,12 @@ fn generate(builder: bindgen::Builder, what: &str) -> Result<bindgen::Bindings, 
 fn bind_rdma(out_dir: &Path, shim_dir: &Path) -> Probe {
     let mut include_paths = Vec::new();
     for lib in ["libibverbs", "librdmacm"] {
-        let found = pkg_config::Config::new()
-            .probe(lib)
-            .map_err(|e| format!("rdma-core not found by pkg-config at build time ({lib}: {})", first_line(&e)))?;
+        let found = pkg_config::Config::new().probe(lib).map_err(|e| {
+            format!(
+                "rdma-core not found by pkg-config at build time ({lib}: {})",
+                first_line(&e)
+            )
+        })?;
         include_paths.extend(found.include_paths);
     }
     let header = shim_dir.join("verbs.h");
@@ -125,7 +129,9 @@ fn bind_rdma(out_dir: &Path, shim_dir: &Path) -> Probe {
         .map_err(|e| format!("cannot write the rdma-core bindings: {e}"))?;
 
     let mut cc = cc::Build::new();
-    cc.file(wrappers.with_extension("c")).include(shim_dir).warnings(false);
+    cc.file(wrappers.with_extension("c"))
+        .include(shim_dir)
+        .warnings(false);
     for p in &include_paths {
         cc.include(p);
     }
@@ -135,9 +141,12 @@ fn bind_rdma(out_dir: &Path, shim_dir: &Path) -> Probe {
 }
 
 fn bind_dpdk(out_dir: &Path, shim_dir: &Path) -> Probe {
-    pkg_config::Config::new()
-        .probe("libdpdk")
-        .map_err(|e| format!("DPDK not found by pkg-config at build time (libdpdk: {})", first_line(&e)))?;
+    pkg_config::Config::new().probe("libdpdk").map_err(|e| {
+        format!(
+            "DPDK not found by pkg-config at build time (libdpdk: {})",
+            first_line(&e)
+        )
+    })?;
     // DPDK's cflags carry more than include paths (`-include rte_config.h`, `-march=...`): pass
     // them raw to both clang and cc, so the bindings and the wrappers see one configuration.
     let pkg_config = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".to_string());
@@ -192,6 +201,12 @@ fn bind_dpdk(out_dir: &Path, shim_dir: &Path) -> Probe {
     Ok(())
 }
 
+/// The line of a pkg-config error that says what is missing.
 fn first_line(e: &pkg_config::Error) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
+    let text = e.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.clone().next().unwrap_or_default().to_string();
+    lines
+        .find(|l| l.contains("was not found") || l.contains("could not find"))
+        .map_or(first, str::to_string)
 }

@@ -18,7 +18,8 @@ fn devices_lists_without_error() {
         println!("skipped: rdma-core bindings not built ({err})");
         return;
     }
-    let devices = ibverbs::devices().expect("ibv_get_device_list without devices is an empty list, not an error");
+    let devices = ibverbs::devices()
+        .expect("ibv_get_device_list without devices is an empty list, not an error");
     println!("RDMA devices: {devices:?}");
     for d in &devices {
         assert!(!d.name.is_empty());
@@ -29,13 +30,18 @@ fn devices_lists_without_error() {
 fn opening_a_missing_device_is_a_typed_error() {
     match ibverbs::Context::open("rapax-no-such-device") {
         Err(ibverbs::Error::NoSuchDevice(name)) => assert_eq!(name, "rapax-no-such-device"),
-        Err(ibverbs::Error::NotBuilt(why)) => println!("skipped: rdma-core bindings not built ({why})"),
+        Err(ibverbs::Error::NotBuilt(why)) => {
+            println!("skipped: rdma-core bindings not built ({why})")
+        }
         other => panic!("expected NoSuchDevice, got {other:?}"),
     }
 }
 
+#[cfg(rapax_rdma)]
 mod device {
-    use rapax_ffi::ibverbs::{self, AccessFlags, Context, Endpoint, Gid, PathParams, QpCaps, QueuePair, SendFlags};
+    use rapax_ffi::ibverbs::{
+        self, AccessFlags, Context, Endpoint, Gid, PathParams, QpCaps, QueuePair, SendFlags,
+    };
     use rapax_ffi::ibverbs::{CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
     use std::time::{Duration, Instant};
 
@@ -55,7 +61,10 @@ mod device {
     }
 
     pub fn gid_index() -> u8 {
-        std::env::var("RAPAX_RDMA_GID_INDEX").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+        std::env::var("RAPAX_RDMA_GID_INDEX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
     }
 
     /// Polls `cq` until one completion arrives, or panics after 5 s.
@@ -65,7 +74,12 @@ mod device {
         loop {
             let n = cq.poll(&mut wcs).expect("ibv_poll_cq");
             if n > 0 {
-                assert_eq!(n, 1, "one work request outstanding, got {n} completions: {:?}", &wcs[..n]);
+                assert_eq!(
+                    n,
+                    1,
+                    "one work request outstanding, got {n} completions: {:?}",
+                    &wcs[..n]
+                );
                 return wcs[0];
             }
             assert!(Instant::now() < deadline, "no completion within 5 s");
@@ -93,7 +107,9 @@ mod device {
         pub fn read(&self, offset: usize, len: usize) -> Vec<u8> {
             assert!(offset + len <= self.layout.size());
             // SAFETY: in bounds; volatile, as the HCA writes this memory behind the compiler's back.
-            (0..len).map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(offset + i)) }).collect()
+            (0..len)
+                .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(offset + i)) })
+                .collect()
         }
         pub fn write(&self, offset: usize, bytes: &[u8]) {
             assert!(offset + bytes.len() <= self.layout.size());
@@ -125,10 +141,22 @@ mod device {
         println!("{name} port 1: {port:?}");
         assert!(port.active, "port 1 of {name} is not ACTIVE");
         let gid_index = port.ethernet.then(gid_index);
-        let gid = ctx.query_gid(1, i32::from(gid_index.unwrap_or(0))).expect("ibv_query_gid");
+        let gid = ctx
+            .query_gid(1, i32::from(gid_index.unwrap_or(0)))
+            .expect("ibv_query_gid");
         println!("{name} GID index {gid_index:?}: {gid:?}");
-        let path = PathParams { port: 1, gid_index, mtu: port.active_mtu.min(3), ..PathParams::default() };
-        Pair { ctx, path, gid, lid: port.lid }
+        let path = PathParams {
+            port: 1,
+            gid_index,
+            mtu: port.active_mtu.min(3),
+            ..PathParams::default()
+        };
+        Pair {
+            ctx,
+            path,
+            gid,
+            lid: port.lid,
+        }
     }
 
     pub fn connect(
@@ -137,7 +165,12 @@ mod device {
         b: QueuePair<ibverbs::Reset>,
         b_rights: AccessFlags,
     ) -> (QueuePair<ibverbs::Rts>, QueuePair<ibverbs::Rts>) {
-        let ep = |qp_num, psn| Endpoint { qp_num, psn, lid: pair.lid, gid: pair.gid };
+        let ep = |qp_num, psn| Endpoint {
+            qp_num,
+            psn,
+            lid: pair.lid,
+            gid: pair.gid,
+        };
         let (a_ep, b_ep) = (ep(a.qp_num(), 0x100), ep(b.qp_num(), 0x200));
         let a = a.to_init(1, AccessFlags::LOCAL_WRITE).expect("INIT a");
         let b = b.to_init(1, b_rights).expect("INIT b");
@@ -169,6 +202,14 @@ mod device {
 /// RESET → INIT → RTR → RTS cycle restores the rights.
 #[test]
 fn rc_loopback_write_read_revoke() {
+    #[cfg(rapax_rdma)]
+    rc_loopback();
+    #[cfg(not(rapax_rdma))]
+    println!("skipped rc_loopback_write_read_revoke: rdma-core bindings not built");
+}
+
+#[cfg(rapax_rdma)]
+fn rc_loopback() {
     use device::*;
     use ibverbs::{AccessFlags, QueuePair, WcOpcode};
 
@@ -199,38 +240,75 @@ fn rc_loopback_write_read_revoke() {
     // RDMA WRITE from a's source region into b's destination region.
     let pattern: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
     src.write(0, &pattern);
-    a.post_write(1, mr_src.slice(0, 256).unwrap(), mr_dst.remote(128).unwrap(), flags()).expect("post write");
+    a.post_write(
+        1,
+        mr_src.slice(0, 256).unwrap(),
+        mr_dst.remote(128).unwrap(),
+        flags(),
+    )
+    .expect("post write");
     check_success(&wait_one(&cq_a), 1, WcOpcode::RdmaWrite);
     assert_eq!(dst.read(128, 256), pattern, "the written bytes landed");
 
     // Inline write of a small record.
-    a.post_write_inline(2, b"inline-record", mr_dst.remote(1024).unwrap(), flags()).expect("post inline write");
+    a.post_write_inline(2, b"inline-record", mr_dst.remote(1024).unwrap(), flags())
+        .expect("post inline write");
     check_success(&wait_one(&cq_a), 2, WcOpcode::RdmaWrite);
     assert_eq!(dst.read(1024, 13), b"inline-record");
 
     // RDMA READ back into another part of the source region.
-    a.post_read(3, mr_src.slice(2048, 256).unwrap(), mr_dst.remote(128).unwrap(), flags()).expect("post read");
+    a.post_read(
+        3,
+        mr_src.slice(2048, 256).unwrap(),
+        mr_dst.remote(128).unwrap(),
+        flags(),
+    )
+    .expect("post read");
     check_success(&wait_one(&cq_a), 3, WcOpcode::RdmaRead);
     assert_eq!(src.read(2048, 256), pattern, "the read bytes arrived");
 
     // Revoke: no rights on b's QP; a's next write must fail and not land.
-    b.set_access_flags(AccessFlags::NONE).expect("ibv_modify_qp(IBV_QP_ACCESS_FLAGS)");
+    b.set_access_flags(AccessFlags::NONE)
+        .expect("ibv_modify_qp(IBV_QP_ACCESS_FLAGS)");
     src.write(0, &[0xEE; 64]);
-    a.post_write(4, mr_src.slice(0, 64).unwrap(), mr_dst.remote(3000).unwrap(), flags()).expect("post write");
+    a.post_write(
+        4,
+        mr_src.slice(0, 64).unwrap(),
+        mr_dst.remote(3000).unwrap(),
+        flags(),
+    )
+    .expect("post write");
     let wc = wait_one(&cq_a);
     println!("write after revoke: {wc:?}");
     assert_eq!(wc.wr_id(), 4);
-    assert!(wc.status().is_remote_permission_error(), "expected REM_ACCESS_ERR or REM_INV_REQ_ERR, got {wc:?}");
-    assert_eq!(dst.read(3000, 64), vec![0; 64], "a revoked write did not land");
+    assert!(
+        wc.status().is_remote_permission_error(),
+        "expected REM_ACCESS_ERR or REM_INV_REQ_ERR, got {wc:?}"
+    );
+    assert_eq!(
+        dst.read(3000, 64),
+        vec![0; 64],
+        "a revoked write did not land"
+    );
 
     // The failed write put a in the error state: cycle both through RESET → INIT → RTR → RTS,
     // b granting write again, and write once more.
     let a = a.reset().expect("RESET a");
     let b = b.reset().expect("RESET b");
     let (a, _b) = connect(&pair, a, b, rights);
-    a.post_write(5, mr_src.slice(0, 64).unwrap(), mr_dst.remote(3000).unwrap(), flags()).expect("post write");
+    a.post_write(
+        5,
+        mr_src.slice(0, 64).unwrap(),
+        mr_dst.remote(3000).unwrap(),
+        flags(),
+    )
+    .expect("post write");
     check_success(&wait_one(&cq_a), 5, WcOpcode::RdmaWrite);
-    assert_eq!(dst.read(3000, 64), vec![0xEE; 64], "writes land again after the full cycle");
+    assert_eq!(
+        dst.read(3000, 64),
+        vec![0xEE; 64],
+        "writes land again after the full cycle"
+    );
 }
 
 /// rdma_cm: without a device the event channel or the resolution fails with an errno (never a
@@ -238,6 +316,14 @@ fn rc_loopback_write_read_revoke() {
 /// queue pairs through librdmacm and an RDMA WRITE lands.
 #[test]
 fn rdma_cm_connect() {
+    #[cfg(rapax_rdma)]
+    rdma_cm();
+    #[cfg(not(rapax_rdma))]
+    println!("skipped rdma_cm_connect: rdma-core bindings not built");
+}
+
+#[cfg(rapax_rdma)]
+fn rdma_cm() {
     use device::*;
     use ibverbs::{ConnParams, EventChannel, PortSpace, WcOpcode};
 
@@ -255,12 +341,17 @@ fn rdma_cm_connect() {
             Err(e) => {
                 println!("rdma_cm without a device: {e}");
                 assert!(
-                    matches!(e, ibverbs::Error::Errno { .. } | ibverbs::Error::UnexpectedEvent { .. }),
+                    matches!(
+                        e,
+                        ibverbs::Error::Errno { .. } | ibverbs::Error::UnexpectedEvent { .. }
+                    ),
                     "{e:?}"
                 );
             }
         }
-        println!("skipped the rdma_cm connection: set RAPAX_RDMA_CM_ADDR to an IP of the RDMA netdev");
+        println!(
+            "skipped the rdma_cm connection: set RAPAX_RDMA_CM_ADDR to an IP of the RDMA netdev"
+        );
         return;
     };
     let ip: std::net::IpAddr = addr.parse().expect("RAPAX_RDMA_CM_ADDR is an IP address");
@@ -277,7 +368,9 @@ fn rdma_cm_connect() {
         let mut listener = ch.create_id(PortSpace::Tcp).expect("rdma_create_id");
         listener.bind_addr(listen_at).expect("rdma_bind_addr");
         listener.listen(1).expect("rdma_listen");
-        let ctx = listener.context().expect("a listener bound to a device's address has a context");
+        let ctx = listener
+            .context()
+            .expect("a listener bound to a device's address has a context");
         let pd = ctx.alloc_pd().unwrap();
         let rights = ibverbs::AccessFlags::LOCAL_WRITE | ibverbs::AccessFlags::REMOTE_WRITE;
         // SAFETY: the buffer outlives the server thread (joined before it drops).
@@ -287,7 +380,8 @@ fn rdma_cm_connect() {
         // One device, one librdmacm context: the request's id is on the listener's context, so
         // its queue pair shares the region's PD.
         let cq = ctx.create_cq(16).unwrap();
-        conn.create_qp(&pd, &cq, &cq, caps()).expect("rdma_create_qp (passive)");
+        conn.create_qp(&pd, &cq, &cq, caps())
+            .expect("rdma_create_qp (passive)");
         conn.accept(&ConnParams::default()).expect("rdma_accept");
         done_rx.recv().unwrap();
         drop(conn);
@@ -296,17 +390,21 @@ fn rdma_cm_connect() {
     let remote = ready_rx.recv().unwrap();
     let ch = EventChannel::new().unwrap();
     let mut id = ch.create_id(PortSpace::Tcp).unwrap();
-    id.resolve_addr(None, listen_at, 2000).expect("rdma_resolve_addr");
+    id.resolve_addr(None, listen_at, 2000)
+        .expect("rdma_resolve_addr");
     id.resolve_route(2000).expect("rdma_resolve_route");
     let ctx = id.context().unwrap();
     let pd = ctx.alloc_pd().unwrap();
     let cq = ctx.create_cq(16).unwrap();
     // SAFETY: the buffer outlives the region.
-    let mr = unsafe { pd.register(src.ptr_for_test(), LEN, ibverbs::AccessFlags::LOCAL_WRITE) }.unwrap();
-    id.create_qp(&pd, &cq, &cq, caps()).expect("rdma_create_qp (active)");
+    let mr =
+        unsafe { pd.register(src.ptr_for_test(), LEN, ibverbs::AccessFlags::LOCAL_WRITE) }.unwrap();
+    id.create_qp(&pd, &cq, &cq, caps())
+        .expect("rdma_create_qp (active)");
     id.connect(&ConnParams::default()).expect("rdma_connect");
     src.write(0, b"through rdma_cm");
-    id.post_write(9, mr.slice(0, 15).unwrap(), remote, flags()).unwrap();
+    id.post_write(9, mr.slice(0, 15).unwrap(), remote, flags())
+        .unwrap();
     check_success(&wait_one(&cq), 9, WcOpcode::RdmaWrite);
     assert_eq!(dst.read(0, 15), b"through rdma_cm");
     done_tx.send(()).unwrap();

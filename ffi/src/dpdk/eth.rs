@@ -28,7 +28,11 @@ pub fn rte_strerror(errno: i32) -> String {
 }
 
 fn rte_error(call: &'static str, errno: i32) -> Error {
-    Error::Rte { call, errno, message: rte_strerror(errno) }
+    Error::Rte {
+        call,
+        errno,
+        message: rte_strerror(errno),
+    }
 }
 
 /// A DPDK return code: 0 or more is success, a negative value is `-errno`.
@@ -60,13 +64,23 @@ impl Eal {
         let mut owned = Vec::with_capacity(args.len() + 1);
         owned.push(CString::new("rapax").expect("no NUL"));
         for arg in args {
-            owned.push(CString::new(arg.as_str()).map_err(|_| Error::InvalidArgument(format!("EAL argument {arg:?} has a NUL")))?);
+            owned.push(
+                CString::new(arg.as_str()).map_err(|_| {
+                    Error::InvalidArgument(format!("EAL argument {arg:?} has a NUL"))
+                })?,
+            );
         }
         // rte_eal_init permutes argv and may keep pointers into the strings (it parses lazily
         // in places): give it a leaked, process-long argv. It happens once per process.
-        let argv: &'static mut [*mut c_char] =
-            Vec::leak(owned.into_iter().map(CString::into_raw).chain(std::iter::once(std::ptr::null_mut())).collect());
-        let argc = i32::try_from(argv.len() - 1).map_err(|_| Error::InvalidArgument("too many EAL arguments".into()))?;
+        let argv: &'static mut [*mut c_char] = Vec::leak(
+            owned
+                .into_iter()
+                .map(CString::into_raw)
+                .chain(std::iter::once(std::ptr::null_mut()))
+                .collect(),
+        );
+        let argc = i32::try_from(argv.len() - 1)
+            .map_err(|_| Error::InvalidArgument("too many EAL arguments".into()))?;
         // SAFETY: argv holds argc valid NUL-terminated strings and a NULL terminator, all leaked
         // so they outlive the EAL; this is the only call in the process (guarded above).
         let rc = unsafe { sys::rte_eal_init(argc, argv.as_mut_ptr()) };
@@ -96,7 +110,8 @@ impl Eal {
 
     /// The port id of a device by its name (`net_ring0`, `0000:3b:00.0`).
     pub fn port_by_name(&self, name: &str) -> Result<u16> {
-        let c = CString::new(name).map_err(|_| Error::InvalidArgument(format!("port name {name:?} has a NUL")))?;
+        let c = CString::new(name)
+            .map_err(|_| Error::InvalidArgument(format!("port name {name:?} has a NUL")))?;
         let mut id = 0u16;
         // SAFETY: `c` is NUL-terminated and `id` a valid out-pointer, both outlive the call.
         let rc = unsafe { sys::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id) };
@@ -135,12 +150,30 @@ impl PktMbufPool {
     /// Creates a pool of `count` mbufs with `data_room_bytes` of buffer each (including the
     /// headroom; `RTE_MBUF_DEFAULT_BUF_SIZE` holds a standard frame), a per-lcore cache of
     /// `cache_size`, on NUMA socket `socket_id` (`SOCKET_ID_ANY` = -1 for any).
-    pub fn create(_eal: &Eal, name: &str, count: u32, cache_size: u32, data_room_bytes: u16, socket_id: i32) -> Result<PktMbufPool> {
-        let c = CString::new(name).map_err(|_| Error::InvalidArgument(format!("pool name {name:?} has a NUL")))?;
+    pub fn create(
+        _eal: &Eal,
+        name: &str,
+        count: u32,
+        cache_size: u32,
+        data_room_bytes: u16,
+        socket_id: i32,
+    ) -> Result<PktMbufPool> {
+        let c = CString::new(name)
+            .map_err(|_| Error::InvalidArgument(format!("pool name {name:?} has a NUL")))?;
         // SAFETY: the EAL is initialised (an `&Eal` exists); `c` outlives the call, which copies
         // the name.
-        let mp = unsafe { sys::rte_pktmbuf_pool_create(c.as_ptr(), count, cache_size, 0, data_room_bytes, socket_id) };
-        let mp = NonNull::new(mp).ok_or_else(|| rte_error("rte_pktmbuf_pool_create", rte_errno()))?;
+        let mp = unsafe {
+            sys::rte_pktmbuf_pool_create(
+                c.as_ptr(),
+                count,
+                cache_size,
+                0,
+                data_room_bytes,
+                socket_id,
+            )
+        };
+        let mp =
+            NonNull::new(mp).ok_or_else(|| rte_error("rte_pktmbuf_pool_create", rte_errno()))?;
         Ok(PktMbufPool { mp })
     }
 
@@ -148,7 +181,10 @@ impl PktMbufPool {
     pub fn alloc(&self) -> Option<Mbuf<'_>> {
         // SAFETY: the pool is live; the returned mbuf is owned by the Mbuf, freed on its drop.
         let m = unsafe { sys::rte_pktmbuf_alloc(self.mp.as_ptr()) };
-        NonNull::new(m).map(|m| Mbuf { m, _pool: PhantomData })
+        NonNull::new(m).map(|m| Mbuf {
+            m,
+            _pool: PhantomData,
+        })
     }
 
     /// Mbufs free in the pool (including per-lcore caches).
@@ -210,26 +246,43 @@ impl Mbuf<'_> {
     pub fn data(&self) -> &[u8] {
         // SAFETY: the mbuf is live and owned by self; mtod points at `data_len` initialised
         // bytes of its buffer (written by append or by the driver), borrowed with self.
-        unsafe { std::slice::from_raw_parts(sys::rapax_rte_pktmbuf_mtod(self.m.as_ptr()).cast::<u8>(), usize::from(self.data_len())) }
+        unsafe {
+            std::slice::from_raw_parts(
+                sys::rapax_rte_pktmbuf_mtod(self.m.as_ptr()).cast::<u8>(),
+                usize::from(self.data_len()),
+            )
+        }
     }
 
     /// The data of the first segment, writable.
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for data(); `&mut self` makes the borrow exclusive.
         unsafe {
-            std::slice::from_raw_parts_mut(sys::rapax_rte_pktmbuf_mtod(self.m.as_ptr()).cast::<u8>(), usize::from(self.data_len()))
+            std::slice::from_raw_parts_mut(
+                sys::rapax_rte_pktmbuf_mtod(self.m.as_ptr()).cast::<u8>(),
+                usize::from(self.data_len()),
+            )
         }
     }
 
     /// Appends `bytes` at the end of the packet (`rte_pktmbuf_append` and a copy).
     pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<()> {
         let tailroom = self.tailroom();
-        let len = u16::try_from(bytes.len()).ok().filter(|&l| l <= tailroom).ok_or(Error::NoTailroom { tailroom, wanted: bytes.len() })?;
+        let len = u16::try_from(bytes.len())
+            .ok()
+            .filter(|&l| l <= tailroom)
+            .ok_or(Error::NoTailroom {
+                tailroom,
+                wanted: bytes.len(),
+            })?;
         // SAFETY: the mbuf is live and owned by self; there is `len` bytes of tailroom (checked),
         // so append returns a pointer to `len` writable bytes, which the copy fills.
         unsafe {
             let dst = sys::rte_pktmbuf_append(self.m.as_ptr(), len);
-            let dst = NonNull::new(dst).ok_or(Error::NoTailroom { tailroom, wanted: bytes.len() })?;
+            let dst = NonNull::new(dst).ok_or(Error::NoTailroom {
+                tailroom,
+                wanted: bytes.len(),
+            })?;
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_ptr().cast::<u8>(), bytes.len());
         }
         Ok(())
@@ -265,8 +318,16 @@ impl<const N: usize> Default for Burst<'_, N> {
 impl<'pool, const N: usize> Burst<'pool, N> {
     /// An empty burst.
     pub fn new() -> Self {
-        const { assert!(N > 0 && N <= u16::MAX as usize, "a burst holds 1..=65535 mbufs") };
-        Burst { slots: [const { None }; N], len: 0 }
+        const {
+            assert!(
+                N > 0 && N <= u16::MAX as usize,
+                "a burst holds 1..=65535 mbufs"
+            )
+        };
+        Burst {
+            slots: [const { None }; N],
+            len: 0,
+        }
     }
 
     /// Mbufs held.
@@ -305,7 +366,9 @@ impl<'pool, const N: usize> Burst<'pool, N> {
 
     /// The mbufs held, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Mbuf<'pool>> {
-        self.slots[..self.len].iter().map(|m| m.as_ref().expect("slots below len are full"))
+        self.slots[..self.len]
+            .iter()
+            .map(|m| m.as_ref().expect("slots below len are full"))
     }
 
     /// Frees every mbuf held.
@@ -339,7 +402,13 @@ pub struct PortConfig {
 
 impl Default for PortConfig {
     fn default() -> Self {
-        PortConfig { rx_queues: 1, tx_queues: 1, rx_desc: 1024, tx_desc: 1024, promiscuous: false }
+        PortConfig {
+            rx_queues: 1,
+            tx_queues: 1,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            promiscuous: false,
+        }
     }
 }
 
@@ -364,7 +433,12 @@ unsafe impl Send for Port<'_> {}
 impl<'pool> Port<'pool> {
     /// Configures port `id` with `config.rx_queues` receive queues (filled from `pool`) and
     /// `config.tx_queues` transmit queues. Start it with [`Port::start`].
-    pub fn configure(_eal: &Eal, id: u16, config: &PortConfig, pool: &'pool PktMbufPool) -> Result<Port<'pool>> {
+    pub fn configure(
+        _eal: &Eal,
+        id: u16,
+        config: &PortConfig,
+        pool: &'pool PktMbufPool,
+    ) -> Result<Port<'pool>> {
         // SAFETY: the EAL is initialised; the call only checks the id.
         if unsafe { sys::rte_eth_dev_is_valid_port(id) } == 0 {
             return Err(Error::InvalidArgument(format!("no port {id}")));
@@ -373,8 +447,14 @@ impl<'pool> Port<'pool> {
         // zeroes is valid; the call fills it.
         let mut info: sys::rte_eth_dev_info = unsafe { std::mem::zeroed() };
         // SAFETY: valid port and out-pointer.
-        check("rte_eth_dev_info_get", unsafe { sys::rte_eth_dev_info_get(id, &mut info) })?;
-        if config.rx_queues == 0 || config.rx_queues > info.max_rx_queues || config.tx_queues == 0 || config.tx_queues > info.max_tx_queues {
+        check("rte_eth_dev_info_get", unsafe {
+            sys::rte_eth_dev_info_get(id, &mut info)
+        })?;
+        if config.rx_queues == 0
+            || config.rx_queues > info.max_rx_queues
+            || config.tx_queues == 0
+            || config.tx_queues > info.max_tx_queues
+        {
             return Err(Error::InvalidArgument(format!(
                 "port {id} takes 1..={} rx and 1..={} tx queues, asked {} and {}",
                 info.max_rx_queues, info.max_tx_queues, config.rx_queues, config.tx_queues
@@ -384,29 +464,52 @@ impl<'pool> Port<'pool> {
         // (no offloads, no multi-queue mode).
         let conf: sys::rte_eth_conf = unsafe { std::mem::zeroed() };
         // SAFETY: valid port; `conf` outlives the call, which copies it.
-        check("rte_eth_dev_configure", unsafe { sys::rte_eth_dev_configure(id, config.rx_queues, config.tx_queues, &conf) })?;
+        check("rte_eth_dev_configure", unsafe {
+            sys::rte_eth_dev_configure(id, config.rx_queues, config.tx_queues, &conf)
+        })?;
         let (mut rx_desc, mut tx_desc) = (config.rx_desc, config.tx_desc);
         // SAFETY: valid, configured port; valid out-pointers.
-        check("rte_eth_dev_adjust_nb_rx_tx_desc", unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut rx_desc, &mut tx_desc) })?;
+        check("rte_eth_dev_adjust_nb_rx_tx_desc", unsafe {
+            sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut rx_desc, &mut tx_desc)
+        })?;
         // SAFETY: valid port.
         let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
         // SOCKET_ID_ANY (-1) is passed on as DPDK's applications do, as an unsigned int.
         let socket = socket as u32;
-        let port = Port { id, rx_queues: config.rx_queues, tx_queues: config.tx_queues, started: false, _pool: PhantomData, _not_sync: PhantomData };
+        let port = Port {
+            id,
+            rx_queues: config.rx_queues,
+            tx_queues: config.tx_queues,
+            started: false,
+            _pool: PhantomData,
+            _not_sync: PhantomData,
+        };
         for q in 0..config.rx_queues {
             // SAFETY: valid, configured port and queue id; NULL rx_conf takes the device's
             // default; the pool outlives the port (the port borrows it for 'pool).
-            let rc = unsafe { sys::rte_eth_rx_queue_setup(id, q, rx_desc, socket, std::ptr::null(), pool.mp.as_ptr()) };
+            let rc = unsafe {
+                sys::rte_eth_rx_queue_setup(
+                    id,
+                    q,
+                    rx_desc,
+                    socket,
+                    std::ptr::null(),
+                    pool.mp.as_ptr(),
+                )
+            };
             check("rte_eth_rx_queue_setup", rc)?;
         }
         for q in 0..config.tx_queues {
             // SAFETY: valid, configured port and queue id; NULL tx_conf takes the default.
-            let rc = unsafe { sys::rte_eth_tx_queue_setup(id, q, tx_desc, socket, std::ptr::null()) };
+            let rc =
+                unsafe { sys::rte_eth_tx_queue_setup(id, q, tx_desc, socket, std::ptr::null()) };
             check("rte_eth_tx_queue_setup", rc)?;
         }
         if config.promiscuous {
             // SAFETY: valid, configured port.
-            check("rte_eth_promiscuous_enable", unsafe { sys::rte_eth_promiscuous_enable(id) })?;
+            check("rte_eth_promiscuous_enable", unsafe {
+                sys::rte_eth_promiscuous_enable(id)
+            })?;
         }
         Ok(port)
     }
@@ -419,7 +522,9 @@ impl<'pool> Port<'pool> {
     /// Starts the port (`rte_eth_dev_start`).
     pub fn start(&mut self) -> Result<()> {
         // SAFETY: the port is configured with all its queues set up.
-        check("rte_eth_dev_start", unsafe { sys::rte_eth_dev_start(self.id) })?;
+        check("rte_eth_dev_start", unsafe {
+            sys::rte_eth_dev_start(self.id)
+        })?;
         self.started = true;
         Ok(())
     }
@@ -428,7 +533,9 @@ impl<'pool> Port<'pool> {
     pub fn stop(&mut self) -> Result<()> {
         if self.started {
             // SAFETY: the port is started.
-            check("rte_eth_dev_stop", unsafe { sys::rte_eth_dev_stop(self.id) })?;
+            check("rte_eth_dev_stop", unsafe {
+                sys::rte_eth_dev_stop(self.id)
+            })?;
             self.started = false;
         }
         Ok(())
@@ -438,14 +545,20 @@ impl<'pool> Port<'pool> {
     pub fn mac_addr(&self) -> Result<MacAddr> {
         let mut addr = sys::rte_ether_addr::default();
         // SAFETY: valid port and out-pointer.
-        check("rte_eth_macaddr_get", unsafe { sys::rte_eth_macaddr_get(self.id, &mut addr) })?;
+        check("rte_eth_macaddr_get", unsafe {
+            sys::rte_eth_macaddr_get(self.id, &mut addr)
+        })?;
         Ok(MacAddr(addr.addr_bytes))
     }
 
     /// Receives up to the burst's free room from receive queue `queue` into the end of `burst`;
     /// returns how many arrived. Never blocks, never allocates.
     pub fn rx_burst<const N: usize>(&self, queue: u16, burst: &mut Burst<'pool, N>) -> usize {
-        assert!(queue < self.rx_queues, "rx queue {queue} of {}", self.rx_queues);
+        assert!(
+            queue < self.rx_queues,
+            "rx queue {queue} of {}",
+            self.rx_queues
+        );
         assert!(self.started, "rx_burst on a stopped port");
         let room = (N - burst.len) as u16;
         if room == 0 {
@@ -454,7 +567,9 @@ impl<'pool> Port<'pool> {
         // SAFETY: the port is started and the queue set up; slots[len..] are None (null) and
         // room for `room` pointers, which the driver fills with mbufs it hands over; each
         // becomes a Some(Mbuf) owning it, with the pool's lifetime (the queue's pool).
-        let n = unsafe { sys::rte_eth_rx_burst(self.id, queue, burst.raw_slots().add(burst.len), room) };
+        let n = unsafe {
+            sys::rte_eth_rx_burst(self.id, queue, burst.raw_slots().add(burst.len), room)
+        };
         burst.len += usize::from(n);
         usize::from(n)
     }
@@ -463,7 +578,11 @@ impl<'pool> Port<'pool> {
     /// (the driver frees them once on the wire), the rest move to its front for a retry.
     /// Returns how many were sent.
     pub fn tx_burst<const N: usize>(&self, queue: u16, burst: &mut Burst<'pool, N>) -> usize {
-        assert!(queue < self.tx_queues, "tx queue {queue} of {}", self.tx_queues);
+        assert!(
+            queue < self.tx_queues,
+            "tx queue {queue} of {}",
+            self.tx_queues
+        );
         assert!(self.started, "tx_burst on a stopped port");
         if burst.len == 0 {
             return 0;
@@ -471,7 +590,9 @@ impl<'pool> Port<'pool> {
         // SAFETY: the port is started and the queue set up; slots[..len] are valid mbufs we own.
         // The driver takes ownership of the first `sent`, so their slots are cleared below
         // without running Mbuf's drop.
-        let sent = usize::from(unsafe { sys::rte_eth_tx_burst(self.id, queue, burst.raw_slots(), burst.len as u16) });
+        let sent = usize::from(unsafe {
+            sys::rte_eth_tx_burst(self.id, queue, burst.raw_slots(), burst.len as u16)
+        });
         for slot in &mut burst.slots[..sent] {
             std::mem::forget(slot.take());
         }

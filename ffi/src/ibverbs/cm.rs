@@ -12,8 +12,12 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use super::sys;
-use super::verbs::{check, last_errno, post_one_sided, post_recv_raw, rc_init_attr, CqInner, PdInner};
-use super::verbs::{CompletionQueue, Context, LocalSlice, ProtectionDomain, QpCaps, RemoteAddr, SendFlags};
+use super::verbs::{
+    check, last_errno, post_one_sided, post_recv_raw, rc_init_attr, CqInner, PdInner,
+};
+use super::verbs::{
+    CompletionQueue, Context, LocalSlice, ProtectionDomain, QpCaps, RemoteAddr, SendFlags,
+};
 use super::{Error, Result};
 
 struct ChannelInner {
@@ -67,7 +71,9 @@ fn event_name(event: sys::rdma_cm_event_type) -> String {
         return format!("event {event}");
     }
     // SAFETY: non-NULL static string (see above).
-    unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl EventChannel {
@@ -75,8 +81,13 @@ impl EventChannel {
     pub fn new() -> Result<EventChannel> {
         // SAFETY: no arguments; the returned channel is owned by the new ChannelInner.
         let ch = unsafe { sys::rdma_create_event_channel() };
-        let ch = NonNull::new(ch).ok_or(Error::Errno { call: "rdma_create_event_channel", errno: last_errno() })?;
-        Ok(EventChannel { inner: Arc::new(ChannelInner { ch }) })
+        let ch = NonNull::new(ch).ok_or(Error::Errno {
+            call: "rdma_create_event_channel",
+            errno: last_errno(),
+        })?;
+        Ok(EventChannel {
+            inner: Arc::new(ChannelInner { ch }),
+        })
     }
 
     /// Creates an `rdma_cm_id` on this channel.
@@ -87,10 +98,19 @@ impl EventChannel {
         };
         let mut id: *mut sys::rdma_cm_id = ptr::null_mut();
         // SAFETY: the channel is live; `id` is a valid out-pointer.
-        let rc = unsafe { sys::rdma_create_id(self.inner.ch.as_ptr(), &mut id, ptr::null_mut(), ps) };
+        let rc =
+            unsafe { sys::rdma_create_id(self.inner.ch.as_ptr(), &mut id, ptr::null_mut(), ps) };
         check("rdma_create_id", rc)?;
-        let id = NonNull::new(id).ok_or(Error::Errno { call: "rdma_create_id", errno: last_errno() })?;
-        Ok(CmId { id, channel: self.inner.clone(), qp: None, connected: false })
+        let id = NonNull::new(id).ok_or(Error::Errno {
+            call: "rdma_create_id",
+            errno: last_errno(),
+        })?;
+        Ok(CmId {
+            id,
+            channel: self.inner.clone(),
+            qp: None,
+            connected: false,
+        })
     }
 
     /// Waits for the next event; acknowledges it and returns it with the id it is for.
@@ -99,7 +119,10 @@ impl EventChannel {
         // SAFETY: the channel is live; `event` is a valid out-pointer.
         let rc = unsafe { sys::rdma_get_cm_event(self.inner.ch.as_ptr(), &mut event) };
         check("rdma_get_cm_event", rc)?;
-        let event = NonNull::new(event).ok_or(Error::Errno { call: "rdma_get_cm_event", errno: last_errno() })?;
+        let event = NonNull::new(event).ok_or(Error::Errno {
+            call: "rdma_get_cm_event",
+            errno: last_errno(),
+        })?;
         // SAFETY: the event is valid until acknowledged below; its fields are copied first.
         let (kind, status, id) = unsafe {
             let e = event.as_ref();
@@ -109,13 +132,28 @@ impl EventChannel {
         let rc = unsafe { sys::rdma_ack_cm_event(event.as_ptr()) };
         check("rdma_ack_cm_event", rc)?;
         let id = NonNull::new(id).ok_or(Error::InvalidArgument("rdma_cm event without an id"))?;
-        Ok((CmEvent { event: kind, name: event_name(kind), status }, id))
+        Ok((
+            CmEvent {
+                event: kind,
+                name: event_name(kind),
+                status,
+            },
+            id,
+        ))
     }
 
-    fn expect(&self, expected: sys::rdma_cm_event_type, name: &'static str) -> Result<NonNull<sys::rdma_cm_id>> {
+    fn expect(
+        &self,
+        expected: sys::rdma_cm_event_type,
+        name: &'static str,
+    ) -> Result<NonNull<sys::rdma_cm_id>> {
         let (event, id) = self.next_event()?;
         if event.event != expected || event.status != 0 {
-            return Err(Error::UnexpectedEvent { expected: name, got: event.name, status: event.status });
+            return Err(Error::UnexpectedEvent {
+                expected: name,
+                got: event.name,
+                status: event.status,
+            });
         }
         Ok(id)
     }
@@ -169,7 +207,9 @@ fn raw_sockaddr(addr: SocketAddr) -> RawSockAddr {
             v4: sys::sockaddr_in {
                 sin_family: sys::AF_INET as sys::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: sys::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: sys::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             },
         },
@@ -178,7 +218,11 @@ fn raw_sockaddr(addr: SocketAddr) -> RawSockAddr {
                 sin6_family: sys::AF_INET6 as sys::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo().to_be(),
-                sin6_addr: sys::in6_addr { __in6_u: sys::in6_addr__bindgen_ty_1 { __u6_addr8: a.ip().octets() } },
+                sin6_addr: sys::in6_addr {
+                    __in6_u: sys::in6_addr__bindgen_ty_1 {
+                        __u6_addr8: a.ip().octets(),
+                    },
+                },
                 sin6_scope_id: a.scope_id(),
             },
         },
@@ -200,7 +244,12 @@ pub struct ConnParams {
 
 impl Default for ConnParams {
     fn default() -> Self {
-        ConnParams { responder_resources: 1, initiator_depth: 1, retry_count: 7, rnr_retry_count: 7 }
+        ConnParams {
+            responder_resources: 1,
+            initiator_depth: 1,
+            retry_count: 7,
+            rnr_retry_count: 7,
+        }
     }
 }
 
@@ -218,13 +267,19 @@ impl ConnParams {
 
 impl CmId {
     fn channel(&self) -> EventChannel {
-        EventChannel { inner: self.channel.clone() }
+        EventChannel {
+            inner: self.channel.clone(),
+        }
     }
 
     fn expect_for_self(&self, expected: sys::rdma_cm_event_type, name: &'static str) -> Result<()> {
         let id = self.channel().expect(expected, name)?;
         if id != self.id {
-            return Err(Error::UnexpectedEvent { expected: name, got: format!("{name} for another id"), status: 0 });
+            return Err(Error::UnexpectedEvent {
+                expected: name,
+                got: format!("{name} for another id"),
+                status: 0,
+            });
         }
         Ok(())
     }
@@ -234,20 +289,33 @@ impl CmId {
         let mut raw = raw_sockaddr(addr);
         // SAFETY: the id is live; `raw` holds a sockaddr_in or sockaddr_in6 whose family field
         // tells librdmacm which, and it outlives the call.
-        let rc = unsafe { sys::rdma_bind_addr(self.id.as_ptr(), (&mut raw as *mut RawSockAddr).cast()) };
+        let rc =
+            unsafe { sys::rdma_bind_addr(self.id.as_ptr(), (&mut raw as *mut RawSockAddr).cast()) };
         check("rdma_bind_addr", rc)
     }
 
     /// Resolves `dst` (and the local device to reach it from, optionally from `src`); waits up
     /// to `timeout_ms` for `RDMA_CM_EVENT_ADDR_RESOLVED`.
-    pub fn resolve_addr(&mut self, src: Option<SocketAddr>, dst: SocketAddr, timeout_ms: i32) -> Result<()> {
+    pub fn resolve_addr(
+        &mut self,
+        src: Option<SocketAddr>,
+        dst: SocketAddr,
+        timeout_ms: i32,
+    ) -> Result<()> {
         let mut src_raw = src.map(raw_sockaddr);
         let mut dst_raw = raw_sockaddr(dst);
-        let src_ptr = src_raw.as_mut().map_or(ptr::null_mut(), |s| (s as *mut RawSockAddr).cast());
+        let src_ptr = src_raw
+            .as_mut()
+            .map_or(ptr::null_mut(), |s| (s as *mut RawSockAddr).cast());
         // SAFETY: the id is live; the addresses are valid sockaddrs (see bind_addr) that outlive
         // the call, which copies them.
         let rc = unsafe {
-            sys::rdma_resolve_addr(self.id.as_ptr(), src_ptr, (&mut dst_raw as *mut RawSockAddr).cast(), timeout_ms)
+            sys::rdma_resolve_addr(
+                self.id.as_ptr(),
+                src_ptr,
+                (&mut dst_raw as *mut RawSockAddr).cast(),
+                timeout_ms,
+            )
         };
         check("rdma_resolve_addr", rc)?;
         self.expect_for_self(sys::RDMA_CM_EVENT_ADDR_RESOLVED, "ADDR_RESOLVED")
@@ -280,14 +348,20 @@ impl CmId {
         caps: QpCaps,
     ) -> Result<()> {
         if self.qp.is_some() {
-            return Err(Error::InvalidArgument("the rdma_cm_id already has a queue pair"));
+            return Err(Error::InvalidArgument(
+                "the rdma_cm_id already has a queue pair",
+            ));
         }
         let mut init = rc_init_attr(send_cq, recv_cq, caps);
         // SAFETY: the id is live and bound to a device; the PD and CQs are live and kept alive
         // by the Arcs stored below for as long as the QP exists.
         let rc = unsafe { sys::rdma_create_qp(self.id.as_ptr(), pd.inner.pd.as_ptr(), &mut init) };
         check("rdma_create_qp", rc)?;
-        self.qp = Some(CmQp { _pd: pd.inner.clone(), _send_cq: send_cq.inner.clone(), _recv_cq: recv_cq.inner.clone() });
+        self.qp = Some(CmQp {
+            _pd: pd.inner.clone(),
+            _send_cq: send_cq.inner.clone(),
+            _recv_cq: recv_cq.inner.clone(),
+        });
         Ok(())
     }
 
@@ -313,8 +387,15 @@ impl CmId {
     /// Waits for a connect request on this listener and returns the new id for it (on the same
     /// channel); create its QP, then [`CmId::accept`].
     pub fn get_request(&self) -> Result<CmId> {
-        let id = self.channel().expect(sys::RDMA_CM_EVENT_CONNECT_REQUEST, "CONNECT_REQUEST")?;
-        Ok(CmId { id, channel: self.channel.clone(), qp: None, connected: false })
+        let id = self
+            .channel()
+            .expect(sys::RDMA_CM_EVENT_CONNECT_REQUEST, "CONNECT_REQUEST")?;
+        Ok(CmId {
+            id,
+            channel: self.channel.clone(),
+            qp: None,
+            connected: false,
+        })
     }
 
     /// Accepts the connect request this id came from; waits for `RDMA_CM_EVENT_ESTABLISHED`.
@@ -330,7 +411,9 @@ impl CmId {
 
     fn connected_qp(&self) -> Result<NonNull<sys::ibv_qp>> {
         if self.qp.is_none() || !self.connected {
-            return Err(Error::InvalidArgument("the rdma_cm_id has no connected queue pair"));
+            return Err(Error::InvalidArgument(
+                "the rdma_cm_id has no connected queue pair",
+            ));
         }
         // SAFETY: the id is live; `qp` was set by rdma_create_qp and stays until Drop.
         let qp = unsafe { self.id.as_ref().qp };
@@ -338,15 +421,45 @@ impl CmId {
     }
 
     /// Posts an RDMA WRITE on the connected queue pair (see [`super::QueuePair::post_write`]).
-    pub fn post_write(&self, wr_id: u64, local: LocalSlice<'_>, remote: RemoteAddr, flags: SendFlags) -> Result<()> {
+    pub fn post_write(
+        &self,
+        wr_id: u64,
+        local: LocalSlice<'_>,
+        remote: RemoteAddr,
+        flags: SendFlags,
+    ) -> Result<()> {
         let (addr, len, lkey) = local.parts();
-        post_one_sided(self.connected_qp()?, sys::IBV_WR_RDMA_WRITE, wr_id, addr, len, lkey, remote, flags)
+        post_one_sided(
+            self.connected_qp()?,
+            sys::IBV_WR_RDMA_WRITE,
+            wr_id,
+            addr,
+            len,
+            lkey,
+            remote,
+            flags,
+        )
     }
 
     /// Posts an RDMA READ on the connected queue pair (see [`super::QueuePair::post_read`]).
-    pub fn post_read(&self, wr_id: u64, local: LocalSlice<'_>, remote: RemoteAddr, flags: SendFlags) -> Result<()> {
+    pub fn post_read(
+        &self,
+        wr_id: u64,
+        local: LocalSlice<'_>,
+        remote: RemoteAddr,
+        flags: SendFlags,
+    ) -> Result<()> {
         let (addr, len, lkey) = local.parts();
-        post_one_sided(self.connected_qp()?, sys::IBV_WR_RDMA_READ, wr_id, addr, len, lkey, remote, flags)
+        post_one_sided(
+            self.connected_qp()?,
+            sys::IBV_WR_RDMA_READ,
+            wr_id,
+            addr,
+            len,
+            lkey,
+            remote,
+            flags,
+        )
     }
 
     /// Posts a receive on the id's queue pair.

@@ -60,7 +60,9 @@ pub enum Error {
     #[error("no RDMA device named {0:?}")]
     NoSuchDevice(String),
     /// A local range does not fit in its memory region.
-    #[error("range at offset {offset} of {len} bytes does not fit in a region of {region_len} bytes")]
+    #[error(
+        "range at offset {offset} of {len} bytes does not fit in a region of {region_len} bytes"
+    )]
     OutOfBounds {
         /// Offset of the range in the region, in bytes.
         offset: usize,

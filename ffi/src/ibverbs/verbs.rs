@@ -52,7 +52,10 @@ impl DeviceList {
                 _ => Ok(None),
             };
         };
-        let list = DeviceList { list, len: usize::try_from(count).unwrap_or(0) };
+        let list = DeviceList {
+            list,
+            len: usize::try_from(count).unwrap_or(0),
+        };
         Ok((list.len > 0).then_some(list))
     }
 
@@ -81,7 +84,9 @@ fn device_name(device: NonNull<sys::ibv_device>) -> String {
         return String::new();
     }
     // SAFETY: non-NULL and NUL-terminated (see above); copied before the list is freed.
-    unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Lists the RDMA devices present. No device (including no RDMA support in the kernel) is an
@@ -131,7 +136,9 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("ctx", &self.inner.ctx).finish()
+        f.debug_struct("Context")
+            .field("ctx", &self.inner.ctx)
+            .finish()
     }
 }
 
@@ -165,14 +172,21 @@ impl Context {
         // SAFETY: the device belongs to the live list; an opened context stays valid after the
         // list is freed (the documented contract of ibv_free_device_list).
         let ctx = unsafe { sys::ibv_open_device(device.as_ptr()) };
-        let ctx = NonNull::new(ctx).ok_or(Error::Errno { call: "ibv_open_device", errno: last_errno() })?;
-        Ok(Context { inner: Arc::new(ContextInner { ctx, owned: true }) })
+        let ctx = NonNull::new(ctx).ok_or(Error::Errno {
+            call: "ibv_open_device",
+            errno: last_errno(),
+        })?;
+        Ok(Context {
+            inner: Arc::new(ContextInner { ctx, owned: true }),
+        })
     }
 
     /// Wraps a context librdmacm opened and owns (it stays open as long as librdmacm's device
     /// list, that is while any `rdma_cm_id` on it lives).
     pub(crate) fn borrowed(ctx: NonNull<sys::ibv_context>) -> Context {
-        Context { inner: Arc::new(ContextInner { ctx, owned: false }) }
+        Context {
+            inner: Arc::new(ContextInner { ctx, owned: false }),
+        }
     }
 
     /// Queries a port (numbered from 1).
@@ -205,17 +219,42 @@ impl Context {
     pub fn alloc_pd(&self) -> Result<ProtectionDomain> {
         // SAFETY: the context is open.
         let pd = unsafe { sys::ibv_alloc_pd(self.inner.ctx.as_ptr()) };
-        let pd = NonNull::new(pd).ok_or(Error::Errno { call: "ibv_alloc_pd", errno: last_errno() })?;
-        Ok(ProtectionDomain { inner: Arc::new(PdInner { pd, _ctx: self.inner.clone() }) })
+        let pd = NonNull::new(pd).ok_or(Error::Errno {
+            call: "ibv_alloc_pd",
+            errno: last_errno(),
+        })?;
+        Ok(ProtectionDomain {
+            inner: Arc::new(PdInner {
+                pd,
+                _ctx: self.inner.clone(),
+            }),
+        })
     }
 
     /// Creates a completion queue with room for at least `entries` completions.
     pub fn create_cq(&self, entries: u32) -> Result<CompletionQueue> {
-        let entries = i32::try_from(entries).map_err(|_| Error::InvalidArgument("cq entries > i32::MAX"))?;
+        let entries =
+            i32::try_from(entries).map_err(|_| Error::InvalidArgument("cq entries > i32::MAX"))?;
         // SAFETY: the context is open; no completion channel and no context pointer.
-        let cq = unsafe { sys::ibv_create_cq(self.inner.ctx.as_ptr(), entries, ptr::null_mut(), ptr::null_mut(), 0) };
-        let cq = NonNull::new(cq).ok_or(Error::Errno { call: "ibv_create_cq", errno: last_errno() })?;
-        Ok(CompletionQueue { inner: Arc::new(CqInner { cq, _ctx: self.inner.clone() }) })
+        let cq = unsafe {
+            sys::ibv_create_cq(
+                self.inner.ctx.as_ptr(),
+                entries,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+            )
+        };
+        let cq = NonNull::new(cq).ok_or(Error::Errno {
+            call: "ibv_create_cq",
+            errno: last_errno(),
+        })?;
+        Ok(CompletionQueue {
+            inner: Arc::new(CqInner {
+                cq,
+                _ctx: self.inner.clone(),
+            }),
+        })
     }
 }
 
@@ -282,7 +321,12 @@ impl ProtectionDomain {
     /// rights, peers may write it at any time while registered: the caller must read it only
     /// through raw pointers or volatile/atomic accesses, never through a `&` reference that
     /// assumes no concurrent change.
-    pub unsafe fn register(&self, addr: *mut u8, len: usize, access: AccessFlags) -> Result<MemoryRegion> {
+    pub unsafe fn register(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<MemoryRegion> {
         if len == 0 {
             return Err(Error::InvalidArgument("memory region of 0 bytes"));
         }
@@ -290,8 +334,16 @@ impl ProtectionDomain {
         // SAFETY: the PD is live; the caller guarantees the range is valid for the region's life
         // (this function's contract).
         let mr = unsafe { sys::ibv_reg_mr(self.inner.pd.as_ptr(), addr.cast(), len, access) };
-        let mr = NonNull::new(mr).ok_or(Error::Errno { call: "ibv_reg_mr", errno: last_errno() })?;
-        Ok(MemoryRegion { mr, addr, len, _pd: self.inner.clone() })
+        let mr = NonNull::new(mr).ok_or(Error::Errno {
+            call: "ibv_reg_mr",
+            errno: last_errno(),
+        })?;
+        Ok(MemoryRegion {
+            mr,
+            addr,
+            len,
+            _pd: self.inner.clone(),
+        })
     }
 }
 
@@ -361,19 +413,32 @@ impl MemoryRegion {
     /// The address peers use for byte `offset` of this region.
     pub fn remote(&self, offset: usize) -> Result<RemoteAddr> {
         self.bounds(offset, 0)?;
-        Ok(RemoteAddr { addr: self.addr as u64 + offset as u64, rkey: self.rkey() })
+        Ok(RemoteAddr {
+            addr: self.addr as u64 + offset as u64,
+            rkey: self.rkey(),
+        })
     }
     /// `len` bytes from `offset`, as the local side of a work request.
     pub fn slice(&self, offset: usize, len: usize) -> Result<LocalSlice<'_>> {
         self.bounds(offset, len)?;
-        let len32 = u32::try_from(len).map_err(|_| Error::InvalidArgument("work request longer than 4 GiB"))?;
-        Ok(LocalSlice { addr: self.addr as u64 + offset as u64, len: len32, lkey: self.lkey(), _mr: PhantomData })
+        let len32 = u32::try_from(len)
+            .map_err(|_| Error::InvalidArgument("work request longer than 4 GiB"))?;
+        Ok(LocalSlice {
+            addr: self.addr as u64 + offset as u64,
+            len: len32,
+            lkey: self.lkey(),
+            _mr: PhantomData,
+        })
     }
 
     fn bounds(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(Error::OutOfBounds { offset, len, region_len: self.len }),
+            _ => Err(Error::OutOfBounds {
+                offset,
+                len,
+                region_len: self.len,
+            }),
         }
     }
 }
@@ -513,14 +578,8 @@ impl WcOpcode {
 
 /// One work completion, laid out as `struct ibv_wc` so a caller's array is polled into in place.
 #[repr(transparent)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct WorkCompletion(sys::ibv_wc);
-
-impl Default for WorkCompletion {
-    fn default() -> Self {
-        WorkCompletion(sys::ibv_wc::default())
-    }
-}
 
 impl std::fmt::Debug for WorkCompletion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -569,7 +628,10 @@ impl CompletionQueue {
         // repr(transparent) over ibv_wc), and the provider writes at most `n`.
         let rc = unsafe { sys::ibv_poll_cq(self.inner.cq.as_ptr(), n, out.as_mut_ptr().cast()) };
         if rc < 0 {
-            return Err(Error::Errno { call: "ibv_poll_cq", errno: -rc });
+            return Err(Error::Errno {
+                call: "ibv_poll_cq",
+                errno: -rc,
+            });
         }
         Ok(rc as usize)
     }
@@ -605,7 +667,13 @@ pub struct QpCaps {
 
 impl Default for QpCaps {
     fn default() -> Self {
-        QpCaps { max_send_wr: 64, max_recv_wr: 64, max_send_sge: 1, max_recv_sge: 1, max_inline_data: 64 }
+        QpCaps {
+            max_send_wr: 64,
+            max_recv_wr: 64,
+            max_send_sge: 1,
+            max_recv_sge: 1,
+            max_inline_data: 64,
+        }
     }
 }
 
@@ -733,13 +801,19 @@ impl<S> QueuePair<S> {
     }
 
     fn into_state<T>(self) -> QueuePair<T> {
-        QueuePair { inner: self.inner, _state: PhantomData }
+        QueuePair {
+            inner: self.inner,
+            _state: PhantomData,
+        }
     }
 
     /// Moves the queue pair back to RESET from any state; outstanding work requests are
     /// discarded. With INIT → RTR → RTS after it this is the full revoke cycle.
     pub fn reset(self) -> Result<QueuePair<Reset>> {
-        let mut attr = sys::ibv_qp_attr { qp_state: sys::IBV_QPS_RESET, ..Default::default() };
+        let mut attr = sys::ibv_qp_attr {
+            qp_state: sys::IBV_QPS_RESET,
+            ..Default::default()
+        };
         self.modify(&mut attr, sys::IBV_QP_STATE, "ibv_modify_qp(RESET)")?;
         Ok(self.into_state())
     }
@@ -757,7 +831,10 @@ impl QueuePair<Reset> {
         let mut init = rc_init_attr(send_cq, recv_cq, caps);
         // SAFETY: the PD and CQs are live (and kept alive by the QP's Arcs); `init` is fully set.
         let qp = unsafe { sys::ibv_create_qp(pd.inner.pd.as_ptr(), &mut init) };
-        let qp = NonNull::new(qp).ok_or(Error::Errno { call: "ibv_create_qp", errno: last_errno() })?;
+        let qp = NonNull::new(qp).ok_or(Error::Errno {
+            call: "ibv_create_qp",
+            errno: last_errno(),
+        })?;
         Ok(QueuePair {
             inner: QpInner {
                 qp,
@@ -778,13 +855,20 @@ impl QueuePair<Reset> {
             qp_access_flags: access.0,
             ..Default::default()
         };
-        let mask = sys::IBV_QP_STATE | sys::IBV_QP_PKEY_INDEX | sys::IBV_QP_PORT | sys::IBV_QP_ACCESS_FLAGS;
+        let mask = sys::IBV_QP_STATE
+            | sys::IBV_QP_PKEY_INDEX
+            | sys::IBV_QP_PORT
+            | sys::IBV_QP_ACCESS_FLAGS;
         self.modify(&mut attr, mask, "ibv_modify_qp(INIT)")?;
         Ok(self.into_state())
     }
 }
 
-pub(crate) fn rc_init_attr(send_cq: &CompletionQueue, recv_cq: &CompletionQueue, caps: QpCaps) -> sys::ibv_qp_init_attr {
+pub(crate) fn rc_init_attr(
+    send_cq: &CompletionQueue,
+    recv_cq: &CompletionQueue,
+    caps: QpCaps,
+) -> sys::ibv_qp_init_attr {
     sys::ibv_qp_init_attr {
         send_cq: send_cq.inner.cq.as_ptr(),
         recv_cq: recv_cq.inner.cq.as_ptr(),
@@ -884,30 +968,83 @@ impl QueuePair<Rts> {
     /// `IBV_QP_ACCESS_FLAGS`). With [`AccessFlags::NONE`] later RDMA WRITEs and READs from the
     /// peer fail at the responder with a remote access or invalid-request error.
     pub fn set_access_flags(&mut self, access: AccessFlags) -> Result<()> {
-        let mut attr = sys::ibv_qp_attr { qp_access_flags: access.0, ..Default::default() };
-        self.modify(&mut attr, sys::IBV_QP_ACCESS_FLAGS, "ibv_modify_qp(ACCESS_FLAGS)")
+        let mut attr = sys::ibv_qp_attr {
+            qp_access_flags: access.0,
+            ..Default::default()
+        };
+        self.modify(
+            &mut attr,
+            sys::IBV_QP_ACCESS_FLAGS,
+            "ibv_modify_qp(ACCESS_FLAGS)",
+        )
     }
 
     /// Posts an RDMA WRITE of `local` to `remote`. With [`SendFlags::INLINE`] the payload is
     /// copied at post time; with [`SendFlags::SIGNALED`] a completion reports the outcome.
-    pub fn post_write(&self, wr_id: u64, local: LocalSlice<'_>, remote: RemoteAddr, flags: SendFlags) -> Result<()> {
-        post_one_sided(self.inner.qp, sys::IBV_WR_RDMA_WRITE, wr_id, local.addr, local.len, local.lkey, remote, flags)
+    pub fn post_write(
+        &self,
+        wr_id: u64,
+        local: LocalSlice<'_>,
+        remote: RemoteAddr,
+        flags: SendFlags,
+    ) -> Result<()> {
+        post_one_sided(
+            self.inner.qp,
+            sys::IBV_WR_RDMA_WRITE,
+            wr_id,
+            local.addr,
+            local.len,
+            local.lkey,
+            remote,
+            flags,
+        )
     }
 
     /// Posts an inline RDMA WRITE of `data` (at most the queue pair's `max_inline_data`), which
     /// is copied into the work request: no registered memory is needed locally.
-    pub fn post_write_inline(&self, wr_id: u64, data: &[u8], remote: RemoteAddr, flags: SendFlags) -> Result<()> {
-        let len = u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("inline write too long"))?;
+    pub fn post_write_inline(
+        &self,
+        wr_id: u64,
+        data: &[u8],
+        remote: RemoteAddr,
+        flags: SendFlags,
+    ) -> Result<()> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| Error::InvalidArgument("inline write too long"))?;
         let flags = flags | SendFlags::INLINE;
-        post_one_sided(self.inner.qp, sys::IBV_WR_RDMA_WRITE, wr_id, data.as_ptr() as u64, len, 0, remote, flags)
+        post_one_sided(
+            self.inner.qp,
+            sys::IBV_WR_RDMA_WRITE,
+            wr_id,
+            data.as_ptr() as u64,
+            len,
+            0,
+            remote,
+            flags,
+        )
     }
 
     /// Posts an RDMA READ of `local.len` bytes from `remote` into `local`.
-    pub fn post_read(&self, wr_id: u64, local: LocalSlice<'_>, remote: RemoteAddr, flags: SendFlags) -> Result<()> {
+    pub fn post_read(
+        &self,
+        wr_id: u64,
+        local: LocalSlice<'_>,
+        remote: RemoteAddr,
+        flags: SendFlags,
+    ) -> Result<()> {
         if flags.0 & SendFlags::INLINE.0 != 0 {
             return Err(Error::InvalidArgument("an RDMA READ cannot be inline"));
         }
-        post_one_sided(self.inner.qp, sys::IBV_WR_RDMA_READ, wr_id, local.addr, local.len, local.lkey, remote, flags)
+        post_one_sided(
+            self.inner.qp,
+            sys::IBV_WR_RDMA_READ,
+            wr_id,
+            local.addr,
+            local.len,
+            local.lkey,
+            remote,
+            flags,
+        )
     }
 }
 
@@ -923,7 +1060,11 @@ pub(crate) fn post_one_sided(
     remote: RemoteAddr,
     flags: SendFlags,
 ) -> Result<()> {
-    let mut sge = sys::ibv_sge { addr, length: len, lkey };
+    let mut sge = sys::ibv_sge {
+        addr,
+        length: len,
+        lkey,
+    };
     let mut wr = sys::ibv_send_wr {
         wr_id,
         next: ptr::null_mut(),
@@ -933,7 +1074,10 @@ pub(crate) fn post_one_sided(
         send_flags: flags.0,
         ..Default::default()
     };
-    wr.wr.rdma = sys::ibv_send_wr__bindgen_ty_2__bindgen_ty_1 { remote_addr: remote.addr, rkey: remote.rkey };
+    wr.wr.rdma = sys::ibv_send_wr__bindgen_ty_2__bindgen_ty_1 {
+        remote_addr: remote.addr,
+        rkey: remote.rkey,
+    };
     let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
     // SAFETY: the QP is live; `wr` and `sge` are valid for the call (the provider copies them,
     // and copies inline payloads, before returning). The local range is either inside a live
@@ -943,9 +1087,22 @@ pub(crate) fn post_one_sided(
     check("ibv_post_send", rc)
 }
 
-pub(crate) fn post_recv_raw(qp: NonNull<sys::ibv_qp>, wr_id: u64, local: LocalSlice<'_>) -> Result<()> {
-    let mut sge = sys::ibv_sge { addr: local.addr, length: local.len, lkey: local.lkey };
-    let mut wr = sys::ibv_recv_wr { wr_id, next: ptr::null_mut(), sg_list: &mut sge, num_sge: 1 };
+pub(crate) fn post_recv_raw(
+    qp: NonNull<sys::ibv_qp>,
+    wr_id: u64,
+    local: LocalSlice<'_>,
+) -> Result<()> {
+    let mut sge = sys::ibv_sge {
+        addr: local.addr,
+        length: local.len,
+        lkey: local.lkey,
+    };
+    let mut wr = sys::ibv_recv_wr {
+        wr_id,
+        next: ptr::null_mut(),
+        sg_list: &mut sge,
+        num_sge: 1,
+    };
     let mut bad: *mut sys::ibv_recv_wr = ptr::null_mut();
     // SAFETY: the QP is live; `wr` and `sge` are valid for the call; the range is inside a live
     // registered region with local write (the HCA checks the lkey's rights).
