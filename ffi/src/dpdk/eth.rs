@@ -613,3 +613,43 @@ impl Drop for Port<'_> {
         unsafe { sys::rte_eth_dev_close(self.id) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_mbuf_is_an_mbuf_pointer() {
+        // Burst hands its slots to rx/tx burst as `struct rte_mbuf **`.
+        assert_eq!(
+            std::mem::size_of::<Option<Mbuf<'_>>>(),
+            std::mem::size_of::<*mut sys::rte_mbuf>()
+        );
+    }
+
+    #[test]
+    fn an_empty_burst_sends_and_pops_nothing() {
+        let mut burst: Burst<'_, 8> = Burst::new();
+        assert!(burst.is_empty() && !burst.is_full());
+        assert!(burst.pop().is_none());
+        assert_eq!(burst.iter().count(), 0);
+    }
+
+    #[test]
+    fn errors_name_the_call_and_the_errno() {
+        let err = check("rte_eth_dev_start", -22).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Rte {
+                call: "rte_eth_dev_start",
+                errno: 22,
+                ..
+            }
+        ));
+        assert_eq!(check("rte_eth_dev_start", 3).unwrap(), 3);
+        assert_eq!(
+            MacAddr([0x02, 0, 0, 0xab, 0xcd, 0xef]).to_string(),
+            "02:00:00:ab:cd:ef"
+        );
+    }
+}

@@ -1109,3 +1109,67 @@ pub(crate) fn post_recv_raw(
     let rc = unsafe { sys::ibv_post_recv(qp.as_ptr(), &mut wr, &mut bad) };
     check("ibv_post_recv", rc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_statuses_map_to_their_variants() {
+        assert_eq!(WcStatus::from_raw(sys::IBV_WC_SUCCESS), WcStatus::Success);
+        assert_eq!(
+            WcStatus::from_raw(sys::IBV_WC_REM_ACCESS_ERR),
+            WcStatus::RemAccessErr
+        );
+        assert_eq!(
+            WcStatus::from_raw(sys::IBV_WC_REM_INV_REQ_ERR),
+            WcStatus::RemInvReqErr
+        );
+        assert!(WcStatus::RemAccessErr.is_remote_permission_error());
+        assert!(WcStatus::RemInvReqErr.is_remote_permission_error());
+        assert!(!WcStatus::RetryExcErr.is_remote_permission_error());
+        assert_eq!(WcStatus::from_raw(9999), WcStatus::Other(9999));
+        assert_eq!(
+            WcOpcode::from_raw(sys::IBV_WC_RDMA_WRITE),
+            WcOpcode::RdmaWrite
+        );
+        assert_eq!(
+            WcOpcode::from_raw(sys::IBV_WC_RDMA_READ),
+            WcOpcode::RdmaRead
+        );
+    }
+
+    #[test]
+    fn work_completion_is_laid_out_as_ibv_wc() {
+        assert_eq!(
+            std::mem::size_of::<WorkCompletion>(),
+            std::mem::size_of::<sys::ibv_wc>()
+        );
+        assert_eq!(
+            std::mem::align_of::<WorkCompletion>(),
+            std::mem::align_of::<sys::ibv_wc>()
+        );
+    }
+
+    #[test]
+    fn access_flags_combine() {
+        let rw = AccessFlags::REMOTE_WRITE | AccessFlags::LOCAL_WRITE;
+        assert!(rw.contains(AccessFlags::REMOTE_WRITE));
+        assert!(!rw.contains(AccessFlags::REMOTE_READ));
+        assert_eq!(AccessFlags::NONE.0, 0);
+    }
+
+    #[test]
+    fn verbs_errors_carry_the_errno() {
+        let err = check("ibv_modify_qp", 22).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Errno {
+                call: "ibv_modify_qp",
+                errno: 22
+            }
+        ));
+        assert!(err.to_string().contains("errno 22"), "{err}");
+        assert!(check("ibv_modify_qp", 0).is_ok());
+    }
+}
