@@ -6,9 +6,9 @@
 //! and the hand-written shim for `rte_errno` and `rte_pktmbuf_mtod`.
 //!
 //! Life times follow DPDK's rules: the EAL is initialised once per process ([`Eal::init`]);
-//! a [`Port`] and every [`Mbuf`] borrow the [`PktMbufPool`] their buffers come from, so the
+//! a `Port` and every `Mbuf` borrow the `PktMbufPool` their buffers come from, so the
 //! pool cannot be freed while a buffer or a queue still refers to it. Nothing on the rx/tx path
-//! allocates: a [`Burst`] is a fixed array of mbuf pointers.
+//! allocates: a `Burst` is a fixed array of mbuf pointers.
 //!
 //! When DPDK was not found at build time (or bindgen could not run), this module is a stub:
 //! [`available`] returns false and [`Eal::init`] returns [`Error::NotBuilt`].

@@ -330,7 +330,8 @@ impl CmId {
     }
 
     /// The device context the id is bound to (after bind, address resolution or a connect
-    /// request), to allocate the PD and CQs from.
+    /// request), to allocate the PD and CQs from. librdmacm owns this context: keep at least
+    /// one id on the device alive for as long as the PD, CQs and regions made from it.
     pub fn context(&self) -> Option<Context> {
         // SAFETY: the id is live; `verbs` is set by librdmacm and stays valid while the id lives
         // (librdmacm keeps its device open until its last id is destroyed).

@@ -1,20 +1,20 @@
 //! rdma-core: libibverbs (devices, protection domains, memory regions, completion queues, RC
 //! queue pairs, one-sided RDMA WRITE and READ) and librdmacm (connection set-up).
 //!
-//! [`sys`] holds the raw bindings, generated at build time. The safe layer above it owns every
+//! `sys` holds the raw bindings, generated at build time. The safe layer above it owns every
 //! verbs object with `Drop` and keeps the objects it depends on alive through shared handles, so
 //! a queue pair never outlives its protection domain, completion queues or device context.
 //!
-//! A queue pair's life cycle is typestate: [`QueuePair<Reset>`] (as created) → [`Init`] →
-//! [`Rtr`] → [`Rts`]; only an RTS queue pair posts work requests. Revoking a peer's rights is
-//! [`QueuePair::set_access_flags`] on the RTS queue pair (`ibv_modify_qp` with
-//! `IBV_QP_ACCESS_FLAGS`), or the full [`QueuePair::reset`] → INIT → RTR → RTS cycle where a
+//! A queue pair's life cycle is typestate: `QueuePair<Reset>` (as created) → `Init` →
+//! `Rtr` → `Rts`; only an RTS queue pair posts work requests. Revoking a peer's rights is
+//! `QueuePair::set_access_flags` on the RTS queue pair (`ibv_modify_qp` with
+//! `IBV_QP_ACCESS_FLAGS`), or the full `QueuePair::reset` → INIT → RTR → RTS cycle where a
 //! device does not support changing the flags in RTS.
 //!
-//! Connection set-up goes through librdmacm ([`EventChannel`], [`CmId`]): bind or resolve an
+//! Connection set-up goes through librdmacm (`EventChannel`, `CmId`): bind or resolve an
 //! address, resolve the route, create the queue pair on the `rdma_cm_id` (librdmacm then moves it
 //! to RTS while connecting), and connect, listen or accept. The same RC queue pair set-up can be
-//! done by hand ([`QueuePair::create_rc`] and the transitions) when the endpoints are exchanged
+//! done by hand (`QueuePair::create_rc` and the transitions) when the endpoints are exchanged
 //! out of band, as the loopback test does.
 //!
 //! When rdma-core was not found at build time (or bindgen could not run), this module is a stub:
