@@ -12,7 +12,7 @@
 //! process of the cluster runs with), and per node the region (`shm`), the channel, the mailbox
 //! (`shm` client ingress), a latency-histogram file written on request, and logs.
 
-use std::collections::HashMap;
+use crate::protocol::wordhash::WordMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -416,7 +416,7 @@ struct Dataplane<P: Plane> {
     out: Output,
     completions: Vec<Completion>,
     inbox: Vec<(Result<ClientRequest, BadRequest>, Route)>,
-    routes: HashMap<(u64, u64), Route>,
+    routes: WordMap<(u64, u64), Route>,
     /// `proposed[slot & mask] = (slot, ns)`.
     proposed: Vec<(u64, u64)>,
     replication: Histogram<u64>,
@@ -781,7 +781,7 @@ fn start_agent<P: Plane + 'static>(
         out: Output::default(),
         completions: Vec::new(),
         inbox: Vec::new(),
-        routes: HashMap::new(),
+        routes: WordMap::default(),
         proposed: vec![(0, 0); window],
         replication: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
         stats_done: 0,

@@ -47,6 +47,16 @@ pub enum ShmError {
     },
     #[error("shm region {path} is not a rapax region of this geometry")]
     Layout { path: PathBuf },
+    #[error(
+        "shm region {path}: cannot reserve {bytes} bytes ({source}); the tmpfs holding it is too \
+         small for the profile's log (a smaller log.capacity_entries or slot_bytes, or a larger \
+         /dev/shm)"
+    )]
+    NoSpace {
+        path: PathBuf,
+        bytes: u64,
+        source: std::io::Error,
+    },
 }
 
 /// One node's region file, mapped, and the size of its log.
@@ -82,6 +92,14 @@ fn map_file(path: &Path, len: u64, create: bool) -> Result<Mapped, ShmError> {
     let existing = file.metadata().map_err(io)?.len();
     if create && existing == 0 {
         file.set_len(len).map_err(io)?;
+        // Reserve every page now: a full tmpfs is an error here, not a SIGBUS in the middle of
+        // a run, and no write on the fast path waits for the kernel to allocate and zero a page.
+        nix::fcntl::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, len as i64)
+            .map_err(|e| ShmError::NoSpace {
+                path: path.to_path_buf(),
+                bytes: len,
+                source: e.into(),
+            })?;
     } else if existing != len {
         // Never resize a region that exists: it holds a node's accepted values.
         return Err(ShmError::Layout {

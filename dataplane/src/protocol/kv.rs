@@ -476,7 +476,16 @@ impl KvStore {
     fn execute(&mut self, op: &KvOp) -> KvReply {
         match op {
             KvOp::Put { key, value } => {
-                self.map.insert(key.clone(), value.clone());
+                // Overwriting a key reuses its value's buffer: no allocation.
+                match self.map.get_mut(key) {
+                    Some(v) => {
+                        v.clear();
+                        v.extend_from_slice(value);
+                    }
+                    None => {
+                        self.map.insert(key.clone(), value.clone());
+                    }
+                }
                 KvReply::Stored
             }
             KvOp::Get { key } => KvReply::Value(self.map.get(key).cloned()),

@@ -15,5 +15,6 @@ pub mod kv;
 pub mod layout;
 pub mod node;
 pub mod quorum;
+pub mod wordhash;
 
 pub use ballot::{Ballot, NodeId, Slot, MAX_NODES};

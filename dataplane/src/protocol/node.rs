@@ -39,7 +39,9 @@
 //!    count the promises it forgot); it never joins a recovery quorum until a leader has re-synced
 //!    its log and cleared its amnesiac flag.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use super::wordhash::WordMap;
 
 use super::election::{Election, ElectionAction, ElectionConfig};
 use super::layout::*;
@@ -455,6 +457,10 @@ struct Leader {
     inflight: BTreeMap<Slot, InFlight>,
     followers: BTreeMap<NodeId, Follower>,
     queue: VecDeque<ClientRequest>,
+    /// The entries this leader proposed and has not applied yet, in slot order: its own log
+    /// holds exactly these (no one else writes it while it leads), so apply takes them from
+    /// here instead of reading and decoding the log again.
+    proposed: VecDeque<(Entry, u64)>,
 }
 
 #[derive(Debug)]
@@ -483,7 +489,7 @@ pub struct Node<S> {
     election: Election,
     now: u64,
     next_wr: u64,
-    pending: HashMap<u64, Purpose>,
+    pending: WordMap<u64, Purpose>,
     /// Highest ballot seen anywhere (requests, grants, promises).
     max_seen: Ballot,
     /// Ballot holding permission on our log (mirrors the control block).
@@ -531,7 +537,7 @@ impl<S: StateMachine> Node<S> {
             election,
             now,
             next_wr: 1,
-            pending: HashMap::new(),
+            pending: WordMap::default(),
             max_seen: granted,
             granted,
             grant_floor: Some(Ballot::ZERO),
@@ -1433,6 +1439,7 @@ impl<S: StateMachine> Node<S> {
             inflight: BTreeMap::new(),
             followers,
             queue: VecDeque::new(),
+            proposed: VecDeque::new(),
         }));
         // A no-op opens the new view at once: the view's first commit does not wait for a
         // client, and followers learn the commit index from it.
@@ -1551,17 +1558,12 @@ impl<S: StateMachine> Node<S> {
                 index: l.commit,
             }
             .encode();
-            let active: Vec<NodeId> = l
-                .followers
-                .iter()
-                .filter(|(_, s)| matches!(s, Follower::Active))
-                .map(|(&p, _)| p)
-                .collect();
+            let active = active_followers(&l.followers);
             if mem.write_log_as_holder(ballot, LOG_COMMIT, &rec).is_err() {
                 self.step_down("lost permission on own log", out);
                 return;
             }
-            for p in active {
+            for p in nodes_of(active) {
                 let op = Op::Write {
                     region: Region::Log,
                     offset: LOG_COMMIT,
@@ -1588,10 +1590,11 @@ impl<S: StateMachine> Node<S> {
             return false;
         };
         let ballot = l.ballot;
+        let value_digest = entry.value_digest();
         l.inflight.insert(
             entry.slot,
             InFlight {
-                value_digest: entry.value_digest(),
+                value_digest,
                 acked_by: 0,
             },
         );
@@ -1599,13 +1602,10 @@ impl<S: StateMachine> Node<S> {
         l.hint_sent = l.hint_sent.max(entry.commit_hint);
         l.last_touch = self.now;
         out.notes.push(Note::Proposed { slot: entry.slot });
-        let active: Vec<NodeId> = l
-            .followers
-            .iter()
-            .filter(|(_, s)| matches!(s, Follower::Active))
-            .map(|(&p, _)| p)
-            .collect();
-        for p in active {
+        let active = active_followers(&l.followers);
+        let slot = entry.slot;
+        l.proposed.push_back((entry, value_digest));
+        for p in nodes_of(active) {
             let op = Op::Write {
                 region: Region::Log,
                 offset: off,
@@ -1618,7 +1618,7 @@ impl<S: StateMachine> Node<S> {
                 Purpose::SlotWrite {
                     ballot,
                     peer: p,
-                    slot: entry.slot,
+                    slot,
                 },
             );
         }
@@ -1857,10 +1857,28 @@ impl<S: StateMachine> Node<S> {
         let start = self.applied;
         while self.applied < self.known_commit {
             let s = self.applied;
-            let entry = match Entry::decode(read_local_slot(mem, &geometry, s, &mut buf)) {
-                Ok(e) if e.slot == s => e,
-                // A write still landing (or not yet re-synced): try again next turn.
-                _ => break,
+            let own = match &mut self.role {
+                Role::Leader(l) => {
+                    while l.proposed.front().is_some_and(|(e, _)| e.slot < s) {
+                        l.proposed.pop_front();
+                    }
+                    match l.proposed.front() {
+                        Some((e, _)) if e.slot == s => l.proposed.pop_front(),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let (entry, value_digest) = match own {
+                Some(proposed) => proposed,
+                None => match Entry::decode(read_local_slot(mem, &geometry, s, &mut buf)) {
+                    Ok(e) if e.slot == s => {
+                        let d = e.value_digest();
+                        (e, d)
+                    }
+                    // A write still landing (or not yet re-synced): try again next turn.
+                    _ => break,
+                },
             };
             if entry.kind == EntryKind::Batch {
                 let cmds = Batch::decode(&entry.payload).expect("the leader encodes batches");
@@ -1878,7 +1896,7 @@ impl<S: StateMachine> Node<S> {
             }
             out.notes.push(Note::Applied {
                 slot: s,
-                value_digest: entry.value_digest(),
+                value_digest,
             });
             self.applied += 1;
         }
@@ -1888,6 +1906,26 @@ impl<S: StateMachine> Node<S> {
             mem.set_control_word(CB_APPLIED, self.applied);
         }
     }
+}
+
+/// The followers that receive every fast-path write, as a bit set of node ids.
+fn active_followers(followers: &BTreeMap<NodeId, Follower>) -> u64 {
+    followers
+        .iter()
+        .filter(|(_, s)| matches!(s, Follower::Active))
+        .fold(0, |m, (&p, _)| m | 1 << p)
+}
+
+/// The node ids in bit set `set`, lowest first.
+fn nodes_of(mut set: u64) -> impl Iterator<Item = NodeId> {
+    std::iter::from_fn(move || {
+        if set == 0 {
+            return None;
+        }
+        let p = set.trailing_zeros() as NodeId;
+        set &= set - 1;
+        Some(p)
+    })
 }
 
 /// Copies slot `s` of the local log into `buf` and returns it.
