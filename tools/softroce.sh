@@ -159,16 +159,27 @@ run_vm() {
     # cargo writes its registry cache and lock files under CARGO_HOME.
     local cargo_home="${CARGO_HOME:-$HOME/.cargo}"
     [ -d "$cargo_home" ] && rw+=(--rwdir "$cargo_home")
+    if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -d "$CARGO_TARGET_DIR" ]; then
+        rw+=(--rwdir "$CARGO_TARGET_DIR")
+    fi
 
     # vng runs its helpers (virtme-run, ...) from PATH.
     export PATH="$VENV/bin:$PATH"
+    # udev's coldplug in the guest loads every module that matches qemu's devices; under TCG
+    # loading kvm_amd alone takes ~8 s. None of these is needed here (crc32_pclmul, which rxe's
+    # ICRC uses, is kept).
+    local blacklist=kvm,kvm_amd,kvm_intel,ahci,sr_mod,cdrom,iTCO_wdt,i6300esb,pcspkr,powernow_k8
+    blacklist+=,lpc_ich,i2c_i801,psmouse,aesni_intel,ghash_clmulni_intel,sha1_ssse3,sha256_ssse3
+    blacklist+=,sha512_ssse3,crct10dif_pclmul
+    # --force-9p: bookworm's only virtiofsd is qemu's old C one, which virtme-ng tries, fails to
+    # start and gives up on after ~4 s, then falls back to 9p anyway.
     log "booting $KVER under qemu TCG: $CPUS vCPUs, $MEMORY, limit ${TIMEOUT_S} s"
     t0=$SECONDS
     # The output goes through a pipe: when stdout is a regular file, qemu reopens it and writes
     # from offset 0, over what was written before.
     set +e
-    timeout -k 30 "$TIMEOUT_S" "$VNG" --run "$VMLINUZ" --user root --disable-kvm \
-        --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" \
+    timeout -k 30 "$TIMEOUT_S" "$VNG" --run "$VMLINUZ" --user root --disable-kvm --force-9p \
+        --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" --append "modprobe.blacklist=$blacklist" \
         --exec "$SELF --guest $run_dir" </dev/null 2>&1 | cat
     rc=${PIPESTATUS[0]}
     set -e
@@ -202,9 +213,13 @@ gid_index_for_ipv4() {
     return 1
 }
 
+guest_uptime() { cut -d' ' -f1 /proc/uptime; }
+
 guest_rdma_up() {
+    echo "== softroce (guest): up $(guest_uptime) s, loading rdma_rxe"
     ip link set lo up
     modprobe rdma_rxe
+    echo "== softroce (guest): up $(guest_uptime) s, adding rxe0 on lo"
     rdma link add rxe0 type rxe netdev lo
     # The GID table is filled from the netdev's addresses asynchronously.
     local n
@@ -216,7 +231,7 @@ guest_rdma_up() {
     export RAPAX_SOFTROCE_DEVICE=rxe0 RAPAX_SOFTROCE_IP=127.0.0.1 RAPAX_SOFTROCE_GID_INDEX
     export RAPAX_SOFTROCE_GUEST=1
 
-    echo "== softroce (guest): kernel $(uname -r), $(nproc) vCPUs"
+    echo "== softroce (guest): kernel $(uname -r), $(nproc) vCPUs, up $(guest_uptime) s"
     echo "== rdma link"
     rdma link
     echo "== ibv_devices"
@@ -237,7 +252,7 @@ guest_main() {
         set -e
         guest_rdma_up
         cd "$REPO"
-        echo "== softroce (guest): running: $cmd"
+        echo "== softroce (guest): up $(guest_uptime) s, running: $cmd"
         set +e
         eval "$cmd"
     )
@@ -245,22 +260,32 @@ guest_main() {
     set -e
     echo "$rc" >"$run_dir/status"
     sync
-    echo "== softroce (guest): exit status $rc"
+    echo "== softroce (guest): up $(guest_uptime) s, exit status $rc"
     return "$rc"
 }
 
 # ---------------------------------------------------------------------------------------------
 # The default lane (runs inside the VM, in the repository root)
 
+# ib_write_lat server and client in the same VM, both on rxe0: the client connects to the
+# server's TCP port (18515) on 127.0.0.1 to swap QP numbers, then RDMA-writes over RoCE v2.
 ib_write_lat_pair() {
-    local args=(-d "$RAPAX_SOFTROCE_DEVICE" -x "$RAPAX_SOFTROCE_GID_INDEX" -s 64 -n 1000) srv rc
+    local args=(-d "$RAPAX_SOFTROCE_DEVICE" -x "$RAPAX_SOFTROCE_GID_INDEX" -s 64 -n 1000) srv rc n
     echo "== ib_write_lat ${args[*]} (server and client on rxe0 over lo)"
-    ib_write_lat "${args[@]}" >/tmp/ib_write_lat.server 2>&1 &
+    timeout 300 ib_write_lat "${args[@]}" >/tmp/ib_write_lat.server 2>&1 &
     srv=$!
-    sleep 2
+    # The client does not retry its connect: wait until the server listens.
+    for n in $(seq 300); do
+        ss -Hltn 'sport = :18515' | grep -q . && break
+        sleep 0.1
+    done
     rc=0
     timeout 300 ib_write_lat "${args[@]}" "$RAPAX_SOFTROCE_IP" || rc=$?
-    wait "$srv" || { echo "ib_write_lat server failed:"; cat /tmp/ib_write_lat.server; return 1; }
+    if ! wait "$srv"; then
+        echo "ib_write_lat server failed:"
+        cat /tmp/ib_write_lat.server
+        [ "$rc" -ne 0 ] || rc=1
+    fi
     return "$rc"
 }
 
