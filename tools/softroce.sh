@@ -187,7 +187,7 @@ run_vm() {
     set +e
     timeout -k 30 "$TIMEOUT_S" "$VNG" --run "$VMLINUZ" --user root --disable-kvm --force-9p \
         --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" --append "modprobe.blacklist=$blacklist" \
-        --exec "$SELF --guest $run_dir" </dev/null 2>&1 | cat
+        --exec "$(printf '%q --guest %q' "$SELF" "$run_dir")" </dev/null 2>&1 | cat
     rc=${PIPESTATUS[0]}
     set -e
     log "VM ended after $((SECONDS - t0)) s (vng exit $rc)"
@@ -255,12 +255,13 @@ guest_main() {
     export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
     cmd="$(cat "$run_dir/cmd")"
     set +e
+    # errexit stays on for CMD: a quoted simple command exits with its own status either way,
+    # and default_lane stops at its first failing step.
     (
         set -e
         guest_rdma_up
         cd "$REPO"
         echo "== softroce (guest): up $(guest_uptime) s, running: $cmd"
-        set +e
         eval "$cmd"
     )
     rc=$?
@@ -317,14 +318,17 @@ ib_write_lat_pair() {
     return 1
 }
 
+# Runs with errexit on: the first failing step ends the lane with its status.
 default_lane() {
     ib_write_lat_pair
-    # Later: the verbs tests and a benchmark on soft-RoCE. Build on the host first
-    # (`cargo build --release`, `cargo test -p rapax-ffi --release --no-run`): building under TCG
-    # is many times slower.
+    # Later steps, once the verbs fabric and its profile exist. Build on the host before the VM
+    # boots (`cargo build --release --bins`, `cargo test -p rapax-ffi --release --no-run`):
+    # compiling under TCG is many times slower, and the build then only links in the VM.
     # cargo test -p rapax-ffi --release
     if [ -x target/release/rapax ] && [ -f hw-profiles/soft-roce.toml ]; then
-        target/release/rapax bench --profile hw-profiles/soft-roce.toml
+        echo "== rapax bench on soft-RoCE"
+        target/release/rapax bench --profile hw-profiles/soft-roce.toml --replicas 3 --ops 10000 \
+            --value-bytes 64 --clients 1 --json target/bench-soft-roce.json
     fi
 }
 
