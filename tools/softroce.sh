@@ -114,7 +114,9 @@ setup_kernel() {
         dpkg -x "$KDIR"/deb/*.deb "$KDIR/root"
         rm -rf "$KDIR/deb"
         KVER="$(ls "$KDIR/root/lib/modules" 2>/dev/null || ls "$KDIR/root/usr/lib/modules")"
-        [ -n "$KVER" ] && [ "$(printf '%s\n' "$KVER" | wc -l)" -eq 1 ] || die "unexpected package layout"
+        if [ -z "$KVER" ] || [ "$(printf '%s\n' "$KVER" | wc -l)" -ne 1 ]; then
+            die "unexpected layout of $pkg (modules of one kernel expected)"
+        fi
         echo "$KVER" >"$KDIR/version"
     fi
     # The image goes beside its modules: given /usr/lib/modules/VER/vmlinuz, virtme-ng takes the
@@ -210,13 +212,13 @@ gid_index_for_ipv4() {
     # shellcheck disable=SC2086 # split the dotted quad into four arguments
     want="$(printf '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' ${ip//./ })"
     # One grep over the 1024 entries: a process per entry takes minutes under TCG.
-    for f in $(grep -l -x -F "$want" /sys/class/infiniband/"$dev"/ports/1/gids/* 2>/dev/null); do
+    while read -r f; do
         i="${f##*/}"
         if [ "$(cat "/sys/class/infiniband/$dev/ports/1/gid_attrs/types/$i" 2>/dev/null)" = "RoCE v2" ]; then
             echo "$i"
             return 0
         fi
-    done
+    done < <(grep -l -x -F "$want" /sys/class/infiniband/"$dev"/ports/1/gids/* 2>/dev/null || true)
     return 1
 }
 
@@ -229,8 +231,8 @@ guest_rdma_up() {
     echo "== softroce (guest): up $(guest_uptime) s, adding rxe0 on lo"
     rdma link add rxe0 type rxe netdev lo
     # The GID table is filled from the netdev's addresses asynchronously.
-    local n
-    for n in $(seq 50); do
+    local _
+    for _ in $(seq 50); do
         RAPAX_SOFTROCE_GID_INDEX="$(gid_index_for_ipv4 rxe0 127.0.0.1)" && break
         sleep 0.1
     done
@@ -286,11 +288,11 @@ guest_main() {
 # gettimeofday; under TCG on a busy host that fit can fail ("Correlation coefficient r^2 < 0.9"),
 # and then it prints inf for every figure and still exits 0. Such a run is tried again.
 ib_write_lat_once() {
-    local args=(-d "$RAPAX_SOFTROCE_DEVICE" -x "$RAPAX_SOFTROCE_GID_INDEX" -s 64 -n 1000) srv rc n
+    local args=(-d "$RAPAX_SOFTROCE_DEVICE" -x "$RAPAX_SOFTROCE_GID_INDEX" -s 64 -n 1000) srv rc _
     timeout 300 ib_write_lat "${args[@]}" >/tmp/ib_write_lat.server 2>&1 &
     srv=$!
     # The client does not retry its connect: wait until the server listens.
-    for n in $(seq 300); do
+    for _ in $(seq 300); do
         ss -Hltn 'sport = :18515' | grep -q . && break
         sleep 0.1
     done
