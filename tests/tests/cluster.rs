@@ -48,16 +48,15 @@ impl TestCluster {
         let dir = Path::new("/dev/shm/rapax-test").join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let cluster = LocalCluster::up(&p, 3, &dir).unwrap_or_else(|e| panic!("up: {e}"));
-        cluster
-            .wait_leader(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.status()));
-        TestCluster { cluster, dir }
+        TestCluster::from(cluster, dir)
     }
 
+    /// Waits until every node runs and one leads.
     fn from(cluster: LocalCluster, dir: PathBuf) -> TestCluster {
         let t = TestCluster { cluster, dir };
         t.cluster
-            .wait_leader(Duration::from_secs(30))
+            .wait_running(Duration::from_secs(30))
+            .and_then(|()| t.cluster.wait_leader(Duration::from_secs(30)))
             .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
         t
     }

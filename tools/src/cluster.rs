@@ -36,6 +36,8 @@ pub enum ClusterError {
     Fabric { profile: String, fabric: String },
     #[error("no leader within {0:?}")]
     NoLeader(Duration),
+    #[error("node {node}'s data plane did not start within {waited:?}")]
+    NotRunning { node: NodeId, waited: Duration },
     #[error("node {node} did not apply up to {target} in time")]
     NotCaughtUp { node: NodeId, target: u64 },
 }
@@ -362,6 +364,24 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Waits until every node's data plane runs its loop (its heartbeat counter moves), so all
+    /// of its files exist.
+    pub fn wait_running(&self, limit: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + limit;
+        for &n in &self.cluster.ring {
+            while self.counters(n).is_none_or(|c| c.heartbeat == 0) {
+                if Instant::now() > deadline {
+                    return Err(ClusterError::NotRunning {
+                        node: n,
+                        waited: limit,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
     }
 
     /// Waits until `node` has applied everything the leader had committed when called (a
