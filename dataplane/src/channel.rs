@@ -171,11 +171,19 @@ pub enum Counter {
     ReplicationSamples = 20,
     /// Data plane: the node it believes leads, plus one (0: unknown).
     LeaderHint = 21,
+    /// Data plane (frame fabrics): frames from an address that is not their source's.
+    FabricStrangers = 22,
+    /// Data plane (frame fabrics): datagrams that are not a valid frame.
+    FabricDecodeErrors = 23,
+    /// Data plane (frame fabrics): frames of another cluster or for another node.
+    FabricMisaddressed = 24,
+    /// Data plane (frame fabrics): operations completed by their time-out.
+    FabricTimeouts = 25,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -198,6 +206,10 @@ impl Counter {
         Counter::PeerStatusDropped,
         Counter::ReplicationSamples,
         Counter::LeaderHint,
+        Counter::FabricStrangers,
+        Counter::FabricDecodeErrors,
+        Counter::FabricMisaddressed,
+        Counter::FabricTimeouts,
     ];
 
     /// The counter's name, for tools.
@@ -225,6 +237,10 @@ impl Counter {
             Counter::PeerStatusDropped => "peer_status_dropped",
             Counter::ReplicationSamples => "replication_samples",
             Counter::LeaderHint => "leader_hint",
+            Counter::FabricStrangers => "fabric_strangers",
+            Counter::FabricDecodeErrors => "fabric_decode_errors",
+            Counter::FabricMisaddressed => "fabric_misaddressed",
+            Counter::FabricTimeouts => "fabric_timeouts",
         }
     }
 

@@ -284,6 +284,8 @@ trait Plane: Send {
     fn park(&mut self, d: Duration) {
         std::thread::sleep(d);
     }
+    /// Copies the fabric's own counters into the channel.
+    fn publish(&self, _channel: &Channel) {}
 }
 
 struct ShmPlane {
@@ -376,6 +378,14 @@ impl Plane for UdpPlane {
     /// wakes it as soon as the kernel has it, as a kernel-socket server would.
     fn park(&mut self, d: Duration) {
         self.fabric.wait_readable(d, Instant::now());
+    }
+
+    fn publish(&self, channel: &Channel) {
+        let s = self.fabric.stats();
+        channel.set(Counter::FabricStrangers, s.strangers);
+        channel.set(Counter::FabricDecodeErrors, s.decode_errors);
+        channel.set(Counter::FabricMisaddressed, s.misaddressed);
+        channel.set(Counter::FabricTimeouts, s.timeouts);
     }
 }
 
@@ -589,6 +599,7 @@ impl<P: Plane> Dataplane<P> {
             self.node.leader_hint().map_or(0, |n| u64::from(n) + 1),
         );
         c.add(Counter::Heartbeat, 1);
+        self.plane.publish(c);
         let request = c.counter(Counter::StatsRequest);
         if request != self.stats_done {
             self.stats_done = request;

@@ -334,6 +334,108 @@ fn bad_client_input_gets_clear_errors_and_loses_nothing() {
     }
 }
 
+/// A udp node takes frames only from the configured nodes and clients: garbage, a frame that
+/// names a member but comes from elsewhere, a frame of another cluster and a client frame from an
+/// unlisted address are dropped and counted, nothing crashes and the acknowledged write stays.
+#[test]
+fn udp_drops_and_counts_strangers_and_garbage() {
+    use rapax_dataplane::fabric::{Op, Post, Region};
+    use rapax_dataplane::protocol::Ballot;
+    use std::net::UdpSocket;
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let t = TestCluster::up("udp-local.toml", "udp-strangers");
+    let mut c = t.client();
+    let put = KvOp::Put {
+        key: "kept".into(),
+        value: "1".into(),
+    };
+    assert_eq!(c.execute(put).unwrap(), KvReply::Stored);
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let target = t
+        .cluster
+        .cluster
+        .node(leader)
+        .unwrap()
+        .udp_socket_addr()
+        .unwrap();
+    let before = t.cluster.counters(leader).unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let id = t.cluster.cluster.cluster_id();
+    let member = (leader + 1) % 3;
+    // Not a frame at all.
+    stranger.send_to(b"\x00garbage", target).unwrap();
+    // A well-formed log write naming a member as its source, from another address.
+    let post = Post {
+        wr_id: 1,
+        target: leader,
+        op: Op::Write {
+            region: Region::Log,
+            offset: 4096,
+            bytes: vec![0xee; 64],
+        },
+        reconnect: true,
+        ballot: Ballot((99 << 8) | u64::from(member)),
+    };
+    let mut bytes = Vec::new();
+    Frame::from_post(member, id, 0, &post)
+        .unwrap()
+        .encode(&mut bytes)
+        .unwrap();
+    stranger.send_to(&bytes, target).unwrap();
+    // The same frame for another cluster.
+    bytes.clear();
+    Frame::from_post(member, id ^ 1, 0, &post)
+        .unwrap()
+        .encode(&mut bytes)
+        .unwrap();
+    stranger.send_to(&bytes, target).unwrap();
+    // A client request from an address the cluster file does not list.
+    let request = ClientRequest {
+        client: 7,
+        seq: 1,
+        command: vec![0; 8],
+    };
+    bytes.clear();
+    Frame::client_request(CLIENT_NODE, leader, id, &request)
+        .unwrap()
+        .encode(&mut bytes)
+        .unwrap();
+    stranger.send_to(&bytes, target).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let now = t.cluster.counters(leader).unwrap();
+        if now.fabric_strangers >= before.fabric_strangers + 2
+            && now.fabric_decode_errors > before.fabric_decode_errors
+            && now.fabric_misaddressed > before.fabric_misaddressed
+        {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "drops not counted: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        t.cluster.status().contains("strangers"),
+        "{}",
+        t.cluster.status()
+    );
+    assert_eq!(
+        after.client_requests, before.client_requests,
+        "a stranger's request was taken"
+    );
+    assert_eq!(
+        c.execute(KvOp::Get { key: "kept".into() }).unwrap(),
+        KvReply::Value(Some(b"1".to_vec()))
+    );
+    for p in t.cluster.procs() {
+        assert!(is_ours(p.pid, &t.dir), "{} of node {} died", p.kind, p.node);
+    }
+}
+
 #[test]
 fn cluster_files_are_private() {
     use std::os::unix::fs::PermissionsExt;

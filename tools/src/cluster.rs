@@ -333,6 +333,10 @@ impl LocalCluster {
             client_requests: get(Counter::ClientRequests),
             client_bad_requests: get(Counter::ClientBadRequests),
             malformed_frames: get(Counter::MalformedFrames),
+            fabric_strangers: get(Counter::FabricStrangers),
+            fabric_decode_errors: get(Counter::FabricDecodeErrors),
+            fabric_misaddressed: get(Counter::FabricMisaddressed),
+            fabric_timeouts: get(Counter::FabricTimeouts),
         })
     }
 
@@ -509,6 +513,31 @@ impl LocalCluster {
                 scores.join(" ")
             );
         }
+        // What the frame fabrics dropped, when they dropped anything.
+        let drops: Vec<String> = self
+            .cluster
+            .ring
+            .iter()
+            .filter_map(|&n| self.counters(n))
+            .filter(|c| {
+                c.fabric_strangers + c.fabric_decode_errors + c.fabric_misaddressed + c.malformed_frames
+                    > 0
+            })
+            .map(|c| {
+                format!(
+                    "node {}: {} strangers, {} undecodable, {} misaddressed, {} malformed client frames, {} time-outs",
+                    c.node,
+                    c.fabric_strangers,
+                    c.fabric_decode_errors,
+                    c.fabric_misaddressed,
+                    c.malformed_frames,
+                    c.fabric_timeouts
+                )
+            })
+            .collect();
+        if !drops.is_empty() {
+            let _ = writeln!(s, "dropped: {}", drops.join("; "));
+        }
         s
     }
 }
@@ -532,6 +561,12 @@ pub struct NodeCounters {
     pub client_requests: u64,
     pub client_bad_requests: u64,
     pub malformed_frames: u64,
+    /// Frame fabrics (udp): frames from an address not their source's, datagrams that are no
+    /// frame, frames for another cluster or node, operations that timed out.
+    pub fabric_strangers: u64,
+    pub fabric_decode_errors: u64,
+    pub fabric_misaddressed: u64,
+    pub fabric_timeouts: u64,
 }
 
 /// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie, ...).
