@@ -340,11 +340,20 @@ pub fn fail_leader(
             (c.role == 4 && c.first_commit_at_ns > t0 && c.leader_at_ns > t0).then_some(c)
         });
         if let Some(c) = found {
-            let lost = if c.leader_lost_at_ns > t0 {
-                c.leader_lost_at_ns
-            } else {
-                c.leader_at_ns
-            };
+            // Detection: the first survivor whose control plane declared the victim failed
+            // (the new leader itself may never have followed the victim: a node earlier in the
+            // ring that had not taken leadership back). None at all (every survivor learned
+            // from the new view instead): detection is counted up to leading.
+            let lost = cluster
+                .cluster
+                .ring
+                .iter()
+                .filter(|&&n| n != victim)
+                .filter_map(|&n| cluster.counters(n))
+                .map(|s| s.leader_lost_at_ns)
+                .filter(|&at| at > t0 && at <= c.leader_at_ns)
+                .min()
+                .unwrap_or(c.leader_at_ns);
             if std::env::var_os("RAPAX_TRACE").is_some() {
                 eprintln!(
                     "failover: node {} lost leader {victim} at +{} us, stood at +{} us, leads at +{} us, first commit at +{} us",
