@@ -48,6 +48,41 @@ pub struct Session {
     started: bool,
 }
 
+/// Clusters this process started and has not stopped yet: stopped on SIGINT, SIGTERM or
+/// SIGHUP (see [`stop_started_clusters_on_signal`]).
+static STARTED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes an interrupted or terminated `rapax` stop the clusters it started (a benchmark ended
+/// by Ctrl-C or `timeout` must not leave data planes spinning on the cores). Call first thing in
+/// `main`, before any thread starts: the signals are blocked in every thread and taken by one
+/// that stops the clusters, then exits with 128 + the signal's number. Daemons started later get
+/// the default signal mask back (the standard library resets it in a child).
+pub fn stop_started_clusters_on_signal() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                let dirs = STARTED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for d in dirs {
+                    let n = crate::cluster::down(&d);
+                    eprintln!(
+                        "rapax: {sig}: stopped the {n} processes of the cluster in {}",
+                        d.display()
+                    );
+                }
+                std::process::exit(128 + sig as i32);
+            }
+        });
+}
+
 impl Session {
     /// Attaches to the cluster running in `dir`, or starts one there with `profile`.
     pub fn start_or_attach(
@@ -63,6 +98,10 @@ impl Session {
                 });
             }
         }
+        STARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.to_path_buf());
         let cluster = LocalCluster::up(profile, replicas, dir)?;
         Ok(Session {
             cluster,
@@ -87,6 +126,10 @@ impl Drop for Session {
     fn drop(&mut self) {
         if self.started {
             self.cluster.down();
+            STARTED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|d| d != &self.cluster.dir.dir);
         }
     }
 }

@@ -310,6 +310,7 @@ fn fail(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    rapax::drill::stop_started_clusters_on_signal();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo {
