@@ -254,7 +254,11 @@ fn revocation_is_complete_under_concurrent_writers() {
             h.post(2, write(200 + i, b2, 32 + i, 0x33, i == 0));
         }
         done.extend(h.drain());
-        assert_eq!(done.len(), 32 + 30 + 20, "steps {steps}: every write completes");
+        assert_eq!(
+            done.len(),
+            32 + 30 + 20,
+            "steps {steps}: every write completes"
+        );
         let mut log = vec![0u8; GEO.log_bytes()];
         h.memory(0).read_log(0, &mut log);
         for slot in 0..32u64 {
@@ -364,13 +368,19 @@ fn run_lossy(env: &'static (Eal, PktMbufPool), loss_ppm: u32, retransmit: Option
     for (k, r) in results.iter().enumerate() {
         let r = r.as_ref().expect("completed");
         if r.is_ok() {
-            assert!((k as u64) < landed, "write {k} completed Ok but did not land");
+            assert!(
+                (k as u64) < landed,
+                "write {k} completed Ok but did not land"
+            );
         } else {
             assert_eq!(*r, Err(FabricError::Unreachable), "write {k}");
         }
     }
     assert!(first_failure <= landed);
-    assert!(poster.fault_drops + owner.fault_drops > 0, "loss was injected");
+    assert!(
+        poster.fault_drops + owner.fault_drops > 0,
+        "loss was injected"
+    );
     if retransmit.is_some() {
         assert_eq!(first_failure, WRITES, "loss recovery kept the connection");
         assert!(poster.retransmits > 0);
@@ -391,8 +401,7 @@ fn loss_is_recovered_or_breaks_the_connection_cleanly() {
 
 #[test]
 fn the_frame_round_trip_floor_measures_real_round_trips() {
-    let Some((eal, pool)) = dpdk_env("the_frame_round_trip_floor_measures_real_round_trips")
-    else {
+    let Some((eal, pool)) = dpdk_env("the_frame_round_trip_floor_measures_real_round_trips") else {
         return;
     };
     let _turn = serial();

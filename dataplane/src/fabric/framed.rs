@@ -285,7 +285,10 @@ impl<L: DatagramLink> FrameFabric<L> {
         let peers = peer_table(&config.peers, false)?;
         let control_readers = peer_table(&config.control_readers, true)?;
         let frame_bytes = link.max_frame_bytes().min(MAX_FRAME_BYTES);
-        assert!(frame_bytes > HEADER_BYTES, "a link must carry a frame header");
+        assert!(
+            frame_bytes > HEADER_BYTES,
+            "a link must carry a frame header"
+        );
         Ok(FrameFabric {
             me: config.me,
             cluster_id: config.cluster_id,

@@ -78,13 +78,12 @@
 //! source; everything else is dropped and counted ([`UdpStats`]). A node bound to a wildcard
 //! address sends from the address the kernel picks, so configure the address peers see.
 
-
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::framed::{DatagramLink, FrameConfig, FrameFabric, FrameStats, LinkRecv, PeerTableError};
 use super::frame::MAX_FRAME_BYTES;
+use super::framed::{DatagramLink, FrameConfig, FrameFabric, FrameStats, LinkRecv, PeerTableError};
 use crate::protocol::{NodeId, MAX_NODES};
 
 #[cfg(test)]
