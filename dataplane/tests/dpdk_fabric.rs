@@ -4,18 +4,18 @@
 //! and the frame round-trip floor. Skips, saying why, when the ffi was built without DPDK.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rapax_dataplane::fabric::contract::{self, ContractHarness};
 use rapax_dataplane::fabric::dpdk::{
-    frame_round_trip_ns, DpdkConfig, DpdkFabric, DpdkLink, DpdkMemory, DpdkPortSpec,
-    MBUF_DATA_ROOM_BYTES,
+    frame_round_trip_ns, process_dpdk, ring_pair_floor_ns, software_eal_args, DpdkConfig,
+    DpdkFabric, DpdkLink, DpdkMemory, DpdkPortSpec, ProcessDpdk,
 };
 use rapax_dataplane::fabric::{Completion, FabricError, LocalMemory, Op, Post, Region};
 use rapax_dataplane::protocol::layout::LogGeometry;
 use rapax_dataplane::protocol::{Ballot, NodeId};
-use rapax_ffi::dpdk::{self, Eal, MacAddr, PktMbufPool};
+use rapax_ffi::dpdk::{self, Eal, MacAddr};
 
 const GEO: LogGeometry = LogGeometry {
     capacity: 64,
@@ -25,33 +25,14 @@ const CLUSTER: u64 = 0x00d9_d4c1;
 const B: Ballot = Ballot((1 << 8) | 1);
 
 /// The process's EAL and packet pool, initialised by the first test that needs them.
-fn dpdk_env(test: &str) -> Option<&'static (Eal, PktMbufPool)> {
-    static ENV: OnceLock<Result<(Eal, PktMbufPool), String>> = OnceLock::new();
+fn dpdk_env(test: &str) -> Option<&'static ProcessDpdk> {
     if !dpdk::available() {
         let err = Eal::init(&[]).unwrap_err();
         assert!(matches!(err, dpdk::Error::NotBuilt(_)), "{err}");
         println!("skipped {test}: {err}");
         return None;
     }
-    let env = ENV.get_or_init(|| {
-        let args: Vec<String> = [
-            "--lcores=0@(0-1)".to_string(),
-            "--no-huge".into(),
-            "-m".into(),
-            "512".into(),
-            "--no-pci".into(),
-            "--no-shconf".into(),
-            "--no-telemetry".into(),
-            format!("--file-prefix=rapax-dpdk-{}", std::process::id()),
-            "--log-level=lib.eal:notice".into(),
-        ]
-        .into();
-        let eal = Eal::init(&args).map_err(|e| e.to_string())?;
-        let pool = PktMbufPool::create(&eal, "rapax_fabric", 16383, 0, MBUF_DATA_ROOM_BYTES, -1)
-            .map_err(|e| e.to_string())?;
-        Ok((eal, pool))
-    });
-    Some(env.as_ref().expect("the EAL and a pool start"))
+    Some(process_dpdk(&software_eal_args("rapax-dpdk"), 16383).expect("the EAL and a pool start"))
 }
 
 /// Tests take turns: ports are created and closed on one shared EAL.
@@ -94,11 +75,11 @@ struct Knobs {
 }
 
 fn cluster(
-    env: &'static (Eal, PktMbufPool),
+    env: &'static ProcessDpdk,
     n: NodeId,
     knobs: &Knobs,
 ) -> (Vec<DpdkFabric<'static>>, Vec<DpdkMemory>) {
-    let (eal, pool) = env;
+    let (eal, pool) = (&env.eal, &env.pool);
     let ports = mesh(eal, n);
     let nodes = (0..n)
         .map(|i| {
@@ -132,7 +113,7 @@ struct DpdkHarness {
 }
 
 impl DpdkHarness {
-    fn new(env: &'static (Eal, PktMbufPool), retransmit: Option<Duration>) -> DpdkHarness {
+    fn new(env: &'static ProcessDpdk, retransmit: Option<Duration>) -> DpdkHarness {
         let knobs = Knobs {
             timeout: Duration::from_millis(500),
             retransmit,
@@ -326,7 +307,7 @@ fn landed_prefix(mem: &DpdkMemory, writes: u64) -> u64 {
         .unwrap_or_else(|| panic!("no prefix of the posting order explains the log"))
 }
 
-fn run_lossy(env: &'static (Eal, PktMbufPool), loss_ppm: u32, retransmit: Option<Duration>) {
+fn run_lossy(env: &'static ProcessDpdk, loss_ppm: u32, retransmit: Option<Duration>) {
     const WRITES: u64 = 600;
     let knobs = Knobs {
         timeout: Duration::from_millis(800),
@@ -401,9 +382,10 @@ fn loss_is_recovered_or_breaks_the_connection_cleanly() {
 
 #[test]
 fn the_frame_round_trip_floor_measures_real_round_trips() {
-    let Some((eal, pool)) = dpdk_env("the_frame_round_trip_floor_measures_real_round_trips") else {
+    let Some(env) = dpdk_env("the_frame_round_trip_floor_measures_real_round_trips") else {
         return;
     };
+    let (eal, pool) = (&env.eal, &env.pool);
     let _turn = serial();
     let ports = mesh(eal, 2);
     let link = |i: NodeId| {
@@ -431,4 +413,7 @@ fn the_frame_round_trip_floor_measures_real_round_trips() {
     let in_use = pool.in_use_count();
     drop((a, b));
     assert!(pool.in_use_count() <= in_use, "mbufs leaked");
+    // The same on fresh ports, as `rapax bench` measures it.
+    let rtts = ring_pair_floor_ns(env, 256, 10, 100).expect("the ring-pair floor");
+    assert_eq!(rtts.len(), 100);
 }

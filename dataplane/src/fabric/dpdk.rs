@@ -36,6 +36,8 @@
 //! with loss recovery ([`super::framed`], "Loss recovery") when [`DpdkConfig::retransmit`] is set,
 //! and the fault hook [`DpdkConfig::fault_drop_ppm`] drops that share of frames on send.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rapax_ffi::dpdk::{Burst, Eal, MacAddr, PktMbufPool, Port, PortConfig};
@@ -72,6 +74,8 @@ pub enum DpdkError {
     TwoPortsForPeer(NodeId),
     #[error("frame round trip: {0}")]
     RoundTrip(&'static str),
+    #[error("the process's DPDK environment did not start: {0}")]
+    Environment(String),
 }
 
 /// One ethdev port of a node.
@@ -387,4 +391,91 @@ fn wait_frame(link: &mut DpdkLink<'_>, buf: &mut [u8], from: MacAddr) -> Result<
             }
         }
     }
+}
+
+/// The EAL and the packet pool of this process. DPDK initialises the EAL once per process, so
+/// every user in the process (the data plane's fabric, a floor measurement, tests) shares them.
+#[derive(Debug)]
+pub struct ProcessDpdk {
+    pub eal: Eal,
+    pub pool: PktMbufPool,
+}
+
+/// Starts the process's EAL with `eal_args` and a pool of `mempool_mbufs` mbufs of
+/// [`MBUF_DATA_ROOM_BYTES`], on first use; later calls return the same environment (their
+/// arguments are not used). A failure is kept: the EAL cannot be initialised again.
+pub fn process_dpdk(
+    eal_args: &[String],
+    mempool_mbufs: u32,
+) -> Result<&'static ProcessDpdk, DpdkError> {
+    static ENV: OnceLock<Result<ProcessDpdk, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let eal = Eal::init(eal_args).map_err(|e| e.to_string())?;
+        let pool = PktMbufPool::create(
+            &eal,
+            "rapax_frames",
+            mempool_mbufs,
+            0,
+            MBUF_DATA_ROOM_BYTES,
+            -1,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(ProcessDpdk { eal, pool })
+    })
+    .as_ref()
+    .map_err(|e| DpdkError::Environment(e.clone()))
+}
+
+/// EAL arguments for a process that only needs software ports (ring pairs): no hugepages, no
+/// PCI, no shared config, a file prefix of its own.
+pub fn software_eal_args(prefix: &str) -> Vec<String> {
+    [
+        "--lcores=0@(0-1)".to_string(),
+        "--no-huge".into(),
+        "-m".into(),
+        "512".into(),
+        "--no-pci".into(),
+        "--no-shconf".into(),
+        "--no-telemetry".into(),
+        format!("--file-prefix={prefix}-{}", std::process::id()),
+        "--log-level=lib.eal:notice".into(),
+    ]
+    .into()
+}
+
+/// The DPDK floor on a fresh pair of ring ports in this process (the EAL started with `env`):
+/// [`frame_round_trip_ns`] of `payload_bytes`, `samples` rounds after `warmup`. Measures DPDK's
+/// own path (mbufs, PMD rx/tx, framing) without a wire; on a NIC the floor is the same call on
+/// two links over the NIC's ports.
+pub fn ring_pair_floor_ns(
+    env: &ProcessDpdk,
+    payload_bytes: usize,
+    warmup: usize,
+    samples: usize,
+) -> Result<Vec<u64>, DpdkError> {
+    static PAIRS: AtomicU32 = AtomicU32::new(0);
+    let k = PAIRS.fetch_add(1, Ordering::Relaxed);
+    let (pa, pb) = env
+        .eal
+        .ring_port_pair(&format!("floor{k}a"), &format!("floor{k}b"), 1024)?;
+    let (mac_a, mac_b) = (
+        MacAddr([2, 0, 0, 0xf1, 0, 1]),
+        MacAddr([2, 0, 0, 0xf1, 0, 2]),
+    );
+    let link = |port_id, mac, peer_mac| {
+        DpdkLink::open(
+            &env.eal,
+            &env.pool,
+            mac,
+            &[DpdkPortSpec {
+                port_id,
+                peer: Some(1),
+            }],
+            &[(1, peer_mac)],
+            256,
+        )
+    };
+    let mut a = link(pa, mac_a, mac_b)?;
+    let mut b = link(pb, mac_b, mac_a)?;
+    frame_round_trip_ns(&mut a, &mut b, payload_bytes, warmup, samples)
 }
