@@ -393,6 +393,11 @@ fn wait_frame(link: &mut DpdkLink<'_>, buf: &mut [u8], from: MacAddr) -> Result<
     }
 }
 
+/// Whether the DPDK bindings were built (without them every constructor fails with the reason).
+pub fn available() -> bool {
+    rapax_ffi::dpdk::available()
+}
+
 /// The EAL and the packet pool of this process. DPDK initialises the EAL once per process, so
 /// every user in the process (the data plane's fabric, a floor measurement, tests) shares them.
 #[derive(Debug)]
