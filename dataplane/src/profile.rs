@@ -384,8 +384,8 @@ pub struct DpdkFabric {
     /// Fault injection: frames in a million dropped on send (drills and tests; 0 in service).
     pub fault_drop_ppm: u32,
     /// memif topology: when set, the data plane adds one `net_memif` port per peer, its socket
-    /// `<memif_dir>/memif-<lower id>-<higher id>.sock` (the lower node id is the server), and
-    /// `port` is not used. Unset: one port (`port`) reaches every peer.
+    /// `<memif_dir>/<cluster id>-memif-<lower id>-<higher id>.sock` (the lower node id is the
+    /// server), and `port` is not used. Unset: one port (`port`) reaches every peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memif_dir: Option<String>,
 }

@@ -132,6 +132,22 @@ struct LinkPort<'pool> {
     peer: Option<NodeId>,
 }
 
+/// How long a port that refuses to start is retried: a memif client port cannot start before
+/// its server (another node's process) has created the socket.
+const START_RETRY: Duration = Duration::from_secs(30);
+
+/// Starts `port`, retrying for [`START_RETRY`] while it refuses.
+fn start(port: &mut Port<'_>) -> Result<(), DpdkError> {
+    let give_up = std::time::Instant::now() + START_RETRY;
+    loop {
+        match port.start() {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= give_up => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// DPDK ethdev ports as a datagram link: one Ethernet frame per frame, addressed by MAC.
 pub struct DpdkLink<'pool> {
     pool: &'pool PktMbufPool,
@@ -174,7 +190,7 @@ impl<'pool> DpdkLink<'pool> {
         let mut routes = Vec::new();
         for (i, spec) in ports.iter().enumerate() {
             let mut port = Port::configure(eal, spec.port_id, &config, pool)?;
-            port.start()?;
+            start(&mut port)?;
             if let Some(peer) = spec.peer {
                 if ports[..i].iter().any(|p| p.peer == Some(peer)) {
                     return Err(DpdkError::TwoPortsForPeer(peer));
