@@ -173,10 +173,10 @@ fn bind_dpdk(out_dir: &Path, shim_dir: &Path) -> Probe {
         .clang_args(cflags.iter().chain(&defines))
         .clang_arg(format!("-I{}", shim_dir.display()))
         .allowlist_function(
-            "rte_eal_.*|rte_eth_.*|rte_pktmbuf_.*|rte_mempool_.*|rte_lcore_.*|rte_socket_id|rte_strerror|rapax_.*",
+            "rte_eal_.*|rte_eth_.*|rte_pktmbuf_.*|rte_mempool_.*|rte_ring_create|rte_ring_free|rte_lcore_.*|rte_socket_id|rte_strerror|rapax_.*",
         )
-        .allowlist_type("rte_eth_.*|rte_mbuf|rte_mempool|rte_ether_addr")
-        .allowlist_var("RTE_ETH_.*|RTE_MBUF_.*|RTE_PKTMBUF_.*|RTE_MAX_.*|RTE_ETHER_.*|SOCKET_ID_ANY")
+        .allowlist_type("rte_eth_.*|rte_mbuf|rte_mempool|rte_ring|rte_ether_addr")
+        .allowlist_var("RTE_ETH_.*|RTE_MBUF_.*|RTE_PKTMBUF_.*|RTE_MAX_.*|RTE_ETHER_.*|RING_F_.*|SOCKET_ID_ANY")
         .prepend_enum_name(false)
         .derive_default(true)
         .generate_comments(false)
@@ -198,6 +198,9 @@ fn bind_dpdk(out_dir: &Path, shim_dir: &Path) -> Probe {
     }
     cc.try_compile("rapax_dpdk_static")
         .map_err(|e| format!("cannot compile the DPDK static-inline wrappers and shim: {e}"))?;
+    // `rte_eth_from_rings` lives in the net_ring driver, which pkg-config's shared `Libs` leave
+    // to the EAL's plugin loading; link it so ports can be made from rings.
+    println!("cargo::rustc-link-lib=rte_net_ring");
     Ok(())
 }
 

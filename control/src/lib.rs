@@ -244,7 +244,9 @@ fn reader(
                 None => Err(last.expect("an error").into()),
             }
         }
-        FabricKind::Udp => {
+        // On dpdk too the control mesh is UDP: the data plane serves heartbeat reads on its
+        // `udp_addr` (the DPDK port belongs to the data plane's process).
+        FabricKind::Udp | FabricKind::Dpdk => {
             let node = cluster.node(me).expect("member");
             let addr = node
                 .control_socket_addr()

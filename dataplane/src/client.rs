@@ -117,7 +117,8 @@ impl Client {
         let (profile, cluster) = load_config(&cdir, None, None).map_err(Box::new)?;
         let nodes: Vec<NodeId> = cluster.ring.clone();
         let transport = match profile.fabric.kind {
-            FabricKind::Shm => Transport::Shm {
+            // A local dpdk cluster takes clients through the shm mailbox too.
+            FabricKind::Shm | FabricKind::Dpdk => Transport::Shm {
                 dir: cdir,
                 boxes: nodes.iter().map(|_| None).collect(),
             },

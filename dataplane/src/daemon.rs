@@ -142,7 +142,7 @@ pub enum DaemonError {
     NotAMember { node: NodeId, cluster: String },
     #[error("node {node} is a spare: spares join the ring by reconfiguration, not yet supported")]
     Spare { node: NodeId },
-    #[error("fabric {0} is not supported by this build (shm and udp are)")]
+    #[error("fabric {0} is not supported by this build (shm, udp and dpdk are)")]
     UnsupportedFabric(&'static str),
     #[error("cluster file: node {node} has no {what}")]
     MissingAddress { node: NodeId, what: &'static str },
@@ -150,6 +150,8 @@ pub enum DaemonError {
     Shm(#[from] ShmError),
     #[error(transparent)]
     Udp(#[from] UdpError),
+    #[error(transparent)]
+    Dpdk(#[from] crate::fabric::dpdk::DpdkError),
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error(transparent)]
@@ -288,6 +290,30 @@ trait Plane: Send {
     fn publish(&self, _channel: &Channel) {}
 }
 
+/// Client requests from the shm mailbox, each with its slot as route.
+fn mailbox_ingress(
+    mailbox: &mut MailboxServer,
+    node: NodeId,
+    cluster_id: u64,
+    sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>,
+) -> usize {
+    mailbox.poll(|slot, bytes| {
+        let request = match Frame::decode(bytes) {
+            Ok(f) if f.is_addressed_to(cluster_id, node) => match f.body {
+                FrameBody::ClientRequest { .. } => {
+                    f.body.into_client_request().ok_or(BadRequest::Malformed)
+                }
+                _ => Err(BadRequest::Malformed),
+            },
+            _ => Err(BadRequest::Malformed),
+        };
+        sink.push((request, Route::Slot(slot)));
+    })
+}
+
+#[path = "daemon_dpdk.rs"]
+mod dpdk_plane;
+
 struct ShmPlane {
     fabric: ShmFabric,
     mailbox: MailboxServer,
@@ -312,19 +338,7 @@ impl Plane for ShmPlane {
     }
 
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
-        let (node, cluster_id) = (self.node, self.cluster_id);
-        self.mailbox.poll(|slot, bytes| {
-            let request = match Frame::decode(bytes) {
-                Ok(f) if f.is_addressed_to(cluster_id, node) => match f.body {
-                    FrameBody::ClientRequest { .. } => {
-                        f.body.into_client_request().ok_or(BadRequest::Malformed)
-                    }
-                    _ => Err(BadRequest::Malformed),
-                },
-                _ => Err(BadRequest::Malformed),
-            };
-            sink.push((request, Route::Slot(slot)));
-        })
+        mailbox_ingress(&mut self.mailbox, self.node, self.cluster_id, sink)
     }
 
     fn answer(&mut self, route: Route, reply: &ClientReply) {
@@ -750,6 +764,19 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
                 &profile,
                 idle,
                 &shutdown,
+            )?
+        }
+        FabricKind::Dpdk => {
+            let start = opts.start.unwrap_or(if restarted {
+                Start::MemoryLost
+            } else {
+                Start::Fresh
+            });
+            let plane =
+                dpdk_plane::open(&profile, &cluster, &dir, me, client_frame_bytes(&profile))?;
+            println!("rapax-dataplane: node {me} starts {start:?} on dpdk");
+            start_agent(
+                plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
             )?
         }
         other => return Err(DaemonError::UnsupportedFabric(other.as_str())),

@@ -374,6 +374,20 @@ pub struct DpdkFabric {
     pub tx_queues: u16,
     /// Mbufs in the packet pool (2^n - 1 is the most memory-efficient).
     pub mempool_mbufs: u32,
+    /// Descriptors per receive and per transmit queue (the device may adjust them).
+    pub ring_desc: u16,
+    /// Most log operations in flight to one peer; later ones wait in posting order.
+    pub send_window_ops: usize,
+    /// Loss recovery: an unanswered request frame is sent again after this many microseconds;
+    /// 0 turns recovery off (a lost frame then breaks the connection until a reconnect).
+    pub retransmit_us: u64,
+    /// Fault injection: frames in a million dropped on send (drills and tests; 0 in service).
+    pub fault_drop_ppm: u32,
+    /// memif topology: when set, the data plane adds one `net_memif` port per peer, its socket
+    /// `<memif_dir>/<cluster id>-memif-<lower id>-<higher id>.sock` (the lower node id is the
+    /// server), and `port` is not used. Unset: one port (`port`) reaches every peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memif_dir: Option<String>,
 }
 
 impl Default for DpdkFabric {
@@ -384,6 +398,11 @@ impl Default for DpdkFabric {
             rx_queues: 1,
             tx_queues: 1,
             mempool_mbufs: 8191,
+            ring_desc: 1024,
+            send_window_ops: 64,
+            retransmit_us: 200,
+            fault_drop_ppm: 0,
+            memif_dir: None,
         }
     }
 }
@@ -734,6 +753,24 @@ impl Profile {
                 check_range("fabric.dpdk.rx_queues", d.rx_queues, 1, 64)?;
                 check_range("fabric.dpdk.tx_queues", d.tx_queues, 1, 64)?;
                 check_range("fabric.dpdk.mempool_mbufs", d.mempool_mbufs, 512, 1 << 24)?;
+                check_range("fabric.dpdk.ring_desc", d.ring_desc, 64, 16384)?;
+                check_range("fabric.dpdk.send_window_ops", d.send_window_ops, 1, 65536)?;
+                check_range(
+                    "fabric.dpdk.retransmit_us",
+                    d.retransmit_us,
+                    0,
+                    MAX_DURATION_US,
+                )?;
+                check_range("fabric.dpdk.fault_drop_ppm", d.fault_drop_ppm, 0, 1_000_000)?;
+                if let Some(dir) = &d.memif_dir {
+                    if !dir.starts_with('/') || dir.contains(',') {
+                        return Err(invalid(
+                            "fabric.dpdk.memif_dir",
+                            quoted(dir),
+                            "must be an absolute directory without commas",
+                        ));
+                    }
+                }
             }
             FabricKind::Sim => {}
         }
@@ -1660,6 +1697,20 @@ mod tests {
         let mut p = dpdk();
         p.fabric.dpdk.as_mut().unwrap().mempool_mbufs = 100;
         expect_invalid(&p, "fabric.dpdk.mempool_mbufs", "100");
+        let mut p = dpdk();
+        p.fabric.dpdk.as_mut().unwrap().ring_desc = 16;
+        expect_invalid(&p, "fabric.dpdk.ring_desc", "16");
+        let mut p = dpdk();
+        p.fabric.dpdk.as_mut().unwrap().send_window_ops = 0;
+        expect_invalid(&p, "fabric.dpdk.send_window_ops", "0");
+        let mut p = dpdk();
+        p.fabric.dpdk.as_mut().unwrap().fault_drop_ppm = 1_000_001;
+        expect_invalid(&p, "fabric.dpdk.fault_drop_ppm", "1000001");
+        let mut p = dpdk();
+        p.fabric.dpdk.as_mut().unwrap().memif_dir = Some("run/rapax".into());
+        expect_invalid(&p, "fabric.dpdk.memif_dir", "\"run/rapax\"");
+        let ok = dpdk();
+        assert_eq!(ok.fabric.dpdk.as_ref().unwrap().retransmit_us, 200);
     }
 
     #[test]

@@ -28,7 +28,13 @@ fn stem(path: &Path) -> String {
 #[test]
 fn the_local_profiles_are_shipped() {
     let stems: Vec<String> = profile_paths().iter().map(|p| stem(p)).collect();
-    for want in ["shm-local", "udp-local"] {
+    for want in [
+        "shm-local",
+        "udp-local",
+        "dpdk-memif",
+        "e810-dpdk",
+        "mlx5-dpdk",
+    ] {
         assert!(
             stems.iter().any(|s| s == want),
             "{want}.toml missing: {stems:?}"
@@ -37,6 +43,14 @@ fn the_local_profiles_are_shipped() {
     let shm = Profile::load(profiles_dir().join("shm-local.toml")).unwrap();
     assert_eq!(shm.fabric.kind, FabricKind::Shm);
     assert_eq!(shm.fabric.shm.as_ref().unwrap().dir, "/dev/shm/rapax");
+    for name in ["dpdk-memif", "e810-dpdk", "mlx5-dpdk"] {
+        let p = Profile::load(profiles_dir().join(format!("{name}.toml"))).unwrap();
+        assert_eq!(p.fabric.kind, FabricKind::Dpdk, "{name}");
+        assert!(!p.verified_on_hardware, "{name}");
+        let d = p.fabric.dpdk.as_ref().unwrap();
+        assert!(d.retransmit_us > 0 && d.fault_drop_ppm == 0, "{name}");
+        assert_eq!(d.memif_dir.is_some(), name == "dpdk-memif", "{name}");
+    }
     let udp = Profile::load(profiles_dir().join("udp-local.toml")).unwrap();
     assert_eq!(udp.fabric.kind, FabricKind::Udp);
     assert_eq!(
@@ -119,9 +133,15 @@ fn local_profiles_run_on_two_cores() {
 
 #[test]
 fn every_profile_drives_a_three_node_cluster() {
-    let cluster = ClusterFile::local(3, 17000);
+    let local = ClusterFile::local(3, 17000);
     for path in profile_paths() {
         let p = Profile::load(&path).unwrap();
+        let mut cluster = local.clone();
+        if p.fabric.kind == FabricKind::Dpdk {
+            for n in &mut cluster.nodes {
+                n.dpdk_mac = Some(format!("02:00:00:00:00:{:02x}", n.id + 1));
+            }
+        }
         cluster
             .check_for(&p)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -11,6 +11,8 @@
 #include <rte_ether.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_ring.h>
+#include <rte_eth_ring.h>
 
 /* The calling thread's rte_errno (a per-lcore thread-local behind a macro). */
 int rapax_rte_errno(void);

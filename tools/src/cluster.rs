@@ -161,11 +161,21 @@ impl LocalCluster {
     /// network namespace `netns` names for it (`ip netns exec`), others in this one.
     pub fn up_with(
         profile: &Profile,
-        cluster: ClusterFile,
+        mut cluster: ClusterFile,
         dir: &Path,
         netns: &HashMap<NodeId, String>,
     ) -> Result<LocalCluster, ClusterError> {
-        if !matches!(profile.fabric.kind, FabricKind::Shm | FabricKind::Udp) {
+        if profile.fabric.kind == FabricKind::Dpdk {
+            // Local dpdk nodes (memif) take locally administered MACs unless the file has them.
+            for n in &mut cluster.nodes {
+                n.dpdk_mac
+                    .get_or_insert_with(|| format!("02:00:00:00:00:{:02x}", n.id + 1));
+            }
+        }
+        if !matches!(
+            profile.fabric.kind,
+            FabricKind::Shm | FabricKind::Udp | FabricKind::Dpdk
+        ) {
             return Err(ClusterError::Fabric {
                 profile: profile.name.clone(),
                 fabric: profile.fabric.kind.as_str().to_string(),

@@ -7,8 +7,11 @@
 //!   threads — the pinger writes the payload and publishes a sequence number, the ponger waits
 //!   for it, reads the payload and echoes the number back.
 //! * [`udp_floor`]: a UDP datagram ping-pong over the loopback interface between two threads.
+//! * [`dpdk_floor`]: a frame ping-pong over a pair of DPDK ring ports on the calling thread
+//!   (`rapax_dataplane::fabric::dpdk::frame_round_trip_ns`: mbufs, PMD rx/tx and the Ethernet
+//!   framing of the `dpdk` fabric, without a wire).
 //!
-//! Both discard warm-up rounds and record every later round trip in nanoseconds.
+//! All discard warm-up rounds and record every later round trip in nanoseconds.
 
 use std::io;
 use std::net::UdpSocket;
@@ -198,6 +201,26 @@ pub fn shm_floor_bytes(
 }
 
 // ------------------------------------------------------------------------------------------------
+// DPDK
+
+/// Round trips of one `payload_bytes`-byte frame (8..=1500) over a fresh pair of DPDK ring
+/// ports, in nanoseconds: `samples` of them after the warm-up. Starts this process's EAL on
+/// first use (no hugepages, no PCI: `software_eal_args`); fails with the reason when the ffi was
+/// built without DPDK or the EAL cannot start.
+pub fn dpdk_floor(
+    samples: usize,
+    payload_bytes: usize,
+) -> Result<LatencyRecorder, rapax_dataplane::fabric::dpdk::DpdkError> {
+    use rapax_dataplane::fabric::dpdk::{process_dpdk, ring_pair_floor_ns, software_eal_args};
+    let env = process_dpdk(&software_eal_args("rapax-floor"), 4095)?;
+    let mut recorder = LatencyRecorder::new();
+    for ns in ring_pair_floor_ns(env, payload_bytes, WARMUP_ROUNDS, samples)? {
+        recorder.record_ns(ns);
+    }
+    Ok(recorder)
+}
+
+// ------------------------------------------------------------------------------------------------
 // UDP
 
 /// Round trips of one `payload_bytes`-byte UDP datagram over 127.0.0.1 between two threads, in
@@ -354,6 +377,19 @@ mod tests {
             ping.abs_diff(pong) >= 64,
             "ping and pong share a cache line"
         );
+    }
+
+    #[test]
+    fn floor_dpdk_records_requested_samples() {
+        if !rapax_dataplane::fabric::dpdk::available() {
+            let err = dpdk_floor(1, 64).unwrap_err();
+            println!("skipped floor_dpdk_records_requested_samples: {err}");
+            return;
+        }
+        let recorder = dpdk_floor(300, 64).expect("dpdk floor");
+        assert_eq!(recorder.len(), 300);
+        // A payload that no frame carries is refused, on the same EAL.
+        assert!(dpdk_floor(1, 4).is_err());
     }
 
     #[test]

@@ -105,7 +105,8 @@ enum Command {
     ///
     /// Starts a cluster in --dir (or attaches to the one running there), warms up, measures
     /// the floor (shm: a cross-core round trip of one write of the value size; udp: a UDP
-    /// ping-pong over loopback), then runs --ops puts from --clients closed-loop clients.
+    /// ping-pong over loopback; dpdk: a frame ping-pong over a DPDK ring port pair), then runs
+    /// --ops puts from --clients closed-loop clients.
     /// Percentiles come from HdrHistograms; --json writes the summary, --plot a
     /// latency-percentile plot.
     ///

@@ -16,7 +16,9 @@
 //! their own node's memory through [`LocalMemory`].
 
 pub mod contract;
+pub mod dpdk;
 pub mod frame;
+pub mod framed;
 pub mod nic;
 pub mod shm;
 pub mod sim;

@@ -120,6 +120,11 @@ impl NicMemory {
         self.data_error |= 1 << src;
     }
 
+    /// The sequence number the next log operation from `src` must carry.
+    pub fn expected_seq(&self, src: NodeId) -> u64 {
+        self.expected_seq[src as usize]
+    }
+
     /// A `reconnect` from `src` whose sequence number is `seq`: a fresh connection.
     pub fn reconnect(&mut self, src: NodeId, seq: u64) {
         self.data_error &= !(1 << src);

@@ -1,7 +1,9 @@
 //! The `udp` fabric: the wire frames of [`super::frame`] over kernel UDP sockets, the baseline
 //! every other backend is measured against (DESIGN §2).
 //!
-//! Each node owns one non-blocking [`UdpSocket`] and its registered memory ([`UdpMemory`], plain
+//! The frame logic is [`super::framed`], shared with the `dpdk` fabric; this module is its UDP
+//! link ([`UdpLink`]) and the rules it keeps. Each node owns one non-blocking [`UdpSocket`] and
+//! its registered memory ([`UdpMemory`], plain
 //! process memory). A one-sided operation is a request frame to the target's socket; the target's
 //! data plane, when it polls, plays the NIC: it checks rights, applies the request to its memory
 //! and sends back a completion frame. The poster matches completions to its outstanding work
@@ -21,8 +23,9 @@
 //!
 //! # What UDP does not give, and what this version does about it
 //!
-//! - **Loss.** There is no retransmission in this version. A lost request or completion becomes a
-//!   time-out: the operation completes with [`FabricError::Unreachable`] once `timeout` has passed
+//! - **Loss.** By default there is no retransmission (loss recovery, off unless
+//!   [`super::framed::FrameFabric::set_retransmit`] turns it on, is described in
+//!   [`super::framed`]). A lost request or completion becomes a time-out: the operation completes with [`FabricError::Unreachable`] once `timeout` has passed
 //!   (never before, never a hang: contract point 4), a completion arriving later is ignored, and a
 //!   time-out of a log operation puts the poster's data connection to that target in error, as in
 //!   the `sim`: every later log operation to it fails at once with `Unreachable` (and the other log
@@ -75,25 +78,22 @@
 //! source; everything else is dropped and counted ([`UdpStats`]). A node bound to a wildcard
 //! address sends from the address the kernel picks, so configure the address peers see.
 
-use std::cmp::Reverse;
-use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use super::frame::{
-    Frame, FrameBody, CLIENT_NODE, MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_READ_BYTES,
-};
-use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
-use crate::protocol::node::{ClientReply, ClientRequest};
+use super::frame::MAX_FRAME_BYTES;
+use super::framed::{DatagramLink, FrameConfig, FrameFabric, FrameStats, LinkRecv, PeerTableError};
 use crate::protocol::{NodeId, MAX_NODES};
 
-use super::nic::{NicMemory, OpResult};
+#[cfg(test)]
+use super::frame::{Frame, FrameBody, MAX_PAYLOAD_BYTES};
+#[cfg(test)]
+use super::nic::OpResult;
+#[cfg(test)]
+use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
 
-/// Datagrams taken from the socket in one poll at most, so a flood cannot starve time-outs.
-const RECV_BUDGET: usize = 4096;
+use super::nic::NicMemory;
 
 /// One node's registered memory and the NIC state around it, in process memory (see
 /// [`NicMemory`]: rights per (node, ballot) connection, connection errors, and the sequence
@@ -108,7 +108,7 @@ pub struct UdpConfig {
     /// The address every peer sends from and receives on.
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// How long an operation may stay unanswered before it completes with
-    /// [`FabricError::Unreachable`].
+    /// [`super::FabricError::Unreachable`].
     pub timeout: Duration,
     /// The control-plane endpoints of the members: they may read control blocks (heartbeat
     /// reads), nothing else.
@@ -124,33 +124,8 @@ pub struct UdpConfig {
     pub socket_buffer_bytes: usize,
 }
 
-/// Counters of what one node's fabric did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UdpStats {
-    /// Datagrams sent (requests and completions).
-    pub sent: u64,
-    /// Datagrams received, dropped ones included.
-    pub received: u64,
-    /// Datagrams that are not a valid frame.
-    pub decode_errors: u64,
-    /// Frames from an address that is not the configured address of their source node.
-    pub strangers: u64,
-    /// Frames of another cluster or for another node.
-    pub misaddressed: u64,
-    /// Completions that match no outstanding request (unknown, duplicate, late, from the wrong
-    /// node or of the wrong shape) and client frames, which this fabric does not carry.
-    pub ignored: u64,
-    /// Operations that completed with `Unreachable` because their time-out passed.
-    pub timeouts: u64,
-    /// Operations failed without waiting because their data connection broke.
-    pub flushed: u64,
-    /// Datagrams the kernel refused to send (the frame is lost).
-    pub send_errors: u64,
-    /// Log operations that waited for the send window before going out.
-    pub window_waits: u64,
-    /// Client requests taken from configured clients.
-    pub client_requests: u64,
-}
+/// Counters of what one node's fabric did (datagrams are frames).
+pub type UdpStats = FrameStats;
 
 /// Why a [`UdpFabric`] cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -163,71 +138,55 @@ pub enum UdpError {
     DuplicatePeer(NodeId),
 }
 
-/// An operation waiting for its completion frames.
-#[derive(Debug)]
-struct Pending {
-    wr_id: u64,
-    target: NodeId,
-    /// On the data connection (a log operation).
-    data: bool,
-    /// Pieces not answered yet.
-    remaining: usize,
-    /// The bytes read so far, for a read.
-    read: Option<Vec<u8>>,
-    /// The wire ids of its pieces.
-    wires: Vec<u64>,
+impl From<PeerTableError> for UdpError {
+    fn from(e: PeerTableError) -> UdpError {
+        match e {
+            PeerTableError::NodeOutOfRange(n) => UdpError::NodeOutOfRange(n),
+            PeerTableError::DuplicatePeer(n) => UdpError::DuplicatePeer(n),
+        }
+    }
 }
 
-/// One request frame on the wire: a piece of an operation.
-#[derive(Clone, Copy, Debug)]
-struct Piece {
-    op: u64,
-    /// Offset of the piece within the operation.
-    at: usize,
-    len: usize,
-    read: bool,
-}
-
-/// One node's end of the `udp` fabric.
-pub struct UdpFabric {
-    me: NodeId,
-    cluster_id: u64,
-    timeout: Duration,
+/// A non-blocking UDP socket as a datagram link: one datagram per frame.
+pub struct UdpLink {
     socket: UdpSocket,
-    peers: [Option<SocketAddr>; MAX_NODES],
-    control_readers: [Option<SocketAddr>; MAX_NODES],
-    clients: Vec<SocketAddr>,
-    client_requests: Vec<(ClientRequest, SocketAddr)>,
-    next_op: u64,
-    /// Wire ids start at a random point, so a restarted node does not take an old incarnation's
-    /// late completions for its own.
-    next_wire: u64,
-    ops: HashMap<u64, Pending>,
-    pieces: HashMap<u64, Piece>,
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// Bit `t`: our data connection to `t` is in error (a log operation timed out or could not be
-    /// sent); log operations to `t` fail at once until one marked `reconnect`.
-    broken: u32,
-    /// `next_seq[t]`: the sequence number of our next log request frame to `t` (module docs,
-    /// "Sequencing").
-    next_seq: [u64; MAX_NODES],
-    /// Most log operations in flight to one target.
-    window_ops: usize,
-    /// `in_flight[t]`: log operations sent to `t` and not completed yet.
-    in_flight: [usize; MAX_NODES],
-    /// `waiting[t]`: log operations to `t` posted while its window was full, in posting order.
-    waiting: Vec<VecDeque<Post>>,
-    /// Test hook: this many of the next datagrams are dropped as if lost on the way (counted as
-    /// sent).
-    #[cfg(test)]
-    drop_sends: usize,
-    ready: Vec<Completion>,
-    stats: UdpStats,
-    rx: Vec<u8>,
-    tx: Vec<u8>,
 }
 
-impl UdpFabric {
+impl DatagramLink for UdpLink {
+    type Addr = SocketAddr;
+
+    fn max_frame_bytes(&self) -> usize {
+        MAX_FRAME_BYTES
+    }
+
+    fn send_to(&mut self, frame: &[u8], to: SocketAddr) -> bool {
+        matches!(self.socket.send_to(frame, to), Ok(n) if n == frame.len())
+    }
+
+    fn recv_from(&mut self, buf: &mut [u8]) -> LinkRecv<SocketAddr> {
+        match self.socket.recv_from(buf) {
+            Ok((n, from)) => LinkRecv::Frame(n, from),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => LinkRecv::Empty,
+            // An ICMP error for an earlier send, reported here: nothing to receive.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Interrupted
+                        | ErrorKind::ConnectionRefused
+                        | ErrorKind::ConnectionReset
+                ) =>
+            {
+                LinkRecv::Skipped
+            }
+            Err(_) => LinkRecv::Empty,
+        }
+    }
+}
+
+/// One node's end of the `udp` fabric: the shared frame layer over a [`UdpLink`].
+pub type UdpFabric = FrameFabric<UdpLink>;
+
+impl FrameFabric<UdpLink> {
     /// Binds `addr` and sets up the fabric of `config.me` on it.
     pub fn bind(addr: SocketAddr, config: UdpConfig) -> Result<UdpFabric, UdpError> {
         UdpFabric::new(UdpSocket::bind(addr)?, config)
@@ -238,222 +197,25 @@ impl UdpFabric {
         if config.me as usize >= MAX_NODES {
             return Err(UdpError::NodeOutOfRange(config.me));
         }
-        let mut peers = [None; MAX_NODES];
-        for &(node, addr) in &config.peers {
-            let slot = peers
-                .get_mut(node as usize)
-                .ok_or(UdpError::NodeOutOfRange(node))?;
-            if slot.replace(addr).is_some() {
-                return Err(UdpError::DuplicatePeer(node));
-            }
-        }
-        let mut control_readers = [None; MAX_NODES];
-        for &(node, addr) in &config.control_readers {
-            let slot = control_readers
-                .get_mut(node as usize)
-                .ok_or(UdpError::NodeOutOfRange(node))?;
-            *slot = Some(addr);
-        }
         socket.set_nonblocking(true)?;
         if config.socket_buffer_bytes > 0 {
             set_buffers(&socket, config.socket_buffer_bytes);
         }
-        Ok(UdpFabric {
+        let frame = FrameConfig {
             me: config.me,
             cluster_id: config.cluster_id,
+            peers: config.peers,
             timeout: config.timeout,
-            socket,
-            peers,
-            control_readers,
+            control_readers: config.control_readers,
             clients: config.clients,
-            client_requests: Vec::new(),
-            next_op: 0,
-            next_wire: random_start(),
-            ops: HashMap::new(),
-            pieces: HashMap::new(),
-            deadlines: BinaryHeap::new(),
-            broken: 0,
-            next_seq: [0; MAX_NODES],
-            window_ops: config.window_ops.max(1),
-            in_flight: [0; MAX_NODES],
-            waiting: (0..MAX_NODES).map(|_| VecDeque::new()).collect(),
-            #[cfg(test)]
-            drop_sends: 0,
-            ready: Vec::new(),
-            stats: UdpStats::default(),
-            rx: vec![0; MAX_FRAME_BYTES + 1],
-            tx: Vec::with_capacity(MAX_FRAME_BYTES),
-        })
-    }
-
-    pub fn me(&self) -> NodeId {
-        self.me
+            window_ops: config.window_ops,
+        };
+        Ok(FrameFabric::with_link(UdpLink { socket }, frame)?)
     }
 
     /// The address this node's socket is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
-
-    pub fn stats(&self) -> &UdpStats {
-        &self.stats
-    }
-
-    /// Operations posted whose completion [`UdpFabric::poll`] has not returned yet.
-    pub fn outstanding(&self) -> usize {
-        self.ops.len() + self.ready.len() + self.waiting.iter().map(VecDeque::len).sum::<usize>()
-    }
-
-    fn peer(&self, node: NodeId) -> Option<SocketAddr> {
-        self.peers.get(node as usize).copied().flatten()
-    }
-
-    /// Sends `post` to its target; its completion comes out of a later [`UdpFabric::poll`]. A
-    /// post to a node that is not configured, or on a data connection in error, fails at once.
-    /// A log operation beyond the target's send window waits, in posting order, until earlier
-    /// ones complete.
-    pub fn post(&mut self, post: Post, now: Instant) {
-        if self.peer(post.target).is_none() {
-            self.fail_now(post.wr_id, FabricError::Unreachable);
-            return;
-        }
-        let target = post.target;
-        let bit = 1u32 << target;
-        if post.op.region() == Region::Log {
-            if post.reconnect {
-                self.broken &= !bit;
-            } else if self.broken & bit != 0 {
-                self.stats.flushed += 1;
-                self.fail_now(post.wr_id, FabricError::Unreachable);
-                return;
-            }
-            let t = target as usize;
-            if !self.waiting[t].is_empty() || self.in_flight[t] >= self.window_ops {
-                self.stats.window_waits += 1;
-                self.waiting[t].push_back(post);
-                return;
-            }
-        }
-        self.send_post(post, now);
-    }
-
-    /// Sends the waiting log operations of every target whose window has room.
-    fn send_waiting(&mut self, now: Instant) {
-        for t in 0..MAX_NODES {
-            while self.in_flight[t] < self.window_ops {
-                let Some(post) = self.waiting[t].pop_front() else {
-                    break;
-                };
-                self.send_post(post, now);
-            }
-        }
-    }
-
-    /// Puts `post` on the wire now (its target is configured and, for a log operation, its
-    /// connection is not known to be broken).
-    fn send_post(&mut self, post: Post, now: Instant) {
-        let Some(addr) = self.peer(post.target) else {
-            self.fail_now(post.wr_id, FabricError::Unreachable);
-            return;
-        };
-        let target = post.target;
-        let data = post.op.region() == Region::Log;
-        let (region, offset, total, read) = match &post.op {
-            Op::Write {
-                region,
-                offset,
-                bytes,
-            } => (*region, *offset, bytes.len(), false),
-            Op::Read {
-                region,
-                offset,
-                len,
-            } => (*region, *offset, *len, true),
-        };
-        if offset.checked_add(total).is_none() {
-            // Past every region: the target would refuse it.
-            self.fail_now(post.wr_id, FabricError::Permission);
-            return;
-        }
-        let chunk = if read {
-            MAX_READ_BYTES
-        } else {
-            MAX_PAYLOAD_BYTES
-        };
-        let count = total.div_ceil(chunk).max(1);
-        let key = self.next_op;
-        self.next_op += 1;
-        if data {
-            self.in_flight[target as usize] += 1;
-        }
-        self.ops.insert(
-            key,
-            Pending {
-                wr_id: post.wr_id,
-                target,
-                data,
-                remaining: count,
-                read: read.then(|| vec![0; total]),
-                wires: Vec::with_capacity(count),
-            },
-        );
-        self.deadlines.push(Reverse((now + self.timeout, key)));
-        for i in 0..count {
-            let at = i * chunk;
-            let len = chunk.min(total - at);
-            let wire = self.next_wire;
-            self.next_wire = self.next_wire.wrapping_add(1);
-            let op = match &post.op {
-                Op::Write { bytes, .. } => Op::Write {
-                    region,
-                    offset: offset + at,
-                    bytes: bytes[at..at + len].to_vec(),
-                },
-                Op::Read { .. } => Op::Read {
-                    region,
-                    offset: offset + at,
-                    len,
-                },
-            };
-            let piece = Post {
-                wr_id: wire,
-                target,
-                op,
-                // Only the first piece re-establishes the connection: a later piece must not
-                // revive it after an earlier one was refused.
-                reconnect: post.reconnect && i == 0,
-                ballot: post.ballot,
-            };
-            // Every log frame takes the next number, a reconnecting one included (it is the new
-            // starting point); control frames are unsequenced.
-            let seq = if data {
-                let seq = &mut self.next_seq[target as usize];
-                let this = *seq;
-                *seq = seq.wrapping_add(1);
-                this
-            } else {
-                0
-            };
-            let frame = Frame::from_post(self.me, self.cluster_id, seq, &piece)
-                .expect("a piece fits a frame");
-            self.ops.get_mut(&key).expect("pending").wires.push(wire);
-            self.pieces.insert(
-                wire,
-                Piece {
-                    op: key,
-                    at,
-                    len,
-                    read,
-                },
-            );
-            if !self.send(&frame, addr) {
-                self.finish(key, Err(FabricError::Unreachable));
-                if data {
-                    self.break_connection(target);
-                }
-                return;
-            }
-        }
+        self.link().socket.local_addr()
     }
 
     /// Blocks until a datagram is waiting on the socket, `d` has passed, or the earliest
@@ -463,248 +225,13 @@ impl UdpFabric {
         use nix::poll::{ppoll, PollFd, PollFlags};
         use nix::sys::time::TimeSpec;
         use std::os::fd::AsFd;
-        let due = self
-            .deadlines
-            .peek()
-            .map_or(d, |Reverse((t, _))| t.saturating_duration_since(now));
-        let wait = d.min(due);
-        if wait.is_zero() || !self.ready.is_empty() {
+        let wait = self.next_due(now).map_or(d, |due| d.min(due));
+        if wait.is_zero() {
             return;
         }
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.link().socket.as_fd(), PollFlags::POLLIN)];
         // An interrupted or failed wait only ends the park early.
         let _ = ppoll(&mut fds, Some(TimeSpec::from_duration(wait)), None);
-    }
-
-    /// Receives and handles every pending datagram (requests are applied to `mem`, which must be
-    /// this node's memory), fails the operations whose time-out has passed by `now`, and returns
-    /// the completions of this node's operations.
-    pub fn poll(&mut self, mem: &mut UdpMemory, now: Instant) -> Vec<Completion> {
-        assert_eq!(
-            mem.id(),
-            self.me,
-            "a fabric applies requests to its own node's memory"
-        );
-        let mut rx = std::mem::take(&mut self.rx);
-        for _ in 0..RECV_BUDGET {
-            match self.socket.recv_from(&mut rx) {
-                Ok((n, from)) => {
-                    self.stats.received += 1;
-                    self.handle(&rx[..n], from, mem);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // An ICMP error for an earlier send, reported here: nothing to receive.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::Interrupted
-                            | ErrorKind::ConnectionRefused
-                            | ErrorKind::ConnectionReset
-                    ) => {}
-                Err(_) => break,
-            }
-        }
-        self.rx = rx;
-        self.expire(now);
-        self.send_waiting(now);
-        std::mem::take(&mut self.ready)
-    }
-
-    fn handle(&mut self, bytes: &[u8], from: SocketAddr, mem: &mut UdpMemory) {
-        let Ok(frame) = Frame::decode(bytes) else {
-            self.stats.decode_errors += 1;
-            return;
-        };
-        if !frame.is_addressed_to(self.cluster_id, self.me) {
-            self.stats.misaddressed += 1;
-            return;
-        }
-        let src = frame.src;
-        if let FrameBody::ClientRequest { .. } = frame.body {
-            if !self.clients.contains(&from) {
-                self.stats.strangers += 1;
-                return;
-            }
-            self.stats.client_requests += 1;
-            let request = frame.body.into_client_request().expect("a client request");
-            self.client_requests.push((request, from));
-            return;
-        }
-        if self.peer(src) != Some(from) {
-            let heartbeat_read = matches!(
-                frame.body,
-                FrameBody::ReadRequest {
-                    region: Region::Control,
-                    ..
-                }
-            );
-            if !(heartbeat_read && self.control_readers.get(src as usize) == Some(&Some(from))) {
-                self.stats.strangers += 1;
-                return;
-            }
-        }
-        match frame.body {
-            FrameBody::WriteRequest { seq, .. } | FrameBody::ReadRequest { seq, .. } => {
-                let post = frame.into_post().expect("a request");
-                let completion = Completion {
-                    wr_id: post.wr_id,
-                    result: mem.apply(src, seq, &post),
-                };
-                // Reads are bounded at decoding, so the completion fits a frame.
-                match Frame::completion(self.me, src, self.cluster_id, &completion) {
-                    Ok(reply) => {
-                        self.send(&reply, from);
-                    }
-                    Err(_) => self.stats.send_errors += 1,
-                }
-            }
-            FrameBody::Completion(c) => self.complete_piece(src, c),
-            FrameBody::ClientRequest { .. } | FrameBody::ClientReply { .. } => {
-                self.stats.ignored += 1;
-            }
-        }
-    }
-
-    /// Takes the client requests received by [`UdpFabric::poll`], each with the address to
-    /// answer.
-    pub fn take_client_requests(&mut self) -> std::vec::Drain<'_, (ClientRequest, SocketAddr)> {
-        self.client_requests.drain(..)
-    }
-
-    /// Sends `reply` to the client at `to`.
-    pub fn reply_client(&mut self, reply: &ClientReply, to: SocketAddr) -> bool {
-        match Frame::client_reply(self.me, CLIENT_NODE, self.cluster_id, reply) {
-            Ok(frame) => self.send(&frame, to),
-            Err(_) => {
-                self.stats.send_errors += 1;
-                false
-            }
-        }
-    }
-
-    /// Sends `frame` to `addr`; false (and counted) if the kernel refused it.
-    fn send(&mut self, frame: &Frame, addr: SocketAddr) -> bool {
-        self.tx.clear();
-        if frame.encode(&mut self.tx).is_err() {
-            self.stats.send_errors += 1;
-            return false;
-        }
-        #[cfg(test)]
-        if self.drop_sends > 0 {
-            self.drop_sends -= 1;
-            self.stats.sent += 1;
-            return true;
-        }
-        match self.socket.send_to(&self.tx, addr) {
-            Ok(n) if n == self.tx.len() => {
-                self.stats.sent += 1;
-                true
-            }
-            _ => {
-                self.stats.send_errors += 1;
-                false
-            }
-        }
-    }
-
-    fn complete_piece(&mut self, src: NodeId, c: Completion) {
-        let Some(piece) = self.pieces.get(&c.wr_id).copied() else {
-            self.stats.ignored += 1;
-            return;
-        };
-        let op = self
-            .ops
-            .get_mut(&piece.op)
-            .expect("a piece belongs to a pending op");
-        let answers = op.target == src
-            && match &c.result {
-                Ok(None) => !piece.read,
-                Ok(Some(bytes)) => piece.read && bytes.len() == piece.len,
-                Err(_) => true,
-            };
-        if !answers {
-            // From the wrong node, or not the shape of this piece's answer: left to time out.
-            self.stats.ignored += 1;
-            return;
-        }
-        match c.result {
-            Err(e) => self.finish(piece.op, Err(e)),
-            Ok(data) => {
-                if let (Some(bytes), Some(buf)) = (data, op.read.as_mut()) {
-                    buf[piece.at..piece.at + piece.len].copy_from_slice(&bytes);
-                }
-                op.remaining -= 1;
-                let done = op.remaining == 0;
-                self.pieces.remove(&c.wr_id);
-                if done {
-                    let result = Ok(self.ops.get_mut(&piece.op).and_then(|op| op.read.take()));
-                    self.finish(piece.op, result);
-                }
-            }
-        }
-    }
-
-    /// Completes operation `key` with `result` and forgets its pieces.
-    fn finish(&mut self, key: u64, result: OpResult) {
-        if let Some(op) = self.ops.remove(&key) {
-            for w in &op.wires {
-                self.pieces.remove(w);
-            }
-            if op.data {
-                self.in_flight[op.target as usize] -= 1;
-            }
-            self.ready.push(Completion {
-                wr_id: op.wr_id,
-                result,
-            });
-        }
-    }
-
-    fn fail_now(&mut self, wr_id: u64, e: FabricError) {
-        self.ready.push(Completion {
-            wr_id,
-            result: Err(e),
-        });
-    }
-
-    /// Our data connection to `target` is in error: flush its outstanding log operations.
-    fn break_connection(&mut self, target: NodeId) {
-        self.broken |= 1 << target;
-        let mut flushed: Vec<u64> = self
-            .ops
-            .iter()
-            .filter(|(_, op)| op.data && op.target == target)
-            .map(|(&k, _)| k)
-            .collect();
-        flushed.sort_unstable();
-        for key in flushed {
-            self.stats.flushed += 1;
-            self.finish(key, Err(FabricError::Unreachable));
-        }
-        // Posted after the ones just flushed: they fail too, in posting order.
-        while let Some(post) = self.waiting[target as usize].pop_front() {
-            self.stats.flushed += 1;
-            self.fail_now(post.wr_id, FabricError::Unreachable);
-        }
-    }
-
-    /// Fails every operation whose time-out has passed by `now`.
-    fn expire(&mut self, now: Instant) {
-        while let Some(&Reverse((deadline, key))) = self.deadlines.peek() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop();
-            let Some(op) = self.ops.get(&key) else {
-                continue; // completed before its deadline
-            };
-            let (target, data) = (op.target, op.data);
-            self.stats.timeouts += 1;
-            self.finish(key, Err(FabricError::Unreachable));
-            if data {
-                self.break_connection(target);
-            }
-        }
     }
 }
 
@@ -719,17 +246,6 @@ fn set_buffers(socket: &UdpSocket, bytes: usize) {
     if setsockopt(socket, sockopt::SndBufForce, &bytes).is_err() {
         let _ = setsockopt(socket, sockopt::SndBuf, &bytes);
     }
-}
-
-/// A random 64-bit starting point for wire ids (the std hasher's per-process keys, the clock
-/// and the pid).
-fn random_start() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    if let Ok(t) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
-        h.write_u128(t.as_nanos());
-    }
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 #[cfg(test)]

@@ -121,6 +121,60 @@ impl Eal {
         Ok(id)
     }
 
+    /// Makes two ethdev ports joined back to back by two single-producer single-consumer rings
+    /// (`rte_ring_create` and `rte_eth_from_rings`): what port `a` transmits on queue 0, port `b`
+    /// receives on queue 0, and the other way round. The ports are named `a` and `b` (at most 24
+    /// bytes each) and have one rx and one tx queue; configure and start them with
+    /// [`Port::configure`]. Each ring has one producer and one consumer, so each port must be
+    /// driven by one thread at a time (as every [`Port`] is). The rings hold `ring_slots`
+    /// (a power of two) mbufs and live as long as the process: DPDK has no call that
+    /// destroys a ring port's rings with it.
+    pub fn ring_port_pair(&self, a: &str, b: &str, ring_slots: u32) -> Result<(u16, u16)> {
+        if !ring_slots.is_power_of_two() || ring_slots < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "ring of {ring_slots} slots (a power of two, at least 2)"
+            )));
+        }
+        for name in [a, b] {
+            if name.is_empty() || name.len() > 24 {
+                return Err(Error::InvalidArgument(format!(
+                    "ring port name {name:?} (1 to 24 bytes)"
+                )));
+            }
+        }
+        let ring = |name: String| -> Result<NonNull<sys::rte_ring>> {
+            let c = CString::new(name.as_str())
+                .map_err(|_| Error::InvalidArgument(format!("ring name {name:?} has a NUL")))?;
+            let flags = sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ;
+            // SAFETY: the EAL is initialised (self exists); the name outlives the call, which
+            // copies it; any socket is allowed (SOCKET_ID_ANY).
+            let r = unsafe { sys::rte_ring_create(c.as_ptr(), ring_slots, -1, flags) };
+            NonNull::new(r).ok_or_else(|| rte_error("rte_ring_create", rte_errno()))
+        };
+        // a -> b and b -> a; ring names are short (RTE_RING_NAMESIZE is 32 with a prefix).
+        let ab = ring(format!("{a}>"))?;
+        let ba = ring(format!("{b}>"))?;
+        let port = |name: &str, rx: NonNull<sys::rte_ring>, tx: NonNull<sys::rte_ring>| {
+            let c = CString::new(name)
+                .map_err(|_| Error::InvalidArgument(format!("port name {name:?} has a NUL")))?;
+            let mut rxs = [rx.as_ptr()];
+            let mut txs = [tx.as_ptr()];
+            // SAFETY: the EAL is initialised; the name outlives the call (copied); the arrays
+            // hold one live ring each and are read during the call only; the rings live for
+            // the rest of the process (never freed), as long as the port can use them.
+            let rc = unsafe {
+                sys::rte_eth_from_rings(c.as_ptr(), rxs.as_mut_ptr(), 1, txs.as_mut_ptr(), 1, 0)
+            };
+            if rc < 0 {
+                return Err(rte_error("rte_eth_from_rings", rte_errno()));
+            }
+            u16::try_from(rc).map_err(|_| Error::InvalidArgument(format!("port id {rc}")))
+        };
+        let pa = port(a, ba, ab)?;
+        let pb = port(b, ab, ba)?;
+        Ok((pa, pb))
+    }
+
     /// Releases the EAL's resources (`rte_eal_cleanup`). The EAL cannot be initialised again in
     /// this process.
     ///
