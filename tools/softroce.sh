@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# The soft-RoCE lane: runs RDMA verbs code over rxe (the kernel's software RoCE v2 driver) on a
+# machine whose own kernel has no RDMA and no KVM. It boots a stock Debian kernel in a qemu (TCG)
+# VM with virtme-ng, which shows the host's root filesystem inside the VM, loads rdma_rxe there,
+# adds rxe0 on the VM's loopback interface and runs a command in the repository root.
+#
+#   tools/softroce.sh --setup-only      install what the lane needs (idempotent, fast when done)
+#   tools/softroce.sh -- CMD ARGS...    setup, then run CMD inside the VM; exits with CMD's status
+#   tools/softroce.sh                   setup, then run the default lane (see default_lane below)
+#
+# Runs as root, needs no stdin, and works on a fresh Debian 12 (bookworm) x86_64 machine with
+# python3 and the package registries. See docs/softroce.md.
+#
+# Environment:
+#   RAPAX_SOFTROCE_CACHE      where the kernel image, the virtme-ng venv and run files are kept
+#                             (default /var/cache/rapax-softroce)
+#   RAPAX_SOFTROCE_MEMORY     VM memory, in qemu's syntax (default 2G)
+#   RAPAX_SOFTROCE_TIMEOUT_S  wall-clock limit for the whole VM run, boot included; the VM is
+#                             killed past it and the script exits 124 (default 1200)
+#   RAPAX_SOFTROCE_CPUS       VM vCPUs (default 2)
+#
+# Inside the VM, CMD sees RAPAX_SOFTROCE_DEVICE (rxe0), RAPAX_SOFTROCE_GID_INDEX (the RoCE v2
+# GID index of 127.0.0.1 on rxe0) and RAPAX_SOFTROCE_IP (127.0.0.1), and RAPAX_SOFTROCE_GUEST=1.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SELF="$REPO/tools/softroce.sh"
+CACHE="${RAPAX_SOFTROCE_CACHE:-/var/cache/rapax-softroce}"
+MEMORY="${RAPAX_SOFTROCE_MEMORY:-2G}"
+TIMEOUT_S="${RAPAX_SOFTROCE_TIMEOUT_S:-1200}"
+CPUS="${RAPAX_SOFTROCE_CPUS:-2}"
+
+# virtme-ng release known to work here with bookworm's qemu 7.2 and the Debian 6.1 kernel.
+VNG_VERSION="1.42"
+VENV="$CACHE/venv"
+VNG="$VENV/bin/vng"
+KDIR="$CACHE/kernel"
+
+APT_PACKAGES=(
+    qemu-system-x86   # the VM (TCG: no KVM here)
+    qemu-utils        # kept: installing qemu-system-x86 replaces a newer qemu-utils of another suite
+    kmod              # modprobe/depmod, on the host for depmod and in the VM for modprobe
+    busybox-static    # virtme-ng's initramfs
+    iproute2          # `ip` and `rdma`
+    rdma-core
+    ibverbs-utils     # ibv_devices, ibv_devinfo
+    ibverbs-providers # librxe, the userspace half of rxe
+    libibverbs-dev
+    librdmacm-dev
+    perftest          # ib_write_lat
+    python3-venv      # only used when python3 is Debian's own (no ensurepip otherwise)
+)
+
+log() { printf '== softroce: %s\n' "$*" >&2; }
+die() { printf 'softroce: error: %s\n' "$*" >&2; exit 2; }
+
+# ---------------------------------------------------------------------------------------------
+# Setup (host side)
+
+setup_apt() {
+    local missing=() p
+    for p in "${APT_PACKAGES[@]}"; do
+        # (Not `| grep -q`: under pipefail, grep closing the pipe early would fail the test.)
+        if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]; then
+            missing+=("$p")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "apt packages: all installed"
+        return
+    fi
+    log "apt packages: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+}
+
+setup_vng() {
+    if [ -x "$VNG" ] && [[ "$("$VNG" --version 2>/dev/null || true)" == *"$VNG_VERSION"* ]]; then
+        log "virtme-ng $VNG_VERSION: installed in $VENV"
+        return
+    fi
+    log "virtme-ng $VNG_VERSION: installing into $VENV"
+    rm -rf "$VENV"
+    mkdir -p "$CACHE"
+    # A venv keeps it apart from the system's packages (no --break-system-packages needed).
+    # pyenv's python is fine as it is; Debian's needs python3-venv (installed above).
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "virtme-ng==$VNG_VERSION"
+    "$VNG" --version
+}
+
+# Sets KVER and VMLINUZ; downloads and unpacks the kernel package on first use.
+setup_kernel() {
+    if [ -f "$KDIR/version" ]; then
+        KVER="$(cat "$KDIR/version")"
+    else
+        local pkg
+        pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image/{print $2; exit}')"
+        if [ -z "$pkg" ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get update -q
+            pkg="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image/{print $2; exit}')"
+        fi
+        [ -n "$pkg" ] || die "cannot resolve linux-image-amd64 to a kernel package"
+        log "kernel: downloading $pkg"
+        rm -rf "$KDIR"
+        mkdir -p "$KDIR/deb"
+        # apt-get download writes to the current directory; _apt must be able to write there.
+        (cd "$KDIR/deb" && chmod 777 . && apt-get download -q "$pkg")
+        dpkg -x "$KDIR"/deb/*.deb "$KDIR/root"
+        rm -rf "$KDIR/deb"
+        KVER="$(ls "$KDIR/root/lib/modules" 2>/dev/null || ls "$KDIR/root/usr/lib/modules")"
+        [ -n "$KVER" ] && [ "$(printf '%s\n' "$KVER" | wc -l)" -eq 1 ] || die "unexpected package layout"
+        echo "$KVER" >"$KDIR/version"
+    fi
+    # The image goes beside its modules: given /usr/lib/modules/VER/vmlinuz, virtme-ng takes the
+    # host root's /lib/modules for the guest. Given the image in the cache, it would point the
+    # guest at the cache's copy of the modules, which the guest cannot see (virtme-ng mounts a
+    # tmpfs over /var/cache in the guest), and modprobe would find nothing.
+    VMLINUZ="/usr/lib/modules/$KVER/vmlinuz"
+    if [ -f "/usr/lib/modules/$KVER/modules.dep" ] && [ -f "/usr/lib/modules/$KVER/.rapax-softroce" ] &&
+        [ -f "$VMLINUZ" ]; then
+        log "kernel $KVER: modules installed"
+        return
+    fi
+    log "kernel $KVER: installing modules under /usr/lib/modules/$KVER"
+    local src="$KDIR/root/lib/modules/$KVER"
+    [ -d "$src" ] || src="$KDIR/root/usr/lib/modules/$KVER"
+    mkdir -p /usr/lib/modules
+    rm -rf "/usr/lib/modules/$KVER"
+    cp -a "$src" "/usr/lib/modules/$KVER"
+    cp "$KDIR/root/boot/vmlinuz-$KVER" "$VMLINUZ"
+    depmod "$KVER"
+    touch "/usr/lib/modules/$KVER/.rapax-softroce"
+}
+
+setup() {
+    [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get, /usr/lib/modules)"
+    local t0=$SECONDS
+    setup_apt
+    setup_vng
+    setup_kernel
+    log "setup done in $((SECONDS - t0)) s (kernel $KVER)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The VM
+
+# Host: boots the VM and runs `softroce.sh --guest RUN_DIR` in it; RUN_DIR holds the command
+# line to run (cmd) and, once it ran, its exit status (status). vng's own exit status is not
+# relied on: a missing status file means the guest never got to the end (boot failure, timeout).
+run_vm() {
+    local run_dir rc status t0
+    # Under the repository, not the cache: virtme-ng mounts a tmpfs over /var/cache in the guest,
+    # which hides a run directory there from it.
+    local runs="${RAPAX_SOFTROCE_RUNS:-$REPO/target/softroce-runs}"
+    mkdir -p "$runs"
+    run_dir="$(mktemp -d "$runs/run.XXXXXX")"
+    printf '%s\n' "$1" >"$run_dir/cmd"
+
+    local rw=(--rwdir "$REPO" --rwdir "$run_dir")
+    # cargo writes its registry cache and lock files under CARGO_HOME.
+    local cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+    [ -d "$cargo_home" ] && rw+=(--rwdir "$cargo_home")
+    if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -d "$CARGO_TARGET_DIR" ]; then
+        rw+=(--rwdir "$CARGO_TARGET_DIR")
+    fi
+
+    # vng runs its helpers (virtme-run, ...) from PATH.
+    export PATH="$VENV/bin:$PATH"
+    # udev's coldplug in the guest loads every module that matches qemu's devices; under TCG
+    # loading kvm_amd alone takes ~8 s. None of these is needed here (crc32_pclmul, which rxe's
+    # ICRC uses, is kept).
+    local blacklist=kvm,kvm_amd,kvm_intel,ahci,sr_mod,cdrom,iTCO_wdt,i6300esb,pcspkr,powernow_k8
+    blacklist+=,lpc_ich,i2c_i801,psmouse,aesni_intel,ghash_clmulni_intel,sha1_ssse3,sha256_ssse3
+    blacklist+=,sha512_ssse3,crct10dif_pclmul
+    # --force-9p: bookworm's only virtiofsd is qemu's old C one, which virtme-ng tries, fails to
+    # start and gives up on after ~4 s, then falls back to 9p anyway.
+    log "booting $KVER under qemu TCG: $CPUS vCPUs, $MEMORY, limit ${TIMEOUT_S} s"
+    t0=$SECONDS
+    # The output goes through a pipe: when stdout is a regular file, qemu reopens it and writes
+    # from offset 0, over what was written before.
+    set +e
+    timeout -k 30 "$TIMEOUT_S" "$VNG" --run "$VMLINUZ" --user root --disable-kvm --force-9p \
+        --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" --append "modprobe.blacklist=$blacklist" \
+        --exec "$SELF --guest $run_dir" </dev/null 2>&1 | cat
+    rc=${PIPESTATUS[0]}
+    set -e
+    log "VM ended after $((SECONDS - t0)) s (vng exit $rc)"
+    if [ -f "$run_dir/status" ]; then
+        status="$(cat "$run_dir/status")"
+    elif [ "$rc" -eq 124 ]; then
+        log "timed out after ${TIMEOUT_S} s"
+        status=124
+    else
+        log "the guest wrote no exit status (vng exit $rc)"
+        status=125
+    fi
+    rm -rf "$run_dir"
+    return "$status"
+}
+
+# Guest: the RoCE v2 GID index whose GID is the IPv4-mapped form of $2 on device $1, port 1.
+gid_index_for_ipv4() {
+    local dev="$1" ip="$2" want f i
+    # shellcheck disable=SC2086 # split the dotted quad into four arguments
+    want="$(printf '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' ${ip//./ })"
+    # One grep over the 1024 entries: a process per entry takes minutes under TCG.
+    for f in $(grep -l -x -F "$want" /sys/class/infiniband/"$dev"/ports/1/gids/* 2>/dev/null); do
+        i="${f##*/}"
+        if [ "$(cat "/sys/class/infiniband/$dev/ports/1/gid_attrs/types/$i" 2>/dev/null)" = "RoCE v2" ]; then
+            echo "$i"
+            return 0
+        fi
+    done
+    return 1
+}
+
+guest_uptime() { cut -d' ' -f1 /proc/uptime; }
+
+guest_rdma_up() {
+    echo "== softroce (guest): up $(guest_uptime) s, loading rdma_rxe"
+    ip link set lo up
+    modprobe rdma_rxe
+    echo "== softroce (guest): up $(guest_uptime) s, adding rxe0 on lo"
+    rdma link add rxe0 type rxe netdev lo
+    # The GID table is filled from the netdev's addresses asynchronously.
+    local n
+    for n in $(seq 50); do
+        RAPAX_SOFTROCE_GID_INDEX="$(gid_index_for_ipv4 rxe0 127.0.0.1)" && break
+        sleep 0.1
+    done
+    [ -n "${RAPAX_SOFTROCE_GID_INDEX:-}" ] || { echo "softroce: no RoCE v2 GID for 127.0.0.1 on rxe0" >&2; return 1; }
+    export RAPAX_SOFTROCE_DEVICE=rxe0 RAPAX_SOFTROCE_IP=127.0.0.1 RAPAX_SOFTROCE_GID_INDEX
+    export RAPAX_SOFTROCE_GUEST=1
+
+    echo "== softroce (guest): kernel $(uname -r), $(nproc) vCPUs, up $(guest_uptime) s"
+    echo "== rdma link"
+    rdma link
+    echo "== ibv_devices"
+    ibv_devices
+    echo "== ibv_devinfo -d rxe0"
+    ibv_devinfo -d rxe0
+    echo "== GID table of rxe0 port 1 (entries in use)"
+    ibv_devinfo -v -d rxe0 | grep -E 'GID\[' || true
+    echo "== using rxe0 GID index $RAPAX_SOFTROCE_GID_INDEX (RoCE v2, 127.0.0.1)"
+}
+
+guest_main() {
+    local run_dir="$1" cmd rc
+    export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+    cmd="$(cat "$run_dir/cmd")"
+    set +e
+    (
+        set -e
+        guest_rdma_up
+        cd "$REPO"
+        echo "== softroce (guest): up $(guest_uptime) s, running: $cmd"
+        set +e
+        eval "$cmd"
+    )
+    rc=$?
+    set -e
+    echo "$rc" >"$run_dir/status"
+    sync
+    echo "== softroce (guest): up $(guest_uptime) s, exit status $rc"
+    return "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The default lane (runs inside the VM, in the repository root)
+
+# ib_write_lat server and client in the same VM, both on rxe0: the client connects to the
+# server's TCP port (18515) on 127.0.0.1 to swap QP numbers, then RDMA-writes over RoCE v2.
+ib_write_lat_pair() {
+    local args=(-d "$RAPAX_SOFTROCE_DEVICE" -x "$RAPAX_SOFTROCE_GID_INDEX" -s 64 -n 1000) srv rc n
+    echo "== ib_write_lat ${args[*]} (server and client on rxe0 over lo)"
+    timeout 300 ib_write_lat "${args[@]}" >/tmp/ib_write_lat.server 2>&1 &
+    srv=$!
+    # The client does not retry its connect: wait until the server listens.
+    for n in $(seq 300); do
+        ss -Hltn 'sport = :18515' | grep -q . && break
+        sleep 0.1
+    done
+    rc=0
+    timeout 300 ib_write_lat "${args[@]}" "$RAPAX_SOFTROCE_IP" || rc=$?
+    if ! wait "$srv"; then
+        echo "ib_write_lat server failed:"
+        cat /tmp/ib_write_lat.server
+        [ "$rc" -ne 0 ] || rc=1
+    fi
+    return "$rc"
+}
+
+default_lane() {
+    ib_write_lat_pair
+    # Later: the verbs tests and a benchmark on soft-RoCE. Build on the host first
+    # (`cargo build --release`, `cargo test -p rapax-ffi --release --no-run`): building under TCG
+    # is many times slower.
+    # cargo test -p rapax-ffi --release
+    if [ -x target/release/rapax ] && [ -f hw-profiles/soft-roce.toml ]; then
+        target/release/rapax bench --profile hw-profiles/soft-roce.toml
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+
+case "${1:-}" in
+    --guest)
+        [ $# -eq 2 ] || die "usage: $0 --guest RUN_DIR"
+        guest_main "$2"
+        ;;
+    --setup-only)
+        [ $# -eq 1 ] || die "--setup-only takes no arguments"
+        setup
+        ;;
+    --)
+        shift
+        [ $# -ge 1 ] || die "usage: $0 -- CMD ARGS..."
+        setup
+        run_vm "$(printf '%q ' "$@")"
+        ;;
+    "")
+        setup
+        run_vm default_lane
+        ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        ;;
+    *)
+        die "unknown argument '$1' (try --help; put a command after --)"
+        ;;
+esac
