@@ -18,6 +18,7 @@
 pub mod contract;
 pub mod frame;
 pub mod nic;
+pub mod rdma;
 pub mod shm;
 pub mod sim;
 pub mod udp;
