@@ -372,7 +372,8 @@ fn default_ack_timeout_exponent() -> u8 {
     14
 }
 fn default_retry_count() -> u8 {
-    7
+    // Not 7: rxe takes 7 as "retry for ever", so a dead peer's writes would never fail.
+    6
 }
 
 /// `[fabric.dpdk]`: frames over a DPDK ethdev port.
@@ -1651,7 +1652,7 @@ mod tests {
         let mut p = rdma();
         p.fabric.rdma.as_mut().unwrap().mtu = 1500;
         expect_invalid(&p, "fabric.rdma.mtu", "1500");
-        assert_eq!((r.ack_timeout_exponent, r.retry_count), (14, 7));
+        assert_eq!((r.ack_timeout_exponent, r.retry_count), (14, 6));
         let mut p = rdma();
         p.fabric.rdma.as_mut().unwrap().ack_timeout_exponent = 0;
         expect_invalid(&p, "fabric.rdma.ack_timeout_exponent", "0");

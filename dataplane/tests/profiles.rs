@@ -119,9 +119,14 @@ fn local_profiles_run_on_two_cores() {
 
 #[test]
 fn every_profile_drives_a_three_node_cluster() {
-    let cluster = ClusterFile::local(3, 17000);
     for path in profile_paths() {
         let p = Profile::load(&path).unwrap();
+        let mut cluster = ClusterFile::local(3, 17000);
+        if p.fabric.kind == FabricKind::Rdma {
+            for n in &mut cluster.nodes {
+                n.rdma_addr = Some(format!("10.0.0.{}:7471", n.id + 1));
+            }
+        }
         cluster
             .check_for(&p)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -1400,7 +1400,14 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut done = self.step();
             while self.nodes.iter().any(|n| n.outstanding() > 0) {
-                assert!(Instant::now() < deadline, "contract 4: drain hung");
+                assert!(
+                    Instant::now() < deadline,
+                    "contract 4: drain hung: outstanding per node {:?}",
+                    self.nodes
+                        .iter()
+                        .map(|n| n.outstanding())
+                        .collect::<Vec<_>>()
+                );
                 done.extend(self.step());
             }
             done.extend(self.step());
@@ -1650,6 +1657,58 @@ mod tests {
                 ns[ns.len() - 1]
             );
         }
+    }
+
+    /// hw-profiles/soft-roce.toml on the device it describes: it loads, its settings open a
+    /// cluster (the inline threshold the device settles on is printed), the contract holds with
+    /// them, and the floor runs.
+    #[test]
+    fn the_soft_roce_profile_runs() {
+        let s = device_or_skip!("the_soft_roce_profile_runs");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hw-profiles/soft-roce.toml");
+        let profile = crate::profile::Profile::load(&path).expect("soft-roce.toml loads");
+        let p = RdmaSettings::from_profile(profile.fabric.rdma.as_ref().unwrap());
+        if p.device != s.device {
+            println!(
+                "skipped the_soft_roce_profile_runs: the device is {}, not {}",
+                s.device, p.device
+            );
+            return;
+        }
+        let nodes = RdmaCluster::open(&p, 3, &GEO).expect("the profile's settings open a cluster");
+        println!(
+            "soft-roce.toml on {}: gid_index {}, mtu {}, inline in use {} of {} bytes",
+            p.device,
+            p.gid_index,
+            p.mtu_bytes,
+            nodes[0].inline_bytes(),
+            p.inline_bytes
+        );
+        drop(nodes);
+        // Its time-outs make the unreachable check slow (about 0.5 s per dead write): fine.
+        contract::run_all(&mut || {
+            Box::new(RdmaHarness {
+                nodes: RdmaCluster::open(&p, 3, &GEO).unwrap(),
+            })
+        });
+        let mut ns = write_floor_ns(&p, 64, 1000).expect("the floor runs");
+        ns.sort_unstable();
+        println!(
+            "soft-roce.toml write floor, 64 B: p50 {} ns",
+            ns[ns.len() / 2]
+        );
+    }
+
+    /// How far up the device takes inline writes (the profile's figure is only an upper bound).
+    #[test]
+    fn inline_threshold_settles_on_what_the_device_accepts() {
+        let mut s = device_or_skip!("inline_threshold_settles_on_what_the_device_accepts");
+        s.inline_bytes = 1024;
+        let nodes = RdmaCluster::open(&s, 2, &GEO).unwrap();
+        let inline = nodes[0].inline_bytes();
+        println!("{}: inline 1024 requested, {inline} in use", s.device);
+        assert!(inline > 0 && inline <= 1024);
     }
 
     #[test]
