@@ -30,8 +30,9 @@
 //!   permission is given to a (peer, ballot) pair the way the contract models it: the owner's
 //!   responder queue pair of the granted connection has `IBV_ACCESS_REMOTE_WRITE`, every other
 //!   data responder has remote read only. `grant` and `revoke` switch it with `ibv_modify_qp`
-//!   (`IBV_QP_ACCESS_FLAGS`) on the RTS queue pair, and fall back to a RESET → INIT → RTR → RTS
-//!   cycle of the responder when the device refuses that. A connection whose operation failed is
+//!   (`IBV_QP_ACCESS_FLAGS`) on the RTS queue pair, and fall back to the RESET → INIT → RTR → RTS
+//!   cycle of the responder when the device refuses that: RESET at once, INIT → RTR → RTS with
+//!   the new rights when the poster reconnects (so both sides start from fresh PSNs). A connection whose operation failed is
 //!   in error (as an RC queue pair is) until a post with `reconnect` set, which drains it, resets
 //!   both queue pairs and connects them again, with the owner's current rights.
 //!
@@ -49,12 +50,14 @@
 //! does every later post on it until a reconnect. The one window this argument does not close is
 //! a packet the responder had already checked and was still placing when the modify returned: on
 //! rxe (kernel 6.1) the responder is a tasklet that reads the flags per packet and
-//! `ibv_modify_qp(ACCESS_FLAGS)` does not wait for it; on mlx5 the modify is a firmware command
-//! on the QP context, ordered with the packets the HCA processes for that QP (not verified on
-//! hardware here). A multi-packet write cut by a revoke lands at most a prefix, which the entry
-//! checksum catches (contract point 5). The fallback cycle goes through RESET, which on rxe waits
-//! for the responder's task to finish; its in-flight requests then time out
-//! ([`FabricError::Unreachable`]) instead of failing with a permission error.
+//! `ibv_modify_qp(ACCESS_FLAGS)` does not wait for it (the streaming-writer test has not caught
+//! it); on mlx5 the modify is a firmware command on the QP context, and whether a packet already
+//! in the HCA's pipeline can still be placed after it completes is not documented (not verified
+//! on hardware here). A multi-packet write cut by a revoke lands at most a prefix, which the entry
+//! checksum catches (contract point 5). The fallback goes through RESET, which on rxe waits for
+//! the responder's task to finish, so it closes that window too; the revoked connection's
+//! requests then time out ([`FabricError::Unreachable`]) instead of failing with a permission
+//! error, until the poster reconnects and is refused.
 //!
 //! ## Completions
 //!
@@ -429,8 +432,6 @@ struct ControlAccess {
 /// The owner's half of a connection.
 struct Responder {
     qp: Option<Qp>,
-    initiator: Endpoint,
-    psn: u32,
 }
 
 /// What every node of the cluster shares: the owners' regions and responder queue pairs, and
@@ -452,6 +453,8 @@ pub struct Wiring {
     next_psn: u32,
     /// Times the access-flags switch failed and the fallback cycle ran.
     pub fallback_cycles: u64,
+    /// Skip the access-flags switch and always take the fallback (to test it).
+    force_fallback: bool,
 }
 
 impl Wiring {
@@ -535,14 +538,7 @@ impl Wiring {
                     .map_err(verbs("responder RESET->INIT->RTR->RTS"))?,
             )
         };
-        self.responders.insert(
-            key,
-            Responder {
-                qp: Some(qp),
-                initiator,
-                psn,
-            },
-        );
+        self.responders.insert(key, Responder { qp: Some(qp) });
         Ok((endpoint, remotes))
     }
 
@@ -558,25 +554,23 @@ impl Wiring {
             .collect();
         for key in keys {
             let access = self.access(&key);
-            let dev = self.dev.clone();
             let r = self.responders.get_mut(&key).expect("listed above");
             let Some(Qp::Rts(qp)) = r.qp.as_mut() else {
                 // A RESET responder takes its rights when it is brought up.
                 continue;
             };
-            if qp.set_access_flags(access).is_ok() {
+            if !self.force_fallback && qp.set_access_flags(access).is_ok() {
                 continue;
             }
-            // The fallback: the full cycle. The initiator's requests in flight then fail; it
-            // reconnects. A failed transition destroys the queue pair, which revokes all the
-            // same (its initiator's requests time out); the next reconnect creates a new one.
+            // The fallback: RESET now, which refuses everything (and on rxe waits for the
+            // responder's task, so not even a packet already checked lands afterwards); INIT →
+            // RTR → RTS with the new rights happen when the poster reconnects (`accept`), with
+            // both sides' PSNs fresh. Meanwhile the initiator's requests time out. A queue pair
+            // that cannot even be reset is dropped (destroyed), which refuses as well; the
+            // reconnect creates a new one.
             self.fallback_cycles += 1;
             let qp = r.qp.take().expect("matched above");
-            r.qp = qp
-                .into_reset()
-                .and_then(|q| bring_up(&dev, q, access, &r.initiator, r.psn))
-                .ok()
-                .map(Qp::Rts);
+            r.qp = qp.into_reset().ok().map(Qp::Reset);
         }
     }
 
@@ -736,6 +730,7 @@ impl RdmaCluster {
             responders: HashMap::new(),
             next_psn: 0x10_0000,
             fallback_cycles: 0,
+            force_fallback: false,
         }));
         Ok(mine
             .into_iter()
@@ -776,6 +771,13 @@ impl RdmaFabric {
     /// Times a revoke or grant had to fall back to the RESET → INIT → RTR → RTS cycle.
     pub fn fallback_cycles(&self) -> u64 {
         self.wiring().fallback_cycles
+    }
+
+    /// Makes every later grant and revoke in this cluster take the fallback (RESET, then
+    /// INIT → RTR → RTS at the poster's reconnect) instead of the access-flags switch, as on a
+    /// device that refuses `IBV_QP_ACCESS_FLAGS` in RTS.
+    pub fn force_fallback(&self, on: bool) {
+        self.wiring().force_fallback = on;
     }
 
     /// Makes `node` unreachable for everyone (its responders go to RESET).
@@ -1534,6 +1536,83 @@ mod tests {
             assert!(owner.writers().is_empty());
             assert_eq!(owner.fallback_cycles(), 0, "the access-flags switch worked");
         }
+    }
+
+    /// The fallback (as on a device that refuses the access-flags switch in RTS): `revoke`
+    /// resets the responder, so nothing of the revoked connection lands afterwards and its
+    /// writes fail (time out); a `grant` to the same node's next ballot works once the poster
+    /// reconnects, which brings the responder up with the new rights.
+    #[test]
+    fn the_fallback_cycle_revokes_and_reconnect_restores() {
+        let s = device_or_skip!("the_fallback_cycle_revokes_and_reconnect_restores");
+        let (b1, b2) = (Ballot::new(1, 1), Ballot::new(2, 1));
+        let mut h = RdmaHarness {
+            nodes: RdmaCluster::open(&s, 3, &GEO).unwrap(),
+        };
+        let write = |wr_id: u64, ballot, reconnect| Post {
+            wr_id,
+            target: 0,
+            op: Op::Write {
+                region: Region::Log,
+                offset: GEO.slot_offset(wr_id % GEO.capacity),
+                bytes: vec![wr_id as u8 + 1; 100],
+            },
+            reconnect,
+            ballot,
+        };
+        h.memory(0).grant(1, b1);
+        for i in 0..8 {
+            h.post(1, write(i, b1, false));
+        }
+        assert!(h.drain().iter().all(|(_, c)| c.result == Ok(None)));
+        h.nodes[0].force_fallback(true);
+        h.memory(0).revoke(1);
+        assert_eq!(
+            h.nodes[0].fallback_cycles(),
+            1,
+            "the revoke took the fallback"
+        );
+        let after = log_of(&h.nodes[0]);
+        for i in 8..16 {
+            h.post(1, write(i, b1, i == 8));
+        }
+        let done = h.drain();
+        assert_eq!(done.len(), 8);
+        for (_, c) in &done {
+            assert!(c.result.is_err(), "write {} after the revoke", c.wr_id);
+        }
+        assert_eq!(
+            log_of(&h.nodes[0]),
+            after,
+            "nothing landed after the revoke"
+        );
+        // A grant through the fallback too: the new ballot's connection is made after it, so it
+        // comes up with the right at once; the old ballot's stays refused even on reconnect.
+        h.memory(0).grant(1, b2);
+        h.post(1, write(16, b2, true));
+        h.post(1, write(17, b1, true));
+        let mut done = h.drain();
+        done.sort_by_key(|(_, c)| c.wr_id);
+        assert_eq!(done[0].1.result, Ok(None), "the granted ballot writes");
+        assert!(done[1].1.result.is_err(), "the old ballot stays refused");
+        let log = log_of(&h.nodes[0]);
+        assert_eq!(log[GEO.slot_offset(16)], 17, "the granted write landed");
+        assert_eq!(
+            log[GEO.slot_offset(17)],
+            after[GEO.slot_offset(17)],
+            "the refused write did not land"
+        );
+        println!(
+            "fallback: {} cycles; revoked writes failed with {:?}",
+            h.nodes[0].fallback_cycles(),
+            done[1].1.result
+        );
+    }
+
+    fn log_of(n: &RdmaFabric) -> Vec<u8> {
+        let mut buf = vec![0u8; n.log_len()];
+        n.read_log(0, &mut buf);
+        buf
     }
 
     fn contract_first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
