@@ -6,7 +6,9 @@
 #
 #   tools/softroce.sh --setup-only      install what the lane needs (idempotent, fast when done)
 #   tools/softroce.sh -- CMD ARGS...    setup, then run CMD inside the VM; exits with CMD's status
-#   tools/softroce.sh                   setup, then run the default lane (see default_lane below)
+#   tools/softroce.sh                   build the RDMA tests, setup, then run the default lane in
+#                                       the VM (see default_lane below)
+#   tools/softroce.sh --build-tests     only build the RDMA tests and list them for the lane
 #
 # Runs as root, needs no stdin, and works on a fresh Debian 12 (bookworm) x86_64 machine with
 # python3 and the package registries. See docs/softroce.md.
@@ -160,8 +162,11 @@ setup() {
 # relied on: a missing status file means the guest never got to the end (boot failure, timeout).
 run_vm() {
     local run_dir rc status t0
-    mkdir -p "$CACHE/runs"
-    run_dir="$(mktemp -d "$CACHE/runs/run.XXXXXX")"
+    # Under the repository, not the cache: virtme-ng mounts a tmpfs over /var/cache in the guest,
+    # which hides a run directory there from it.
+    local runs="${RAPAX_SOFTROCE_RUNS:-$REPO/target/softroce-runs}"
+    mkdir -p "$runs"
+    run_dir="$(mktemp -d "$runs/run.XXXXXX")"
     printf '%s\n' "$1" >"$run_dir/cmd"
 
     local rw=(--rwdir "$REPO" --rwdir "$run_dir")
@@ -328,15 +333,38 @@ ib_write_lat_pair() {
 # Runs with errexit on: the first failing step ends the lane with its status.
 default_lane() {
     ib_write_lat_pair
-    # Later steps, once the verbs fabric and its profile exist. Build on the host before the VM
-    # boots (`cargo build --release --bins`, `cargo test -p rapax-ffi --release --no-run`):
-    # compiling under TCG is many times slower, and the build then only links in the VM.
-    # cargo test -p rapax-ffi --release
-    if [ -x target/release/rapax ] && [ -f hw-profiles/soft-roce.toml ]; then
-        echo "== rapax bench on soft-RoCE"
-        target/release/rapax bench --profile hw-profiles/soft-roce.toml --replicas 3 --ops 10000 \
-            --value-bytes 64 --clients 1 --json target/bench-soft-roce.json
-    fi
+    # The RDMA tests, built on the host before the VM boots (compiling under TCG is many times
+    # slower): `tools/softroce.sh --build-tests` writes their binaries and test filters to
+    # target/softroce-tests.txt, one "BINARY FILTER" line each. On rxe0 they run for real: the
+    # verbs wrappers (RC loopback, revoke by access flags, rdma_cm), the rdma fabric's contract
+    # suite with revocation completeness, and the RDMA WRITE floor.
+    local list=target/softroce-tests.txt bin filter
+    [ -f "$list" ] || die "$list missing: run tools/softroce.sh --build-tests on the host first"
+    while read -r bin filter; do
+        echo "== $bin $filter"
+        "$bin" $filter --test-threads=1 --nocapture
+    done <"$list"
+}
+
+# On the host: builds the RDMA test binaries and lists them for default_lane.
+build_tests() {
+    cd "$REPO"
+    mkdir -p target
+    cargo test --release -p rapax-ffi -p rapax-dataplane --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    name, kinds = m["target"]["name"], m["target"]["kind"]
+    if name == "ibverbs_loopback":
+        print(m["executable"], "")
+    elif name == "rapax_dataplane" and "lib" in kinds:
+        print(m["executable"], "fabric::rdma")
+' >target/softroce-tests.txt
+    [ "$(wc -l <target/softroce-tests.txt)" -ge 2 ] || die "RDMA test binaries not found"
+    cat target/softroce-tests.txt
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +373,9 @@ case "${1:-}" in
     --guest)
         [ $# -eq 2 ] || die "usage: $0 --guest RUN_DIR"
         guest_main "$2"
+        ;;
+    --build-tests)
+        build_tests
         ;;
     --setup-only)
         [ $# -eq 1 ] || die "--setup-only takes no arguments"
@@ -357,6 +388,7 @@ case "${1:-}" in
         run_vm "$(printf '%q ' "$@")"
         ;;
     "")
+        build_tests
         setup
         run_vm default_lane
         ;;

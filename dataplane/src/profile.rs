@@ -347,6 +347,13 @@ pub struct RdmaFabric {
     /// Path MTU: one of [`RDMA_MTUS`].
     #[serde(default = "default_rdma_mtu")]
     pub mtu: u32,
+    /// Local ACK time-out of each queue pair, as the verbs exponent: 4.096 us x 2^n (14 is about
+    /// 67 ms). A write to a dead peer fails after about `retry_count + 1` of these.
+    #[serde(default = "default_ack_timeout_exponent")]
+    pub ack_timeout_exponent: u8,
+    /// Retransmissions on ACK time-out before a work request fails (0..=7).
+    #[serde(default = "default_retry_count")]
+    pub retry_count: u8,
 }
 
 fn default_rdma_port() -> u8 {
@@ -360,6 +367,13 @@ fn default_wr() -> u32 {
 }
 fn default_rdma_mtu() -> u32 {
     1024
+}
+fn default_ack_timeout_exponent() -> u8 {
+    14
+}
+fn default_retry_count() -> u8 {
+    // Not 7: rxe takes 7 as "retry for ever", so a dead peer's writes would never fail.
+    6
 }
 
 /// `[fabric.dpdk]`: frames over a DPDK ethdev port.
@@ -734,6 +748,14 @@ impl Profile {
                         "must be one of 256, 512, 1024, 2048, 4096",
                     ));
                 }
+                // 0 means an infinite time-out: a dead peer would hang its writers (contract 4).
+                check_range(
+                    "fabric.rdma.ack_timeout_exponent",
+                    r.ack_timeout_exponent,
+                    1,
+                    31,
+                )?;
+                check_range("fabric.rdma.retry_count", r.retry_count, 0, 7)?;
             }
             FabricKind::Dpdk => {
                 let Some(d) = &f.dpdk else {
@@ -1667,6 +1689,13 @@ mod tests {
         let mut p = rdma();
         p.fabric.rdma.as_mut().unwrap().mtu = 1500;
         expect_invalid(&p, "fabric.rdma.mtu", "1500");
+        assert_eq!((r.ack_timeout_exponent, r.retry_count), (14, 6));
+        let mut p = rdma();
+        p.fabric.rdma.as_mut().unwrap().ack_timeout_exponent = 0;
+        expect_invalid(&p, "fabric.rdma.ack_timeout_exponent", "0");
+        let mut p = rdma();
+        p.fabric.rdma.as_mut().unwrap().retry_count = 8;
+        expect_invalid(&p, "fabric.rdma.retry_count", "8");
     }
 
     fn dpdk() -> Profile {

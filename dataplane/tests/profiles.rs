@@ -142,6 +142,11 @@ fn every_profile_drives_a_three_node_cluster() {
                 n.dpdk_mac = Some(format!("02:00:00:00:00:{:02x}", n.id + 1));
             }
         }
+        if p.fabric.kind == FabricKind::Rdma {
+            for n in &mut cluster.nodes {
+                n.rdma_addr = Some(format!("10.0.0.{}:7471", n.id + 1));
+            }
+        }
         cluster
             .check_for(&p)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

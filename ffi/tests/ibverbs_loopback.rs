@@ -361,6 +361,7 @@ fn rdma_cm() {
     let src = Buffer::new(LEN);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (listening_tx, listening_rx) = std::sync::mpsc::channel::<()>();
 
     let dst_addr = dst.ptr_for_test() as usize;
     let server = std::thread::spawn(move || {
@@ -368,17 +369,19 @@ fn rdma_cm() {
         let mut listener = ch.create_id(PortSpace::Tcp).expect("rdma_create_id");
         listener.bind_addr(listen_at).expect("rdma_bind_addr");
         listener.listen(1).expect("rdma_listen");
-        let ctx = listener
+        listening_tx.send(()).unwrap();
+        // A listener bound to a loopback address is on no device until a request arrives (the
+        // kernel's rdma_cm binds loopback ids lazily): take the device from the request's id.
+        let mut conn = listener.get_request().expect("connect request");
+        let ctx = conn
             .context()
-            .expect("a listener bound to a device's address has a context");
+            .expect("a connect request's id is bound to the device it arrived on");
         let pd = ctx.alloc_pd().unwrap();
         let rights = ibverbs::AccessFlags::LOCAL_WRITE | ibverbs::AccessFlags::REMOTE_WRITE;
         // SAFETY: the buffer outlives the server thread (joined before it drops).
         let mr = unsafe { pd.register(dst_addr as *mut u8, LEN, rights) }.unwrap();
+        // Sent before accepting: the connector reads it once its connect returns.
         ready_tx.send(mr.remote(0).unwrap()).unwrap();
-        let mut conn = listener.get_request().expect("connect request");
-        // One device, one librdmacm context: the request's id is on the listener's context, so
-        // its queue pair shares the region's PD.
         let cq = ctx.create_cq(16).unwrap();
         conn.create_qp(&pd, &cq, &cq, caps())
             .expect("rdma_create_qp (passive)");
@@ -387,7 +390,7 @@ fn rdma_cm() {
         drop(conn);
         drop(mr);
     });
-    let remote = ready_rx.recv().unwrap();
+    listening_rx.recv().expect("the listener is up");
     let ch = EventChannel::new().unwrap();
     let mut id = ch.create_id(PortSpace::Tcp).unwrap();
     id.resolve_addr(None, listen_at, 2000)
@@ -402,6 +405,7 @@ fn rdma_cm() {
     id.create_qp(&pd, &cq, &cq, caps())
         .expect("rdma_create_qp (active)");
     id.connect(&ConnParams::default()).expect("rdma_connect");
+    let remote = ready_rx.recv().unwrap();
     src.write(0, b"through rdma_cm");
     id.post_write(9, mr.slice(0, 15).unwrap(), remote, flags())
         .unwrap();
@@ -409,4 +413,138 @@ fn rdma_cm() {
     assert_eq!(dst.read(0, 15), b"through rdma_cm");
     done_tx.send(()).unwrap();
     server.join().unwrap();
+}
+
+/// How long the two ways of switching a peer's rights take on this device: `ibv_modify_qp` with
+/// `IBV_QP_ACCESS_FLAGS` on an RTS queue pair (the fast revoke and grant), and the full
+/// RESET → INIT → RTR → RTS cycle (the fallback). Prints percentiles; checks that the link still
+/// carries a write after every switch, and that a revoked one refuses it.
+#[test]
+fn rights_switch_timings() {
+    #[cfg(rapax_rdma)]
+    rights_timings();
+    #[cfg(not(rapax_rdma))]
+    println!("skipped rights_switch_timings: rdma-core bindings not built");
+}
+
+#[cfg(rapax_rdma)]
+fn rights_timings() {
+    use device::*;
+    use ibverbs::{AccessFlags, Endpoint, QueuePair, WcOpcode};
+    use std::time::Instant;
+
+    let name = match device() {
+        Ok(name) => name,
+        Err(why) => {
+            println!("skipped rights_switch_timings: {why}");
+            return;
+        }
+    };
+    let pair = open(&name);
+    let pd = pair.ctx.alloc_pd().expect("ibv_alloc_pd");
+    let cq_a = pair.ctx.create_cq(16).expect("ibv_create_cq");
+    let cq_b = pair.ctx.create_cq(16).expect("ibv_create_cq");
+    const LEN: usize = 4096;
+    let src = Buffer::new(LEN);
+    let dst = Buffer::new(LEN);
+    let rights = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ;
+    // SAFETY: the buffers outlive the regions (declared before them) and are read volatile.
+    let mr_src = unsafe { pd.register(src.ptr_for_test(), LEN, rights) }.expect("ibv_reg_mr");
+    // SAFETY: as above.
+    let mr_dst = unsafe { pd.register(dst.ptr_for_test(), LEN, rights) }.expect("ibv_reg_mr");
+    let a = QueuePair::create_rc(&pd, &cq_a, &cq_a, caps()).expect("ibv_create_qp a");
+    let b = QueuePair::create_rc(&pd, &cq_b, &cq_b, caps()).expect("ibv_create_qp b");
+    let a_ep = Endpoint {
+        qp_num: a.qp_num(),
+        psn: 0x100,
+        lid: pair.lid,
+        gid: pair.gid,
+    };
+    let (a, mut b) = connect(&pair, a, b, rights);
+    let read_only = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ;
+
+    fn summary(what: &str, mut ns: Vec<u64>) {
+        ns.sort_unstable();
+        let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize];
+        println!(
+            "{what}: n={} min={} ns p50={} ns p99={} ns max={} ns",
+            ns.len(),
+            ns[0],
+            at(0.5),
+            at(0.99),
+            ns[ns.len() - 1]
+        );
+    }
+
+    // The fast switch, both ways, on an idle link.
+    let (mut revoke_ns, mut grant_ns) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let t = Instant::now();
+        b.set_access_flags(read_only)
+            .expect("revoke by access flags");
+        revoke_ns.push(t.elapsed().as_nanos() as u64);
+        let t = Instant::now();
+        b.set_access_flags(rights).expect("grant by access flags");
+        grant_ns.push(t.elapsed().as_nanos() as u64);
+    }
+    summary("ibv_modify_qp(ACCESS_FLAGS) revoke (RTS)", revoke_ns);
+    summary("ibv_modify_qp(ACCESS_FLAGS) grant (RTS)", grant_ns);
+    src.write(0, &[0x5A; 64]);
+    a.post_write(
+        1,
+        mr_src.slice(0, 64).unwrap(),
+        mr_dst.remote(0).unwrap(),
+        flags(),
+    )
+    .expect("post write");
+    check_success(&wait_one(&cq_a), 1, WcOpcode::RdmaWrite);
+    assert_eq!(dst.read(0, 64), vec![0x5A; 64], "granted again: lands");
+
+    // The full cycle of b alone. a has sent one write (one packet), so b expects PSN 0x101 next.
+    let mut cycle_ns = Vec::new();
+    let mut b = Some(b);
+    for _ in 0..50 {
+        let qp = b.take().unwrap();
+        let t = Instant::now();
+        let qp = qp.reset().expect("RESET");
+        let qp = qp.to_init(1, rights).expect("INIT");
+        let qp = qp
+            .to_rtr(
+                &Endpoint {
+                    psn: a_ep.psn + 1,
+                    ..a_ep
+                },
+                &pair.path,
+            )
+            .expect("RTR");
+        let qp = qp.to_rts(0x200, &pair.path).expect("RTS");
+        cycle_ns.push(t.elapsed().as_nanos() as u64);
+        b = Some(qp);
+    }
+    summary("RESET->INIT->RTR->RTS cycle", cycle_ns);
+    src.write(64, &[0xA5; 64]);
+    a.post_write(
+        2,
+        mr_src.slice(64, 64).unwrap(),
+        mr_dst.remote(64).unwrap(),
+        flags(),
+    )
+    .expect("post write");
+    check_success(&wait_one(&cq_a), 2, WcOpcode::RdmaWrite);
+    assert_eq!(dst.read(64, 64), vec![0xA5; 64], "after the cycles: lands");
+
+    // And a revoke by flags refuses the next write, which lands nothing.
+    let mut b = b.unwrap();
+    b.set_access_flags(read_only).expect("revoke");
+    src.write(128, &[0xC3; 64]);
+    a.post_write(
+        3,
+        mr_src.slice(128, 64).unwrap(),
+        mr_dst.remote(128).unwrap(),
+        flags(),
+    )
+    .expect("post write");
+    let wc = wait_one(&cq_a);
+    assert!(wc.status().is_remote_permission_error(), "{wc:?}");
+    assert_eq!(dst.read(128, 64), vec![0; 64], "revoked: nothing landed");
 }

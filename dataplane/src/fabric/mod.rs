@@ -20,6 +20,7 @@ pub mod dpdk;
 pub mod frame;
 pub mod framed;
 pub mod nic;
+pub mod rdma;
 pub mod shm;
 pub mod sim;
 pub mod udp;

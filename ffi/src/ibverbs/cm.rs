@@ -11,13 +11,12 @@ use std::net::SocketAddr;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
+use super::common::{QpCaps, RemoteAddr, SendFlags};
 use super::sys;
 use super::verbs::{
     check, last_errno, post_one_sided, post_recv_raw, rc_init_attr, CqInner, PdInner,
 };
-use super::verbs::{
-    CompletionQueue, Context, LocalSlice, ProtectionDomain, QpCaps, RemoteAddr, SendFlags,
-};
+use super::verbs::{CompletionQueue, Context, LocalSlice, ProtectionDomain};
 use super::{Error, Result};
 
 struct ChannelInner {

@@ -23,6 +23,9 @@
 #[cfg(rapax_rdma)]
 pub mod sys;
 
+mod common;
+pub use common::*;
+
 #[cfg(rapax_rdma)]
 mod cm;
 #[cfg(rapax_rdma)]

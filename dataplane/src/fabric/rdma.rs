@@ -1,0 +1,1816 @@
+//! The `rdma` fabric: RC queue pairs from rdma-core, real RDMA WRITE and READ, rights as queue-pair
+//! access flags.
+//!
+//! ## Memory
+//!
+//! Each node's control block and log are page-aligned buffers of its own, registered with the
+//! device:
+//!
+//! - the **log** once, in the node's protection domain, with local write, remote write and remote
+//!   read. Whether a peer may write it is decided per queue pair (below), not by the region;
+//! - the **control block** once per peer, each time in a protection domain of its own that holds
+//!   only that peer's control connection: the whole block with remote *read* only, and that
+//!   peer's request word and ack word (8 bytes each) as two more regions with remote *write*.
+//!   RDMA checks a region's bounds byte for byte, and a queue pair can use only the regions of
+//!   its protection domain, so the HCA itself enforces "members may write only their own request
+//!   and ack words" (a write anywhere else uses the read-only region's key and is refused with a
+//!   remote access error). Nothing of the control block is in the protection domain of the data
+//!   connections, so a log writer cannot touch it either.
+//!
+//! ## Connections
+//!
+//! A connection is one RC queue pair at the poster (the initiator) and one at the owner (the
+//! responder), keyed by (poster, owner, lane):
+//!
+//! - the **control lane**, one per ordered pair of nodes: control-block reads and writes. Its
+//!   responder always allows remote read and write (the regions above narrow that). It never
+//!   sticks in error: after a failed operation the next control operation drains it and
+//!   reconnects it.
+//! - a **data lane per ballot**: log writes and reads posted under that ballot. Write
+//!   permission is given to a (peer, ballot) pair the way the contract models it: the owner's
+//!   responder queue pair of the granted connection has `IBV_ACCESS_REMOTE_WRITE`, every other
+//!   data responder has remote read only. `grant` and `revoke` switch it with `ibv_modify_qp`
+//!   (`IBV_QP_ACCESS_FLAGS`) on the RTS queue pair, and fall back to the RESET → INIT → RTR → RTS
+//!   cycle of the responder when the device refuses that: RESET at once, INIT → RTR → RTS with
+//!   the new rights when the poster reconnects (so both sides start from fresh PSNs). A connection whose operation failed is
+//!   in error (as an RC queue pair is) until a post with `reconnect` set, which drains it, resets
+//!   both queue pairs and connects them again, with the owner's current rights.
+//!
+//! Initiator queue pairs grant no remote rights at all (they share the node's protection domain
+//! with its log).
+//!
+//! **Revocation (contract point 3).** An RC responder checks the access flags of its queue pair
+//! for every incoming request packet, in PSN order. When `ibv_modify_qp` returns, the queue pair
+//! context holds the new flags, so every request packet the responder processes from then on is
+//! refused with a NAK (invalid request, or remote access error): no write of the revoked
+//! connection lands after `revoke` returns. The refused request completes at the poster with
+//! `IBV_WC_REM_INV_REQ_ERR` / `IBV_WC_REM_ACCESS_ERR` ([`FabricError::Permission`]), the queue
+//! pair goes to the error state, and everything behind it is flushed; flushed requests of a
+//! connection that failed with a permission error report [`FabricError::Permission`] too, and so
+//! does every later post on it until a reconnect. The one window this argument does not close is
+//! a packet the responder had already checked and was still placing when the modify returned: on
+//! rxe (kernel 6.1) the responder is a tasklet that reads the flags per packet and
+//! `ibv_modify_qp(ACCESS_FLAGS)` does not wait for it (the streaming-writer test has not caught
+//! it); on mlx5 the modify is a firmware command on the QP context, and whether a packet already
+//! in the HCA's pipeline can still be placed after it completes is not documented (not verified
+//! on hardware here). A multi-packet write cut by a revoke lands at most a prefix, which the entry
+//! checksum catches (contract point 5). The fallback goes through RESET, which on rxe waits for
+//! the responder's task to finish, so it closes that window too; the revoked connection's
+//! requests then time out ([`FabricError::Unreachable`]) instead of failing with a permission
+//! error, until the poster reconnects and is refused.
+//!
+//! ## Completions
+//!
+//! Every work request is signaled; completions are polled from the poster's one completion queue
+//! and mapped: success → `Ok` (reads carry their bytes), remote access / invalid request →
+//! [`FabricError::Permission`], retry exceeded, flush and everything else →
+//! [`FabricError::Unreachable`] (a flush inherits the connection's first error). Writes up to
+//! `inline_bytes` are posted inline; longer writes and reads go through a registered staging
+//! buffer (a region registered for the one request when the staging buffer is full).
+//!
+//! ## Set-up
+//!
+//! [`RdmaCluster::open`] wires every node of a cluster in one process on one device (the contract
+//! suite, benches): connections are made on first use by exchanging queue-pair numbers, PSNs and
+//! GIDs in memory ([`Wiring::accept`] is the owner's half of that exchange). Between processes
+//! the same exchange has to travel between the daemons (rdma_cm with the (node, ballot) in the
+//! private data is the plan); that is not built yet.
+
+use std::alloc::Layout;
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rapax_ffi::ibverbs::{
+    self, AccessFlags, CompletionQueue, Context, Endpoint, Gid, LocalSlice, MemoryRegion,
+    PathParams, ProtectionDomain, QpCaps, QueuePair, RemoteAddr, Reset, Rts, SendFlags, WcStatus,
+    WorkCompletion,
+};
+
+use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
+use crate::profile::RdmaFabric as RdmaProfile;
+use crate::protocol::layout::{cb_ack, cb_request, peer_may_write_control, LogGeometry, CB_BYTES};
+use crate::protocol::{Ballot, NodeId};
+
+/// Errors setting up the rdma fabric.
+#[derive(Debug, thiserror::Error)]
+pub enum RdmaError {
+    /// No usable device: rdma-core not built, no device of that name, or no RDMA in the kernel.
+    #[error("no RDMA device {device:?}: {why}")]
+    NoDevice { device: String, why: String },
+    /// The port is not ACTIVE.
+    #[error("port {port} of RDMA device {device} is not active")]
+    PortDown { device: String, port: u8 },
+    /// A setting the device or the fabric cannot use.
+    #[error("rdma setting {field} = {value}: {why}")]
+    Setting {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    /// A verbs call failed.
+    #[error("rdma {what}: {source}")]
+    Verbs {
+        what: &'static str,
+        #[source]
+        source: ibverbs::Error,
+    },
+    /// The floor's peer did not answer in time.
+    #[error("rdma write floor: no reply to round {round} within {limit:?}")]
+    NoReply { round: usize, limit: Duration },
+    /// A work request of the floor failed.
+    #[error("rdma write floor: a write completed with {status}")]
+    Failed { status: String },
+    /// Memory for a region could not be allocated.
+    #[error("cannot allocate {bytes} bytes of registered memory")]
+    Alloc { bytes: usize },
+}
+
+fn verbs(what: &'static str) -> impl FnOnce(ibverbs::Error) -> RdmaError {
+    move |source| RdmaError::Verbs { what, source }
+}
+
+/// What the fabric takes from the profile's `[fabric.rdma]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RdmaSettings {
+    pub device: String,
+    pub port: u8,
+    pub gid_index: u8,
+    pub inline_bytes: u32,
+    pub max_send_wr: u32,
+    pub mtu_bytes: u32,
+    pub ack_timeout_exponent: u8,
+    pub retry_count: u8,
+    /// Bytes of each node's staging buffer (writes above the inline threshold, reads).
+    pub staging_bytes: usize,
+}
+
+impl RdmaSettings {
+    /// The settings of a validated profile table.
+    pub fn from_profile(p: &RdmaProfile) -> RdmaSettings {
+        RdmaSettings {
+            device: p.device.clone(),
+            port: p.port,
+            gid_index: u8::try_from(p.gid_index).unwrap_or(u8::MAX),
+            inline_bytes: p.inline_bytes,
+            max_send_wr: p.max_send_wr,
+            mtu_bytes: p.mtu,
+            ack_timeout_exponent: p.ack_timeout_exponent,
+            retry_count: p.retry_count,
+            staging_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The device every node of an in-process cluster uses, with what connections need of it.
+struct Device {
+    ctx: Context,
+    port: u8,
+    path: PathParams,
+    gid: Gid,
+    lid: u16,
+    caps: QpCaps,
+    inline_bytes: u32,
+}
+
+impl Device {
+    fn open(s: &RdmaSettings) -> Result<Device, RdmaError> {
+        let ctx = Context::open(&s.device).map_err(|e| RdmaError::NoDevice {
+            device: s.device.clone(),
+            why: e.to_string(),
+        })?;
+        let port = ctx.query_port(s.port).map_err(verbs("ibv_query_port"))?;
+        if !port.active {
+            return Err(RdmaError::PortDown {
+                device: s.device.clone(),
+                port: s.port,
+            });
+        }
+        let gid_index = port.ethernet.then_some(s.gid_index);
+        if i32::from(s.gid_index) >= port.gid_table_len {
+            return Err(RdmaError::Setting {
+                field: "fabric.rdma.gid_index",
+                value: s.gid_index.to_string(),
+                why: "beyond the port's GID table",
+            });
+        }
+        let gid = ctx
+            .query_gid(s.port, i32::from(gid_index.unwrap_or(0)))
+            .map_err(verbs("ibv_query_gid"))?;
+        if port.ethernet && gid == Gid::default() {
+            return Err(RdmaError::Setting {
+                field: "fabric.rdma.gid_index",
+                value: s.gid_index.to_string(),
+                why: "that GID table entry is empty (see show_gids or ibv_devinfo -v)",
+            });
+        }
+        let mtu = ibverbs::mtu_from_bytes(s.mtu_bytes).ok_or(RdmaError::Setting {
+            field: "fabric.rdma.mtu",
+            value: s.mtu_bytes.to_string(),
+            why: "not a path MTU",
+        })?;
+        let path = PathParams {
+            port: s.port,
+            gid_index,
+            mtu: mtu.min(port.active_mtu),
+            max_rd_atomic: 1,
+            min_rnr_timer: 12,
+            timeout: s.ack_timeout_exponent,
+            retry_cnt: s.retry_count,
+            rnr_retry: 7,
+        };
+        let mut dev = Device {
+            ctx,
+            port: s.port,
+            path,
+            gid,
+            lid: port.lid,
+            caps: QpCaps {
+                max_send_wr: s.max_send_wr,
+                max_recv_wr: 1,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: s.inline_bytes,
+            },
+            inline_bytes: s.inline_bytes,
+        };
+        dev.settle_inline()?;
+        Ok(dev)
+    }
+
+    /// Lowers the inline threshold to what the device accepts (halving until a queue pair can
+    /// be created with it): the profile's figure is an upper bound.
+    fn settle_inline(&mut self) -> Result<(), RdmaError> {
+        let pd = self.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
+        let cq = self.ctx.create_cq(4).map_err(verbs("ibv_create_cq"))?;
+        loop {
+            match QueuePair::create_rc(&pd, &cq, &cq, self.caps) {
+                Ok(_) => return Ok(()),
+                Err(e) if self.caps.max_inline_data == 0 => {
+                    return Err(RdmaError::Verbs {
+                        what: "ibv_create_qp",
+                        source: e,
+                    })
+                }
+                Err(_) => {
+                    self.caps.max_inline_data /= 2;
+                    self.inline_bytes = self.caps.max_inline_data;
+                }
+            }
+        }
+    }
+
+    fn endpoint(&self, qp_num: u32, psn: u32) -> Endpoint {
+        Endpoint {
+            qp_num,
+            psn,
+            lid: self.lid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// Page-aligned, zeroed memory for registration. Freed on drop; every region registered on it
+/// holds an `Arc` to it (see [`Registered`]), so it outlives them.
+struct Buffer {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: the buffer is plain memory; every access goes through atomics or volatile copies
+// (the HCA writes it concurrently), so sharing it between threads is sound.
+unsafe impl Send for Buffer {}
+// SAFETY: as above.
+unsafe impl Sync for Buffer {}
+
+impl Buffer {
+    fn new(len: usize) -> Result<Buffer, RdmaError> {
+        let alloc = RdmaError::Alloc { bytes: len };
+        let layout = Layout::from_size_align(len.max(8).next_multiple_of(4096), 4096)
+            .map_err(|_| RdmaError::Alloc { bytes: len })?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        Ok(Buffer {
+            ptr: NonNull::new(ptr).ok_or(alloc)?,
+            layout,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        assert!(
+            at.is_multiple_of(8) && at + 8 <= self.len(),
+            "word {at} out of bounds"
+        );
+        // SAFETY: in bounds and 8-byte aligned (the buffer is page-aligned); the memory lives as
+        // long as `self`, and is only ever accessed atomically or by the HCA.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(at).cast()) }
+    }
+
+    /// Copies bytes out with volatile loads: a peer's write may land meanwhile (the copy may be
+    /// torn, which checksums catch), and the compiler must not assume the memory is unchanged.
+    fn load(&self, at: usize, buf: &mut [u8]) {
+        assert!(at + buf.len() <= self.len(), "load out of bounds");
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: in bounds (checked above); a byte load cannot be misaligned.
+            *b = unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(at + i)) };
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+    }
+
+    fn store(&self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.len(), "store out of bounds");
+        std::sync::atomic::fence(Ordering::Release);
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: in bounds (checked above).
+            unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(at + i), *b) };
+        }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; no region is registered on it any more
+        // (each holds an Arc to it).
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// A memory region and the buffer under it: the region is deregistered (first field) before the
+/// buffer can be freed.
+struct Registered {
+    mr: MemoryRegion,
+    buf: Arc<Buffer>,
+}
+
+impl Registered {
+    fn new(
+        pd: &ProtectionDomain,
+        buf: &Arc<Buffer>,
+        offset: usize,
+        len: usize,
+        access: AccessFlags,
+    ) -> Result<Registered, RdmaError> {
+        assert!(offset + len <= buf.len());
+        // SAFETY: the range is inside the buffer, which this value keeps alive (the Arc) until
+        // after the region is deregistered; the buffer is only accessed atomically or volatile.
+        let mr = unsafe { pd.register(buf.ptr.as_ptr().add(offset), len, access) }
+            .map_err(verbs("ibv_reg_mr"))?;
+        Ok(Registered {
+            mr,
+            buf: buf.clone(),
+        })
+    }
+}
+
+/// Which connection between two nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    Control,
+    Data(Ballot),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct LinkKey {
+    src: NodeId,
+    dst: NodeId,
+    lane: Lane,
+}
+
+/// A queue pair in the state it is in.
+enum Qp {
+    Reset(QueuePair<Reset>),
+    Rts(QueuePair<Rts>),
+}
+
+impl Qp {
+    fn into_reset(self) -> Result<QueuePair<Reset>, ibverbs::Error> {
+        match self {
+            Qp::Reset(q) => Ok(q),
+            Qp::Rts(q) => q.reset(),
+        }
+    }
+}
+
+/// Brings a RESET queue pair up to RTS against `remote`.
+fn bring_up(
+    dev: &Device,
+    qp: QueuePair<Reset>,
+    access: AccessFlags,
+    remote: &Endpoint,
+    psn: u32,
+) -> Result<QueuePair<Rts>, ibverbs::Error> {
+    qp.to_init(dev.port, access)?
+        .to_rtr(remote, &dev.path)?
+        .to_rts(psn, &dev.path)
+}
+
+/// Where a peer's memory is, as the poster addresses it.
+#[derive(Clone, Copy, Debug)]
+enum Remotes {
+    Control {
+        read: RemoteAddr,
+        request: RemoteAddr,
+        ack: RemoteAddr,
+    },
+    Log(RemoteAddr),
+}
+
+/// The owner's regions of the control block for one peer, in their own protection domain.
+struct ControlAccess {
+    read: Registered,
+    request: Registered,
+    ack: Registered,
+    pd: ProtectionDomain,
+}
+
+/// The owner's half of a connection.
+struct Responder {
+    qp: Option<Qp>,
+}
+
+/// What every node of the cluster shares: the owners' regions and responder queue pairs, and
+/// who holds write permission on each log.
+struct NodeShared {
+    log: Registered,
+    control: Vec<Option<ControlAccess>>,
+    pd: ProtectionDomain,
+    cq: CompletionQueue,
+    holder: Option<Ballot>,
+    isolated: bool,
+}
+
+/// The owner's side of connection set-up and rights, shared by the nodes of one process.
+pub struct Wiring {
+    dev: Arc<Device>,
+    nodes: Vec<NodeShared>,
+    responders: HashMap<LinkKey, Responder>,
+    next_psn: u32,
+    /// Times the access-flags switch failed and the fallback cycle ran.
+    pub fallback_cycles: u64,
+    /// Skip the access-flags switch and always take the fallback (to test it).
+    force_fallback: bool,
+}
+
+impl Wiring {
+    fn psn(&mut self) -> u32 {
+        self.next_psn = (self.next_psn + 0x1357) & 0xFF_FFFF;
+        self.next_psn
+    }
+
+    /// The rights the owner's responder of `key` gives.
+    fn access(&self, key: &LinkKey) -> AccessFlags {
+        match key.lane {
+            Lane::Control => {
+                AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ | AccessFlags::REMOTE_WRITE
+            }
+            Lane::Data(ballot) => {
+                let granted =
+                    self.nodes[key.dst as usize].holder == Some(ballot) && ballot.node() == key.src;
+                let base = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ;
+                if granted {
+                    base | AccessFlags::REMOTE_WRITE
+                } else {
+                    base
+                }
+            }
+        }
+    }
+
+    /// The owner's half of connecting `key`: creates (or resets) its responder queue pair,
+    /// connects it to `initiator` with the rights the owner gives that connection now, and
+    /// answers with its endpoint and where its memory is. A responder of an isolated node stays
+    /// in RESET: the initiator's requests then go unanswered and time out.
+    fn accept(
+        &mut self,
+        key: LinkKey,
+        initiator: Endpoint,
+    ) -> Result<(Endpoint, Remotes), RdmaError> {
+        let dst = key.dst as usize;
+        let remotes = match key.lane {
+            Lane::Control => {
+                let c = self.nodes[dst].control[key.src as usize]
+                    .as_ref()
+                    .expect("every peer has control access");
+                Remotes::Control {
+                    read: c.read.mr.remote(0).map_err(verbs("control region"))?,
+                    request: c.request.mr.remote(0).map_err(verbs("control region"))?,
+                    ack: c.ack.mr.remote(0).map_err(verbs("control region"))?,
+                }
+            }
+            Lane::Data(_) => Remotes::Log(
+                self.nodes[dst]
+                    .log
+                    .mr
+                    .remote(0)
+                    .map_err(verbs("log region"))?,
+            ),
+        };
+        let qp = match self.responders.remove(&key).and_then(|r| r.qp) {
+            Some(qp) => qp.into_reset().ok(),
+            None => None,
+        };
+        let qp = match qp {
+            Some(qp) => qp,
+            None => {
+                let node = &self.nodes[dst];
+                let pd = match key.lane {
+                    Lane::Control => &node.control[key.src as usize].as_ref().unwrap().pd,
+                    Lane::Data(_) => &node.pd,
+                };
+                QueuePair::create_rc(pd, &node.cq, &node.cq, self.dev.caps)
+                    .map_err(verbs("ibv_create_qp (responder)"))?
+            }
+        };
+        let psn = self.psn();
+        let endpoint = self.dev.endpoint(qp.qp_num(), psn);
+        let qp = if self.nodes[dst].isolated {
+            Qp::Reset(qp)
+        } else {
+            let access = self.access(&key);
+            Qp::Rts(
+                bring_up(&self.dev, qp, access, &initiator, psn)
+                    .map_err(verbs("responder RESET->INIT->RTR->RTS"))?,
+            )
+        };
+        self.responders.insert(key, Responder { qp: Some(qp) });
+        Ok((endpoint, remotes))
+    }
+
+    /// Sets who may write `owner`'s log and applies it to every data responder of `owner`
+    /// before returning (see the module docs on why that completes a revocation).
+    fn set_holder(&mut self, owner: NodeId, holder: Option<Ballot>) {
+        self.nodes[owner as usize].holder = holder;
+        let keys: Vec<LinkKey> = self
+            .responders
+            .keys()
+            .filter(|k| k.dst == owner && matches!(k.lane, Lane::Data(_)))
+            .copied()
+            .collect();
+        for key in keys {
+            let access = self.access(&key);
+            let r = self.responders.get_mut(&key).expect("listed above");
+            let Some(Qp::Rts(qp)) = r.qp.as_mut() else {
+                // A RESET responder takes its rights when it is brought up.
+                continue;
+            };
+            if !self.force_fallback && qp.set_access_flags(access).is_ok() {
+                continue;
+            }
+            // The fallback: RESET now, which refuses everything (and on rxe waits for the
+            // responder's task, so not even a packet already checked lands afterwards); INIT →
+            // RTR → RTS with the new rights happen when the poster reconnects (`accept`), with
+            // both sides' PSNs fresh. Meanwhile the initiator's requests time out. A queue pair
+            // that cannot even be reset is dropped (destroyed), which refuses as well; the
+            // reconnect creates a new one.
+            self.fallback_cycles += 1;
+            let qp = r.qp.take().expect("matched above");
+            r.qp = qp.into_reset().ok().map(Qp::Reset);
+        }
+    }
+
+    /// Makes `node` unreachable: every responder of it goes to RESET (and new ones stay there).
+    fn isolate(&mut self, node: NodeId) {
+        self.nodes[node as usize].isolated = true;
+        for (key, r) in self.responders.iter_mut() {
+            if key.dst == node {
+                r.qp = r.qp.take().and_then(|q| q.into_reset().ok()).map(Qp::Reset);
+            }
+        }
+    }
+}
+
+/// The poster's half of a connection.
+struct Conn {
+    qp: Option<Qp>,
+    remotes: Remotes,
+    outstanding: u32,
+    /// Set by the first failed operation: the connection is in error until reconnected.
+    broken: Option<FabricError>,
+}
+
+/// Where a read lands or a long write is staged.
+enum Landing {
+    None,
+    Staging { offset: usize, len: usize },
+    Own(Registered),
+}
+
+struct Pending {
+    wr_id: u64,
+    key: LinkKey,
+    read: bool,
+    landing: Landing,
+}
+
+/// A bump allocator over one registered buffer: reset when nothing staged is outstanding.
+struct Staging {
+    region: Registered,
+    head: usize,
+    in_use: u32,
+}
+
+impl Staging {
+    fn alloc(&mut self, len: usize) -> Option<usize> {
+        let end = self.head.checked_add(len)?;
+        if end > self.region.buf.len() {
+            return None;
+        }
+        let at = self.head;
+        self.head = end.next_multiple_of(64);
+        self.in_use += 1;
+        Some(at)
+    }
+
+    fn release(&mut self) {
+        self.in_use -= 1;
+        if self.in_use == 0 {
+            self.head = 0;
+        }
+    }
+}
+
+/// How long a drain waits for the completions of one connection before giving up on it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// One node of an rdma cluster: its memory as [`LocalMemory`], and its one-sided operations on
+/// peers ([`RdmaFabric::post`], [`RdmaFabric::poll`]).
+pub struct RdmaFabric {
+    me: NodeId,
+    nodes: usize,
+    dev: Arc<Device>,
+    wiring: Arc<Mutex<Wiring>>,
+    pd: ProtectionDomain,
+    cq: CompletionQueue,
+    conns: HashMap<LinkKey, Conn>,
+    /// In-flight work requests, by the `wr_id` posted to the device (an index here).
+    pending: Vec<Option<Pending>>,
+    free: Vec<u32>,
+    staging: Staging,
+    completions: Vec<Completion>,
+    wcs: Vec<WorkCompletion>,
+    control: Arc<Buffer>,
+    log: Arc<Buffer>,
+    log_bytes: usize,
+}
+
+/// Every node of one cluster in this process, wired on one device.
+pub struct RdmaCluster;
+
+impl RdmaCluster {
+    /// Opens the device, allocates and registers every node's control block and log of
+    /// `geometry`, and returns the nodes' fabrics (connections are made on first use).
+    pub fn open(
+        settings: &RdmaSettings,
+        nodes: usize,
+        geometry: &LogGeometry,
+    ) -> Result<Vec<RdmaFabric>, RdmaError> {
+        let dev = Arc::new(Device::open(settings)?);
+        let log_bytes = geometry.log_bytes();
+        // Room for every outstanding request of a node: a full send queue per peer and lane.
+        let cq_entries = settings.max_send_wr.saturating_mul(4).clamp(64, 16384);
+        let mut shared = Vec::with_capacity(nodes);
+        let mut mine = Vec::with_capacity(nodes);
+        for _ in 0..nodes {
+            let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
+            let cq = dev
+                .ctx
+                .create_cq(cq_entries)
+                .map_err(verbs("ibv_create_cq"))?;
+            let control = Arc::new(Buffer::new(CB_BYTES)?);
+            let log = Arc::new(Buffer::new(log_bytes)?);
+            let log_region = Registered::new(
+                &pd,
+                &log,
+                0,
+                log_bytes,
+                AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ,
+            )?;
+            let mut access = Vec::with_capacity(nodes);
+            for peer in 0..nodes as NodeId {
+                let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
+                let writable = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
+                access.push(Some(ControlAccess {
+                    read: Registered::new(&pd, &control, 0, CB_BYTES, AccessFlags::REMOTE_READ)?,
+                    request: Registered::new(&pd, &control, cb_request(peer), 8, writable)?,
+                    ack: Registered::new(&pd, &control, cb_ack(peer), 8, writable)?,
+                    pd,
+                }));
+            }
+            let staging_buf = Arc::new(Buffer::new(settings.staging_bytes)?);
+            let staging = Staging {
+                region: Registered::new(
+                    &pd,
+                    &staging_buf,
+                    0,
+                    staging_buf.len(),
+                    AccessFlags::LOCAL_WRITE,
+                )?,
+                head: 0,
+                in_use: 0,
+            };
+            shared.push(NodeShared {
+                log: log_region,
+                control: access,
+                pd: pd.clone(),
+                cq: cq.clone(),
+                holder: None,
+                isolated: false,
+            });
+            mine.push((pd, cq, control, log, staging, cq_entries));
+        }
+        let wiring = Arc::new(Mutex::new(Wiring {
+            dev: dev.clone(),
+            nodes: shared,
+            responders: HashMap::new(),
+            next_psn: 0x10_0000,
+            fallback_cycles: 0,
+            force_fallback: false,
+        }));
+        Ok(mine
+            .into_iter()
+            .enumerate()
+            .map(
+                |(me, (pd, cq, control, log, staging, cq_entries))| RdmaFabric {
+                    me: me as NodeId,
+                    nodes,
+                    dev: dev.clone(),
+                    wiring: wiring.clone(),
+                    pd,
+                    cq,
+                    conns: HashMap::new(),
+                    pending: (0..cq_entries).map(|_| None).collect(),
+                    free: (0..cq_entries).rev().collect(),
+                    staging,
+                    completions: Vec::new(),
+                    wcs: vec![WorkCompletion::default(); 64],
+                    control,
+                    log,
+                    log_bytes,
+                },
+            )
+            .collect())
+    }
+}
+
+impl RdmaFabric {
+    fn wiring(&self) -> MutexGuard<'_, Wiring> {
+        self.wiring.lock().expect("no panic while wiring")
+    }
+
+    /// The inline threshold in use (the profile's, lowered to what the device accepts).
+    pub fn inline_bytes(&self) -> u32 {
+        self.dev.inline_bytes
+    }
+
+    /// Times a revoke or grant had to fall back to the RESET → INIT → RTR → RTS cycle.
+    pub fn fallback_cycles(&self) -> u64 {
+        self.wiring().fallback_cycles
+    }
+
+    /// Makes every later grant and revoke in this cluster take the fallback (RESET, then
+    /// INIT → RTR → RTS at the poster's reconnect) instead of the access-flags switch, as on a
+    /// device that refuses `IBV_QP_ACCESS_FLAGS` in RTS.
+    pub fn force_fallback(&self, on: bool) {
+        self.wiring().force_fallback = on;
+    }
+
+    /// Makes `node` unreachable for everyone (its responders go to RESET).
+    pub fn isolate(&self, node: NodeId) {
+        self.wiring().isolate(node);
+    }
+
+    /// Work requests posted and not completed yet.
+    pub fn outstanding(&self) -> usize {
+        self.pending.len() - self.free.len()
+    }
+
+    fn finish(&mut self, wr_id: u64, result: Result<Option<Vec<u8>>, FabricError>) {
+        self.completions.push(Completion { wr_id, result });
+    }
+
+    /// Creates the initiator of `key` and connects it through the owner's half.
+    fn connect(&mut self, key: LinkKey) -> Result<(), RdmaError> {
+        let qp = QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps)
+            .map_err(verbs("ibv_create_qp (initiator)"))?;
+        self.bring_up_initiator(key, qp)
+    }
+
+    fn bring_up_initiator(&mut self, key: LinkKey, qp: QueuePair<Reset>) -> Result<(), RdmaError> {
+        let dev = self.dev.clone();
+        let (remote, remotes, psn) = {
+            let mut w = self.wiring();
+            let psn = w.psn();
+            let (remote, remotes) = w.accept(key, dev.endpoint(qp.qp_num(), psn))?;
+            (remote, remotes, psn)
+        };
+        // The initiator gives its peer no rights: it shares the protection domain of our log.
+        let qp = bring_up(&dev, qp, AccessFlags::NONE, &remote, psn)
+            .map_err(verbs("initiator RESET->INIT->RTR->RTS"))?;
+        self.conns.insert(
+            key,
+            Conn {
+                qp: Some(Qp::Rts(qp)),
+                remotes,
+                outstanding: 0,
+                broken: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Waits for every completion of `key`'s connection (a connection in error flushes at once),
+    /// then resets both queue pairs and connects them again.
+    fn reconnect(&mut self, key: LinkKey) -> Result<(), RdmaError> {
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while self.conns[&key].outstanding > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a connection in error did not flush within {DRAIN_LIMIT:?}"
+            );
+            self.poll_device();
+        }
+        let conn = self
+            .conns
+            .remove(&key)
+            .expect("reconnect of a known connection");
+        let qp = match conn.qp.map(Qp::into_reset) {
+            Some(Ok(qp)) => qp,
+            // Gone or not resettable: a new one.
+            _ => QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps)
+                .map_err(verbs("ibv_create_qp (initiator)"))?,
+        };
+        self.bring_up_initiator(key, qp)
+    }
+
+    /// Posts `post`; its completion comes from [`RdmaFabric::poll`]. Never blocks for long: a
+    /// full send queue is waited out by polling completions.
+    pub fn post(&mut self, post: Post) {
+        if post.target as usize >= self.nodes {
+            return self.finish(post.wr_id, Err(FabricError::Unreachable));
+        }
+        let region = post.op.region();
+        let key = LinkKey {
+            src: self.me,
+            dst: post.target,
+            lane: match region {
+                Region::Control => Lane::Control,
+                Region::Log => Lane::Data(post.ballot),
+            },
+        };
+        let size = match region {
+            Region::Control => CB_BYTES,
+            Region::Log => self.log_bytes,
+        };
+        let (offset, len) = match &post.op {
+            Op::Write { offset, bytes, .. } => (*offset, bytes.len()),
+            Op::Read { offset, len, .. } => (*offset, *len),
+        };
+        if offset.checked_add(len).is_none_or(|end| end > size) || len == 0 {
+            return self.finish(post.wr_id, Err(FabricError::Permission));
+        }
+        match self.conns.get(&key).map(|c| c.broken) {
+            None => {
+                if self.connect(key).is_err() {
+                    return self.finish(post.wr_id, Err(FabricError::Unreachable));
+                }
+            }
+            Some(Some(err)) => {
+                // Control connections heal on their own; data connections on request.
+                if !(post.reconnect || key.lane == Lane::Control) {
+                    return self.finish(post.wr_id, Err(err));
+                }
+                if self.reconnect(key).is_err() {
+                    return self.finish(post.wr_id, Err(FabricError::Unreachable));
+                }
+            }
+            Some(None) => {}
+        }
+        // Room in the send queue and in the completion queue.
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while self.conns[&key].outstanding >= self.dev.caps.max_send_wr || self.free.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no completion within {DRAIN_LIMIT:?}"
+            );
+            self.poll_device();
+        }
+        let conn = &self.conns[&key];
+        let remote = match (conn.remotes, &post.op) {
+            (Remotes::Log(base), _) => offset_in(base, offset),
+            (Remotes::Control { read, .. }, Op::Read { .. }) => offset_in(read, offset),
+            (Remotes::Control { read, request, ack }, Op::Write { .. }) => {
+                let me = self.me;
+                if !peer_may_write_control(me, offset, len) {
+                    // Through the read-only region: the owner's HCA refuses it.
+                    offset_in(read, offset)
+                } else if offset >= cb_ack(me) {
+                    offset_in(ack, offset - cb_ack(me))
+                } else {
+                    offset_in(request, offset - cb_request(me))
+                }
+            }
+        };
+        let slot = self.free.pop().expect("room checked above");
+        let flags = SendFlags::SIGNALED;
+        let (landing, posted) = match &post.op {
+            Op::Write { bytes, .. } if bytes.len() <= self.dev.inline_bytes as usize => {
+                let qp = rts(&self.conns[&key]);
+                let r = qp.post_write_inline(u64::from(slot), bytes, remote, flags);
+                (Landing::None, r)
+            }
+            Op::Write { bytes, .. } => match self.land(bytes.len()) {
+                Ok(landing) => {
+                    self.landing_store(&landing, bytes);
+                    let r = match self.landing_slice(&landing) {
+                        Ok(local) => {
+                            rts(&self.conns[&key]).post_write(u64::from(slot), local, remote, flags)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (landing, r)
+                }
+                Err(_) => (
+                    Landing::None,
+                    Err(ibverbs::Error::InvalidArgument("staging")),
+                ),
+            },
+            Op::Read { len, .. } => match self.land(*len) {
+                Ok(landing) => {
+                    let r = match self.landing_slice(&landing) {
+                        Ok(local) => {
+                            rts(&self.conns[&key]).post_read(u64::from(slot), local, remote, flags)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (landing, r)
+                }
+                Err(_) => (
+                    Landing::None,
+                    Err(ibverbs::Error::InvalidArgument("staging")),
+                ),
+            },
+        };
+        if posted.is_err() {
+            self.free.push(slot);
+            self.release(landing);
+            let conn = self.conns.get_mut(&key).expect("connected above");
+            let err = *conn.broken.get_or_insert(FabricError::Unreachable);
+            return self.finish(post.wr_id, Err(err));
+        }
+        self.conns
+            .get_mut(&key)
+            .expect("connected above")
+            .outstanding += 1;
+        self.pending[slot as usize] = Some(Pending {
+            wr_id: post.wr_id,
+            key,
+            read: matches!(post.op, Op::Read { .. }),
+            landing,
+        });
+    }
+
+    /// A staging range of `len` bytes, or a region of its own when the staging buffer is full.
+    fn land(&mut self, len: usize) -> Result<Landing, RdmaError> {
+        if let Some(offset) = self.staging.alloc(len) {
+            return Ok(Landing::Staging { offset, len });
+        }
+        let buf = Arc::new(Buffer::new(len)?);
+        Ok(Landing::Own(Registered::new(
+            &self.pd,
+            &buf,
+            0,
+            len,
+            AccessFlags::LOCAL_WRITE,
+        )?))
+    }
+
+    fn landing_slice<'a>(&'a self, landing: &'a Landing) -> Result<LocalSlice<'a>, ibverbs::Error> {
+        match landing {
+            Landing::Staging { offset, len } => self.staging.region.mr.slice(*offset, *len),
+            Landing::Own(r) => r.mr.slice(0, r.mr.len()),
+            Landing::None => Err(ibverbs::Error::InvalidArgument("no landing")),
+        }
+    }
+
+    fn landing_store(&self, landing: &Landing, bytes: &[u8]) {
+        match landing {
+            Landing::Staging { offset, .. } => self.staging.region.buf.store(*offset, bytes),
+            Landing::Own(r) => r.buf.store(0, bytes),
+            Landing::None => {}
+        }
+    }
+
+    fn landing_load(&self, landing: &Landing, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        match landing {
+            Landing::Staging { offset, .. } => self.staging.region.buf.load(*offset, &mut out),
+            Landing::Own(r) => r.buf.load(0, &mut out),
+            Landing::None => {}
+        }
+        out
+    }
+
+    fn release(&mut self, landing: Landing) {
+        if let Landing::Staging { .. } = landing {
+            self.staging.release();
+        }
+    }
+
+    /// Polls the completion queue once and maps what it finds to completions.
+    fn poll_device(&mut self) -> usize {
+        let mut wcs = std::mem::take(&mut self.wcs);
+        let n = self.cq.poll(&mut wcs).unwrap_or(0);
+        for wc in &wcs[..n] {
+            let slot = wc.wr_id() as usize;
+            let p = self.pending[slot]
+                .take()
+                .expect("a completion of an outstanding request");
+            self.free.push(slot as u32);
+            let conn = self.conns.get_mut(&p.key).expect("its connection");
+            conn.outstanding -= 1;
+            let result = match wc.status() {
+                WcStatus::Success => Ok(None),
+                status => {
+                    let err = match status {
+                        s if s.is_remote_permission_error() => FabricError::Permission,
+                        WcStatus::WrFlushErr => conn.broken.unwrap_or(FabricError::Unreachable),
+                        _ => FabricError::Unreachable,
+                    };
+                    Err(*conn.broken.get_or_insert(err))
+                }
+            };
+            let result = match result {
+                Ok(_) if p.read => {
+                    let len = match &p.landing {
+                        Landing::Staging { len, .. } => *len,
+                        Landing::Own(r) => r.mr.len(),
+                        Landing::None => 0,
+                    };
+                    Ok(Some(self.landing_load(&p.landing, len)))
+                }
+                other => other,
+            };
+            self.release(p.landing);
+            self.finish(p.wr_id, result);
+        }
+        self.wcs = wcs;
+        n
+    }
+
+    /// The completions of everything finished so far (polls the device once).
+    pub fn poll(&mut self) -> Vec<Completion> {
+        self.poll_device();
+        std::mem::take(&mut self.completions)
+    }
+}
+
+fn offset_in(base: RemoteAddr, offset: usize) -> RemoteAddr {
+    RemoteAddr {
+        addr: base.addr + offset as u64,
+        rkey: base.rkey,
+    }
+}
+
+fn rts(conn: &Conn) -> &QueuePair<Rts> {
+    match conn.qp.as_ref() {
+        Some(Qp::Rts(qp)) => qp,
+        _ => unreachable!("a usable connection's initiator is in RTS"),
+    }
+}
+
+impl LocalMemory for RdmaFabric {
+    fn id(&self) -> NodeId {
+        self.me
+    }
+
+    fn read_control(&self, offset: usize, buf: &mut [u8]) {
+        self.control.load(offset, buf);
+    }
+
+    fn control_word(&self, offset: usize) -> u64 {
+        self.control.word(offset).load(Ordering::Acquire)
+    }
+
+    fn set_control_word(&mut self, offset: usize, value: u64) {
+        self.control.word(offset).store(value, Ordering::Release);
+    }
+
+    fn log_len(&self) -> usize {
+        self.log_bytes
+    }
+
+    fn read_log(&self, offset: usize, buf: &mut [u8]) {
+        assert!(offset + buf.len() <= self.log_bytes);
+        self.log.load(offset, buf);
+    }
+
+    fn log_word(&self, offset: usize) -> u64 {
+        self.log.word(offset).load(Ordering::Acquire)
+    }
+
+    fn write_log_owner(&mut self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.log_bytes);
+        self.log.store(offset, bytes);
+    }
+
+    fn write_log_as_holder(
+        &mut self,
+        ballot: Ballot,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), FabricError> {
+        let holder = self.wiring().nodes[self.me as usize].holder;
+        if holder != Some(ballot) || ballot.node() != self.me {
+            return Err(FabricError::Permission);
+        }
+        self.write_log_owner(offset, bytes);
+        Ok(())
+    }
+
+    fn grant(&mut self, peer: NodeId, ballot: Ballot) {
+        assert_eq!(ballot.node(), peer, "a ballot belongs to its node");
+        let me = self.me;
+        self.wiring().set_holder(me, Some(ballot));
+    }
+
+    fn revoke(&mut self, peer: NodeId) {
+        let me = self.me;
+        let mut w = self.wiring();
+        let holder = w.nodes[me as usize].holder.filter(|b| b.node() != peer);
+        w.set_holder(me, holder);
+    }
+
+    fn writers(&self) -> Vec<(NodeId, Ballot)> {
+        self.wiring().nodes[self.me as usize]
+            .holder
+            .map(|b| vec![(b.node(), b)])
+            .unwrap_or_default()
+    }
+}
+
+/// How long the floor waits for one reply.
+const FLOOR_REPLY_LIMIT: Duration = Duration::from_secs(5);
+
+/// One side of the floor's ping-pong: its queue pair, the region the peer writes into and the
+/// region it writes from.
+struct FloorSide {
+    qp: QueuePair<Rts>,
+    cq: CompletionQueue,
+    inbox: Registered,
+    outbox: Registered,
+    peer: RemoteAddr,
+    inline: bool,
+    bytes: usize,
+}
+
+impl FloorSide {
+    /// The word that carries the round number: the last aligned word of the message, which an
+    /// RDMA WRITE of one packet places last (as ib_write_lat polls the last byte).
+    fn seq_at(&self) -> usize {
+        (self.bytes / 8 - 1) * 8
+    }
+
+    fn send(&self, round: u64) -> Result<(), RdmaError> {
+        let at = self.seq_at();
+        self.outbox.buf.word(at).store(round, Ordering::Release);
+        let flags = SendFlags::SIGNALED;
+        if self.inline {
+            let mut msg = vec![0u8; self.bytes];
+            self.outbox.buf.load(0, &mut msg);
+            self.qp.post_write_inline(round, &msg, self.peer, flags)
+        } else {
+            let local = self
+                .outbox
+                .mr
+                .slice(0, self.bytes)
+                .map_err(verbs("floor slice"))?;
+            self.qp.post_write(round, local, self.peer, flags)
+        }
+        .map_err(verbs("ibv_post_send (floor)"))
+    }
+
+    fn wait_for(&self, round: u64) -> Result<(), RdmaError> {
+        let word = self.inbox.buf.word(self.seq_at());
+        let deadline = Instant::now() + FLOOR_REPLY_LIMIT;
+        let mut spins = 0u32;
+        while word.load(Ordering::Acquire) != round {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(4096) && Instant::now() > deadline {
+                return Err(RdmaError::NoReply {
+                    round: round as usize,
+                    limit: FLOOR_REPLY_LIMIT,
+                });
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    /// Takes the completion of the last write (signaled, so the send queue never fills).
+    fn reap(&self) -> Result<(), RdmaError> {
+        let mut wc = [WorkCompletion::default(); 1];
+        let deadline = Instant::now() + FLOOR_REPLY_LIMIT;
+        loop {
+            if self.cq.poll(&mut wc).map_err(verbs("ibv_poll_cq"))? == 1 {
+                return match wc[0].status() {
+                    WcStatus::Success => Ok(()),
+                    status => Err(RdmaError::Failed {
+                        status: format!("{status:?}"),
+                    }),
+                };
+            }
+            if Instant::now() > deadline {
+                return Err(RdmaError::NoReply {
+                    round: wc[0].wr_id() as usize,
+                    limit: FLOOR_REPLY_LIMIT,
+                });
+            }
+        }
+    }
+}
+
+/// The fabric's floor for `rapax bench` (DESIGN.md §8): a ping-pong of RDMA WRITEs of `bytes`
+/// (at least 8, a multiple of 8) between two RC queue pairs on the profile's device, like
+/// `ib_write_lat`: each side busy-polls its memory for the peer's write of round n and writes
+/// round n back. Returns the nanoseconds of each of `rounds` round trips (after 100 warm-up
+/// rounds), measured at the side that starts each round. Writes up to the inline threshold are
+/// posted inline. The answering side runs on a thread of its own.
+pub fn write_floor_ns(
+    settings: &RdmaSettings,
+    bytes: usize,
+    rounds: usize,
+) -> Result<Vec<u64>, RdmaError> {
+    if bytes < 8 || !bytes.is_multiple_of(8) || bytes > 1 << 20 {
+        return Err(RdmaError::Setting {
+            field: "floor bytes",
+            value: bytes.to_string(),
+            why: "must be a multiple of 8 between 8 and 1 MiB",
+        });
+    }
+    let dev = Device::open(settings)?;
+    let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
+    let remote_write = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
+    let mut sides = Vec::new();
+    let mut qps = Vec::new();
+    for _ in 0..2 {
+        let cq = dev.ctx.create_cq(16).map_err(verbs("ibv_create_cq"))?;
+        let inbox = Arc::new(Buffer::new(bytes)?);
+        let outbox = Arc::new(Buffer::new(bytes)?);
+        let inbox = Registered::new(&pd, &inbox, 0, bytes, remote_write)?;
+        let outbox = Registered::new(&pd, &outbox, 0, bytes, AccessFlags::LOCAL_WRITE)?;
+        let qp = QueuePair::create_rc(&pd, &cq, &cq, dev.caps).map_err(verbs("ibv_create_qp"))?;
+        qps.push(qp);
+        sides.push((cq, inbox, outbox));
+    }
+    let (qp_b, qp_a) = (qps.pop().unwrap(), qps.pop().unwrap());
+    let (ep_a, ep_b) = (
+        dev.endpoint(qp_a.qp_num(), 0x1000),
+        dev.endpoint(qp_b.qp_num(), 0x2000),
+    );
+    let qp_a = bring_up(&dev, qp_a, remote_write, &ep_b, ep_a.psn)
+        .map_err(verbs("floor RESET->INIT->RTR->RTS"))?;
+    let qp_b = bring_up(&dev, qp_b, remote_write, &ep_a, ep_b.psn)
+        .map_err(verbs("floor RESET->INIT->RTR->RTS"))?;
+    let (cq_b, inbox_b, outbox_b) = sides.pop().unwrap();
+    let (cq_a, inbox_a, outbox_a) = sides.pop().unwrap();
+    let inline = bytes <= dev.inline_bytes as usize;
+    let a = FloorSide {
+        peer: inbox_b.mr.remote(0).map_err(verbs("floor region"))?,
+        qp: qp_a,
+        cq: cq_a,
+        inbox: inbox_a,
+        outbox: outbox_a,
+        inline,
+        bytes,
+    };
+    let b = FloorSide {
+        peer: a.inbox.mr.remote(0).map_err(verbs("floor region"))?,
+        qp: qp_b,
+        cq: cq_b,
+        inbox: inbox_b,
+        outbox: outbox_b,
+        inline,
+        bytes,
+    };
+    const WARMUP: usize = 100;
+    let total = (WARMUP + rounds) as u64;
+    let echo = std::thread::spawn(move || -> Result<(), RdmaError> {
+        for round in 1..=total {
+            b.wait_for(round)?;
+            b.send(round)?;
+            b.reap()?;
+        }
+        Ok(())
+    });
+    let mut ns = Vec::with_capacity(rounds);
+    let mut result = Ok(());
+    for round in 1..=total {
+        let t = Instant::now();
+        if let Err(e) = a.send(round).and_then(|()| a.wait_for(round)) {
+            result = Err(e);
+            break;
+        }
+        let elapsed = t.elapsed().as_nanos() as u64;
+        if let Err(e) = a.reap() {
+            result = Err(e);
+            break;
+        }
+        if round as usize > WARMUP {
+            ns.push(elapsed);
+        }
+    }
+    let echoed = echo.join().expect("the floor's echo thread does not panic");
+    result.and(echoed)?;
+    Ok(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::contract::{self, ContractHarness};
+
+    const GEO: LogGeometry = LogGeometry {
+        capacity: 64,
+        slot_bytes: 256,
+    };
+
+    /// The device to test on (`RAPAX_RDMA_DEVICE`, else the soft-RoCE lane's
+    /// `RAPAX_SOFTROCE_DEVICE`, else the first device), or why the tests skip.
+    fn settings() -> Result<RdmaSettings, String> {
+        let devices = ibverbs::devices().map_err(|e| e.to_string())?;
+        let env = |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok();
+        let device = env("RAPAX_RDMA_DEVICE", "RAPAX_SOFTROCE_DEVICE")
+            .or_else(|| devices.first().map(|d| d.name.clone()))
+            .ok_or("no RDMA device (run it in the soft-RoCE VM: tools/softroce.sh)")?;
+        let gid_index = env("RAPAX_RDMA_GID_INDEX", "RAPAX_SOFTROCE_GID_INDEX")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        Ok(RdmaSettings {
+            device,
+            port: 1,
+            gid_index,
+            inline_bytes: 64,
+            max_send_wr: 128,
+            mtu_bytes: 1024,
+            // About 16 ms per try, 2 retries: an unreachable peer fails in well under a second.
+            ack_timeout_exponent: 12,
+            retry_count: 2,
+            staging_bytes: 64 << 10,
+        })
+    }
+
+    macro_rules! device_or_skip {
+        ($test:literal) => {
+            match settings() {
+                Ok(s) => s,
+                Err(why) => {
+                    println!("skipped {}: {why}", $test);
+                    return;
+                }
+            }
+        };
+    }
+
+    struct RdmaHarness {
+        nodes: Vec<RdmaFabric>,
+    }
+
+    impl ContractHarness for RdmaHarness {
+        fn geometry(&self) -> LogGeometry {
+            GEO
+        }
+
+        fn post(&mut self, src: NodeId, post: Post) {
+            self.nodes[src as usize].post(post);
+        }
+
+        fn step(&mut self) -> Vec<(NodeId, Completion)> {
+            let mut done = Vec::new();
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                done.extend(n.poll().into_iter().map(|c| (i as NodeId, c)));
+            }
+            done
+        }
+
+        fn drain(&mut self) -> Vec<(NodeId, Completion)> {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut done = self.step();
+            while self.nodes.iter().any(|n| n.outstanding() > 0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "contract 4: drain hung: outstanding per node {:?}",
+                    self.nodes
+                        .iter()
+                        .map(|n| n.outstanding())
+                        .collect::<Vec<_>>()
+                );
+                done.extend(self.step());
+            }
+            done.extend(self.step());
+            done
+        }
+
+        fn memory(&mut self, node: NodeId) -> &mut dyn LocalMemory {
+            &mut self.nodes[node as usize]
+        }
+
+        fn isolate(&mut self, node: NodeId) {
+            self.nodes[node as usize].isolate(node);
+        }
+    }
+
+    #[test]
+    fn the_contract_holds_on_rdma() {
+        let s = device_or_skip!("the_contract_holds_on_rdma");
+        let t = Instant::now();
+        let mut runs = 0;
+        contract::run_all(&mut || {
+            runs += 1;
+            Box::new(RdmaHarness {
+                nodes: RdmaCluster::open(&s, 3, &GEO).expect("an rdma cluster on the device"),
+            })
+        });
+        println!(
+            "contract suite on rdma ({}): {runs} harnesses, every check passed in {:?}",
+            s.device,
+            t.elapsed()
+        );
+    }
+
+    /// The same with writes above the inline threshold (staged, DMA-read by the HCA) and an
+    /// inline threshold of 0: both paths keep the contract.
+    #[test]
+    fn the_contract_holds_without_inline_writes() {
+        let mut s = device_or_skip!("the_contract_holds_without_inline_writes");
+        s.inline_bytes = 0;
+        contract::run_all(&mut || {
+            Box::new(RdmaHarness {
+                nodes: RdmaCluster::open(&s, 3, &GEO).unwrap(),
+            })
+        });
+    }
+
+    /// Revocation completeness with the writer on its own thread, streaming: after `revoke`
+    /// returns not one byte of the revoked connection lands, its later writes fail with a
+    /// permission error, and no write succeeds after the first refusal.
+    #[test]
+    fn revocation_is_complete_under_a_streaming_writer() {
+        let s = device_or_skip!("revocation_is_complete_under_a_streaming_writer");
+        let b = Ballot::new(1, 1);
+        for round in 0..5u64 {
+            let mut nodes = RdmaCluster::open(&s, 3, &GEO).unwrap();
+            let _node2 = nodes.pop().unwrap();
+            let mut writer = nodes.pop().unwrap();
+            let mut owner = nodes.pop().unwrap();
+            owner.grant(1, b);
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
+            let handle = std::thread::spawn(move || {
+                let (mut ok, mut refused, mut first_refusal) = (0u64, 0u64, None);
+                let mut posted = 0u64;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while refused < 200 {
+                    assert!(Instant::now() < deadline, "the writer was never refused");
+                    if writer.outstanding() < 32 {
+                        let fill = (posted % 250) as u8 + 1;
+                        writer.post(Post {
+                            wr_id: posted,
+                            target: 0,
+                            op: Op::Write {
+                                region: Region::Log,
+                                offset: GEO.slot_offset(posted % GEO.capacity),
+                                // Above the inline threshold every other write.
+                                bytes: vec![fill; if posted.is_multiple_of(2) { 48 } else { 200 }],
+                            },
+                            reconnect: false,
+                            ballot: b,
+                        });
+                        posted += 1;
+                    }
+                    for c in writer.poll() {
+                        match c.result {
+                            Ok(_) => {
+                                assert!(
+                                    first_refusal.is_none(),
+                                    "write {} succeeded after write {first_refusal:?} was refused",
+                                    c.wr_id
+                                );
+                                ok += 1;
+                                if ok == 100 {
+                                    started_tx.send(()).unwrap();
+                                }
+                            }
+                            Err(e) => {
+                                assert_eq!(e, FabricError::Permission, "write {}", c.wr_id);
+                                first_refusal.get_or_insert(c.wr_id);
+                                refused += 1;
+                            }
+                        }
+                    }
+                }
+                (ok, refused)
+            });
+            started_rx.recv().expect("the writer got going");
+            std::thread::sleep(Duration::from_micros(100 * round));
+            let t = Instant::now();
+            owner.revoke(1);
+            let revoke_ns = t.elapsed().as_nanos();
+            let mut after = vec![0u8; owner.log_len()];
+            owner.read_log(0, &mut after);
+            let (ok, refused) = handle.join().unwrap();
+            let mut end = vec![0u8; owner.log_len()];
+            owner.read_log(0, &mut end);
+            println!(
+                "round {round}: {ok} writes landed, {refused} refused; revoke took {revoke_ns} ns"
+            );
+            assert_eq!(
+                contract_first_difference(&after, &end),
+                None,
+                "round {round}: the revoked writer changed the log after revoke returned"
+            );
+            assert!(owner.writers().is_empty());
+            assert_eq!(owner.fallback_cycles(), 0, "the access-flags switch worked");
+        }
+    }
+
+    /// The fallback (as on a device that refuses the access-flags switch in RTS): `revoke`
+    /// resets the responder, so nothing of the revoked connection lands afterwards and its
+    /// writes fail (time out); a `grant` to the same node's next ballot works once the poster
+    /// reconnects, which brings the responder up with the new rights.
+    #[test]
+    fn the_fallback_cycle_revokes_and_reconnect_restores() {
+        let s = device_or_skip!("the_fallback_cycle_revokes_and_reconnect_restores");
+        let (b1, b2) = (Ballot::new(1, 1), Ballot::new(2, 1));
+        let mut h = RdmaHarness {
+            nodes: RdmaCluster::open(&s, 3, &GEO).unwrap(),
+        };
+        let write = |wr_id: u64, ballot, reconnect| Post {
+            wr_id,
+            target: 0,
+            op: Op::Write {
+                region: Region::Log,
+                offset: GEO.slot_offset(wr_id % GEO.capacity),
+                bytes: vec![wr_id as u8 + 1; 100],
+            },
+            reconnect,
+            ballot,
+        };
+        h.memory(0).grant(1, b1);
+        for i in 0..8 {
+            h.post(1, write(i, b1, false));
+        }
+        assert!(h.drain().iter().all(|(_, c)| c.result == Ok(None)));
+        h.nodes[0].force_fallback(true);
+        h.memory(0).revoke(1);
+        assert_eq!(
+            h.nodes[0].fallback_cycles(),
+            1,
+            "the revoke took the fallback"
+        );
+        let after = log_of(&h.nodes[0]);
+        for i in 8..16 {
+            h.post(1, write(i, b1, i == 8));
+        }
+        let done = h.drain();
+        assert_eq!(done.len(), 8);
+        for (_, c) in &done {
+            assert!(c.result.is_err(), "write {} after the revoke", c.wr_id);
+        }
+        assert_eq!(
+            log_of(&h.nodes[0]),
+            after,
+            "nothing landed after the revoke"
+        );
+        // A grant through the fallback too: the new ballot's connection is made after it, so it
+        // comes up with the right at once; the old ballot's stays refused even on reconnect.
+        h.memory(0).grant(1, b2);
+        h.post(1, write(16, b2, true));
+        h.post(1, write(17, b1, true));
+        let mut done = h.drain();
+        done.sort_by_key(|(_, c)| c.wr_id);
+        assert_eq!(done[0].1.result, Ok(None), "the granted ballot writes");
+        assert!(done[1].1.result.is_err(), "the old ballot stays refused");
+        let log = log_of(&h.nodes[0]);
+        assert_eq!(log[GEO.slot_offset(16)], 17, "the granted write landed");
+        assert_eq!(
+            log[GEO.slot_offset(17)],
+            after[GEO.slot_offset(17)],
+            "the refused write did not land"
+        );
+        println!(
+            "fallback: {} cycles; revoked writes failed with {:?}",
+            h.nodes[0].fallback_cycles(),
+            done[1].1.result
+        );
+    }
+
+    fn log_of(n: &RdmaFabric) -> Vec<u8> {
+        let mut buf = vec![0u8; n.log_len()];
+        n.read_log(0, &mut buf);
+        buf
+    }
+
+    fn contract_first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+        a.iter().zip(b).position(|(x, y)| x != y)
+    }
+
+    /// The control lane: a refused control write (the HCA refuses it: only the poster's own
+    /// words are in a writable region) does not leave the lane broken; reads and allowed writes
+    /// go on working.
+    #[test]
+    fn control_writes_are_refused_by_the_hca_and_the_lane_heals() {
+        let s = device_or_skip!("control_writes_are_refused_by_the_hca_and_the_lane_heals");
+        let mut nodes = RdmaCluster::open(&s, 3, &GEO).unwrap();
+        let write = |wr_id, offset, value: u64| Post {
+            wr_id,
+            target: 0,
+            op: Op::Write {
+                region: Region::Control,
+                offset,
+                bytes: value.to_le_bytes().to_vec(),
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        };
+        let run = |nodes: &mut Vec<RdmaFabric>, post: Post| {
+            nodes[2].post(post);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(c) = nodes[2].poll().pop() {
+                    return c.result;
+                }
+                assert!(Instant::now() < deadline, "no completion");
+            }
+        };
+        assert_eq!(run(&mut nodes, write(1, cb_request(2), 11)), Ok(None));
+        // Node 1's request word, the heartbeat word, and 16 bytes across node 2's ack word.
+        assert_eq!(
+            run(&mut nodes, write(2, cb_request(1), 12)),
+            Err(FabricError::Permission)
+        );
+        assert_eq!(
+            run(&mut nodes, write(3, 0, 13)),
+            Err(FabricError::Permission)
+        );
+        assert_eq!(run(&mut nodes, write(4, cb_ack(2), 14)), Ok(None));
+        let read = Post {
+            wr_id: 5,
+            target: 0,
+            op: Op::Read {
+                region: Region::Control,
+                offset: 0,
+                len: CB_BYTES,
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        };
+        let cb = run(&mut nodes, read).unwrap().unwrap();
+        let word = |at: usize| u64::from_le_bytes(cb[at..at + 8].try_into().unwrap());
+        assert_eq!(word(cb_request(2)), 11);
+        assert_eq!(word(cb_request(1)), 0);
+        assert_eq!(word(0), 0);
+        assert_eq!(word(cb_ack(2)), 14);
+        assert_eq!(nodes[0].control_word(cb_ack(2)), 14);
+    }
+
+    /// Log reads of any size land whole, through the staging buffer and past it (a region of
+    /// their own when it is full), whether or not the reader holds write permission.
+    #[test]
+    fn log_reads_need_no_write_permission() {
+        let mut s = device_or_skip!("log_reads_need_no_write_permission");
+        s.staging_bytes = 4096;
+        let mut nodes = RdmaCluster::open(&s, 3, &GEO).unwrap();
+        let pattern: Vec<u8> = (0..GEO.log_bytes()).map(|i| (i % 253) as u8).collect();
+        nodes[0].write_log_owner(0, &pattern);
+        for (wr_id, (offset, len)) in [(0, 64), (64, 4000), (0, GEO.log_bytes())]
+            .into_iter()
+            .enumerate()
+        {
+            nodes[1].post(Post {
+                wr_id: wr_id as u64,
+                target: 0,
+                op: Op::Read {
+                    region: Region::Log,
+                    offset,
+                    len,
+                },
+                reconnect: false,
+                ballot: Ballot::new(3, 1),
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut done = Vec::new();
+        while done.len() < 3 {
+            done.extend(nodes[1].poll());
+            assert!(Instant::now() < deadline, "reads completed");
+        }
+        done.sort_by_key(|c| c.wr_id);
+        assert_eq!(done[0].result, Ok(Some(pattern[..64].to_vec())));
+        assert_eq!(done[1].result, Ok(Some(pattern[64..4064].to_vec())));
+        assert_eq!(done[2].result, Ok(Some(pattern.clone())));
+    }
+
+    /// The floor: 64-byte RDMA WRITE round trips (inline), printed as percentiles.
+    #[test]
+    fn write_floor_round_trips() {
+        let s = device_or_skip!("write_floor_round_trips");
+        for bytes in [64usize, 1024] {
+            let mut ns = write_floor_ns(&s, bytes, 2000).expect("the floor runs");
+            assert_eq!(ns.len(), 2000);
+            ns.sort_unstable();
+            let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize];
+            assert!(at(0.5) > 0);
+            println!(
+                "rdma write floor ({}, {bytes} B, inline {}): p50 {} ns, p99 {} ns, p99.9 {} ns, \
+                 max {} ns",
+                s.device,
+                bytes <= s.inline_bytes as usize,
+                at(0.5),
+                at(0.99),
+                at(0.999),
+                ns[ns.len() - 1]
+            );
+        }
+    }
+
+    /// hw-profiles/soft-roce.toml on the device it describes: it loads, its settings open a
+    /// cluster (the inline threshold the device settles on is printed), the contract holds with
+    /// them, and the floor runs.
+    #[test]
+    fn the_soft_roce_profile_runs() {
+        let s = device_or_skip!("the_soft_roce_profile_runs");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hw-profiles/soft-roce.toml");
+        let profile = crate::profile::Profile::load(&path).expect("soft-roce.toml loads");
+        let p = RdmaSettings::from_profile(profile.fabric.rdma.as_ref().unwrap());
+        if p.device != s.device {
+            println!(
+                "skipped the_soft_roce_profile_runs: the device is {}, not {}",
+                s.device, p.device
+            );
+            return;
+        }
+        let nodes = RdmaCluster::open(&p, 3, &GEO).expect("the profile's settings open a cluster");
+        println!(
+            "soft-roce.toml on {}: gid_index {}, mtu {}, inline in use {} of {} bytes",
+            p.device,
+            p.gid_index,
+            p.mtu_bytes,
+            nodes[0].inline_bytes(),
+            p.inline_bytes
+        );
+        drop(nodes);
+        // Its time-outs make the unreachable check slow (about 0.5 s per dead write): fine.
+        contract::run_all(&mut || {
+            Box::new(RdmaHarness {
+                nodes: RdmaCluster::open(&p, 3, &GEO).unwrap(),
+            })
+        });
+        let mut ns = write_floor_ns(&p, 64, 1000).expect("the floor runs");
+        ns.sort_unstable();
+        println!(
+            "soft-roce.toml write floor, 64 B: p50 {} ns",
+            ns[ns.len() / 2]
+        );
+    }
+
+    /// How far up the device takes inline writes (the profile's figure is only an upper bound).
+    #[test]
+    fn inline_threshold_settles_on_what_the_device_accepts() {
+        let mut s = device_or_skip!("inline_threshold_settles_on_what_the_device_accepts");
+        s.inline_bytes = 1024;
+        let nodes = RdmaCluster::open(&s, 2, &GEO).unwrap();
+        let inline = nodes[0].inline_bytes();
+        println!("{}: inline 1024 requested, {inline} in use", s.device);
+        assert!(inline > 0 && inline <= 1024);
+    }
+
+    #[test]
+    fn floor_sizes_are_checked() {
+        let s = RdmaSettings {
+            device: "rapax-no-such-device".into(),
+            port: 1,
+            gid_index: 0,
+            inline_bytes: 64,
+            max_send_wr: 16,
+            mtu_bytes: 1024,
+            ack_timeout_exponent: 14,
+            retry_count: 7,
+            staging_bytes: 4096,
+        };
+        assert!(matches!(
+            write_floor_ns(&s, 12, 10),
+            Err(RdmaError::Setting { .. })
+        ));
+        // Without that device (or without rdma-core), opening fails with a typed error.
+        assert!(matches!(
+            RdmaCluster::open(&s, 3, &GEO),
+            Err(RdmaError::NoDevice { .. })
+        ));
+    }
+}
