@@ -12,7 +12,8 @@ use rapax_dataplane::fabric::dpdk::{
     frame_round_trip_ns, process_dpdk, ring_pair_floor_ns, software_eal_args, DpdkConfig,
     DpdkFabric, DpdkLink, DpdkMemory, DpdkPortSpec, ProcessDpdk,
 };
-use rapax_dataplane::fabric::{Completion, FabricError, LocalMemory, Op, Post, Region};
+use rapax_dataplane::fabric::framed::FrameHarness;
+use rapax_dataplane::fabric::{FabricError, LocalMemory, Op, Post, Region};
 use rapax_dataplane::protocol::layout::LogGeometry;
 use rapax_dataplane::protocol::{Ballot, NodeId};
 use rapax_ffi::dpdk::{self, Eal, MacAddr};
@@ -105,79 +106,18 @@ fn cluster(
     (nodes, mems)
 }
 
-struct DpdkHarness {
-    nodes: Vec<DpdkFabric<'static>>,
-    mems: Vec<DpdkMemory>,
-    isolated: Vec<bool>,
-    timeout: Duration,
-}
-
-impl DpdkHarness {
-    fn new(env: &'static ProcessDpdk, retransmit: Option<Duration>) -> DpdkHarness {
-        let knobs = Knobs {
-            timeout: Duration::from_millis(500),
-            retransmit,
-            loss_ppm: 0,
-        };
-        let (nodes, mems) = cluster(env, 3, &knobs);
-        DpdkHarness {
-            nodes,
-            mems,
-            isolated: vec![false; 3],
-            timeout: knobs.timeout,
-        }
-    }
-
-    fn outstanding(&self) -> usize {
-        self.nodes
-            .iter()
-            .zip(&self.isolated)
-            .filter(|(_, iso)| !**iso)
-            .map(|(n, _)| n.outstanding())
-            .sum()
-    }
-}
-
-impl ContractHarness for DpdkHarness {
-    fn geometry(&self) -> LogGeometry {
-        GEO
-    }
-
-    fn post(&mut self, src: NodeId, post: Post) {
-        self.nodes[src as usize].post(post, Instant::now());
-    }
-
-    fn step(&mut self) -> Vec<(NodeId, Completion)> {
-        let mut done = Vec::new();
-        for (i, (node, mem)) in self.nodes.iter_mut().zip(&mut self.mems).enumerate() {
-            if !self.isolated[i] {
-                let completions = node.poll(mem, Instant::now());
-                done.extend(completions.into_iter().map(|c| (i as NodeId, c)));
-            }
-        }
-        done
-    }
-
-    fn drain(&mut self) -> Vec<(NodeId, Completion)> {
-        let give_up = Instant::now() + 4 * self.timeout;
-        let mut done = Vec::new();
-        loop {
-            done.extend(self.step());
-            if self.outstanding() == 0 || Instant::now() > give_up {
-                return done;
-            }
-            std::thread::sleep(Duration::from_micros(20));
-        }
-    }
-
-    fn memory(&mut self, node: NodeId) -> &mut dyn LocalMemory {
-        &mut self.mems[node as usize]
-    }
-
-    fn isolate(&mut self, node: NodeId) {
-        // It stops polling: its rings fill, nothing is answered.
-        self.isolated[node as usize] = true;
-    }
+/// Three nodes on a mesh of ring port pairs under the shared frame-fabric harness.
+fn harness(
+    env: &'static ProcessDpdk,
+    retransmit: Option<Duration>,
+) -> FrameHarness<DpdkLink<'static>> {
+    let knobs = Knobs {
+        timeout: Duration::from_millis(500),
+        retransmit,
+        loss_ppm: 0,
+    };
+    let (nodes, mems) = cluster(env, 3, &knobs);
+    FrameHarness::new(nodes, mems, GEO, knobs.timeout, Duration::from_micros(20))
 }
 
 #[test]
@@ -187,8 +127,8 @@ fn the_contract_holds_on_dpdk() {
     };
     let _turn = serial();
     // Without loss recovery (the udp behaviour), and with it (the dpdk default).
-    contract::run_all(&mut || Box::new(DpdkHarness::new(env, None)));
-    contract::run_all(&mut || Box::new(DpdkHarness::new(env, Some(Duration::from_millis(20)))));
+    contract::run_all(&mut || Box::new(harness(env, None)));
+    contract::run_all(&mut || Box::new(harness(env, Some(Duration::from_millis(20)))));
 }
 
 /// Point 3 with two writers streaming at once: node 1 holds the grant and node 2 is refused;
@@ -202,7 +142,7 @@ fn revocation_is_complete_under_concurrent_writers() {
     let _turn = serial();
     let b2 = Ballot::new(2, 2);
     for steps in [0, 1, 3, 7, 20] {
-        let mut h = DpdkHarness::new(env, Some(Duration::from_millis(20)));
+        let mut h = harness(env, Some(Duration::from_millis(20)));
         h.memory(0).grant(1, B);
         let write = |wr_id: u64, ballot, slot: u64, fill: u8, reconnect| Post {
             wr_id,

@@ -861,6 +861,101 @@ fn random_start() -> u64 {
     h.finish()
 }
 
+/// The fabric contract's harness ([`super::contract::ContractHarness`]) over frame fabrics of
+/// any link: the nodes are polled in turn by the caller's thread, and an isolated node stops
+/// polling, so requests to it are never answered. The udp and dpdk contract suites both run on
+/// it.
+pub struct FrameHarness<L: DatagramLink> {
+    nodes: Vec<FrameFabric<L>>,
+    mems: Vec<NicMemory>,
+    isolated: Vec<bool>,
+    geometry: crate::protocol::layout::LogGeometry,
+    timeout: Duration,
+    /// Slept after a pass in which no frame arrived and nothing completed.
+    idle: Duration,
+}
+
+impl<L: DatagramLink> FrameHarness<L> {
+    /// `nodes[i]` is node `i`'s fabric and `mems[i]` its memory, of `geometry`; `timeout` is
+    /// the fabrics' operation time-out (a drain gives up after four of them).
+    pub fn new(
+        nodes: Vec<FrameFabric<L>>,
+        mems: Vec<NicMemory>,
+        geometry: crate::protocol::layout::LogGeometry,
+        timeout: Duration,
+        idle: Duration,
+    ) -> FrameHarness<L> {
+        assert_eq!(nodes.len(), mems.len(), "a memory per node");
+        let isolated = vec![false; nodes.len()];
+        FrameHarness {
+            nodes,
+            mems,
+            isolated,
+            geometry,
+            timeout,
+            idle,
+        }
+    }
+
+    fn received(&self) -> u64 {
+        self.nodes.iter().map(|n| n.stats().received).sum()
+    }
+
+    /// Operations posted by the nodes that still poll and not completed yet.
+    pub fn outstanding(&self) -> usize {
+        self.nodes
+            .iter()
+            .zip(&self.isolated)
+            .filter(|(_, iso)| !**iso)
+            .map(|(n, _)| n.outstanding())
+            .sum()
+    }
+}
+
+impl<L: DatagramLink> super::contract::ContractHarness for FrameHarness<L> {
+    fn geometry(&self) -> crate::protocol::layout::LogGeometry {
+        self.geometry
+    }
+
+    fn post(&mut self, src: NodeId, post: Post) {
+        self.nodes[src as usize].post(post, Instant::now());
+    }
+
+    fn step(&mut self) -> Vec<(NodeId, Completion)> {
+        let before = self.received();
+        let mut done = Vec::new();
+        for (i, (node, mem)) in self.nodes.iter_mut().zip(&mut self.mems).enumerate() {
+            if !self.isolated[i] {
+                let completions = node.poll(mem, Instant::now());
+                done.extend(completions.into_iter().map(|c| (i as NodeId, c)));
+            }
+        }
+        if done.is_empty() && self.received() == before {
+            std::thread::sleep(self.idle);
+        }
+        done
+    }
+
+    fn drain(&mut self) -> Vec<(NodeId, Completion)> {
+        let give_up = Instant::now() + 4 * self.timeout;
+        let mut done = Vec::new();
+        loop {
+            done.extend(self.step());
+            if self.outstanding() == 0 || Instant::now() > give_up {
+                return done;
+            }
+        }
+    }
+
+    fn memory(&mut self, node: NodeId) -> &mut dyn LocalMemory {
+        &mut self.mems[node as usize]
+    }
+
+    fn isolate(&mut self, node: NodeId) {
+        self.isolated[node as usize] = true;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Loss recovery over the UDP link on 127.0.0.1: lost requests and lost completions are

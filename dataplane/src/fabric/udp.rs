@@ -254,7 +254,8 @@ mod tests {
     //! strangers, garbage and other clusters are dropped; silence becomes a time-out, not before;
     //! large operations are split; the rights of [`UdpMemory`].
     use super::*;
-    use crate::fabric::contract::{self, ContractHarness};
+    use crate::fabric::contract;
+    use crate::fabric::framed::FrameHarness;
     use crate::protocol::layout::{cb_ack, cb_request, LogGeometry, CB_BYTES};
     use crate::protocol::Ballot;
 
@@ -304,86 +305,15 @@ mod tests {
         (fabrics, mems)
     }
 
-    struct UdpHarness {
-        nodes: Vec<UdpFabric>,
-        mems: Vec<UdpMemory>,
-        isolated: Vec<bool>,
-        timeout: Duration,
-    }
-
-    impl UdpHarness {
-        fn new(timeout: Duration) -> UdpHarness {
-            let (nodes, mems) = cluster(3, GEO.log_bytes(), timeout);
-            UdpHarness {
-                nodes,
-                mems,
-                isolated: vec![false; 3],
-                timeout,
-            }
-        }
-
-        fn received(&self) -> u64 {
-            self.nodes.iter().map(|n| n.stats().received).sum()
-        }
-
-        fn outstanding(&self) -> usize {
-            self.nodes
-                .iter()
-                .zip(&self.isolated)
-                .filter(|(_, iso)| !**iso)
-                .map(|(n, _)| n.outstanding())
-                .sum()
-        }
-    }
-
-    impl ContractHarness for UdpHarness {
-        fn geometry(&self) -> LogGeometry {
-            GEO
-        }
-
-        fn post(&mut self, src: NodeId, post: Post) {
-            self.nodes[src as usize].post(post, Instant::now());
-        }
-
-        fn step(&mut self) -> Vec<(NodeId, Completion)> {
-            let before = self.received();
-            let mut done = Vec::new();
-            for (i, (node, mem)) in self.nodes.iter_mut().zip(&mut self.mems).enumerate() {
-                if !self.isolated[i] {
-                    let completions = node.poll(mem, Instant::now());
-                    done.extend(completions.into_iter().map(|c| (i as NodeId, c)));
-                }
-            }
-            if done.is_empty() && self.received() == before {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            done
-        }
-
-        fn drain(&mut self) -> Vec<(NodeId, Completion)> {
-            let give_up = Instant::now() + 4 * self.timeout;
-            let mut done = Vec::new();
-            loop {
-                done.extend(self.step());
-                if self.outstanding() == 0 || Instant::now() > give_up {
-                    return done;
-                }
-            }
-        }
-
-        fn memory(&mut self, node: NodeId) -> &mut dyn LocalMemory {
-            &mut self.mems[node as usize]
-        }
-
-        fn isolate(&mut self, node: NodeId) {
-            // It stops polling: requests to it are never answered.
-            self.isolated[node as usize] = true;
-        }
+    /// Three nodes on loopback under the shared frame-fabric harness.
+    fn harness(timeout: Duration) -> FrameHarness<UdpLink> {
+        let (nodes, mems) = cluster(3, GEO.log_bytes(), timeout);
+        FrameHarness::new(nodes, mems, GEO, timeout, Duration::from_micros(200))
     }
 
     #[test]
     fn the_contract_holds_on_udp() {
-        contract::run_all(&mut || Box::new(UdpHarness::new(Duration::from_secs(1))));
+        contract::run_all(&mut || Box::new(harness(Duration::from_secs(1))));
     }
 
     /// Polls `f` until `done` holds of it (at most two seconds); returns the completions.
