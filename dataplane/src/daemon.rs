@@ -27,6 +27,7 @@ use crate::channel::{
     Channel, ChannelError, Command as ChannelCommand, CommandReceiver, Counter, Event, EventSender,
 };
 use crate::fabric::frame::{Frame, FrameBody, CLIENT_NODE};
+use crate::fabric::framed::FrameStats;
 use crate::fabric::shm::{ShmError, ShmFabric};
 use crate::fabric::udp::{UdpConfig, UdpError, UdpFabric, UdpMemory};
 use crate::fabric::{Completion, LocalMemory, Post};
@@ -311,6 +312,32 @@ fn mailbox_ingress(
     })
 }
 
+/// Answers a client in its mailbox slot (`frame` is the encoding buffer).
+fn mailbox_answer(
+    mailbox: &mut MailboxServer,
+    node: NodeId,
+    cluster_id: u64,
+    frame: &mut Vec<u8>,
+    route: Route,
+    reply: &ClientReply,
+) {
+    let Route::Slot(slot) = route else { return };
+    if let Ok(f) = Frame::client_reply(node, CLIENT_NODE, cluster_id, reply) {
+        frame.clear();
+        if f.encode(frame).is_ok() {
+            mailbox.reply(slot, frame);
+        }
+    }
+}
+
+/// Copies a frame fabric's drop counters into the channel (`rapax status` shows them).
+fn publish_frame_stats(stats: &FrameStats, channel: &Channel) {
+    channel.set(Counter::FabricStrangers, stats.strangers);
+    channel.set(Counter::FabricDecodeErrors, stats.decode_errors);
+    channel.set(Counter::FabricMisaddressed, stats.misaddressed);
+    channel.set(Counter::FabricTimeouts, stats.timeouts);
+}
+
 #[path = "daemon_dpdk.rs"]
 mod dpdk_plane;
 
@@ -342,13 +369,14 @@ impl Plane for ShmPlane {
     }
 
     fn answer(&mut self, route: Route, reply: &ClientReply) {
-        let Route::Slot(slot) = route else { return };
-        if let Ok(frame) = Frame::client_reply(self.node, CLIENT_NODE, self.cluster_id, reply) {
-            self.frame.clear();
-            if frame.encode(&mut self.frame).is_ok() {
-                self.mailbox.reply(slot, &self.frame);
-            }
-        }
+        mailbox_answer(
+            &mut self.mailbox,
+            self.node,
+            self.cluster_id,
+            &mut self.frame,
+            route,
+            reply,
+        );
     }
 }
 
@@ -395,11 +423,7 @@ impl Plane for UdpPlane {
     }
 
     fn publish(&self, channel: &Channel) {
-        let s = self.fabric.stats();
-        channel.set(Counter::FabricStrangers, s.strangers);
-        channel.set(Counter::FabricDecodeErrors, s.decode_errors);
-        channel.set(Counter::FabricMisaddressed, s.misaddressed);
-        channel.set(Counter::FabricTimeouts, s.timeouts);
+        publish_frame_stats(self.fabric.stats(), channel);
     }
 }
 

@@ -13,9 +13,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::{io_err, mailbox_ingress, ClusterDir, DaemonError, Plane, Route};
+use super::{
+    io_err, mailbox_answer, mailbox_ingress, publish_frame_stats, ClusterDir, DaemonError, Plane,
+    Route,
+};
+use crate::channel::Channel;
 use crate::fabric::dpdk::{process_dpdk, DpdkConfig, DpdkFabric, DpdkMemory, DpdkPortSpec};
-use crate::fabric::frame::{Frame, CLIENT_NODE};
 use crate::fabric::udp::{UdpConfig, UdpFabric};
 use crate::fabric::{Completion, Post};
 use crate::mailbox::MailboxServer;
@@ -59,13 +62,18 @@ impl Plane for DpdkPlane {
     }
 
     fn answer(&mut self, route: Route, reply: &ClientReply) {
-        let Route::Slot(slot) = route else { return };
-        if let Ok(frame) = Frame::client_reply(self.node, CLIENT_NODE, self.cluster_id, reply) {
-            self.frame.clear();
-            if frame.encode(&mut self.frame).is_ok() {
-                self.mailbox.reply(slot, &self.frame);
-            }
-        }
+        mailbox_answer(
+            &mut self.mailbox,
+            self.node,
+            self.cluster_id,
+            &mut self.frame,
+            route,
+            reply,
+        );
+    }
+
+    fn publish(&self, channel: &Channel) {
+        publish_frame_stats(self.fabric.stats(), channel);
     }
 }
 
