@@ -179,11 +179,25 @@ pub enum Counter {
     FabricMisaddressed = 24,
     /// Data plane (frame fabrics): operations completed by their time-out.
     FabricTimeouts = 25,
+    /// Data plane (frame fabrics): frames sent, resends included.
+    FabricSent = 26,
+    /// Data plane (frame fabrics): frames received, dropped ones included.
+    FabricReceived = 27,
+    /// Data plane (frame fabrics): frames the link refused to send (a memif port not yet
+    /// connected, a full transmit queue).
+    FabricSendErrors = 28,
+    /// Data plane (frame fabrics, loss recovery): request frames sent again.
+    FabricRetransmits = 29,
+    /// Data plane (frame fabrics, loss recovery): log requests dropped out of sequence.
+    FabricOutOfSequence = 30,
+    /// Data plane, while leading: its view of follower i in bits 4i..4i+4 (see
+    /// `daemon::follower_code`; 0 when not leading or for itself).
+    Followers = 31,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 32] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -210,6 +224,12 @@ impl Counter {
         Counter::FabricDecodeErrors,
         Counter::FabricMisaddressed,
         Counter::FabricTimeouts,
+        Counter::FabricSent,
+        Counter::FabricReceived,
+        Counter::FabricSendErrors,
+        Counter::FabricRetransmits,
+        Counter::FabricOutOfSequence,
+        Counter::Followers,
     ];
 
     /// The counter's name, for tools.
@@ -241,6 +261,12 @@ impl Counter {
             Counter::FabricDecodeErrors => "fabric_decode_errors",
             Counter::FabricMisaddressed => "fabric_misaddressed",
             Counter::FabricTimeouts => "fabric_timeouts",
+            Counter::FabricSent => "fabric_sent",
+            Counter::FabricReceived => "fabric_received",
+            Counter::FabricSendErrors => "fabric_send_errors",
+            Counter::FabricRetransmits => "fabric_retransmits",
+            Counter::FabricOutOfSequence => "fabric_out_of_sequence",
+            Counter::Followers => "followers",
         }
     }
 

@@ -57,6 +57,28 @@ pub fn role_code(role: RoleKind) -> u64 {
     }
 }
 
+/// The 4-bit code of a leader's view of one follower in [`Counter::Followers`].
+pub fn follower_code(state: &str) -> u64 {
+    match state {
+        "active" => 1,
+        "absent" => 2,
+        "requested" => 3,
+        "syncing" => 4,
+        _ => 0,
+    }
+}
+
+/// The name of a [`follower_code`].
+pub fn follower_name(code: u64) -> &'static str {
+    match code {
+        1 => "active",
+        2 => "absent",
+        3 => "requested",
+        4 => "syncing",
+        _ => "-",
+    }
+}
+
 /// The name of a [`Counter::Role`] value.
 pub fn role_name(code: u64) -> &'static str {
     match code {
@@ -336,6 +358,11 @@ fn publish_frame_stats(stats: &FrameStats, channel: &Channel) {
     channel.set(Counter::FabricDecodeErrors, stats.decode_errors);
     channel.set(Counter::FabricMisaddressed, stats.misaddressed);
     channel.set(Counter::FabricTimeouts, stats.timeouts);
+    channel.set(Counter::FabricSent, stats.sent);
+    channel.set(Counter::FabricReceived, stats.received);
+    channel.set(Counter::FabricSendErrors, stats.send_errors);
+    channel.set(Counter::FabricRetransmits, stats.retransmits);
+    channel.set(Counter::FabricOutOfSequence, stats.out_of_sequence);
 }
 
 #[path = "daemon_dpdk.rs"]
@@ -471,7 +498,37 @@ struct Dataplane<P: Plane> {
     stats_done: u64,
     stats_path: PathBuf,
     awaiting_first_commit: bool,
+    /// View-change notes written to the log so far (capped at [`MAX_LOGGED_NOTES`]).
+    notes_logged: u64,
     shutdown: Arc<AtomicBool>,
+}
+
+/// View-change notes a data plane writes to its log before it stops writing them (a cluster
+/// that keeps changing views must not fill the disk).
+const MAX_LOGGED_NOTES: u64 = 10_000;
+
+/// The log line of a view-change note; `None` for the per-slot ones.
+fn describe_note(note: &Note) -> Option<String> {
+    Some(match note {
+        Note::Candidate { ballot } => format!("candidate at {ballot}"),
+        Note::BecameLeader {
+            ballot,
+            recovered_from,
+            recovered_to,
+        } => format!("leader at {ballot}, recovered slots [{recovered_from}, {recovered_to})"),
+        Note::SteppedDown { ballot, reason } => format!("stepped down from {ballot}: {reason}"),
+        Note::Granted { to, ballot } => format!("granted its log to node {to} at {ballot}"),
+        Note::FollowerLost { peer, reason } => {
+            format!("follower {peer} lost: its {reason} failed")
+        }
+        Note::FollowerSynced {
+            peer,
+            from,
+            to,
+            writes,
+        } => format!("follower {peer} caught up over [{from}, {to}) with {writes} writes"),
+        Note::Proposed { .. } | Note::Chosen { .. } | Note::Applied { .. } => return None,
+    })
 }
 
 impl<P: Plane> Dataplane<P> {
@@ -585,6 +642,17 @@ impl<P: Plane> Dataplane<P> {
     }
 
     fn note(&mut self, note: &Note) {
+        if self.notes_logged < MAX_LOGGED_NOTES {
+            if let Some(line) = describe_note(note) {
+                self.notes_logged += 1;
+                let node = self.node.id();
+                let ms = self.start.elapsed().as_millis();
+                println!("rapax-dataplane: node {node} at {ms} ms: {line}");
+                if self.notes_logged == MAX_LOGGED_NOTES {
+                    println!("rapax-dataplane: node {node}: further view-change notes not logged");
+                }
+            }
+        }
         let mask = self.proposed.len() as u64 - 1;
         match *note {
             Note::Proposed { slot } => {
@@ -618,7 +686,10 @@ impl<P: Plane> Dataplane<P> {
                     reason: 0,
                 });
             }
-            Note::Applied { .. } | Note::Granted { .. } | Note::FollowerSynced { .. } => {}
+            Note::Applied { .. }
+            | Note::Granted { .. }
+            | Note::FollowerSynced { .. }
+            | Note::FollowerLost { .. } => {}
         }
     }
 
@@ -636,6 +707,11 @@ impl<P: Plane> Dataplane<P> {
             Counter::LeaderHint,
             self.node.leader_hint().map_or(0, |n| u64::from(n) + 1),
         );
+        let mut followers = 0u64;
+        self.node.for_each_follower(|p, state| {
+            followers |= follower_code(state) << (4 * u64::from(p));
+        });
+        c.set(Counter::Followers, followers);
         c.add(Counter::Heartbeat, 1);
         self.plane.publish(c);
         let request = c.counter(Counter::StatsRequest);
@@ -849,6 +925,7 @@ fn start_agent<P: Plane + 'static>(
         stats_done: 0,
         stats_path: dir.replication_histogram(me),
         awaiting_first_commit: false,
+        notes_logged: 0,
         shutdown: Arc::clone(shutdown),
     };
     let follower = profile.agents.follower_apply;

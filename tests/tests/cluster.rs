@@ -69,7 +69,12 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.cluster.down();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            // The daemons' logs say what the cluster did: keep them for the failure report.
+            eprintln!("cluster directory kept: {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -102,14 +107,16 @@ fn assert_linearizable(history: &[HistoryOp], what: &str) {
     );
 }
 
-/// Lets the load run until `n` more operations are acknowledged.
-fn steady(load: &HistoryLoad, n: u64) {
+/// Lets the load run until `n` more operations are acknowledged; the cluster's status is in
+/// the message if it stops answering.
+fn steady(t: &TestCluster, load: &HistoryLoad, n: u64) {
     let before = load.acked.load(std::sync::atomic::Ordering::Relaxed);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while load.acked.load(std::sync::atomic::Ordering::Relaxed) < before + n {
         assert!(
             std::time::Instant::now() < deadline,
-            "the cluster stopped answering"
+            "the cluster stopped answering\n{}",
+            t.cluster.status()
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -121,12 +128,12 @@ fn faults(profile_name: &str, tag: &str) {
         .unwrap_or_else(|e| e.into_inner());
     let t = TestCluster::up(profile_name, tag);
     let load = HistoryLoad::start(&t.dir, 2).expect("load");
-    steady(&load, 100);
+    steady(&t, &load, 100);
     // kill -9 of the leader's data plane, twice; each victim is restarted.
     for k in 0..2 {
         fail_leader(&t.cluster, FailMode::Kill, k + 1, 2)
             .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
-        steady(&load, 100);
+        steady(&t, &load, 100);
     }
     // kill -9 of a follower's data plane, then its restart.
     let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
@@ -139,7 +146,7 @@ fn faults(profile_name: &str, tag: &str) {
         .unwrap();
     let pid = t.cluster.pid(follower, "dataplane").unwrap();
     assert!(signal(pid, &t.dir, Signal::SIGKILL));
-    steady(&load, 100); // a majority still commits
+    steady(&t, &load, 100); // a majority still commits
     while is_ours(pid, &t.dir) {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -147,12 +154,12 @@ fn faults(profile_name: &str, tag: &str) {
     t.cluster
         .wait_caught_up(follower, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
-    steady(&load, 100);
+    steady(&t, &load, 100);
     // SIGSTOP of the leader, SIGCONT once a new leader commits: the resumed old leader must
     // not corrupt anything.
     fail_leader(&t.cluster, FailMode::Pause, 1, 1)
         .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
-    steady(&load, 200);
+    steady(&t, &load, 200);
     let (mut history, _) = load.finish();
     final_reads(&t, &mut history);
     assert_linearizable(&history, tag);
@@ -203,7 +210,7 @@ fn udp_cluster_survives_partitions_in_network_namespaces() {
         LocalCluster::up_with(&p, cluster, &dir, &netns).unwrap_or_else(|e| panic!("up: {e}"));
     let t = TestCluster::from(started, dir);
     let load = HistoryLoad::start(&t.dir, 2).expect("load");
-    steady(&load, 100);
+    steady(&t, &load, 100);
     for round in 0..2 {
         let leader = t
             .cluster
@@ -212,7 +219,7 @@ fn udp_cluster_survives_partitions_in_network_namespaces() {
         // The leader alone on its side: the clients cannot reach it, so every acknowledgement
         // from here on comes from a leader the majority elected.
         lab.isolate(leader as usize).unwrap();
-        steady(&load, 200);
+        steady(&t, &load, 200);
         let new = t
             .cluster
             .counters((leader + 1) % 3)
@@ -227,7 +234,7 @@ fn udp_cluster_survives_partitions_in_network_namespaces() {
             });
         assert_ne!(new.node, leader);
         lab.heal(leader as usize).unwrap();
-        steady(&load, 200);
+        steady(&t, &load, 200);
         t.cluster
             .wait_caught_up(leader, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", t.cluster.status()));
@@ -236,12 +243,12 @@ fn udp_cluster_survives_partitions_in_network_namespaces() {
     let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
     let follower = (leader + 1) % 3;
     lab.isolate(follower as usize).unwrap();
-    steady(&load, 200);
+    steady(&t, &load, 200);
     lab.heal(follower as usize).unwrap();
     t.cluster
         .wait_caught_up(follower, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
-    steady(&load, 100);
+    steady(&t, &load, 100);
     let (mut history, _) = load.finish();
     final_reads(&t, &mut history);
     assert_linearizable(&history, "udp-netns");

@@ -347,6 +347,13 @@ impl LocalCluster {
             fabric_decode_errors: get(Counter::FabricDecodeErrors),
             fabric_misaddressed: get(Counter::FabricMisaddressed),
             fabric_timeouts: get(Counter::FabricTimeouts),
+            fabric_sent: get(Counter::FabricSent),
+            fabric_received: get(Counter::FabricReceived),
+            fabric_send_errors: get(Counter::FabricSendErrors),
+            fabric_retransmits: get(Counter::FabricRetransmits),
+            fabric_out_of_sequence: get(Counter::FabricOutOfSequence),
+            followers: get(Counter::Followers),
+            client_rejected: get(Counter::ClientRejected),
         })
     }
 
@@ -548,6 +555,62 @@ impl LocalCluster {
         if !drops.is_empty() {
             let _ = writeln!(s, "dropped: {}", drops.join("; "));
         }
+        // The leader's view of its followers, and what clients got.
+        for c in self.cluster.ring.iter().filter_map(|&n| self.counters(n)) {
+            if c.role == 4 {
+                let view: Vec<String> = self
+                    .cluster
+                    .ring
+                    .iter()
+                    .filter(|&&p| p != c.node)
+                    .map(|&p| {
+                        let code = (c.followers >> (4 * u64::from(p))) & 0xf;
+                        format!("{p} {}", rapax_dataplane::daemon::follower_name(code))
+                    })
+                    .collect();
+                let _ = writeln!(s, "leader {} followers: {}", c.node, view.join(", "));
+            }
+        }
+        let clients: Vec<String> = self
+            .cluster
+            .ring
+            .iter()
+            .filter_map(|&n| self.counters(n))
+            .filter(|c| c.client_requests > 0)
+            .map(|c| {
+                format!(
+                    "node {}: {} requests, {} refused, {} bad",
+                    c.node, c.client_requests, c.client_rejected, c.client_bad_requests
+                )
+            })
+            .collect();
+        if !clients.is_empty() {
+            let _ = writeln!(s, "clients: {}", clients.join("; "));
+        }
+        // The data mesh's frame traffic, on the frame fabrics.
+        let frames: Vec<String> = self
+            .cluster
+            .ring
+            .iter()
+            .filter_map(|&n| self.counters(n))
+            .filter(|c| c.fabric_sent + c.fabric_received + c.fabric_send_errors > 0)
+            .map(|c| {
+                format!(
+                    "node {}: {} sent, {} received, {} refused by the link, {} resent, {} out of \
+                     sequence, {} time-outs",
+                    c.node,
+                    c.fabric_sent,
+                    c.fabric_received,
+                    c.fabric_send_errors,
+                    c.fabric_retransmits,
+                    c.fabric_out_of_sequence,
+                    c.fabric_timeouts
+                )
+            })
+            .collect();
+        if !frames.is_empty() {
+            let _ = writeln!(s, "frames: {}", frames.join("; "));
+        }
         s
     }
 }
@@ -577,6 +640,17 @@ pub struct NodeCounters {
     pub fabric_decode_errors: u64,
     pub fabric_misaddressed: u64,
     pub fabric_timeouts: u64,
+    /// Frame fabrics: frames sent and received, frames the link refused, request frames resent
+    /// and log requests dropped out of sequence (the last two with loss recovery).
+    pub fabric_sent: u64,
+    pub fabric_received: u64,
+    pub fabric_send_errors: u64,
+    pub fabric_retransmits: u64,
+    pub fabric_out_of_sequence: u64,
+    /// While leading: the view of follower i in bits 4i..4i+4 (`daemon::follower_name`).
+    pub followers: u64,
+    /// Client requests answered with an error (not leader, busy, bad request).
+    pub client_rejected: u64,
 }
 
 /// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie, ...).

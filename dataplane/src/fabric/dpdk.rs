@@ -38,7 +38,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rapax_ffi::dpdk::{Burst, Eal, MacAddr, PktMbufPool, Port, PortConfig};
 
@@ -123,14 +123,27 @@ pub struct DpdkLinkStats {
     pub not_for_me: u64,
     /// Frames not sent for want of an mbuf.
     pub no_mbuf: u64,
-    /// Frames the PMD did not take (transmit queue full).
+    /// Frames the PMD did not take (transmit queue full, or a memif peer not connected).
     pub tx_full: u64,
+    /// Frames not sent because their port was stopped (being restarted by the link watch).
+    pub port_stopped: u64,
+    /// Restarts of a dedicated port whose link stayed down (the link watch, below).
+    pub link_restarts: u64,
 }
 
 struct LinkPort<'pool> {
     port: Port<'pool>,
     peer: Option<NodeId>,
+    /// Consecutive link checks that found the link down.
+    down_checks: u32,
 }
+
+/// How often the link watch looks at the dedicated ports' links.
+const LINK_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Idle receive polls between two looks at the clock by the link watch.
+const LINK_CHECK_POLLS: u32 = 64;
+/// Checks a dedicated port's link must be down in a row before the watch restarts the port.
+const LINK_DOWN_CHECKS: u32 = 2;
 
 /// How long a port that refuses to start is retried: a memif client port cannot start before
 /// its server (another node's process) has created the socket.
@@ -162,6 +175,10 @@ pub struct DpdkLink<'pool> {
     rx_next: usize,
     /// Port polled next when `rx` is empty (round robin).
     rx_port: usize,
+    /// Idle receive polls since the link watch last looked at the clock.
+    idle_polls: u32,
+    /// When the link watch looks at the links next.
+    next_link_check: Instant,
     stats: DpdkLinkStats,
 }
 
@@ -202,6 +219,7 @@ impl<'pool> DpdkLink<'pool> {
             opened.push(LinkPort {
                 port,
                 peer: spec.peer,
+                down_checks: 0,
             });
         }
         let shared = ports.iter().position(|p| p.peer.is_none()).unwrap_or(0);
@@ -214,6 +232,8 @@ impl<'pool> DpdkLink<'pool> {
             rx: Burst::new(),
             rx_next: 0,
             rx_port: 0,
+            idle_polls: 0,
+            next_link_check: Instant::now() + LINK_CHECK_EVERY,
             stats: DpdkLinkStats::default(),
         })
     }
@@ -239,6 +259,44 @@ impl<'pool> DpdkLink<'pool> {
             .map_or(self.shared, |&(_, i)| i)
     }
 
+    /// The link watch, run from idle receive polls: a dedicated port (a point-to-point link
+    /// such as memif) whose link has been down for [`LINK_DOWN_CHECKS`] checks
+    /// [`LINK_CHECK_EVERY`] apart is stopped and started again.
+    ///
+    /// A memif client connects to its server only when its port starts, and never again after a
+    /// disconnect: without the watch, a server that restarts (a node killed and restarted), or
+    /// that refused the client because its own port was not started yet (nodes starting
+    /// together), would leave the pair cut for ever. Restarting a server port whose client is
+    /// gone does nothing but clear its state; it accepts the next client either way.
+    fn watch_links(&mut self) {
+        self.idle_polls += 1;
+        if self.idle_polls < LINK_CHECK_POLLS {
+            return;
+        }
+        self.idle_polls = 0;
+        let now = Instant::now();
+        if now < self.next_link_check {
+            return;
+        }
+        self.next_link_check = now + LINK_CHECK_EVERY;
+        for p in self.ports.iter_mut().filter(|p| p.peer.is_some()) {
+            let up = p.port.is_started() && p.port.link_up().unwrap_or(false);
+            if up {
+                p.down_checks = 0;
+                continue;
+            }
+            p.down_checks += 1;
+            if p.down_checks >= LINK_DOWN_CHECKS {
+                p.down_checks = 0;
+                self.stats.link_restarts += 1;
+                // A start that fails (a memif server not there yet) is retried at a later check;
+                // the port stays stopped until then and sends nothing.
+                let _ = p.port.stop();
+                let _ = p.port.start();
+            }
+        }
+    }
+
     /// Fills `rx` from the ports, starting at the next one in turn; false if nothing came.
     fn refill(&mut self) -> bool {
         self.rx.clear();
@@ -246,6 +304,9 @@ impl<'pool> DpdkLink<'pool> {
         let n = self.ports.len();
         for k in 0..n {
             let i = (self.rx_port + k) % n;
+            if !self.ports[i].port.is_started() {
+                continue;
+            }
             if self.ports[i].port.rx_burst(0, &mut self.rx) > 0 {
                 self.rx_port = (i + 1) % n;
                 self.stats.rx_packets += self.rx.len() as u64;
@@ -281,6 +342,10 @@ impl DatagramLink for DpdkLink<'_> {
             return false;
         }
         let port = &self.ports[self.port_for(to)].port;
+        if !port.is_started() {
+            self.stats.port_stopped += 1;
+            return false;
+        }
         if port.tx_burst(0, &mut tx) == 1 {
             true
         } else {
@@ -292,6 +357,7 @@ impl DatagramLink for DpdkLink<'_> {
 
     fn recv_from(&mut self, buf: &mut [u8]) -> LinkRecv<MacAddr> {
         if self.rx_next >= self.rx.len() && !self.refill() {
+            self.watch_links();
             return LinkRecv::Empty;
         }
         let m = self.rx.iter().nth(self.rx_next).expect("below len");

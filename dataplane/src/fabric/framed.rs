@@ -157,6 +157,10 @@ struct Pending {
     read: Option<Vec<u8>>,
     /// The wire ids of its pieces.
     wires: Vec<u64>,
+    /// When it fails with `Unreachable`: `timeout` after it was posted, moved to `timeout`
+    /// after the last piece answered while pieces remain (a large read or write times out only
+    /// when its target stops answering, not because it takes many frames).
+    deadline: Instant,
 }
 
 /// One request frame on the wire: a piece of an operation.
@@ -469,6 +473,7 @@ impl<L: DatagramLink> FrameFabric<L> {
                 remaining: count,
                 read: read.then(|| vec![0; total]),
                 wires: Vec::with_capacity(count),
+                deadline: now + self.timeout,
             },
         );
         self.deadlines.push(Reverse((now + self.timeout, key)));
@@ -554,7 +559,7 @@ impl<L: DatagramLink> FrameFabric<L> {
             match self.link.recv_from(&mut rx) {
                 LinkRecv::Frame(n, from) => {
                     self.stats.received += 1;
-                    self.handle(&rx[..n], from, mem);
+                    self.handle(&rx[..n], from, mem, now);
                 }
                 LinkRecv::Skipped => {}
                 LinkRecv::Empty => break,
@@ -567,7 +572,7 @@ impl<L: DatagramLink> FrameFabric<L> {
         std::mem::take(&mut self.ready)
     }
 
-    fn handle(&mut self, bytes: &[u8], from: L::Addr, mem: &mut NicMemory) {
+    fn handle(&mut self, bytes: &[u8], from: L::Addr, mem: &mut NicMemory, now: Instant) {
         let Ok(frame) = Frame::decode(bytes) else {
             self.stats.decode_errors += 1;
             return;
@@ -622,7 +627,7 @@ impl<L: DatagramLink> FrameFabric<L> {
                     Err(_) => self.stats.send_errors += 1,
                 }
             }
-            FrameBody::Completion(c) => self.complete_piece(src, c),
+            FrameBody::Completion(c) => self.complete_piece(src, c, now),
             FrameBody::ClientRequest { .. } | FrameBody::ClientReply { .. } => {
                 self.stats.ignored += 1;
             }
@@ -745,7 +750,7 @@ impl<L: DatagramLink> FrameFabric<L> {
         }
     }
 
-    fn complete_piece(&mut self, src: NodeId, c: Completion) {
+    fn complete_piece(&mut self, src: NodeId, c: Completion, now: Instant) {
         let Some((key, at, len, read)) = self
             .pieces
             .get(&c.wr_id)
@@ -777,6 +782,10 @@ impl<L: DatagramLink> FrameFabric<L> {
                 }
                 op.remaining -= 1;
                 let done = op.remaining == 0;
+                if !done {
+                    op.deadline = now + self.timeout;
+                    self.deadlines.push(Reverse((op.deadline, key)));
+                }
                 self.pieces.remove(&c.wr_id);
                 if done {
                     let result = Ok(self.ops.get_mut(&key).and_then(|op| op.read.take()));
@@ -840,6 +849,9 @@ impl<L: DatagramLink> FrameFabric<L> {
             let Some(op) = self.ops.get(&key) else {
                 continue; // completed before its deadline
             };
+            if op.deadline > now {
+                continue; // answered since: a later deadline is queued
+            }
             let (target, data) = (op.target, op.data);
             self.stats.timeouts += 1;
             self.finish(key, Err(FabricError::Unreachable));

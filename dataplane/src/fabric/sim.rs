@@ -11,6 +11,8 @@
 //! - operations to a crashed or partitioned node, or lost by the network, fail with
 //!   [`FabricError::Unreachable`], fast or after a time-out, never hang; after a failure the data
 //!   connection stays in error (everything later fails) until a `reconnect` operation;
+//! - a data write may land and still fail with `Unreachable` (its completion was lost, as a
+//!   time-out on a frame fabric or a lost RDMA ack looks to the poster);
 //! - a crashed poster's operations in flight land whole, not at all, or torn (a prefix), and their
 //!   completions are dropped; memory survives a crash or is zeroed at restart (the caller says).
 //!
@@ -106,6 +108,8 @@ pub struct SimStats {
     pub permission_errors: u64,
     pub unreachable: u64,
     pub lost: u64,
+    /// Writes that landed but whose completion was lost (the poster sees `Unreachable`).
+    pub lost_completions: u64,
     pub split_writes: u64,
     pub torn_by_crash: u64,
 }
@@ -411,6 +415,18 @@ impl SimFabric {
                     // its completion cannot overtake it.
                     self.conns.entry(key).or_default().blocked = true;
                     self.complete(back.max(at + 1), src, inc, post.wr_id, Ok(None));
+                } else if mesh == Mesh::Data
+                    && self.loss_prob > 0.0
+                    && rng.gen_bool(self.loss_prob / 2.0)
+                {
+                    // Landed, but the answer is lost: the poster times out and cannot tell
+                    // it from a write that never arrived. Nothing later lands until a
+                    // reconnect, as after any failure.
+                    self.stats.lost_completions += 1;
+                    self.mems[t].write(region, offset, &bytes);
+                    self.mems[t].break_connection(src);
+                    let when = fail_at(rng, &self.knobs);
+                    self.complete(when, src, inc, post.wr_id, Err(FabricError::Unreachable));
                 } else {
                     self.mems[t].write(region, offset, &bytes);
                     self.complete(back, src, inc, post.wr_id, Ok(None));

@@ -68,10 +68,17 @@ pub struct Bugs {
     no_revoke: bool,
     #[cfg(feature = "inject-bugs")]
     commit_early: bool,
+    #[cfg(feature = "inject-bugs")]
+    sync_ignores_held: bool,
 }
 
 /// The names [`Bugs::parse`] accepts.
-pub const BUG_NAMES: &[&str] = &["skip-recovery-read", "no-revoke", "commit-early"];
+pub const BUG_NAMES: &[&str] = &[
+    "skip-recovery-read",
+    "no-revoke",
+    "commit-early",
+    "sync-ignores-held",
+];
 
 impl Bugs {
     /// Turns on the bug named `name`; an error when unknown or when built without the feature.
@@ -88,6 +95,7 @@ impl Bugs {
             match name {
                 "skip-recovery-read" => b.skip_recovery_read = true,
                 "no-revoke" => b.no_revoke = true,
+                "sync-ignores-held" => b.sync_ignores_held = true,
                 _ => b.commit_early = true,
             }
             Ok(b)
@@ -116,6 +124,16 @@ impl Bugs {
     fn commit_early(&self) -> bool {
         #[cfg(feature = "inject-bugs")]
         return self.commit_early;
+        #[cfg(not(feature = "inject-bugs"))]
+        false
+    }
+
+    /// Catch-up skips the slots a follower already holds at the leader's ballot without
+    /// counting them as its acceptance (a write that landed but whose completion was lost then
+    /// never counts, and the slot may wait for ever).
+    fn sync_ignores_held(&self) -> bool {
+        #[cfg(feature = "inject-bugs")]
+        return self.sync_ignores_held;
         #[cfg(not(feature = "inject-bugs"))]
         false
     }
@@ -258,6 +276,12 @@ pub enum Note {
         to: NodeId,
         ballot: Ballot,
     },
+    /// The leader stopped counting `peer` (an operation on it failed); it comes back through
+    /// request and catch-up.
+    FollowerLost {
+        peer: NodeId,
+        reason: &'static str,
+    },
     /// The leader caught `peer` up over [from, to) with `writes` writes and made it active.
     FollowerSynced {
         peer: NodeId,
@@ -355,6 +379,23 @@ impl Purpose {
             | Purpose::SyncTail { ballot, .. }
             | Purpose::SlotWrite { ballot, .. }
             | Purpose::Meta { ballot, .. } => ballot,
+        }
+    }
+
+    /// What the operation was for, in words (for notes).
+    fn name(&self) -> &'static str {
+        match self {
+            Purpose::Heartbeat { .. } => "heartbeat read",
+            Purpose::Request => "request",
+            Purpose::Ack { .. } => "ack",
+            Purpose::RecHeader { .. } => "recovery header read",
+            Purpose::RecPromise { .. } => "recovery promise",
+            Purpose::RecTail { .. } => "recovery log read",
+            Purpose::RecWrite { .. } => "recovery write",
+            Purpose::SyncHeader { .. } => "catch-up header read",
+            Purpose::SyncTail { .. } => "catch-up log read",
+            Purpose::SlotWrite { .. } => "slot write",
+            Purpose::Meta { .. } => "commit record write",
         }
     }
 }
@@ -628,21 +669,25 @@ impl<S: StateMachine> Node<S> {
     /// The leader's view of each follower (empty unless leading): "active", "absent",
     /// "requested" or "syncing".
     pub fn followers(&self) -> Vec<(NodeId, &'static str)> {
+        let mut v = Vec::new();
+        self.for_each_follower(|p, state| v.push((p, state)));
+        v
+    }
+
+    /// [`Node::followers`] without allocating, for a driver that publishes it every turn.
+    pub fn for_each_follower(&self, mut f: impl FnMut(NodeId, &'static str)) {
         let Role::Leader(l) = &self.role else {
-            return Vec::new();
+            return;
         };
-        l.followers
-            .iter()
-            .map(|(&p, f)| {
-                let state = match f {
-                    Follower::Active => "active",
-                    Follower::Absent { .. } => "absent",
-                    Follower::Requested { .. } => "requested",
-                    Follower::SyncHeader | Follower::SyncTail { .. } => "syncing",
-                };
-                (p, state)
-            })
-            .collect()
+        for (&p, st) in l.followers.iter() {
+            let state = match st {
+                Follower::Active => "active",
+                Follower::Absent { .. } => "absent",
+                Follower::Requested { .. } => "requested",
+                Follower::SyncHeader | Follower::SyncTail { .. } => "syncing",
+            };
+            f(p, state);
+        }
     }
 
     pub fn applied(&self) -> Slot {
@@ -1652,6 +1697,12 @@ impl<S: StateMachine> Node<S> {
             Err(FabricError::Unreachable) => {
                 // Everything posted to it after this fails too (the connection is in error);
                 // it comes back through request and catch-up.
+                if !matches!(l.followers.get(&peer), Some(Follower::Absent { .. })) {
+                    out.notes.push(Note::FollowerLost {
+                        peer,
+                        reason: purpose.name(),
+                    });
+                }
                 l.followers.insert(peer, Follower::Absent { since: now });
                 return;
             }
@@ -1724,8 +1775,15 @@ impl<S: StateMachine> Node<S> {
             return;
         };
         if *read_to < l.next_slot {
-            // Read at least two windows at a time so the reads outrun new proposals.
-            let op = read_slots(&geometry, *read_to, chunk.max(2 * window));
+            // What is missing plus a window, so the reads outrun new proposals, but never more
+            // than two windows (or a read chunk) at a time: over a frame fabric a read is that
+            // many frames.
+            let missing = l.next_slot - *read_to;
+            let op = read_slots(
+                &geometry,
+                *read_to,
+                (missing + window).min(chunk.max(2 * window)),
+            );
             let from = *read_to;
             self.post(out, peer, op, Purpose::SyncTail { ballot, peer, from });
             return;
@@ -1734,6 +1792,7 @@ impl<S: StateMachine> Node<S> {
         let held = held.clone();
         let (next_slot, commit) = (l.next_slot, l.commit);
         let mut writes = Vec::new();
+        let mut already = Vec::new();
         let mut buf = Vec::new();
         for s in fuo..next_slot {
             let off = geometry.slot_offset(s);
@@ -1742,7 +1801,13 @@ impl<S: StateMachine> Node<S> {
             debug_assert_eq!(e.slot, s);
             let op = match held.get(&s) {
                 Some(h) if h.value_digest == e.value_digest() => {
-                    if s < commit || h.ballot == ballot {
+                    if s < commit {
+                        continue;
+                    }
+                    if h.ballot == ballot {
+                        // It accepted this very entry (our write landed, its completion was
+                        // lost): that counts as its 2B, or the slot could wait for ever.
+                        already.push(s);
                         continue;
                     }
                     restamp_op(&geometry, s, ballot)
@@ -1788,8 +1853,19 @@ impl<S: StateMachine> Node<S> {
             bytes: rec.to_vec(),
         };
         self.post(out, peer, op, Purpose::Meta { ballot, peer });
+        if self.cfg.bugs.sync_ignores_held() {
+            already.clear();
+        }
         if let Role::Leader(l) = &mut self.role {
             l.followers.insert(peer, Follower::Active);
+            for s in &already {
+                if let Some(f) = l.inflight.get_mut(s) {
+                    f.acked_by |= 1 << peer;
+                }
+            }
+        }
+        if !already.is_empty() {
+            self.advance_commit(out);
         }
     }
 

@@ -595,6 +595,22 @@ impl<'pool> Port<'pool> {
         Ok(())
     }
 
+    /// Whether the port is started (by [`Port::start`], not stopped since).
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether the port's link is up now (`rte_eth_link_get_nowait`): for a memif port, whether
+    /// its peer is connected.
+    pub fn link_up(&self) -> Result<bool> {
+        let mut link = sys::rte_eth_link::default();
+        // SAFETY: `link` is a valid, writable rte_eth_link; the call only fills it in.
+        check("rte_eth_link_get_nowait", unsafe {
+            sys::rte_eth_link_get_nowait(self.id, &mut link)
+        })?;
+        Ok(link.link_status() != 0)
+    }
+
     /// The port's MAC address (`rte_eth_macaddr_get`).
     pub fn mac_addr(&self) -> Result<MacAddr> {
         let mut addr = sys::rte_ether_addr::default();

@@ -249,6 +249,16 @@ impl<'pool> Port<'pool> {
         match self.never {}
     }
 
+    /// Whether the port is started.
+    pub fn is_started(&self) -> bool {
+        match self.never {}
+    }
+
+    /// Whether the port's link is up.
+    pub fn link_up(&self) -> Result<bool> {
+        match self.never {}
+    }
+
     /// The port's MAC address.
     pub fn mac_addr(&self) -> Result<MacAddr> {
         match self.never {}

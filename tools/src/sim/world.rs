@@ -560,7 +560,8 @@ impl World {
                 Note::SteppedDown { ballot, reason } => self.trace(format_args!(
                     "node {node} steps down from {ballot}: {reason}"
                 )),
-                Note::FollowerSynced { .. } | Note::Proposed { .. } => {}
+                Note::FollowerSynced { .. } | Note::FollowerLost { .. } | Note::Proposed { .. } => {
+                }
                 Note::Candidate { ballot } => {
                     self.trace(format_args!("node {node} stands at {ballot}"))
                 }
