@@ -264,7 +264,9 @@ impl Client {
                     if Instant::now() > deadline || !mb.server_alive() {
                         return None;
                     }
-                    if waited < Duration::from_micros(50) {
+                    if waited < Duration::from_micros(5) {
+                        // Only briefly: on a shared core the nodes that must answer may need
+                        // the one this client is spinning on.
                         std::hint::spin_loop();
                     } else if waited < Duration::from_micros(200) {
                         std::thread::yield_now();

@@ -37,7 +37,13 @@ pub(super) struct DpdkPlane {
     cluster_id: u64,
     frame: Vec<u8>,
     discard: Vec<Completion>,
+    /// When the control endpoint is polled next (a socket read is a system call: not every
+    /// turn).
+    next_control_poll: Instant,
 }
+
+/// How often the control endpoint (heartbeat reads, every few milliseconds) is polled.
+const CONTROL_POLL_EVERY: Duration = Duration::from_micros(50);
 
 impl Plane for DpdkPlane {
     type Mem = DpdkMemory;
@@ -53,8 +59,11 @@ impl Plane for DpdkPlane {
     fn poll(&mut self, out: &mut Vec<Completion>) {
         let now = Instant::now();
         out.extend(self.fabric.poll(&mut self.mem, now));
-        self.discard.clear();
-        self.discard.extend(self.control.poll(&mut self.mem, now));
+        if now >= self.next_control_poll {
+            self.next_control_poll = now + CONTROL_POLL_EVERY;
+            self.discard.clear();
+            self.discard.extend(self.control.poll(&mut self.mem, now));
+        }
     }
 
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
@@ -213,5 +222,6 @@ pub(super) fn open(
         cluster_id: cluster.cluster_id(),
         frame: Vec::new(),
         discard: Vec::new(),
+        next_control_poll: Instant::now(),
     })
 }
