@@ -55,7 +55,7 @@ pub const MESSAGE_BYTES: usize = 64;
 /// The largest ring capacity accepted (64 MiB of slots per ring).
 pub const MAX_RING_ENTRIES: u64 = 1 << 20;
 /// Counter slots reserved in the layout (the [`Counter`] enum uses the first few).
-pub const COUNTER_SLOTS: usize = 32;
+pub const COUNTER_SLOTS: usize = 48;
 
 const MAGIC: u64 = 0x7261_7061_785f_6368; // "rapax_ch"
 const VERSION: u64 = 1;
@@ -193,11 +193,16 @@ pub enum Counter {
     /// Data plane, while leading: its view of follower i in bits 4i..4i+4 (see
     /// `daemon::follower_code`; 0 when not leading or for itself).
     Followers = 31,
+    /// Written by tools: a new value asks the leader's data plane to measure the data mesh's
+    /// frame round trip (`daemon::FLOOR_ROUNDS` reads of a follower's heartbeat word).
+    FloorRequest = 32,
+    /// Data plane: the last floor request it answered (its samples are in the floor file).
+    FloorDone = 33,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 32] = [
+    pub const ALL: [Counter; 34] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -230,6 +235,8 @@ impl Counter {
         Counter::FabricRetransmits,
         Counter::FabricOutOfSequence,
         Counter::Followers,
+        Counter::FloorRequest,
+        Counter::FloorDone,
     ];
 
     /// The counter's name, for tools.
@@ -267,6 +274,8 @@ impl Counter {
             Counter::FabricRetransmits => "fabric_retransmits",
             Counter::FabricOutOfSequence => "fabric_out_of_sequence",
             Counter::Followers => "followers",
+            Counter::FloorRequest => "floor_request",
+            Counter::FloorDone => "floor_done",
         }
     }
 

@@ -30,10 +30,11 @@ use crate::fabric::frame::{Frame, FrameBody, CLIENT_NODE};
 use crate::fabric::framed::FrameStats;
 use crate::fabric::shm::{ShmError, ShmFabric};
 use crate::fabric::udp::{UdpConfig, UdpError, UdpFabric, UdpMemory};
-use crate::fabric::{Completion, LocalMemory, Post};
+use crate::fabric::{Completion, LocalMemory, Op, Post, Region};
 use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
+use crate::protocol::layout::CB_HEARTBEAT;
 use crate::protocol::node::{
     BadRequest, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind, Start,
 };
@@ -122,6 +123,12 @@ impl ClusterDir {
     /// value.
     pub fn replication_histogram(&self, node: NodeId) -> PathBuf {
         self.dir.join(format!("node-{node}.replication.hgrm"))
+    }
+
+    /// The data mesh's frame round trips measured by node `node` on request
+    /// ([`Counter::FloorRequest`]): lines of "nanoseconds count".
+    pub fn floor_histogram(&self, node: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{node}.floor.hgrm"))
     }
 
     /// Present once the node's data plane has started (a later start is a restart).
@@ -500,7 +507,26 @@ struct Dataplane<P: Plane> {
     awaiting_first_commit: bool,
     /// View-change notes written to the log so far (capped at [`MAX_LOGGED_NOTES`]).
     notes_logged: u64,
+    floor_path: PathBuf,
+    floor_seen: u64,
+    probe: Option<FloorProbe>,
     shutdown: Arc<AtomicBool>,
+}
+
+/// Work-request ids of floor probes; the node's own ids count up from 0 and never reach it.
+const PROBE_WR: u64 = 1 << 63;
+/// Round trips one floor request measures.
+pub const FLOOR_ROUNDS: u64 = 2_000;
+
+/// A floor measurement in progress: one 8-byte read of an active follower's heartbeat word
+/// at a time, over the data mesh (the same fabric, ports and agents as replication), each
+/// round trip recorded; followers taken in turn.
+struct FloorProbe {
+    request: u64,
+    remaining: u64,
+    turn: usize,
+    outstanding: Option<Instant>,
+    samples: Histogram<u64>,
 }
 
 /// View-change notes a data plane writes to its log before it stops writing them (a cluster
@@ -601,6 +627,7 @@ impl<P: Plane> Dataplane<P> {
         }
         self.inbox = inbox;
         self.node.tick(now, self.plane.mem(), &mut self.out);
+        self.probe_tick();
         let mut completed = false;
         loop {
             for post in self.out.posts.drain(..) {
@@ -614,6 +641,14 @@ impl<P: Plane> Dataplane<P> {
             completed = true;
             for c in self.completions.drain(..) {
                 work += 1;
+                if c.wr_id & PROBE_WR != 0 {
+                    if let Some(p) = self.probe.as_mut() {
+                        if let (Some(at), Ok(_)) = (p.outstanding.take(), &c.result) {
+                            let _ = p.samples.record(at.elapsed().as_nanos().max(1) as u64);
+                        }
+                    }
+                    continue;
+                }
                 self.node
                     .on_completion(now, c, self.plane.mem(), &mut self.out);
             }
@@ -639,6 +674,70 @@ impl<P: Plane> Dataplane<P> {
         self.out.notes.clear();
         self.publish();
         work
+    }
+
+    /// Starts a floor measurement when a tool asked for one, posts its next probe, and
+    /// writes the samples out when it is done (at once, with none, if this node does not lead
+    /// or has no active follower).
+    fn probe_tick(&mut self) {
+        let request = self.channel.counter(Counter::FloorRequest);
+        if request != self.floor_seen {
+            self.floor_seen = request;
+            self.probe = Some(FloorProbe {
+                request,
+                remaining: FLOOR_ROUNDS,
+                turn: 0,
+                outstanding: None,
+                samples: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                    .expect("histogram bounds"),
+            });
+        }
+        let Some(p) = self.probe.as_mut() else {
+            return;
+        };
+        if p.outstanding.is_some() {
+            return;
+        }
+        let mut active = [0 as NodeId; crate::protocol::MAX_NODES];
+        let mut n = 0;
+        self.node.for_each_follower(|peer, state| {
+            if state == "active" {
+                active[n] = peer;
+                n += 1;
+            }
+        });
+        if p.remaining == 0 || n == 0 {
+            let mut text = String::new();
+            for v in p.samples.iter_recorded() {
+                text.push_str(&format!(
+                    "{} {}\n",
+                    v.value_iterated_to(),
+                    v.count_at_value()
+                ));
+            }
+            let tmp = self.floor_path.with_extension("tmp");
+            if write_private(&tmp, text.as_bytes()).is_ok() {
+                let _ = std::fs::rename(&tmp, &self.floor_path);
+            }
+            self.channel.set(Counter::FloorDone, p.request);
+            self.probe = None;
+            return;
+        }
+        let target = active[p.turn % n];
+        p.turn += 1;
+        p.remaining -= 1;
+        p.outstanding = Some(Instant::now());
+        self.plane.post(Post {
+            wr_id: PROBE_WR | p.remaining,
+            target,
+            op: Op::Read {
+                region: Region::Control,
+                offset: CB_HEARTBEAT,
+                len: 8,
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        });
     }
 
     fn note(&mut self, note: &Note) {
@@ -926,6 +1025,9 @@ fn start_agent<P: Plane + 'static>(
         stats_path: dir.replication_histogram(me),
         awaiting_first_commit: false,
         notes_logged: 0,
+        floor_path: dir.floor_histogram(me),
+        floor_seen: 0,
+        probe: None,
         shutdown: Arc::clone(shutdown),
     };
     let follower = profile.agents.follower_apply;

@@ -42,6 +42,9 @@ pub(super) struct DpdkPlane {
     next_control_poll: Instant,
 }
 
+/// Resends of a lost frame an operation outlives before it times out (loss recovery on).
+const RESENDS_PER_TIMEOUT: u64 = 10;
+
 /// How often the control endpoint (heartbeat reads, every few milliseconds) is polled.
 const CONTROL_POLL_EVERY: Duration = Duration::from_micros(50);
 
@@ -175,7 +178,16 @@ pub(super) fn open(
             peer: None,
         }]
     };
-    let timeout = Duration::from_micros(profile.election.retry_us.max(1000));
+    // With loss recovery an operation must outlive several resends of a lost frame (go-back-N
+    // resends a whole window): a catch-up of thousands of writes under loss must not fail for
+    // want of one more resend and start over.
+    let timeout = Duration::from_micros(
+        profile
+            .election
+            .retry_us
+            .max(RESENDS_PER_TIMEOUT * d.retransmit_us)
+            .max(1000),
+    );
     let config = DpdkConfig {
         me,
         cluster_id: cluster.cluster_id(),

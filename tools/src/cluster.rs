@@ -442,14 +442,31 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let text =
-            std::fs::read_to_string(self.dir.replication_histogram(node)).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-            })
-            .collect()
+        parse_histogram(
+            &std::fs::read_to_string(self.dir.replication_histogram(node)).unwrap_or_default(),
+        )
+    }
+
+    /// The data mesh's frame round trip as node `node` (the leader) measures it: it reads an
+    /// active follower's heartbeat word `daemon::FLOOR_ROUNDS` times, one at a time, over the
+    /// same fabric, ports and agents as replication. Empty if it does not lead, has no active
+    /// follower, or does not answer within 60 s.
+    pub fn data_mesh_floor(&self, node: NodeId) -> Vec<(u64, u64)> {
+        let Some(ch) = self.channel(node) else {
+            return Vec::new();
+        };
+        let want = ch.counter(Counter::FloorRequest) + 1;
+        ch.set(Counter::FloorRequest, want);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ch.counter(Counter::FloorDone) != want {
+            if Instant::now() > deadline {
+                return Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        parse_histogram(
+            &std::fs::read_to_string(self.dir.floor_histogram(node)).unwrap_or_default(),
+        )
     }
 
     /// Stops exactly the processes started for this cluster (SIGTERM, then SIGKILL after 2 s);
@@ -651,6 +668,16 @@ pub struct NodeCounters {
     pub followers: u64,
     /// Client requests answered with an error (not leader, busy, bad request).
     pub client_rejected: u64,
+}
+
+/// The "value count" lines a data plane writes for a histogram.
+fn parse_histogram(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie, ...).

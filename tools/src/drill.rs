@@ -288,6 +288,30 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
         o.value_bytes
     );
     run_load(&o.dir, o.clients, warm, o.value_bytes, "warm-up", None)?;
+    // On dpdk the floor is the data mesh's own frame round trip, measured by the leader on the
+    // ports, lcores and idle strategies replication uses; the PMD's bare round trip (two ports
+    // of one thread, no scheduling in between) is printed beside it.
+    let floor = if o.profile.fabric.kind == FabricKind::Dpdk {
+        // The leader now (the first one may have given way since the cluster started).
+        let leader = session.ready()?;
+        let mut mesh = LatencyRecorder::new();
+        for (ns, count) in session.cluster.data_mesh_floor(leader) {
+            mesh.record_ns_count(ns, count);
+        }
+        let bare = floor.summary2();
+        eprintln!(
+            "bench: dpdk PMD round trip without scheduling (ring port pair, one thread): p50 {:.2} us, p99 {:.2} us",
+            bare.p50, bare.p99
+        );
+        if mesh.is_empty() {
+            return Err(DrillError::Client(
+                "the leader measured no data-mesh round trip (no active follower?)".into(),
+            ));
+        }
+        mesh
+    } else {
+        floor
+    };
     let _ = replication(&session.cluster); // reset
     let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", None)?;
     let repl = replication(&session.cluster);

@@ -47,6 +47,7 @@ use super::frame::{Frame, FrameBody, CLIENT_NODE, HEADER_BYTES, MAX_FRAME_BYTES}
 use super::nic::{NicMemory, OpResult};
 use super::{Completion, FabricError, LocalMemory, Op, Post, Region};
 use crate::protocol::node::{ClientReply, ClientRequest};
+use crate::protocol::wordhash::WordMap;
 use crate::protocol::{NodeId, MAX_NODES};
 
 /// Frames taken from the link in one poll at most, so a flood cannot starve time-outs.
@@ -175,31 +176,36 @@ struct Piece {
     frame: Option<Vec<u8>>,
 }
 
-/// Recent completions of one source's requests, by wire id.
+/// Recent completions of one source's requests, by wire id: the last
+/// [`ANSWERED_PER_SOURCE`], found by hash (every request frame is looked up here under loss
+/// recovery).
 struct Answered {
-    entries: Vec<Option<(u64, Completion)>>,
-    next: usize,
+    by_wire: WordMap<u64, Completion>,
+    /// Wire ids in the order they were remembered, oldest first.
+    order: VecDeque<u64>,
 }
 
 impl Answered {
     fn new() -> Answered {
         Answered {
-            entries: (0..ANSWERED_PER_SOURCE).map(|_| None).collect(),
-            next: 0,
+            by_wire: WordMap::default(),
+            order: VecDeque::with_capacity(ANSWERED_PER_SOURCE),
         }
     }
 
     fn find(&self, wire: u64) -> Option<&Completion> {
-        self.entries
-            .iter()
-            .flatten()
-            .find(|(w, _)| *w == wire)
-            .map(|(_, c)| c)
+        self.by_wire.get(&wire)
     }
 
     fn remember(&mut self, wire: u64, completion: Completion) {
-        self.entries[self.next] = Some((wire, completion));
-        self.next = (self.next + 1) % ANSWERED_PER_SOURCE;
+        if self.order.len() == ANSWERED_PER_SOURCE {
+            if let Some(old) = self.order.pop_front() {
+                self.by_wire.remove(&old);
+            }
+        }
+        if self.by_wire.insert(wire, completion).is_none() {
+            self.order.push_back(wire);
+        }
     }
 }
 
