@@ -44,10 +44,13 @@ struct TestCluster {
 
 impl TestCluster {
     fn up(profile_name: &str, tag: &str) -> TestCluster {
-        let p = profile(profile_name);
+        TestCluster::up_profile(&profile(profile_name), tag)
+    }
+
+    fn up_profile(p: &Profile, tag: &str) -> TestCluster {
         let dir = Path::new("/dev/shm/rapax-test").join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let cluster = LocalCluster::up(&p, 3, &dir).unwrap_or_else(|e| panic!("up: {e}"));
+        let cluster = LocalCluster::up(p, 3, &dir).unwrap_or_else(|e| panic!("up: {e}"));
         TestCluster::from(cluster, dir)
     }
 
@@ -123,10 +126,14 @@ fn steady(t: &TestCluster, load: &HistoryLoad, n: u64) {
 }
 
 fn faults(profile_name: &str, tag: &str) {
+    faults_with(&profile(profile_name), tag);
+}
+
+fn faults_with(p: &Profile, tag: &str) {
     let _one = ONE_CLUSTER_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let t = TestCluster::up(profile_name, tag);
+    let t = TestCluster::up_profile(p, tag);
     let load = HistoryLoad::start(&t.dir, 2).expect("load");
     steady(&t, &load, 100);
     // kill -9 of the leader's data plane, twice; each victim is restarted.
@@ -173,6 +180,30 @@ fn shm_cluster_survives_kills_and_a_paused_leader() {
 #[test]
 fn udp_cluster_survives_kills_and_a_paused_leader() {
     faults("udp-local.toml", "udp-faults");
+}
+
+/// The dpdk data plane as separate node processes joined by net_memif: kills of leader and
+/// follower, a paused leader; skipped (saying why) in a build without DPDK.
+#[test]
+fn dpdk_memif_cluster_survives_kills_and_a_paused_leader() {
+    if !rapax_ffi::dpdk::available() {
+        println!("skipped: this build has no DPDK");
+        return;
+    }
+    faults("dpdk-memif.toml", "dpdk-faults");
+}
+
+/// The same with 1 % of the frames dropped on send by every node (loss recovery resends
+/// them): still linearizable, nothing acknowledged lost.
+#[test]
+fn dpdk_memif_cluster_survives_faults_with_one_percent_frame_loss() {
+    if !rapax_ffi::dpdk::available() {
+        println!("skipped: this build has no DPDK");
+        return;
+    }
+    let mut p = profile("dpdk-memif.toml");
+    p.fabric.dpdk.as_mut().expect("dpdk section").fault_drop_ppm = 10_000;
+    faults_with(&p, "dpdk-loss");
 }
 
 /// A 3-node udp cluster with each node in a network namespace of its own: the leader is cut
