@@ -38,6 +38,25 @@ cargo build --release --bins
 stage "cargo test"
 RAPAX_BIN_DIR="$PWD/target/release" cargo test --workspace
 
+# The DPDK lane: benchmarks (figures, not pass/fail: no wall-clock thresholds) and fail-over
+# drills on net_memif between node processes; a drill fails the run unless every fail-over
+# recovers and the history is linearizable.
+stage "dpdk lane: rapax bench on dpdk-memif and on udp, same machine"
+mkdir -p target/lanes
+target/release/rapax bench --profile hw-profiles/dpdk-memif.toml --replicas 3 --ops 20000 \
+    --dir /dev/shm/rapax-ci-dpdk-bench --json target/lanes/dpdk-bench.json
+target/release/rapax bench --profile hw-profiles/udp-local.toml --replicas 3 --ops 20000 \
+    --dir /dev/shm/rapax-ci-udp-bench --json target/lanes/udp-bench.json
+stage "dpdk lane: rapax failover on dpdk-memif, 10 kills"
+target/release/rapax failover --profile hw-profiles/dpdk-memif.toml --replicas 3 --kills 10 \
+    --dir /dev/shm/rapax-ci-dpdk-failover --json target/lanes/dpdk-failover.json
+stage "dpdk lane: rapax failover on dpdk-memif, 10 kills, 1% of frames dropped"
+sed 's/^fault_drop_ppm = 0 /fault_drop_ppm = 10000 /' hw-profiles/dpdk-memif.toml \
+    > target/lanes/dpdk-memif-loss.toml
+grep -q '^fault_drop_ppm = 10000 ' target/lanes/dpdk-memif-loss.toml
+target/release/rapax failover --profile target/lanes/dpdk-memif-loss.toml --replicas 3 --kills 10 \
+    --dir /dev/shm/rapax-ci-dpdk-loss --json target/lanes/dpdk-failover-loss.json
+
 if [ "${RAPAX_SKIP_SOFTROCE:-0}" != 1 ]; then
     stage "soft-RoCE lane"
     tools/softroce.sh
