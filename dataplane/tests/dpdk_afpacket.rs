@@ -15,6 +15,9 @@
 //! test ends, pass or fail (a drop guard), and a leftover of a crashed run of the same process
 //! id is deleted first.
 //!
+//! `hw-profiles/dpdk-afpacket-veth.toml` describes the same port for a node; its comment says
+//! why the lane is af_packet and not af_xdp.
+//!
 //! Skips, saying why, when the ffi was built without DPDK, when not root, or without `ip`
 //! (iproute2; `tools/check.sh` installs it).
 
