@@ -1,53 +1,37 @@
 //! The `dpdk` fabric end to end in one process: the EAL once (`--no-huge`, no PCI), three nodes
 //! whose links are pairs of ring-backed ethdev ports wired as a full mesh (one port per peer, as
-//! with memif), the shared contract suite, loss injected on send with and without loss recovery,
-//! and the frame round-trip floor. Skips, saying why, when the ffi was built without DPDK.
+//! with memif), the shared contract suite, revocation under concurrent writers, loss injected on
+//! send with and without loss recovery, and the frame round-trip floor. Skips, saying why, when
+//! the ffi was built without DPDK.
+//!
+//! The contract and revocation suites, and the cluster set-up, live in `dpdk_common` and run on
+//! other ports too: `dpdk_memif` (net_memif pairs) and `dpdk_afpacket` (net_af_packet over veth
+//! pairs on a bridge in a network namespace).
+
+mod dpdk_common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rapax_dataplane::fabric::contract::{self, ContractHarness};
+use dpdk_common::{
+    check_revocation_under_concurrent_writers, cluster, mac_of, run_contract, serial, Knobs, Mesh,
+    B, GEO,
+};
 use rapax_dataplane::fabric::dpdk::{
-    frame_round_trip_ns, process_dpdk, ring_pair_floor_ns, software_eal_args, DpdkConfig,
-    DpdkFabric, DpdkLink, DpdkMemory, DpdkPortSpec, ProcessDpdk,
+    frame_round_trip_ns, ring_pair_floor_ns, software_eal_args, DpdkLink, DpdkMemory, DpdkPortSpec,
+    ProcessDpdk,
 };
-use rapax_dataplane::fabric::framed::FrameHarness;
 use rapax_dataplane::fabric::{FabricError, LocalMemory, Op, Post, Region};
-use rapax_dataplane::protocol::layout::LogGeometry;
-use rapax_dataplane::protocol::{Ballot, NodeId};
-use rapax_ffi::dpdk::{self, Eal, MacAddr};
+use rapax_dataplane::protocol::NodeId;
+use rapax_ffi::dpdk::Eal;
 
-const GEO: LogGeometry = LogGeometry {
-    capacity: 64,
-    slot_bytes: 256,
-};
-const CLUSTER: u64 = 0x00d9_d4c1;
-const B: Ballot = Ballot((1 << 8) | 1);
-
-/// The process's EAL and packet pool, initialised by the first test that needs them.
+/// The process's EAL (software ports only) and packet pool.
 fn dpdk_env(test: &str) -> Option<&'static ProcessDpdk> {
-    if !dpdk::available() {
-        let err = Eal::init(&[]).unwrap_err();
-        assert!(matches!(err, dpdk::Error::NotBuilt(_)), "{err}");
-        println!("skipped {test}: {err}");
-        return None;
-    }
-    Some(process_dpdk(&software_eal_args("rapax-dpdk"), 16383).expect("the EAL and a pool start"))
-}
-
-/// Tests take turns: ports are created and closed on one shared EAL.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn mac_of(node: NodeId) -> MacAddr {
-    MacAddr([0x02, 0, 0, 0x5a, 0, node + 1])
+    dpdk_common::dpdk_env(test, || software_eal_args("rapax-dpdk"))
 }
 
 /// Ring port pairs for every pair of `n` nodes: `ports[i]` lists node i's (port, peer).
-fn mesh(eal: &Eal, n: NodeId) -> Vec<Vec<DpdkPortSpec>> {
+fn mesh(eal: &Eal, n: NodeId) -> Mesh {
     static PAIRS: AtomicU32 = AtomicU32::new(0);
     let mut ports = vec![Vec::new(); n as usize];
     for i in 0..n {
@@ -69,145 +53,23 @@ fn mesh(eal: &Eal, n: NodeId) -> Vec<Vec<DpdkPortSpec>> {
     ports
 }
 
-struct Knobs {
-    timeout: Duration,
-    retransmit: Option<Duration>,
-    loss_ppm: u32,
-}
-
-fn cluster(
-    env: &'static ProcessDpdk,
-    n: NodeId,
-    knobs: &Knobs,
-) -> (Vec<DpdkFabric<'static>>, Vec<DpdkMemory>) {
-    let (eal, pool) = (&env.eal, &env.pool);
-    let ports = mesh(eal, n);
-    let nodes = (0..n)
-        .map(|i| {
-            let config = DpdkConfig {
-                me: i,
-                cluster_id: CLUSTER,
-                mac: mac_of(i),
-                peers: (0..n).filter(|&p| p != i).map(|p| (p, mac_of(p))).collect(),
-                ports: ports[i as usize].clone(),
-                ring_desc: 512,
-                timeout: knobs.timeout,
-                retransmit: knobs.retransmit,
-                window_ops: 64,
-                fault_drop_ppm: knobs.loss_ppm,
-                fault_seed: 0x9e37_79b9 + u64::from(i),
-            };
-            DpdkFabric::open(eal, pool, config).expect("open a dpdk fabric")
-        })
-        .collect();
-    let mems = (0..n)
-        .map(|i| DpdkMemory::new(i, GEO.log_bytes()))
-        .collect();
-    (nodes, mems)
-}
-
-/// Three nodes on a mesh of ring port pairs under the shared frame-fabric harness.
-fn harness(
-    env: &'static ProcessDpdk,
-    retransmit: Option<Duration>,
-) -> FrameHarness<DpdkLink<'static>> {
-    let knobs = Knobs {
-        timeout: Duration::from_millis(500),
-        retransmit,
-        loss_ppm: 0,
-    };
-    let (nodes, mems) = cluster(env, 3, &knobs);
-    FrameHarness::new(nodes, mems, GEO, knobs.timeout, Duration::from_micros(20))
-}
-
 #[test]
 fn the_contract_holds_on_dpdk() {
     let Some(env) = dpdk_env("the_contract_holds_on_dpdk") else {
         return;
     };
     let _turn = serial();
-    // Without loss recovery (the udp behaviour), and with it (the dpdk default).
-    contract::run_all(&mut || Box::new(harness(env, None)));
-    contract::run_all(&mut || Box::new(harness(env, Some(Duration::from_millis(20)))));
+    run_contract(env, &mut || mesh(&env.eal, 3));
 }
 
-/// Point 3 with two writers streaming at once: node 1 holds the grant and node 2 is refused;
-/// node 1 is revoked mid-stream and node 2 granted. Nothing of node 1 lands after the revoke,
-/// every later write of node 2 lands, and all of node 1's failures are permission errors.
+/// Revocation with two writers streaming at once (`dpdk_common`), on ring port pairs.
 #[test]
 fn revocation_is_complete_under_concurrent_writers() {
     let Some(env) = dpdk_env("revocation_is_complete_under_concurrent_writers") else {
         return;
     };
     let _turn = serial();
-    let b2 = Ballot::new(2, 2);
-    for steps in [0, 1, 3, 7, 20] {
-        let mut h = harness(env, Some(Duration::from_millis(20)));
-        h.memory(0).grant(1, B);
-        let write = |wr_id: u64, ballot, slot: u64, fill: u8, reconnect| Post {
-            wr_id,
-            target: 0,
-            op: Op::Write {
-                region: Region::Log,
-                offset: GEO.slot_offset(slot),
-                bytes: vec![fill; 64],
-            },
-            reconnect,
-            ballot,
-        };
-        for i in 0..30u64 {
-            h.post(1, write(i, B, i, 0x11, false));
-            h.post(2, write(100 + i, b2, 32 + i, 0x22, i == 0));
-        }
-        let mut done = Vec::new();
-        for _ in 0..steps {
-            done.extend(h.step());
-        }
-        h.memory(0).revoke(1);
-        let mut after_revoke = vec![0u8; GEO.log_bytes()];
-        h.memory(0).read_log(0, &mut after_revoke);
-        h.memory(0).grant(2, b2);
-        for i in 30..32u64 {
-            h.post(1, write(i, B, i, 0x11, false));
-        }
-        // Node 2 reconnects under its fresh grant and streams.
-        for i in 0..20u64 {
-            h.post(2, write(200 + i, b2, 32 + i, 0x33, i == 0));
-        }
-        done.extend(h.drain());
-        assert_eq!(
-            done.len(),
-            32 + 30 + 20,
-            "steps {steps}: every write completes"
-        );
-        let mut log = vec![0u8; GEO.log_bytes()];
-        h.memory(0).read_log(0, &mut log);
-        for slot in 0..32u64 {
-            let at = GEO.slot_offset(slot);
-            assert_eq!(
-                log[at..at + 64],
-                after_revoke[at..at + 64],
-                "steps {steps}: node 1 landed in slot {slot} after the revoke"
-            );
-        }
-        for (node, c) in &done {
-            if *node == 1 {
-                if let Err(e) = c.result {
-                    assert_eq!(e, FabricError::Permission, "steps {steps}: {c:?}");
-                }
-                if c.wr_id >= 30 {
-                    assert!(c.result.is_err(), "steps {steps}: {c:?}");
-                }
-            }
-            if c.wr_id >= 200 {
-                assert_eq!(c.result, Ok(None), "steps {steps}: node 2 after its grant");
-            }
-        }
-        for slot in 32..52u64 {
-            let at = GEO.slot_offset(slot);
-            assert_eq!(log[at..at + 64], [0x33; 64], "steps {steps}: slot {slot}");
-        }
-    }
+    check_revocation_under_concurrent_writers(env, &mut || mesh(&env.eal, 3));
 }
 
 /// Write `k` of the loss test: slot `k % capacity`, its bytes naming `k`.
@@ -254,7 +116,7 @@ fn run_lossy(env: &'static ProcessDpdk, loss_ppm: u32, retransmit: Option<Durati
         retransmit,
         loss_ppm,
     };
-    let (mut nodes, mut mems) = cluster(env, 2, &knobs);
+    let (mut nodes, mut mems) = cluster(env, &mesh(&env.eal, 2), &knobs);
     mems[0].grant(1, B);
     for k in 0..WRITES {
         nodes[1].post(numbered_write(k, k == 0), Instant::now());

@@ -32,6 +32,7 @@ fn the_local_profiles_are_shipped() {
         "shm-local",
         "udp-local",
         "dpdk-memif",
+        "dpdk-afpacket-veth",
         "e810-dpdk",
         "mlx5-dpdk",
     ] {
@@ -43,7 +44,7 @@ fn the_local_profiles_are_shipped() {
     let shm = Profile::load(profiles_dir().join("shm-local.toml")).unwrap();
     assert_eq!(shm.fabric.kind, FabricKind::Shm);
     assert_eq!(shm.fabric.shm.as_ref().unwrap().dir, "/dev/shm/rapax");
-    for name in ["dpdk-memif", "e810-dpdk", "mlx5-dpdk"] {
+    for name in ["dpdk-memif", "dpdk-afpacket-veth", "e810-dpdk", "mlx5-dpdk"] {
         let p = Profile::load(profiles_dir().join(format!("{name}.toml"))).unwrap();
         assert_eq!(p.fabric.kind, FabricKind::Dpdk, "{name}");
         assert!(!p.verified_on_hardware, "{name}");
@@ -51,6 +52,14 @@ fn the_local_profiles_are_shipped() {
         assert!(d.retransmit_us > 0 && d.fault_drop_ppm == 0, "{name}");
         assert_eq!(d.memif_dir.is_some(), name == "dpdk-memif", "{name}");
     }
+    // The af_packet lane's profile: one af_packet port on the node's veth, one queue pair.
+    let afp = Profile::load(profiles_dir().join("dpdk-afpacket-veth.toml")).unwrap();
+    let d = afp.fabric.dpdk.as_ref().unwrap();
+    assert!(d
+        .eal_args
+        .iter()
+        .any(|a| a.starts_with("--vdev=net_af_packet") && a.contains("iface=")));
+    assert_eq!((d.port, d.rx_queues, d.tx_queues), (0, 1, 1));
     let udp = Profile::load(profiles_dir().join("udp-local.toml")).unwrap();
     assert_eq!(udp.fabric.kind, FabricKind::Udp);
     assert_eq!(

@@ -252,6 +252,17 @@ impl<'pool> DpdkLink<'pool> {
         self.ports.iter().filter_map(|p| p.peer)
     }
 
+    /// The ports that cannot carry frames now: stopped (being restarted by the link watch), or
+    /// started with their link down (a memif port whose peer is not connected, an interface
+    /// without carrier). Empty once every port is up.
+    pub fn down_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .filter(|p| !(p.port.is_started() && p.port.link_up().unwrap_or(false)))
+            .map(|p| p.port.id())
+            .collect()
+    }
+
     fn port_for(&self, to: MacAddr) -> usize {
         self.routes
             .iter()

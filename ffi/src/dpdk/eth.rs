@@ -121,6 +121,30 @@ impl Eal {
         Ok(id)
     }
 
+    /// Creates the virtual device `name` with driver arguments `args` after start-up
+    /// (`rte_eal_hotplug_add` on the `vdev` bus): the same as `--vdev=<name>,<args>` given to
+    /// [`Eal::init`], e.g. `("net_memif3", "role=server,id=0,socket=/tmp/s.sock")`. The driver is
+    /// chosen by the name's prefix (`net_memif`, `net_af_packet`, `net_af_xdp`). Returns the
+    /// port id of the device's ethdev port, which is named `name`.
+    ///
+    /// Closing a port (dropping its [`Port`]) releases its port id, and DPDK holds at most
+    /// `RTE_MAX_ETHPORTS` ports at once: a process that opens and closes ports over and over
+    /// makes fresh devices with this call, under fresh names. The closed device stays on the
+    /// bus, unused, for the rest of the process.
+    pub fn hotplug_vdev(&self, name: &str, args: &str) -> Result<u16> {
+        let bus = CString::new("vdev").expect("no NUL");
+        let c_name = CString::new(name)
+            .map_err(|_| Error::InvalidArgument(format!("device name {name:?} has a NUL")))?;
+        let c_args = CString::new(args)
+            .map_err(|_| Error::InvalidArgument(format!("device arguments {args:?} have a NUL")))?;
+        // SAFETY: the EAL is initialised (self exists); the three strings are NUL-terminated and
+        // outlive the call, which copies them into the device's own devargs.
+        let rc =
+            unsafe { sys::rte_eal_hotplug_add(bus.as_ptr(), c_name.as_ptr(), c_args.as_ptr()) };
+        check("rte_eal_hotplug_add", rc)?;
+        self.port_by_name(name)
+    }
+
     /// Makes two ethdev ports joined back to back by two single-producer single-consumer rings
     /// (`rte_ring_create` and `rte_eth_from_rings`): what port `a` transmits on queue 0, port `b`
     /// receives on queue 0, and the other way round. The ports are named `a` and `b` (at most 24

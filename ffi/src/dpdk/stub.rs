@@ -42,6 +42,11 @@ impl Eal {
         match *self {}
     }
 
+    /// Creates a virtual device after start-up and returns its port id.
+    pub fn hotplug_vdev(&self, _name: &str, _args: &str) -> Result<u16> {
+        match *self {}
+    }
+
     /// Two ethdev ports joined back to back by rings.
     pub fn ring_port_pair(&self, _a: &str, _b: &str, _ring_slots: u32) -> Result<(u16, u16)> {
         match *self {}
