@@ -529,6 +529,23 @@ struct FloorProbe {
     samples: Histogram<u64>,
 }
 
+/// Writes `h` to `path` as "value count" lines, replacing the file whole (a reader never sees
+/// half of it).
+fn write_histogram(h: &Histogram<u64>, path: &Path) {
+    let mut text = String::new();
+    for v in h.iter_recorded() {
+        text.push_str(&format!(
+            "{} {}\n",
+            v.value_iterated_to(),
+            v.count_at_value()
+        ));
+    }
+    let tmp = path.with_extension("tmp");
+    if write_private(&tmp, text.as_bytes()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
 /// View-change notes a data plane writes to its log before it stops writing them (a cluster
 /// that keeps changing views must not fill the disk).
 const MAX_LOGGED_NOTES: u64 = 10_000;
@@ -707,18 +724,7 @@ impl<P: Plane> Dataplane<P> {
             }
         });
         if p.remaining == 0 || n == 0 {
-            let mut text = String::new();
-            for v in p.samples.iter_recorded() {
-                text.push_str(&format!(
-                    "{} {}\n",
-                    v.value_iterated_to(),
-                    v.count_at_value()
-                ));
-            }
-            let tmp = self.floor_path.with_extension("tmp");
-            if write_private(&tmp, text.as_bytes()).is_ok() {
-                let _ = std::fs::rename(&tmp, &self.floor_path);
-            }
+            write_histogram(&p.samples, &self.floor_path);
             self.channel.set(Counter::FloorDone, p.request);
             self.probe = None;
             return;
@@ -816,18 +822,7 @@ impl<P: Plane> Dataplane<P> {
         let request = c.counter(Counter::StatsRequest);
         if request != self.stats_done {
             self.stats_done = request;
-            let mut text = String::new();
-            for v in self.replication.iter_recorded() {
-                text.push_str(&format!(
-                    "{} {}\n",
-                    v.value_iterated_to(),
-                    v.count_at_value()
-                ));
-            }
-            let tmp = self.stats_path.with_extension("tmp");
-            if write_private(&tmp, text.as_bytes()).is_ok() {
-                let _ = std::fs::rename(&tmp, &self.stats_path);
-            }
+            write_histogram(&self.replication, &self.stats_path);
             self.replication.reset();
             c.set(Counter::StatsDone, request);
         }

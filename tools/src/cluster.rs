@@ -430,20 +430,11 @@ impl LocalCluster {
     /// Asks `node`'s data plane for its replication-latency histogram since the last request
     /// and returns its samples `(nanoseconds, count)` (empty if it does not answer in 2 s).
     pub fn replication_samples(&self, node: NodeId) -> Vec<(u64, u64)> {
-        let Some(ch) = self.channel(node) else {
-            return Vec::new();
-        };
-        let want = ch.counter(Counter::StatsRequest) + 1;
-        ch.set(Counter::StatsRequest, want);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while ch.counter(Counter::StatsDone) != want {
-            if Instant::now() > deadline {
-                return Vec::new();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        parse_histogram(
-            &std::fs::read_to_string(self.dir.replication_histogram(node)).unwrap_or_default(),
+        self.ask_histogram(
+            node,
+            (Counter::StatsRequest, Counter::StatsDone),
+            Duration::from_secs(2),
+            &self.dir.replication_histogram(node),
         )
     }
 
@@ -452,21 +443,36 @@ impl LocalCluster {
     /// same fabric, ports and agents as replication. Empty if it does not lead, has no active
     /// follower, or does not answer within 60 s.
     pub fn data_mesh_floor(&self, node: NodeId) -> Vec<(u64, u64)> {
+        self.ask_histogram(
+            node,
+            (Counter::FloorRequest, Counter::FloorDone),
+            Duration::from_secs(60),
+            &self.dir.floor_histogram(node),
+        )
+    }
+
+    /// Bumps `request` in `node`'s channel, waits (at most `patience`) for the data plane to
+    /// echo it in `done`, and reads the histogram it wrote to `file`.
+    fn ask_histogram(
+        &self,
+        node: NodeId,
+        (request, done): (Counter, Counter),
+        patience: Duration,
+        file: &Path,
+    ) -> Vec<(u64, u64)> {
         let Some(ch) = self.channel(node) else {
             return Vec::new();
         };
-        let want = ch.counter(Counter::FloorRequest) + 1;
-        ch.set(Counter::FloorRequest, want);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ch.counter(Counter::FloorDone) != want {
+        let want = ch.counter(request) + 1;
+        ch.set(request, want);
+        let deadline = Instant::now() + patience;
+        while ch.counter(done) != want {
             if Instant::now() > deadline {
                 return Vec::new();
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        parse_histogram(
-            &std::fs::read_to_string(self.dir.floor_histogram(node)).unwrap_or_default(),
-        )
+        parse_histogram(&std::fs::read_to_string(file).unwrap_or_default())
     }
 
     /// Stops exactly the processes started for this cluster (SIGTERM, then SIGKILL after 2 s);
