@@ -26,6 +26,7 @@
 //! - **Loss.** By default there is no retransmission (loss recovery, off unless
 //!   [`super::framed::FrameFabric::set_retransmit`] turns it on, is described in
 //!   [`super::framed`]). A lost request or completion becomes a time-out: the operation completes with [`FabricError::Unreachable`] once `timeout` has passed
+//!   since it was sent, or since its last answered piece for an operation of several frames
 //!   (never before, never a hang: contract point 4), a completion arriving later is ignored, and a
 //!   time-out of a log operation puts the poster's data connection to that target in error, as in
 //!   the `sim`: every later log operation to it fails at once with `Unreachable` (and the other log
@@ -976,6 +977,67 @@ mod tests {
         done.iter()
             .find(|(_, c)| c.wr_id == wr_id)
             .map(|(_, c)| &c.result)
+    }
+
+    /// Polls `node` at the fixed instant `at` until it has received `frames` frames in all
+    /// (the datagrams are real; only the clock the fabric is given is fixed).
+    fn poll_at(
+        node: &mut UdpFabric,
+        mem: &mut UdpMemory,
+        at: Instant,
+        frames: u64,
+    ) -> Vec<Completion> {
+        let give_up = Instant::now() + Duration::from_secs(3);
+        let mut out = node.poll(mem, at);
+        while node.stats().received < frames {
+            assert!(Instant::now() < give_up, "only {:?}", node.stats());
+            out.extend(node.poll(mem, at));
+        }
+        out
+    }
+
+    /// A read of several frames times out when its target stops answering, `timeout` after
+    /// the last piece answered, not `timeout` after it was posted: a large catch-up read to a
+    /// busy but live peer must not fail because it takes many frames.
+    #[test]
+    fn a_multi_frame_read_times_out_after_its_last_answer() {
+        let timeout = Duration::from_millis(100);
+        let (mut nodes, mut mems) = cluster(2, 4 * MAX_PAYLOAD_BYTES, timeout);
+        let chunk = nodes[0].chunk_bytes();
+        let len = 2 * chunk + 100;
+        let t0 = Instant::now();
+        nodes[0].post(
+            Post {
+                wr_id: 9,
+                target: 1,
+                op: Op::Read {
+                    region: Region::Log,
+                    offset: 0,
+                    len,
+                },
+                reconnect: true,
+                ballot: B,
+            },
+            t0,
+        );
+        assert_eq!(nodes[0].stats().sent, 3, "three request frames");
+        // The owner answers all three; the first answer is lost on the way.
+        let (a, b) = nodes.split_at_mut(1);
+        let (ma, mb) = mems.split_at_mut(1);
+        b[0].drop_sends = 1;
+        assert!(poll_at(&mut b[0], &mut mb[0], t0, 3).is_empty());
+        // Two answers arrive at 0.9 x timeout: progress, so the deadline moves.
+        let at = t0 + timeout.mul_f64(0.9);
+        assert!(poll_at(&mut a[0], &mut ma[0], at, 2).is_empty());
+        // At 1.5 x timeout after posting (0.6 x after the last answer) it still waits.
+        assert!(a[0].poll(&mut ma[0], t0 + timeout.mul_f64(1.5)).is_empty());
+        assert_eq!(a[0].stats().timeouts, 0);
+        // A timeout after the last answer it fails: the missing piece never comes.
+        let done = a[0].poll(&mut ma[0], at + timeout);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].wr_id, 9);
+        assert_eq!(done[0].result, Err(FabricError::Unreachable));
+        assert_eq!(a[0].stats().timeouts, 1);
     }
 
     #[test]
