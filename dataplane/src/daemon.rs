@@ -320,41 +320,50 @@ trait Plane: Send {
     fn publish(&self, _channel: &Channel) {}
 }
 
-/// Client requests from the shm mailbox, each with its slot as route.
-fn mailbox_ingress(
-    mailbox: &mut MailboxServer,
+/// Client ingress through the node's shm mailbox (local clients on `shm` and `dpdk`): the
+/// mailbox, who this node is, and the buffer replies are encoded in.
+struct MailboxDoor {
+    mailbox: MailboxServer,
     node: NodeId,
     cluster_id: u64,
-    sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>,
-) -> usize {
-    mailbox.poll(|slot, bytes| {
-        let request = match Frame::decode(bytes) {
-            Ok(f) if f.is_addressed_to(cluster_id, node) => match f.body {
-                FrameBody::ClientRequest { .. } => {
-                    f.body.into_client_request().ok_or(BadRequest::Malformed)
-                }
-                _ => Err(BadRequest::Malformed),
-            },
-            _ => Err(BadRequest::Malformed),
-        };
-        sink.push((request, Route::Slot(slot)));
-    })
+    frame: Vec<u8>,
 }
 
-/// Answers a client in its mailbox slot (`frame` is the encoding buffer).
-fn mailbox_answer(
-    mailbox: &mut MailboxServer,
-    node: NodeId,
-    cluster_id: u64,
-    frame: &mut Vec<u8>,
-    route: Route,
-    reply: &ClientReply,
-) {
-    let Route::Slot(slot) = route else { return };
-    if let Ok(f) = Frame::client_reply(node, CLIENT_NODE, cluster_id, reply) {
-        frame.clear();
-        if f.encode(frame).is_ok() {
-            mailbox.reply(slot, frame);
+impl MailboxDoor {
+    fn new(mailbox: MailboxServer, node: NodeId, cluster_id: u64) -> MailboxDoor {
+        MailboxDoor {
+            mailbox,
+            node,
+            cluster_id,
+            frame: Vec::new(),
+        }
+    }
+
+    /// Client requests from the mailbox, each with its slot as route.
+    fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
+        let (node, cluster_id) = (self.node, self.cluster_id);
+        self.mailbox.poll(|slot, bytes| {
+            let request = match Frame::decode(bytes) {
+                Ok(f) if f.is_addressed_to(cluster_id, node) => match f.body {
+                    FrameBody::ClientRequest { .. } => {
+                        f.body.into_client_request().ok_or(BadRequest::Malformed)
+                    }
+                    _ => Err(BadRequest::Malformed),
+                },
+                _ => Err(BadRequest::Malformed),
+            };
+            sink.push((request, Route::Slot(slot)));
+        })
+    }
+
+    /// Answers a client in its mailbox slot.
+    fn answer(&mut self, route: Route, reply: &ClientReply) {
+        let Route::Slot(slot) = route else { return };
+        if let Ok(f) = Frame::client_reply(self.node, CLIENT_NODE, self.cluster_id, reply) {
+            self.frame.clear();
+            if f.encode(&mut self.frame).is_ok() {
+                self.mailbox.reply(slot, &self.frame);
+            }
         }
     }
 }
@@ -377,10 +386,7 @@ mod dpdk_plane;
 
 struct ShmPlane {
     fabric: ShmFabric,
-    mailbox: MailboxServer,
-    node: NodeId,
-    cluster_id: u64,
-    frame: Vec<u8>,
+    door: MailboxDoor,
 }
 
 impl Plane for ShmPlane {
@@ -399,18 +405,11 @@ impl Plane for ShmPlane {
     }
 
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
-        mailbox_ingress(&mut self.mailbox, self.node, self.cluster_id, sink)
+        self.door.ingress(sink)
     }
 
     fn answer(&mut self, route: Route, reply: &ClientReply) {
-        mailbox_answer(
-            &mut self.mailbox,
-            self.node,
-            self.cluster_id,
-            &mut self.frame,
-            route,
-            reply,
-        );
+        self.door.answer(route, reply);
     }
 }
 
@@ -900,10 +899,7 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
                 MailboxServer::create(&dir.mailbox(me), MAX_SLOTS, client_frame_bytes(&profile))?;
             let plane = ShmPlane {
                 fabric,
-                mailbox,
-                node: me,
-                cluster_id: cluster.cluster_id(),
-                frame: Vec::new(),
+                door: MailboxDoor::new(mailbox, me, cluster.cluster_id()),
             };
             println!("rapax-dataplane: node {me} starts {start:?} on shm");
             start_agent(

@@ -13,10 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{
-    io_err, mailbox_answer, mailbox_ingress, publish_frame_stats, ClusterDir, DaemonError, Plane,
-    Route,
-};
+use super::{io_err, publish_frame_stats, ClusterDir, DaemonError, MailboxDoor, Plane, Route};
 use crate::channel::Channel;
 use crate::fabric::dpdk::{process_dpdk, DpdkConfig, DpdkFabric, DpdkMemory, DpdkPortSpec};
 use crate::fabric::udp::{UdpConfig, UdpFabric};
@@ -32,10 +29,7 @@ pub(super) struct DpdkPlane {
     /// Serves control-block reads of the members' control planes; posts nothing.
     control: UdpFabric,
     mem: DpdkMemory,
-    mailbox: MailboxServer,
-    node: NodeId,
-    cluster_id: u64,
-    frame: Vec<u8>,
+    door: MailboxDoor,
     discard: Vec<Completion>,
     /// When the control endpoint is polled next (a socket read is a system call: not every
     /// turn).
@@ -70,18 +64,11 @@ impl Plane for DpdkPlane {
     }
 
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
-        mailbox_ingress(&mut self.mailbox, self.node, self.cluster_id, sink)
+        self.door.ingress(sink)
     }
 
     fn answer(&mut self, route: Route, reply: &ClientReply) {
-        mailbox_answer(
-            &mut self.mailbox,
-            self.node,
-            self.cluster_id,
-            &mut self.frame,
-            route,
-            reply,
-        );
+        self.door.answer(route, reply);
     }
 
     fn publish(&self, channel: &Channel) {
@@ -229,10 +216,7 @@ pub(super) fn open(
         fabric,
         control,
         mem: DpdkMemory::new(me, profile.geometry().log_bytes()),
-        mailbox,
-        node: me,
-        cluster_id: cluster.cluster_id(),
-        frame: Vec::new(),
+        door: MailboxDoor::new(mailbox, me, cluster.cluster_id()),
         discard: Vec::new(),
         next_control_poll: Instant::now(),
     })
