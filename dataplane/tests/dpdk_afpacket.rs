@@ -24,10 +24,10 @@
 mod dpdk_common;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use dpdk_common::{
-    check_revocation_under_concurrent_writers, dpdk_built, mac_of, run_contract, serial, Mesh,
+    check_revocation_under_concurrent_writers, dpdk_built, mac_of, run_contract, serial, vdev_port,
+    Mesh, MeshNumbers,
 };
 use rapax_dataplane::fabric::dpdk::{software_eal_args, DpdkPortSpec, ProcessDpdk};
 use rapax_dataplane::protocol::NodeId;
@@ -55,23 +55,12 @@ fn af_packet_vdev(k: u32, me: NodeId) -> (String, String) {
 /// A fresh three-node mesh of af_packet ports, one per node: mesh 0 (the EAL's start-up vdevs)
 /// the first time, then new devices made after start-up.
 fn af_packet_mesh(env: &'static ProcessDpdk) -> Mesh {
-    static STARTUP_MESH_TAKEN: AtomicBool = AtomicBool::new(false);
-    static NEXT: AtomicU32 = AtomicU32::new(1);
-    let startup = !STARTUP_MESH_TAKEN.swap(true, Ordering::SeqCst);
-    let k = if startup {
-        0
-    } else {
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    };
+    static MESHES: MeshNumbers = MeshNumbers::new();
+    let k = MESHES.take();
     (0..NODES)
         .map(|me| {
             let (name, args) = af_packet_vdev(k, me);
-            let port_id = if startup {
-                env.eal.port_by_name(&name)
-            } else {
-                env.eal.hotplug_vdev(&name, &args)
-            }
-            .unwrap_or_else(|e| panic!("af_packet port {name} ({args}): {e}"));
+            let port_id = vdev_port(env, k, &name, &args);
             vec![DpdkPortSpec {
                 port_id,
                 peer: None,

@@ -20,9 +20,11 @@
 mod dpdk_common;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use dpdk_common::{check_revocation_under_concurrent_writers, mac_of, run_contract, serial, Mesh};
+use dpdk_common::{
+    check_revocation_under_concurrent_writers, mac_of, run_contract, serial, vdev_port, Mesh,
+    MeshNumbers,
+};
 use rapax_dataplane::fabric::dpdk::{software_eal_args, DpdkPortSpec, ProcessDpdk};
 use rapax_dataplane::protocol::NodeId;
 
@@ -81,25 +83,14 @@ fn dpdk_env(test: &str) -> Option<&'static ProcessDpdk> {
 /// A fresh three-node memif mesh: mesh 0 (the EAL's start-up vdevs) the first time, then new
 /// devices made after start-up.
 fn memif_mesh(env: &'static ProcessDpdk) -> Mesh {
-    static STARTUP_MESH_TAKEN: AtomicBool = AtomicBool::new(false);
-    static NEXT: AtomicU32 = AtomicU32::new(1);
-    let startup = !STARTUP_MESH_TAKEN.swap(true, Ordering::SeqCst);
-    let k = if startup {
-        0
-    } else {
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    };
-    if !startup {
+    static MESHES: MeshNumbers = MeshNumbers::new();
+    let k = MESHES.take();
+    if k != 0 {
         std::fs::create_dir_all(socket_dir()).expect("create the memif socket dir");
     }
     let mut mesh = vec![Vec::new(); NODES as usize];
     for (me, peer, name, args) in mesh_vdevs(k) {
-        let port_id = if startup {
-            env.eal.port_by_name(&name)
-        } else {
-            env.eal.hotplug_vdev(&name, &args)
-        }
-        .unwrap_or_else(|e| panic!("memif port {name} ({args}): {e}"));
+        let port_id = vdev_port(env, k, &name, &args);
         mesh[me as usize].push(DpdkPortSpec {
             port_id,
             peer: Some(peer),

@@ -182,12 +182,20 @@ fn udp_cluster_survives_kills_and_a_paused_leader() {
     faults("udp-local.toml", "udp-faults");
 }
 
+/// Whether this build has DPDK; says the test is skipped when not.
+fn dpdk_built() -> bool {
+    let built = rapax_ffi::dpdk::available();
+    if !built {
+        println!("skipped: this build has no DPDK");
+    }
+    built
+}
+
 /// The dpdk data plane as separate node processes joined by net_memif: kills of leader and
 /// follower, a paused leader; skipped (saying why) in a build without DPDK.
 #[test]
 fn dpdk_memif_cluster_survives_kills_and_a_paused_leader() {
-    if !rapax_ffi::dpdk::available() {
-        println!("skipped: this build has no DPDK");
+    if !dpdk_built() {
         return;
     }
     faults("dpdk-memif.toml", "dpdk-faults");
@@ -197,8 +205,7 @@ fn dpdk_memif_cluster_survives_kills_and_a_paused_leader() {
 /// them): still linearizable, nothing acknowledged lost.
 #[test]
 fn dpdk_memif_cluster_survives_faults_with_one_percent_frame_loss() {
-    if !rapax_ffi::dpdk::available() {
-        println!("skipped: this build has no DPDK");
+    if !dpdk_built() {
         return;
     }
     let mut p = profile("dpdk-memif.toml");

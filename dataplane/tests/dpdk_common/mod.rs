@@ -7,6 +7,7 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,43 @@ pub fn serial() -> MutexGuard<'static, ()> {
 
 pub fn mac_of(node: NodeId) -> MacAddr {
     MacAddr([0x02, 0, 0, 0x5a, 0, node + 1])
+}
+
+/// Numbers the meshes of vdevs a test process makes: mesh 0 is the EAL's start-up vdevs (the
+/// daemon's path), every later one devices made after start-up under fresh names (closing a
+/// port releases it, and a process holds at most `RTE_MAX_ETHPORTS`).
+pub struct MeshNumbers {
+    startup_taken: AtomicBool,
+    next: AtomicU32,
+}
+
+impl MeshNumbers {
+    pub const fn new() -> MeshNumbers {
+        MeshNumbers {
+            startup_taken: AtomicBool::new(false),
+            next: AtomicU32::new(1),
+        }
+    }
+
+    /// The next mesh's number: 0 the first time, then 1, 2, ...
+    pub fn take(&self) -> u32 {
+        if self.startup_taken.swap(true, Ordering::SeqCst) {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+}
+
+/// The port of vdev `name` in mesh `mesh`: one of the EAL's start-up vdevs for mesh 0, a device
+/// made now from `args` for any later one.
+pub fn vdev_port(env: &ProcessDpdk, mesh: u32, name: &str, args: &str) -> u16 {
+    if mesh == 0 {
+        env.eal.port_by_name(name)
+    } else {
+        env.eal.hotplug_vdev(name, args)
+    }
+    .unwrap_or_else(|e| panic!("port {name} ({args}): {e}"))
 }
 
 /// `mesh[i]` lists node i's ports (a port per peer, or one port shared by all peers).
