@@ -506,10 +506,17 @@ impl LocalCluster {
             "alive (ctl)",
             "scores"
         );
+        // One reading of every node's counters serves the whole table.
+        let all: Vec<NodeCounters> = self
+            .cluster
+            .ring
+            .iter()
+            .filter_map(|&n| self.counters(n))
+            .collect();
         for &n in &self.cluster.ring {
             let running = |k| self.pid(n, k).is_some_and(|p| is_ours(p, &self.dir.dir));
             let (dp, cp) = (running("dataplane"), running("control"));
-            let Some(c) = self.counters(n) else {
+            let Some(c) = all.iter().find(|c| c.node == n) else {
                 let _ = writeln!(s, "{n:>4}  (no channel yet)");
                 continue;
             };
@@ -554,86 +561,73 @@ impl LocalCluster {
             );
         }
         // What the frame fabrics dropped, when they dropped anything.
-        let drops: Vec<String> = self
-            .cluster
-            .ring
-            .iter()
-            .filter_map(|&n| self.counters(n))
-            .filter(|c| {
-                c.fabric_strangers + c.fabric_decode_errors + c.fabric_misaddressed + c.malformed_frames
-                    > 0
-            })
-            .map(|c| {
-                format!(
-                    "node {}: {} strangers, {} undecodable, {} misaddressed, {} malformed client frames, {} time-outs",
-                    c.node,
-                    c.fabric_strangers,
-                    c.fabric_decode_errors,
-                    c.fabric_misaddressed,
-                    c.malformed_frames,
-                    c.fabric_timeouts
-                )
-            })
-            .collect();
-        if !drops.is_empty() {
-            let _ = writeln!(s, "dropped: {}", drops.join("; "));
-        }
+        summary_line(
+            &mut s,
+            "dropped",
+            all.iter()
+                .filter(|c| {
+                    c.fabric_strangers
+                        + c.fabric_decode_errors
+                        + c.fabric_misaddressed
+                        + c.malformed_frames
+                        > 0
+                })
+                .map(|c| {
+                    format!(
+                        "node {}: {} strangers, {} undecodable, {} misaddressed, {} malformed client frames, {} time-outs",
+                        c.node,
+                        c.fabric_strangers,
+                        c.fabric_decode_errors,
+                        c.fabric_misaddressed,
+                        c.malformed_frames,
+                        c.fabric_timeouts
+                    )
+                }),
+        );
         // The leader's view of its followers, and what clients got.
-        for c in self.cluster.ring.iter().filter_map(|&n| self.counters(n)) {
-            if c.role == 4 {
-                let view: Vec<String> = self
-                    .cluster
-                    .ring
-                    .iter()
-                    .filter(|&&p| p != c.node)
-                    .map(|&p| {
-                        let code = (c.followers >> (4 * u64::from(p))) & 0xf;
-                        format!("{p} {}", rapax_dataplane::daemon::follower_name(code))
-                    })
-                    .collect();
-                let _ = writeln!(s, "leader {} followers: {}", c.node, view.join(", "));
-            }
+        for c in all.iter().filter(|c| c.role == 4) {
+            let view: Vec<String> = self
+                .cluster
+                .ring
+                .iter()
+                .filter(|&&p| p != c.node)
+                .map(|&p| {
+                    let code = (c.followers >> (4 * u64::from(p))) & 0xf;
+                    format!("{p} {}", rapax_dataplane::daemon::follower_name(code))
+                })
+                .collect();
+            let _ = writeln!(s, "leader {} followers: {}", c.node, view.join(", "));
         }
-        let clients: Vec<String> = self
-            .cluster
-            .ring
-            .iter()
-            .filter_map(|&n| self.counters(n))
-            .filter(|c| c.client_requests > 0)
-            .map(|c| {
+        summary_line(
+            &mut s,
+            "clients",
+            all.iter().filter(|c| c.client_requests > 0).map(|c| {
                 format!(
                     "node {}: {} requests, {} refused, {} bad",
                     c.node, c.client_requests, c.client_rejected, c.client_bad_requests
                 )
-            })
-            .collect();
-        if !clients.is_empty() {
-            let _ = writeln!(s, "clients: {}", clients.join("; "));
-        }
+            }),
+        );
         // The data mesh's frame traffic, on the frame fabrics.
-        let frames: Vec<String> = self
-            .cluster
-            .ring
-            .iter()
-            .filter_map(|&n| self.counters(n))
-            .filter(|c| c.fabric_sent + c.fabric_received + c.fabric_send_errors > 0)
-            .map(|c| {
-                format!(
-                    "node {}: {} sent, {} received, {} refused by the link, {} resent, {} out of \
-                     sequence, {} time-outs",
-                    c.node,
-                    c.fabric_sent,
-                    c.fabric_received,
-                    c.fabric_send_errors,
-                    c.fabric_retransmits,
-                    c.fabric_out_of_sequence,
-                    c.fabric_timeouts
-                )
-            })
-            .collect();
-        if !frames.is_empty() {
-            let _ = writeln!(s, "frames: {}", frames.join("; "));
-        }
+        summary_line(
+            &mut s,
+            "frames",
+            all.iter()
+                .filter(|c| c.fabric_sent + c.fabric_received + c.fabric_send_errors > 0)
+                .map(|c| {
+                    format!(
+                        "node {}: {} sent, {} received, {} refused by the link, {} resent, {} out \
+                         of sequence, {} time-outs",
+                        c.node,
+                        c.fabric_sent,
+                        c.fabric_received,
+                        c.fabric_send_errors,
+                        c.fabric_retransmits,
+                        c.fabric_out_of_sequence,
+                        c.fabric_timeouts
+                    )
+                }),
+        );
         s
     }
 }
@@ -674,6 +668,14 @@ pub struct NodeCounters {
     pub followers: u64,
     /// Client requests answered with an error (not leader, busy, bad request).
     pub client_rejected: u64,
+}
+
+/// Appends "`label`: item; item" to `s` when there is any item.
+fn summary_line(s: &mut String, label: &str, items: impl Iterator<Item = String>) {
+    let items: Vec<String> = items.collect();
+    if !items.is_empty() {
+        let _ = writeln!(s, "{label}: {}", items.join("; "));
+    }
 }
 
 /// The "value count" lines a data plane writes for a histogram.
