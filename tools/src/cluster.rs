@@ -513,9 +513,13 @@ impl LocalCluster {
             .iter()
             .filter_map(|&n| self.counters(n))
             .collect();
+        let mut live = Vec::new();
         for &n in &self.cluster.ring {
             let running = |k| self.pid(n, k).is_some_and(|p| is_ours(p, &self.dir.dir));
             let (dp, cp) = (running("dataplane"), running("control"));
+            if dp {
+                live.push(n);
+            }
             let Some(c) = all.iter().find(|c| c.node == n) else {
                 let _ = writeln!(s, "{n:>4}  (no channel yet)");
                 continue;
@@ -584,8 +588,9 @@ impl LocalCluster {
                     )
                 }),
         );
-        // The leader's view of its followers, and what clients got.
-        for c in all.iter().filter(|c| c.role == 4) {
+        // The leader's view of its followers (a dead leader's last counters say nothing), and
+        // what clients got.
+        for c in all.iter().filter(|c| c.role == 4 && live.contains(&c.node)) {
             let view: Vec<String> = self
                 .cluster
                 .ring
