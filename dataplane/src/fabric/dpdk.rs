@@ -138,6 +138,13 @@ struct LinkPort<'pool> {
     down_checks: u32,
 }
 
+impl LinkPort<'_> {
+    /// Started, and its link up (for memif: its peer connected).
+    fn is_up(&self) -> bool {
+        self.port.is_started() && self.port.link_up().unwrap_or(false)
+    }
+}
+
 /// How often the link watch looks at the dedicated ports' links.
 const LINK_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Idle receive polls between two looks at the clock by the link watch.
@@ -258,7 +265,7 @@ impl<'pool> DpdkLink<'pool> {
     pub fn down_ports(&self) -> Vec<u16> {
         self.ports
             .iter()
-            .filter(|p| !(p.port.is_started() && p.port.link_up().unwrap_or(false)))
+            .filter(|p| !p.is_up())
             .map(|p| p.port.id())
             .collect()
     }
@@ -291,8 +298,7 @@ impl<'pool> DpdkLink<'pool> {
         }
         self.next_link_check = now + LINK_CHECK_EVERY;
         for p in self.ports.iter_mut().filter(|p| p.peer.is_some()) {
-            let up = p.port.is_started() && p.port.link_up().unwrap_or(false);
-            if up {
+            if p.is_up() {
                 p.down_checks = 0;
                 continue;
             }
