@@ -88,6 +88,9 @@ enum Command {
     /// The counters are read from the nodes' shared-memory channels (no request to the nodes).
     /// `view` is the leader the node granted its log to; `alive (ctl)` is the set of nodes its
     /// control plane holds alive; `scores` are its pull-scores of every node in ring order.
+    /// Below the table: the leader's view of each follower (active, absent, requested,
+    /// syncing), client requests and refusals per node, and on frame fabrics each node's
+    /// frames sent, received, refused by the link, resent, out of sequence and timed out.
     #[command(verbatim_doc_comment)]
     Status {
         #[arg(long, default_value = DEFAULT_DIR)]
@@ -105,8 +108,10 @@ enum Command {
     ///
     /// Starts a cluster in --dir (or attaches to the one running there), warms up, measures
     /// the floor (shm: a cross-core round trip of one write of the value size; udp: a UDP
-    /// ping-pong over loopback; dpdk: a frame ping-pong over a DPDK ring port pair), then runs
-    /// --ops puts from --clients closed-loop clients.
+    /// ping-pong over loopback; dpdk: the data mesh's own frame round trip, the leader
+    /// reading a follower's heartbeat word over the same ports and agents, with the PMD's
+    /// bare round trip on a ring port pair printed beside it), then runs --ops puts from
+    /// --clients closed-loop clients.
     /// Percentiles come from HdrHistograms; --json writes the summary, --plot a
     /// latency-percentile plot.
     ///
