@@ -198,11 +198,14 @@ pub enum Counter {
     FloorRequest = 32,
     /// Data plane: the last floor request it answered (its samples are in the floor file).
     FloorDone = 33,
+    /// Data plane (shm): old writers it fenced, killed while stopped with a write in flight
+    /// into its region when it revoked them.
+    FabricFenced = 34,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 35] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -237,6 +240,7 @@ impl Counter {
         Counter::Followers,
         Counter::FloorRequest,
         Counter::FloorDone,
+        Counter::FabricFenced,
     ];
 
     /// The counter's name, for tools.
@@ -276,6 +280,7 @@ impl Counter {
             Counter::Followers => "followers",
             Counter::FloorRequest => "floor_request",
             Counter::FloorDone => "floor_done",
+            Counter::FabricFenced => "fabric_fenced",
         }
     }
 

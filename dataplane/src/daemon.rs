@@ -411,6 +411,21 @@ impl Plane for ShmPlane {
     fn answer(&mut self, route: Route, reply: &ClientReply) {
         self.door.answer(route, reply);
     }
+
+    fn publish(&self, channel: &Channel) {
+        let fenced = self.fabric.fenced_writers();
+        if fenced != channel.counter(Counter::FabricFenced) {
+            if let Some((peer, pid)) = self.fabric.last_fenced() {
+                println!(
+                    "rapax-dataplane: node {}: fenced node {peer}'s data plane (pid {pid}): it \
+                     stayed stopped with a write in flight into this node's log while being \
+                     revoked, and was killed ({fenced} fenced so far)",
+                    self.fabric.id()
+                );
+            }
+            channel.set(Counter::FabricFenced, fenced);
+        }
+    }
 }
 
 struct UdpPlane {

@@ -354,6 +354,7 @@ impl LocalCluster {
             fabric_out_of_sequence: get(Counter::FabricOutOfSequence),
             followers: get(Counter::Followers),
             client_rejected: get(Counter::ClientRejected),
+            fabric_fenced: get(Counter::FabricFenced),
         })
     }
 
@@ -633,6 +634,14 @@ impl LocalCluster {
                     )
                 }),
         );
+        // shm: stopped old leaders killed by a revoke they held up.
+        summary_line(
+            &mut s,
+            "fenced",
+            all.iter()
+                .filter(|c| c.fabric_fenced > 0)
+                .map(|c| format!("node {}: {} writers", c.node, c.fabric_fenced)),
+        );
         s
     }
 }
@@ -673,6 +682,8 @@ pub struct NodeCounters {
     pub followers: u64,
     /// Client requests answered with an error (not leader, busy, bad request).
     pub client_rejected: u64,
+    /// shm: old writers this node fenced (killed while stopped mid-write) when revoking them.
+    pub fabric_fenced: u64,
 }
 
 /// Appends "`label`: item; item" to `s` when there is any item.

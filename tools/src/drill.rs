@@ -371,6 +371,9 @@ pub struct FailoverSample {
     pub detect_ns: u64,
     pub handover_ns: u64,
     pub failover_ns: u64,
+    /// Pause mode: the paused victim was fenced (killed by a revoke it held up, on shm) and
+    /// came back restarted instead of resumed.
+    pub fenced: bool,
 }
 
 /// Takes the current leader out (kill -9 or SIGSTOP of its data plane), waits for a new leader
@@ -399,7 +402,7 @@ pub fn fail_leader(
     };
     let limit = Duration::from_secs(20);
     let deadline = Instant::now() + limit;
-    let sample = loop {
+    let mut sample = loop {
         let found = cluster.cluster.ring.iter().copied().find_map(|n| {
             if n == victim {
                 return None;
@@ -438,6 +441,7 @@ pub fn fail_leader(
                 detect_ns: lost - t0,
                 handover_ns: c.leader_at_ns.saturating_sub(lost),
                 failover_ns: c.first_commit_at_ns - t0,
+                fenced: false,
             };
         }
         if Instant::now() > deadline {
@@ -464,6 +468,7 @@ pub fn fail_leader(
             signal(pid, dir, Signal::SIGCONT);
         }
     }
+    let mut fenced = false;
     // Let the victim rejoin: its data plane runs and a leader counts it alive. (Leadership
     // follows ring order, so a restarted victim earlier in the ring takes it back: a planned
     // view change, not measured.)
@@ -479,10 +484,17 @@ pub fn fail_leader(
         if ok || Instant::now() > back {
             break;
         }
+        // A victim paused in the middle of a write into a follower's shm log is fenced (killed)
+        // by that follower's revoke: it comes back as a restarted follower.
+        if mode == FailMode::Pause && !fenced && !is_ours(pid, dir) {
+            fenced = true;
+            cluster.restart(victim, "dataplane")?;
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     // A victim that lost its memory counts again only once a leader has caught it up.
     cluster.wait_caught_up(victim, Duration::from_secs(20))?;
+    sample.fenced = fenced;
     Ok(sample)
 }
 
@@ -621,6 +633,14 @@ pub fn failover(o: &FailoverOptions) -> Result<(FailoverReport, Vec<FailoverSamp
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let fenced = samples.iter().filter(|s| s.fenced).count();
+    if fenced > 0 {
+        println!(
+            "failover: {fenced} of {} paused leaders were fenced (killed while stopped with a \
+             write in flight, by the revoke they held up) and came back restarted",
+            samples.len()
+        );
+    }
     let (history, _failures) = load.finish();
     let verdict = check_kv_history(&history);
     if let Some(e) = err {

@@ -10,6 +10,11 @@
 //!   guard is down (or its process is gone). Both sides use sequentially consistent operations,
 //!   so either the writer sees the cleared holder or `revoke` sees the raised guard: revocation
 //!   is complete when `revoke` returns (contract point 3);
+//! - a writer stopped (SIGSTOP, a debugger) with its guard raised would hold `revoke` for as
+//!   long as it stays stopped, which is the whole time a paused old leader is deposed. The shm
+//!   analogue of a NIC flushing a queue pair is to fence it: a writer that stays stopped with
+//!   its guard raised for [`FENCE_STOPPED_WRITER_AFTER`] is killed (only a process of this
+//!   same executable, never the revoker itself), so its copy can never land;
 //! - every byte is moved with atomic loads and stores, so concurrent copies are well defined; a
 //!   reader may see a copy torn by a write in progress, which the checksums catch.
 //!
@@ -19,6 +24,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::mapped::MappedFile;
 
@@ -118,7 +124,12 @@ pub struct ShmFabric {
     regions: Vec<Mapped>,
     pid: u64,
     completions: Vec<Completion>,
+    fenced: u64,
+    last_fenced: Option<(NodeId, u64)>,
 }
+
+/// How long `revoke` lets a writer stay stopped with a write in flight before fencing it.
+pub const FENCE_STOPPED_WRITER_AFTER: Duration = Duration::from_millis(1);
 
 impl ShmFabric {
     /// Creates (or re-opens, keeping its memory) node `me`'s region in `dir`, maps every node's
@@ -146,6 +157,8 @@ impl ShmFabric {
             regions,
             pid: u64::from(std::process::id()),
             completions: Vec::new(),
+            fenced: 0,
+            last_fenced: None,
         };
         for (n, m) in fabric.regions.iter().enumerate() {
             if m.word(HDR_MAGIC).load(Ordering::SeqCst) != MAGIC
@@ -184,6 +197,8 @@ impl ShmFabric {
             regions,
             pid: u64::from(std::process::id()),
             completions: Vec::new(),
+            fenced: 0,
+            last_fenced: None,
         })
     }
 
@@ -366,6 +381,66 @@ pub(crate) fn process_alive(pid: u64) -> bool {
     !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
 }
 
+/// What a writer process can still do to memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterState {
+    /// Exited, or a zombie: it runs no more code.
+    Gone,
+    /// Stopped by a signal or a tracer: its write stays in flight until it is continued.
+    Stopped,
+    /// Running or waiting to run.
+    Running,
+}
+
+fn writer_state(pid: u64) -> WriterState {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return WriterState::Gone;
+    };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    match stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+    {
+        Some("Z" | "X" | "x") => WriterState::Gone,
+        Some("T" | "t") => WriterState::Stopped,
+        _ => WriterState::Running,
+    }
+}
+
+/// Kills writer `pid` if it is another process of this same executable (never this one, never
+/// a stranger that happens to hold a reused pid). Returns whether it was signalled.
+fn fence(pid: u64) -> bool {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if pid == u64::from(std::process::id()) {
+        return false;
+    }
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    let (Ok(theirs), Ok(ours)) = (
+        std::fs::read_link(format!("/proc/{pid}/exe")),
+        std::fs::read_link("/proc/self/exe"),
+    ) else {
+        return false;
+    };
+    // A stopped process that receives SIGKILL dies without returning to user code.
+    theirs == ours && kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok()
+}
+
+impl ShmFabric {
+    /// Writers this node fenced (killed while stopped with a write in flight) in `revoke`.
+    pub fn fenced_writers(&self) -> u64 {
+        self.fenced
+    }
+
+    /// The node and pid of the last writer fenced.
+    pub fn last_fenced(&self) -> Option<(NodeId, u64)> {
+        self.last_fenced
+    }
+}
+
 impl LocalMemory for ShmFabric {
     fn id(&self) -> NodeId {
         self.me
@@ -439,12 +514,38 @@ impl LocalMemory for ShmFabric {
         }
         // Wait out a write of `peer` that checked the holder before we cleared it.
         let guard = own.word(RIGHTS_GUARDS + 8 * peer as usize);
+        let mut stopped_since: Option<Instant> = None;
+        let mut signalled = None;
+        let mut turns = 0u32;
         loop {
             let pid = guard.load(Ordering::SeqCst);
-            if pid == 0 || !process_alive(pid) {
+            if pid == 0 {
                 break;
             }
-            std::hint::spin_loop();
+            match writer_state(pid) {
+                WriterState::Gone => break,
+                WriterState::Running => stopped_since = None,
+                WriterState::Stopped => {
+                    let since = *stopped_since.get_or_insert_with(Instant::now);
+                    if signalled.is_none()
+                        && since.elapsed() >= FENCE_STOPPED_WRITER_AFTER
+                        && fence(pid)
+                    {
+                        signalled = Some(pid);
+                    }
+                }
+            }
+            // Spin briefly, then give the core away: on a small host the writer may need it.
+            turns += 1;
+            if turns < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        if let Some(pid) = signalled {
+            self.fenced += 1;
+            self.last_fenced = Some((peer, pid));
         }
     }
 
@@ -618,5 +719,100 @@ mod tests {
                 "round {round}: the revoked writer changed the log after revoke returned"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::*;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    const GEO: LogGeometry = LogGeometry {
+        capacity: 64,
+        slot_bytes: 256,
+    };
+    const CHILD_DIR: &str = "RAPAX_SHM_STOPPED_WRITER_DIR";
+
+    /// The writer half of `a_writer_stopped_mid_write_is_fenced_by_revoke`, run in a child
+    /// process of this test executable: node 1 raises its guard in node 0's region, finds the
+    /// holder is its ballot, and stops before its copy, as a SIGSTOP between the two would.
+    /// Continued, it would copy 0xAB bytes into node 0's log.
+    #[test]
+    fn stopped_writer_child() {
+        let Some(dir) = std::env::var_os(CHILD_DIR) else {
+            return; // only meaningful as the child
+        };
+        let w = ShmFabric::open(Path::new(&dir), 1, 3, &GEO).unwrap();
+        let target = &w.regions[0];
+        target
+            .word(RIGHTS_GUARDS + 8)
+            .store(w.pid, Ordering::SeqCst);
+        assert_eq!(
+            target.word(RIGHTS_HOLDER).load(Ordering::SeqCst),
+            Ballot::new(1, 1).0
+        );
+        nix::sys::signal::raise(Signal::SIGSTOP).unwrap();
+        target.store(LOG_AT, &[0xAB; 64]);
+        target.word(RIGHTS_GUARDS + 8).store(0, Ordering::Release);
+    }
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A writer stopped with its write in flight does not hold `revoke` for ever: it is killed,
+    /// and its copy never lands.
+    #[test]
+    fn a_writer_stopped_mid_write_is_fenced_by_revoke() {
+        let dir = std::env::temp_dir().join(format!("rapax-shm-fence-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ShmFabric::create_all(&dir, 3, &GEO).unwrap();
+        let mut owner = ShmFabric::open(&dir, 0, 3, &GEO).unwrap();
+        owner.grant(1, Ballot::new(1, 1));
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "fabric::shm::fence_tests::stopped_writer_child"])
+            .env(CHILD_DIR, &dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = u64::from(child.id());
+        let guard = owner.own().word(RIGHTS_GUARDS + 8);
+        wait_until("the child raises its guard and stops", || {
+            guard.load(Ordering::SeqCst) == pid && writer_state(pid) == WriterState::Stopped
+        });
+        owner.revoke(1);
+        assert_eq!(owner.fenced_writers(), 1);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status:?}");
+        let mut log = [0u8; 64];
+        owner.read_log(0, &mut log);
+        assert_ne!(log, [0xAB; 64], "the fenced writer's copy landed");
+        assert!(owner.writers().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Fencing kills only processes of this executable: a stopped stranger (a reused pid in a
+    /// stale guard) is left alone.
+    #[test]
+    fn a_stranger_is_never_fenced() {
+        let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = sleeper.id();
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        wait_until("sleep stops", || {
+            writer_state(u64::from(pid)) == WriterState::Stopped
+        });
+        assert!(!fence(u64::from(pid)));
+        assert!(!fence(u64::from(std::process::id())), "never itself");
+        assert_eq!(writer_state(u64::from(pid)), WriterState::Stopped);
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert_eq!(writer_state(u64::from(pid)), WriterState::Gone);
     }
 }
