@@ -22,6 +22,15 @@ impl MappedFile {
         })
     }
 
+    /// Maps all of `file`, shared and writable, with every page faulted in now
+    /// (`MAP_POPULATE`): the first touch of a page on the fast path costs no fault (on tmpfs, a
+    /// page fault that also clears the page).
+    pub fn map_populated(file: &File) -> std::io::Result<MappedFile> {
+        Ok(MappedFile {
+            map: memmap2::MmapOptions::new().populate().map_raw(file)?,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

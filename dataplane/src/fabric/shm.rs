@@ -83,7 +83,15 @@ fn region_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("node-{node}.region"))
 }
 
-fn map_file(path: &Path, len: u64, create: bool) -> Result<Mapped, ShmError> {
+/// How a region is mapped: faulted in at once (a data plane, which writes and reads logs on its
+/// fast path) or on demand (set-up, and observers that read only control blocks).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Faults {
+    Now,
+    OnDemand,
+}
+
+fn map_file(path: &Path, len: u64, create: bool, faults: Faults) -> Result<Mapped, ShmError> {
     let io = |source| ShmError::Io {
         path: path.to_path_buf(),
         source,
@@ -112,8 +120,12 @@ fn map_file(path: &Path, len: u64, create: bool) -> Result<Mapped, ShmError> {
             path: path.to_path_buf(),
         });
     }
+    let file = match faults {
+        Faults::Now => MappedFile::map_populated(&file),
+        Faults::OnDemand => MappedFile::map(&file),
+    };
     Ok(Mapped {
-        file: MappedFile::map(&file).map_err(io)?,
+        file: file.map_err(io)?,
         log_bytes: len as usize - LOG_AT,
     })
 }
@@ -144,7 +156,7 @@ impl ShmFabric {
         let mut regions = Vec::with_capacity(nodes);
         for n in 0..nodes as NodeId {
             let path = region_path(dir, n);
-            let m = map_file(&path, len, n == me)?;
+            let m = map_file(&path, len, n == me, Faults::Now)?;
             if n == me && m.word(HDR_MAGIC).load(Ordering::SeqCst) != MAGIC {
                 m.word(HDR_LOG_BYTES)
                     .store(geometry.log_bytes() as u64, Ordering::SeqCst);
@@ -183,7 +195,7 @@ impl ShmFabric {
     ) -> Result<ShmFabric, ShmError> {
         let len = (LOG_AT + geometry.log_bytes()) as u64;
         let regions = (0..nodes as NodeId)
-            .map(|n| map_file(&region_path(dir, n), len, false))
+            .map(|n| map_file(&region_path(dir, n), len, false, Faults::OnDemand))
             .collect::<Result<Vec<_>, _>>()?;
         for (n, m) in regions.iter().enumerate() {
             if m.word(HDR_MAGIC).load(Ordering::SeqCst) != MAGIC {
@@ -205,7 +217,7 @@ impl ShmFabric {
     /// Whether node `me`'s region in `dir` exists and was set up (its memory can be kept).
     pub fn region_exists(dir: &Path, me: NodeId, geometry: &LogGeometry) -> bool {
         let len = (LOG_AT + geometry.log_bytes()) as u64;
-        match map_file(&region_path(dir, me), len, false) {
+        match map_file(&region_path(dir, me), len, false, Faults::OnDemand) {
             Ok(m) => m.word(HDR_MAGIC).load(Ordering::SeqCst) == MAGIC,
             Err(_) => false,
         }
@@ -220,7 +232,7 @@ impl ShmFabric {
         })?;
         let len = (LOG_AT + geometry.log_bytes()) as u64;
         for n in 0..nodes as NodeId {
-            let m = map_file(&region_path(dir, n), len, true)?;
+            let m = map_file(&region_path(dir, n), len, true, Faults::OnDemand)?;
             m.word(HDR_LOG_BYTES)
                 .store(geometry.log_bytes() as u64, Ordering::SeqCst);
             m.word(HDR_MAGIC).store(MAGIC, Ordering::SeqCst);
