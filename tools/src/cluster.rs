@@ -34,6 +34,15 @@ pub enum ClusterError {
     Binary(String),
     #[error("profile {profile:?}: fabric {fabric} cannot run a local cluster (shm and udp can)")]
     Fabric { profile: String, fabric: String },
+    #[error(
+        "profile {profile:?}: this build has no {fabric} fabric ({why}); install its libraries \
+         (ffi/install-deps.sh) and rebuild, or use a shm or udp profile"
+    )]
+    NotBuilt {
+        profile: String,
+        fabric: String,
+        why: String,
+    },
     #[error("no leader within {0:?}")]
     NoLeader(Duration),
     #[error("node {node}'s data plane did not start within {waited:?}")]
@@ -180,6 +189,15 @@ impl LocalCluster {
                 profile: profile.name.clone(),
                 fabric: profile.fabric.kind.as_str().to_string(),
             });
+        }
+        if profile.fabric.kind == FabricKind::Dpdk {
+            if let Some(why) = rapax_dataplane::fabric::dpdk::absent_reason() {
+                return Err(ClusterError::NotBuilt {
+                    profile: profile.name.clone(),
+                    fabric: "dpdk".into(),
+                    why: why.to_string(),
+                });
+            }
         }
         let cdir = ClusterDir::new(dir);
         let running: Vec<i32> = read_pids(&cdir)

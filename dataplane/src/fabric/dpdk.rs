@@ -497,6 +497,11 @@ pub fn available() -> bool {
     rapax_ffi::dpdk::available()
 }
 
+/// Why the DPDK bindings were not built, or `None` when they were.
+pub fn absent_reason() -> Option<&'static str> {
+    rapax_ffi::dpdk::absent_reason()
+}
+
 /// The EAL and the packet pool of this process. DPDK initialises the EAL once per process, so
 /// every user in the process (the data plane's fabric, a floor measurement, tests) shares them.
 #[derive(Debug)]

@@ -44,10 +44,16 @@ impl NicMemory {
     /// Node `id`'s memory: a zeroed control block and a zeroed log of `log_bytes`.
     pub fn new(id: NodeId, log_bytes: usize) -> NicMemory {
         assert!((id as usize) < MAX_NODES, "node id {id} out of range");
+        let mut log = vec![0u8; log_bytes];
+        // Fault every page in now, not on the first write of each on the fast path (a zeroed
+        // allocation is untouched memory; an opaque store keeps the compiler from eliding it).
+        for page in log.chunks_mut(4096) {
+            page[0] = std::hint::black_box(0);
+        }
         NicMemory {
             id,
             control: vec![0; CB_BYTES],
-            log: vec![0; log_bytes],
+            log,
             writers: [None; MAX_NODES],
             data_error: 0,
             revoked: 0,

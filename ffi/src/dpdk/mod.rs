@@ -31,6 +31,18 @@ pub fn available() -> bool {
     cfg!(rapax_dpdk)
 }
 
+/// Why the DPDK bindings were not built (the build script's reason), or `None` when they were.
+pub fn absent_reason() -> Option<&'static str> {
+    #[cfg(rapax_dpdk)]
+    {
+        None
+    }
+    #[cfg(not(rapax_dpdk))]
+    {
+        Some(stub::ABSENT)
+    }
+}
+
 /// Errors of the DPDK layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use super::{Error, MacAddr, Result};
 
 /// Why the bindings are absent, as the build script recorded it.
-const ABSENT: &str = env!("RAPAX_FFI_DPDK_ABSENT");
+pub(crate) const ABSENT: &str = env!("RAPAX_FFI_DPDK_ABSENT");
 
 /// The initialised EAL. None can exist in this build.
 #[derive(Debug)]
