@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::{io_err, publish_frame_stats, ClusterDir, DaemonError, MailboxDoor, Plane, Route};
 use crate::channel::Channel;
-use crate::fabric::dpdk::{process_dpdk, DpdkConfig, DpdkFabric, DpdkMemory, DpdkPortSpec};
+use crate::fabric::dpdk::{
+    process_dpdk, DpdkConfig, DpdkFabric, DpdkMemory, DpdkPortSpec, LinkQueues,
+};
 use crate::fabric::udp::{UdpConfig, UdpFabric};
 use crate::fabric::{Completion, Post};
 use crate::mailbox::MailboxServer;
@@ -181,7 +183,11 @@ pub(super) fn open(
         mac: mac_of(cluster, me)?,
         peers,
         ports,
-        ring_desc: d.ring_desc,
+        queues: LinkQueues {
+            rx: d.rx_queues,
+            tx: d.tx_queues,
+            desc: d.ring_desc,
+        },
         timeout,
         retransmit: (d.retransmit_us > 0).then(|| Duration::from_micros(d.retransmit_us)),
         window_ops: d.send_window_ops,

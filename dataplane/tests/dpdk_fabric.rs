@@ -19,7 +19,7 @@ use dpdk_common::{
 };
 use rapax_dataplane::fabric::dpdk::{
     frame_round_trip_ns, ring_pair_floor_ns, software_eal_args, DpdkLink, DpdkMemory, DpdkPortSpec,
-    ProcessDpdk,
+    LinkQueues, ProcessDpdk,
 };
 use rapax_dataplane::fabric::{FabricError, LocalMemory, Op, Post, Region};
 use rapax_dataplane::protocol::NodeId;
@@ -112,6 +112,7 @@ fn landed_prefix(mem: &DpdkMemory, writes: u64) -> u64 {
 fn run_lossy(env: &'static ProcessDpdk, loss_ppm: u32, retransmit: Option<Duration>) {
     const WRITES: u64 = 600;
     let knobs = Knobs {
+        queues: 1,
         timeout: Duration::from_millis(800),
         retransmit,
         loss_ppm,
@@ -197,7 +198,7 @@ fn the_frame_round_trip_floor_measures_real_round_trips() {
             mac_of(i),
             &ports[i as usize],
             &[(1 - i, mac_of(1 - i))],
-            256,
+            LinkQueues::single(256),
         )
         .expect("a link")
     };

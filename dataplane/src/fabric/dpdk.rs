@@ -25,9 +25,15 @@
 //! af_packet) one port reaches every peer: give it `peer: None`. On point-to-point virtual links
 //! (memif, a pair of ring ports) a node has one port per peer: give each `peer: Some(node)`, and
 //! the link sends to that peer on its port and receives from all ports. Frames to a peer with no
-//! port of its own go out on the first shared port. Each port is used with one rx and one tx
-//! queue (queue 0), polled from the one thread that owns the fabric; the profile's queue counts
-//! are for the daemon's later split of agents across queues.
+//! port of its own go out on the first shared port.
+//!
+//! # Queues
+//!
+//! Every port is configured with the profile's `rx_queues` and `tx_queues` ([`LinkQueues`]),
+//! all served by the one poll-mode thread that owns the fabric: it polls every receive queue of
+//! every port in turn (a NIC's RSS, or a peer, may deliver on any of them), and sends each
+//! destination's frames on one transmit queue chosen by its MAC, so the frames to one peer leave
+//! in order (the frame layer's send window counts on that; reordering only costs resends).
 //!
 //! # Loss
 //!
@@ -98,8 +104,8 @@ pub struct DpdkConfig {
     /// Every peer's MAC, from the cluster file.
     pub peers: Vec<(NodeId, MacAddr)>,
     pub ports: Vec<DpdkPortSpec>,
-    /// Descriptors per rx and per tx queue.
-    pub ring_desc: u16,
+    /// Queues of every port, and descriptors per queue.
+    pub queues: LinkQueues,
     /// How long an operation may stay unanswered before it completes with `Unreachable`.
     pub timeout: Duration,
     /// Loss recovery: resend unanswered request frames after this long (`None`: off).
@@ -129,6 +135,24 @@ pub struct DpdkLinkStats {
     pub port_stopped: u64,
     /// Restarts of a dedicated port whose link stayed down (the link watch, below).
     pub link_restarts: u64,
+}
+
+/// The queues of every port of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkQueues {
+    /// Receive queues per port, all polled.
+    pub rx: u16,
+    /// Transmit queues per port; a destination's frames always take the same one.
+    pub tx: u16,
+    /// Descriptors per rx and per tx queue.
+    pub desc: u16,
+}
+
+impl LinkQueues {
+    /// One rx and one tx queue of `desc` descriptors.
+    pub const fn single(desc: u16) -> LinkQueues {
+        LinkQueues { rx: 1, tx: 1, desc }
+    }
 }
 
 struct LinkPort<'pool> {
@@ -182,6 +206,9 @@ pub struct DpdkLink<'pool> {
     rx_next: usize,
     /// Port polled next when `rx` is empty (round robin).
     rx_port: usize,
+    /// Receive queue of that port polled next (round robin).
+    rx_queue: u16,
+    queues: LinkQueues,
     /// Idle receive polls since the link watch last looked at the clock.
     idle_polls: u32,
     /// When the link watch looks at the links next.
@@ -190,24 +217,24 @@ pub struct DpdkLink<'pool> {
 }
 
 impl<'pool> DpdkLink<'pool> {
-    /// Configures and starts `ports` (one rx and one tx queue each, receiving into `pool`).
-    /// `peer_macs` maps the peers of dedicated ports to their MACs.
+    /// Configures and starts `ports` (`queues` each, receiving into `pool`). `peer_macs` maps
+    /// the peers of dedicated ports to their MACs.
     pub fn open(
         eal: &Eal,
         pool: &'pool PktMbufPool,
         mac: MacAddr,
         ports: &[DpdkPortSpec],
         peer_macs: &[(NodeId, MacAddr)],
-        ring_desc: u16,
+        queues: LinkQueues,
     ) -> Result<DpdkLink<'pool>, DpdkError> {
         if ports.is_empty() {
             return Err(DpdkError::NoPort);
         }
         let config = PortConfig {
-            rx_queues: 1,
-            tx_queues: 1,
-            rx_desc: ring_desc,
-            tx_desc: ring_desc,
+            rx_queues: queues.rx,
+            tx_queues: queues.tx,
+            rx_desc: queues.desc,
+            tx_desc: queues.desc,
             promiscuous: false,
         };
         let mut opened = Vec::with_capacity(ports.len());
@@ -239,6 +266,8 @@ impl<'pool> DpdkLink<'pool> {
             rx: Burst::new(),
             rx_next: 0,
             rx_port: 0,
+            rx_queue: 0,
+            queues,
             idle_polls: 0,
             next_link_check: Instant::now() + LINK_CHECK_EVERY,
             stats: DpdkLinkStats::default(),
@@ -268,6 +297,14 @@ impl<'pool> DpdkLink<'pool> {
             .filter(|p| !p.is_up())
             .map(|p| p.port.id())
             .collect()
+    }
+
+    /// The transmit queue of every frame to `to`: one per destination, so they stay in order.
+    fn tx_queue_for(&self, to: MacAddr) -> u16 {
+        let h =
+            to.0.iter()
+                .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        (h % u32::from(self.queues.tx)) as u16
     }
 
     fn port_for(&self, to: MacAddr) -> usize {
@@ -319,13 +356,18 @@ impl<'pool> DpdkLink<'pool> {
         self.rx.clear();
         self.rx_next = 0;
         let n = self.ports.len();
-        for k in 0..n {
-            let i = (self.rx_port + k) % n;
+        let q = self.queues.rx;
+        // Every (port, queue) once, starting after the one that delivered last.
+        for k in 0..n * usize::from(q) {
+            let flat = self.rx_port * usize::from(q) + usize::from(self.rx_queue) + k;
+            let (i, queue) = ((flat / usize::from(q)) % n, (flat % usize::from(q)) as u16);
             if !self.ports[i].port.is_started() {
                 continue;
             }
-            if self.ports[i].port.rx_burst(0, &mut self.rx) > 0 {
-                self.rx_port = (i + 1) % n;
+            if self.ports[i].port.rx_burst(queue, &mut self.rx) > 0 {
+                let next = flat + 1;
+                self.rx_port = (next / usize::from(q)) % n;
+                self.rx_queue = (next % usize::from(q)) as u16;
                 self.stats.rx_packets += self.rx.len() as u64;
                 return true;
             }
@@ -363,7 +405,7 @@ impl DatagramLink for DpdkLink<'_> {
             self.stats.port_stopped += 1;
             return false;
         }
-        if port.tx_burst(0, &mut tx) == 1 {
+        if port.tx_burst(self.tx_queue_for(to), &mut tx) == 1 {
             true
         } else {
             // Left in the burst, freed with it.
@@ -415,7 +457,7 @@ impl<'pool> FrameFabric<DpdkLink<'pool>> {
             config.mac,
             &config.ports,
             &config.peers,
-            config.ring_desc,
+            config.queues,
         )?;
         let mut fabric = FrameFabric::with_link(
             link,
@@ -581,7 +623,7 @@ pub fn ring_pair_floor_ns(
                 peer: Some(1),
             }],
             &[(1, peer_mac)],
-            256,
+            LinkQueues::single(256),
         )
     };
     let mut a = link(pa, mac_a, mac_b)?;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use rapax_dataplane::fabric::contract::{self, ContractHarness};
 use rapax_dataplane::fabric::dpdk::{
-    process_dpdk, DpdkConfig, DpdkFabric, DpdkLink, DpdkMemory, DpdkPortSpec, ProcessDpdk,
+    process_dpdk, DpdkConfig, DpdkFabric, DpdkLink, DpdkMemory, DpdkPortSpec, LinkQueues,
+    ProcessDpdk,
 };
 use rapax_dataplane::fabric::framed::FrameHarness;
 use rapax_dataplane::fabric::{FabricError, Op, Post, Region};
@@ -112,6 +113,8 @@ pub fn vdev_port(env: &ProcessDpdk, mesh: u32, name: &str, args: &str) -> u16 {
 pub type Mesh = Vec<Vec<DpdkPortSpec>>;
 
 pub struct Knobs {
+    /// Receive and transmit queues per port.
+    pub queues: u16,
     pub timeout: Duration,
     pub retransmit: Option<Duration>,
     pub loss_ppm: u32,
@@ -133,7 +136,11 @@ pub fn cluster(
                 mac: mac_of(i),
                 peers: (0..n).filter(|&p| p != i).map(|p| (p, mac_of(p))).collect(),
                 ports: mesh[i as usize].clone(),
-                ring_desc: 512,
+                queues: LinkQueues {
+                    rx: knobs.queues,
+                    tx: knobs.queues,
+                    desc: 512,
+                },
                 timeout: knobs.timeout,
                 retransmit: knobs.retransmit,
                 window_ops: 64,
@@ -184,13 +191,15 @@ pub fn wait_links_up(nodes: &mut [DpdkFabric<'static>], mems: &mut [DpdkMemory])
     }
 }
 
-/// The nodes of `mesh` under the shared frame-fabric harness.
+/// The nodes of `mesh` under the shared frame-fabric harness, `queues` rx and tx queues per port.
 pub fn harness(
     env: &'static ProcessDpdk,
     mesh: &Mesh,
+    queues: u16,
     retransmit: Option<Duration>,
 ) -> FrameHarness<DpdkLink<'static>> {
     let knobs = Knobs {
+        queues,
         timeout: Duration::from_millis(500),
         retransmit,
         loss_ppm: 0,
@@ -202,8 +211,24 @@ pub fn harness(
 /// The shared contract suite on three-node meshes from `mesh` (a fresh one per check), without
 /// loss recovery (the udp behaviour) and with it (the dpdk default).
 pub fn run_contract(env: &'static ProcessDpdk, mesh: &mut dyn FnMut() -> Mesh) {
-    contract::run_all(&mut || Box::new(harness(env, &mesh(), None)));
-    contract::run_all(&mut || Box::new(harness(env, &mesh(), Some(Duration::from_millis(20)))));
+    run_contract_on_queues(env, 1, mesh);
+}
+
+/// [`run_contract`] with `queues` rx and tx queues on every port.
+pub fn run_contract_on_queues(
+    env: &'static ProcessDpdk,
+    queues: u16,
+    mesh: &mut dyn FnMut() -> Mesh,
+) {
+    contract::run_all(&mut || Box::new(harness(env, &mesh(), queues, None)));
+    contract::run_all(&mut || {
+        Box::new(harness(
+            env,
+            &mesh(),
+            queues,
+            Some(Duration::from_millis(20)),
+        ))
+    });
 }
 
 /// Point 3 with two writers streaming at once, on three-node meshes from `mesh`: node 1 holds
@@ -216,7 +241,7 @@ pub fn check_revocation_under_concurrent_writers(
 ) {
     let b2 = Ballot::new(2, 2);
     for steps in [0, 1, 3, 7, 20] {
-        let mut h = harness(env, &mesh(), Some(Duration::from_millis(20)));
+        let mut h = harness(env, &mesh(), 1, Some(Duration::from_millis(20)));
         h.memory(0).grant(1, B);
         let write = |wr_id: u64, ballot, slot: u64, fill: u8, reconnect| Post {
             wr_id,
