@@ -246,7 +246,7 @@ fn reader(
         }
         // On dpdk too the control mesh is UDP: the data plane serves heartbeat reads on its
         // `udp_addr` (the DPDK port belongs to the data plane's process).
-        FabricKind::Udp | FabricKind::Dpdk => {
+        FabricKind::Udp | FabricKind::Dpdk | FabricKind::Rdma => {
             let node = cluster.node(me).expect("member");
             let addr = node
                 .control_socket_addr()

@@ -118,7 +118,7 @@ impl Client {
         let nodes: Vec<NodeId> = cluster.ring.clone();
         let transport = match profile.fabric.kind {
             // A local dpdk cluster takes clients through the shm mailbox too.
-            FabricKind::Shm | FabricKind::Dpdk => Transport::Shm {
+            FabricKind::Shm | FabricKind::Dpdk | FabricKind::Rdma => Transport::Shm {
                 dir: cdir,
                 boxes: nodes.iter().map(|_| None).collect(),
             },

@@ -183,6 +183,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Dpdk(#[from] crate::fabric::dpdk::DpdkError),
     #[error(transparent)]
+    Rdma(#[from] crate::fabric::rdma::RdmaError),
+    #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Mailbox(#[from] MailboxError),
@@ -383,6 +385,9 @@ fn publish_frame_stats(stats: &FrameStats, channel: &Channel) {
 
 #[path = "daemon_dpdk.rs"]
 mod dpdk_plane;
+
+#[path = "daemon_rdma.rs"]
+mod rdma_plane;
 
 struct ShmPlane {
     fabric: ShmFabric,
@@ -980,6 +985,19 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
             let plane =
                 dpdk_plane::open(&profile, &cluster, &dir, me, client_frame_bytes(&profile))?;
             println!("rapax-dataplane: node {me} starts {start:?} on dpdk");
+            start_agent(
+                plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
+            )?
+        }
+        FabricKind::Rdma => {
+            let start = opts.start.unwrap_or(if restarted {
+                Start::MemoryLost
+            } else {
+                Start::Fresh
+            });
+            let plane =
+                rdma_plane::open(&profile, &cluster, &dir, me, client_frame_bytes(&profile))?;
+            println!("rapax-dataplane: node {me} starts {start:?} on rdma");
             start_agent(
                 plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
             )?

@@ -181,9 +181,25 @@ impl LocalCluster {
                     .get_or_insert_with(|| format!("02:00:00:00:00:{:02x}", n.id + 1));
             }
         }
+        if profile.fabric.kind == FabricKind::Rdma {
+            // Local rdma nodes shake hands on loopback ports next to their UDP ones.
+            for n in &mut cluster.nodes {
+                if n.rdma_addr.is_none() {
+                    let udp = n.udp_socket_addr().expect("a local node has a udp_addr");
+                    n.rdma_addr = Some(format!("{}:{}", udp.ip(), udp.port() + 192));
+                }
+            }
+            if !rapax_dataplane::fabric::rdma::available() {
+                return Err(ClusterError::NotBuilt {
+                    profile: profile.name.clone(),
+                    fabric: "rdma".into(),
+                    why: "rdma-core (libibverbs, librdmacm) not found at build time".into(),
+                });
+            }
+        }
         if !matches!(
             profile.fabric.kind,
-            FabricKind::Shm | FabricKind::Udp | FabricKind::Dpdk
+            FabricKind::Shm | FabricKind::Udp | FabricKind::Dpdk | FabricKind::Rdma
         ) {
             return Err(ClusterError::Fabric {
                 profile: profile.name.clone(),

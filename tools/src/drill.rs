@@ -143,6 +143,7 @@ pub fn measure_floor(profile: &Profile, samples: usize, bytes: usize) -> Latency
     match profile.fabric.kind {
         FabricKind::Udp => floor::udp_floor(samples, bytes).unwrap_or_default(),
         FabricKind::Dpdk => floor::dpdk_floor(samples, bytes.clamp(8, 1500)).unwrap_or_default(),
+        FabricKind::Rdma => floor::rdma_floor(profile, samples, bytes).unwrap_or_default(),
         _ => floor::shm_floor_bytes(samples, None, bytes),
     }
 }

@@ -221,6 +221,32 @@ pub fn dpdk_floor(
 }
 
 // ------------------------------------------------------------------------------------------------
+// RDMA
+
+/// Round trips of one RDMA WRITE of `payload_bytes` (rounded up to a multiple of 8, at least 8)
+/// between two RC queue pairs on the profile's device, as `ib_write_lat` measures them: each side
+/// polls the last word of its inbox for the round number and answers with a write of its own.
+/// `samples` rounds after its warm-up.
+pub fn rdma_floor(
+    profile: &rapax_dataplane::profile::Profile,
+    samples: usize,
+    payload_bytes: usize,
+) -> Result<LatencyRecorder, rapax_dataplane::fabric::rdma::RdmaError> {
+    use rapax_dataplane::fabric::rdma::{write_floor_ns, RdmaError, RdmaSettings};
+    let r = profile.fabric.rdma.as_ref().ok_or(RdmaError::Setting {
+        field: "fabric.rdma",
+        value: "missing".into(),
+        why: "an rdma profile needs its [fabric.rdma] table",
+    })?;
+    let bytes = payload_bytes.max(8).next_multiple_of(8);
+    let mut recorder = LatencyRecorder::new();
+    for ns in write_floor_ns(&RdmaSettings::from_profile(r), bytes, samples)? {
+        recorder.record_ns(ns);
+    }
+    Ok(recorder)
+}
+
+// ------------------------------------------------------------------------------------------------
 // UDP
 
 /// Round trips of one `payload_bytes`-byte UDP datagram over 127.0.0.1 between two threads, in

@@ -94,6 +94,14 @@ use crate::profile::RdmaFabric as RdmaProfile;
 use crate::protocol::layout::{cb_ack, cb_request, peer_may_write_control, LogGeometry, CB_BYTES};
 use crate::protocol::{Ballot, NodeId};
 
+#[path = "rdma_net.rs"]
+pub mod net;
+
+/// Whether the rdma-core bindings were built (without them every device open fails).
+pub fn available() -> bool {
+    rapax_ffi::ibverbs::available()
+}
+
 /// Errors setting up the rdma fabric.
 #[derive(Debug, thiserror::Error)]
 pub enum RdmaError {
@@ -448,7 +456,8 @@ struct NodeShared {
 /// The owner's side of connection set-up and rights, shared by the nodes of one process.
 pub struct Wiring {
     dev: Arc<Device>,
-    nodes: Vec<NodeShared>,
+    /// The owners of this process (every node in-process; only its own node in a daemon).
+    nodes: Vec<Option<NodeShared>>,
     responders: HashMap<LinkKey, Responder>,
     next_psn: u32,
     /// Times the access-flags switch failed and the fallback cycle ran.
@@ -458,6 +467,23 @@ pub struct Wiring {
 }
 
 impl Wiring {
+    fn node(&self, n: NodeId) -> &NodeShared {
+        self.nodes[n as usize]
+            .as_ref()
+            .expect("an owner of this process")
+    }
+
+    fn node_mut(&mut self, n: NodeId) -> &mut NodeShared {
+        self.nodes[n as usize]
+            .as_mut()
+            .expect("an owner of this process")
+    }
+
+    /// Whether node `n`'s memory lives in this process.
+    fn owns(&self, n: NodeId) -> bool {
+        self.nodes.get(n as usize).is_some_and(Option::is_some)
+    }
+
     fn psn(&mut self) -> u32 {
         self.next_psn = (self.next_psn + 0x1357) & 0xFF_FFFF;
         self.next_psn
@@ -471,7 +497,7 @@ impl Wiring {
             }
             Lane::Data(ballot) => {
                 let granted =
-                    self.nodes[key.dst as usize].holder == Some(ballot) && ballot.node() == key.src;
+                    self.node(key.dst).holder == Some(ballot) && ballot.node() == key.src;
                 let base = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ;
                 if granted {
                     base | AccessFlags::REMOTE_WRITE
@@ -491,10 +517,9 @@ impl Wiring {
         key: LinkKey,
         initiator: Endpoint,
     ) -> Result<(Endpoint, Remotes), RdmaError> {
-        let dst = key.dst as usize;
         let remotes = match key.lane {
             Lane::Control => {
-                let c = self.nodes[dst].control[key.src as usize]
+                let c = self.node(key.dst).control[key.src as usize]
                     .as_ref()
                     .expect("every peer has control access");
                 Remotes::Control {
@@ -504,7 +529,7 @@ impl Wiring {
                 }
             }
             Lane::Data(_) => Remotes::Log(
-                self.nodes[dst]
+                self.node(key.dst)
                     .log
                     .mr
                     .remote(0)
@@ -518,7 +543,7 @@ impl Wiring {
         let qp = match qp {
             Some(qp) => qp,
             None => {
-                let node = &self.nodes[dst];
+                let node = self.node(key.dst);
                 let pd = match key.lane {
                     Lane::Control => &node.control[key.src as usize].as_ref().unwrap().pd,
                     Lane::Data(_) => &node.pd,
@@ -529,7 +554,7 @@ impl Wiring {
         };
         let psn = self.psn();
         let endpoint = self.dev.endpoint(qp.qp_num(), psn);
-        let qp = if self.nodes[dst].isolated {
+        let qp = if self.node(key.dst).isolated {
             Qp::Reset(qp)
         } else {
             let access = self.access(&key);
@@ -545,7 +570,7 @@ impl Wiring {
     /// Sets who may write `owner`'s log and applies it to every data responder of `owner`
     /// before returning (see the module docs on why that completes a revocation).
     fn set_holder(&mut self, owner: NodeId, holder: Option<Ballot>) {
-        self.nodes[owner as usize].holder = holder;
+        self.node_mut(owner).holder = holder;
         let keys: Vec<LinkKey> = self
             .responders
             .keys()
@@ -576,7 +601,7 @@ impl Wiring {
 
     /// Makes `node` unreachable: every responder of it goes to RESET (and new ones stay there).
     fn isolate(&mut self, node: NodeId) {
-        self.nodes[node as usize].isolated = true;
+        self.node_mut(node).isolated = true;
         for (key, r) in self.responders.iter_mut() {
             if key.dst == node {
                 r.qp = r.qp.take().and_then(|q| q.into_reset().ok()).map(Qp::Reset);
@@ -657,7 +682,25 @@ pub struct RdmaFabric {
     control: Arc<Buffer>,
     log: Arc<Buffer>,
     log_bytes: usize,
+    /// The handshake with peers in other processes (`None`: every peer is in this process).
+    net: Option<net::RdmaNet>,
+    /// Connections to peers in other processes waiting for the owner's answer.
+    connecting: HashMap<LinkKey, Connecting>,
+    answers: Vec<net::Answer>,
 }
+
+/// A connection whose handshake is under way: its initiator (in RESET), the request's nonce,
+/// and the posts waiting for it.
+struct Connecting {
+    qp: QueuePair<Reset>,
+    psn: u32,
+    nonce: u64,
+    since: Instant,
+    queued: Vec<Post>,
+}
+
+/// Most posts that wait for one connection's handshake; more fail with `Unreachable`.
+const MAX_QUEUED: usize = 4096;
 
 /// Every node of one cluster in this process, wired on one device.
 pub struct RdmaCluster;
@@ -672,93 +715,169 @@ impl RdmaCluster {
     ) -> Result<Vec<RdmaFabric>, RdmaError> {
         let dev = Arc::new(Device::open(settings)?);
         let log_bytes = geometry.log_bytes();
-        // Room for every outstanding request of a node: a full send queue per peer and lane.
-        let cq_entries = settings.max_send_wr.saturating_mul(4).clamp(64, 16384);
         let mut shared = Vec::with_capacity(nodes);
         let mut mine = Vec::with_capacity(nodes);
         for _ in 0..nodes {
-            let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
-            let cq = dev
-                .ctx
-                .create_cq(cq_entries)
-                .map_err(verbs("ibv_create_cq"))?;
-            let control = Arc::new(Buffer::new(CB_BYTES)?);
-            let log = Arc::new(Buffer::new(log_bytes)?);
-            let log_region = Registered::new(
-                &pd,
-                &log,
-                0,
-                log_bytes,
-                AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ,
-            )?;
-            let mut access = Vec::with_capacity(nodes);
-            for peer in 0..nodes as NodeId {
-                let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
-                let writable = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
-                access.push(Some(ControlAccess {
-                    read: Registered::new(&pd, &control, 0, CB_BYTES, AccessFlags::REMOTE_READ)?,
-                    request: Registered::new(&pd, &control, cb_request(peer), 8, writable)?,
-                    ack: Registered::new(&pd, &control, cb_ack(peer), 8, writable)?,
-                    pd,
-                }));
-            }
-            let staging_buf = Arc::new(Buffer::new(settings.staging_bytes)?);
-            let staging = Staging {
-                region: Registered::new(
-                    &pd,
-                    &staging_buf,
-                    0,
-                    staging_buf.len(),
-                    AccessFlags::LOCAL_WRITE,
-                )?,
-                head: 0,
-                in_use: 0,
-            };
-            shared.push(NodeShared {
-                log: log_region,
-                control: access,
-                pd: pd.clone(),
-                cq: cq.clone(),
-                holder: None,
-                isolated: false,
-            });
-            mine.push((pd, cq, control, log, staging, cq_entries));
+            let (owner, own) = alloc_owner(&dev, settings, nodes, log_bytes)?;
+            shared.push(Some(owner));
+            mine.push(own);
         }
-        let wiring = Arc::new(Mutex::new(Wiring {
-            dev: dev.clone(),
-            nodes: shared,
-            responders: HashMap::new(),
-            next_psn: 0x10_0000,
-            fallback_cycles: 0,
-            force_fallback: false,
-        }));
+        let wiring = Arc::new(Mutex::new(Wiring::new(&dev, shared)));
         Ok(mine
             .into_iter()
             .enumerate()
-            .map(
-                |(me, (pd, cq, control, log, staging, cq_entries))| RdmaFabric {
-                    me: me as NodeId,
-                    nodes,
-                    dev: dev.clone(),
-                    wiring: wiring.clone(),
-                    pd,
-                    cq,
-                    conns: HashMap::new(),
-                    pending: (0..cq_entries).map(|_| None).collect(),
-                    free: (0..cq_entries).rev().collect(),
-                    staging,
-                    completions: Vec::new(),
-                    wcs: vec![WorkCompletion::default(); 64],
-                    control,
-                    log,
-                    log_bytes,
-                },
-            )
+            .map(|(me, own)| RdmaFabric::assemble(me as NodeId, nodes, &dev, &wiring, own, None))
             .collect())
     }
 }
 
+/// What a node's fabric keeps of its own allocation (the owner's half goes to the wiring).
+struct OwnParts {
+    pd: ProtectionDomain,
+    cq: CompletionQueue,
+    control: Arc<Buffer>,
+    log: Arc<Buffer>,
+    staging: Staging,
+    cq_entries: usize,
+    log_bytes: usize,
+}
+
+/// Allocates and registers one node's control block, log and staging buffer on `dev`.
+fn alloc_owner(
+    dev: &Arc<Device>,
+    settings: &RdmaSettings,
+    nodes: usize,
+    log_bytes: usize,
+) -> Result<(NodeShared, OwnParts), RdmaError> {
+    // Room for every outstanding request of a node: a full send queue per peer and lane.
+    let cq_entries = settings.max_send_wr.saturating_mul(4).clamp(64, 16384) as usize;
+    let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
+    let cq = dev
+        .ctx
+        .create_cq(cq_entries as u32)
+        .map_err(verbs("ibv_create_cq"))?;
+    let control = Arc::new(Buffer::new(CB_BYTES)?);
+    let log = Arc::new(Buffer::new(log_bytes)?);
+    let log_region = Registered::new(
+        &pd,
+        &log,
+        0,
+        log_bytes,
+        AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE | AccessFlags::REMOTE_READ,
+    )?;
+    let mut access = Vec::with_capacity(nodes);
+    for peer in 0..nodes as NodeId {
+        let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
+        let writable = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
+        access.push(Some(ControlAccess {
+            read: Registered::new(&pd, &control, 0, CB_BYTES, AccessFlags::REMOTE_READ)?,
+            request: Registered::new(&pd, &control, cb_request(peer), 8, writable)?,
+            ack: Registered::new(&pd, &control, cb_ack(peer), 8, writable)?,
+            pd,
+        }));
+    }
+    let staging_buf = Arc::new(Buffer::new(settings.staging_bytes)?);
+    let staging = Staging {
+        region: Registered::new(
+            &pd,
+            &staging_buf,
+            0,
+            staging_buf.len(),
+            AccessFlags::LOCAL_WRITE,
+        )?,
+        head: 0,
+        in_use: 0,
+    };
+    let owner = NodeShared {
+        log: log_region,
+        control: access,
+        pd: pd.clone(),
+        cq: cq.clone(),
+        holder: None,
+        isolated: false,
+    };
+    Ok((
+        owner,
+        OwnParts {
+            pd,
+            cq,
+            control,
+            log,
+            staging,
+            cq_entries,
+            log_bytes,
+        },
+    ))
+}
+
+impl Wiring {
+    fn new(dev: &Arc<Device>, nodes: Vec<Option<NodeShared>>) -> Wiring {
+        Wiring {
+            dev: dev.clone(),
+            nodes,
+            responders: HashMap::new(),
+            next_psn: 0x10_0000,
+            fallback_cycles: 0,
+            force_fallback: false,
+        }
+    }
+}
+
 impl RdmaFabric {
+    fn assemble(
+        me: NodeId,
+        nodes: usize,
+        dev: &Arc<Device>,
+        wiring: &Arc<Mutex<Wiring>>,
+        own: OwnParts,
+        net: Option<net::RdmaNet>,
+    ) -> RdmaFabric {
+        RdmaFabric {
+            me,
+            nodes,
+            dev: dev.clone(),
+            wiring: wiring.clone(),
+            pd: own.pd,
+            cq: own.cq,
+            conns: HashMap::new(),
+            pending: (0..own.cq_entries).map(|_| None).collect(),
+            free: (0..own.cq_entries as u32).rev().collect(),
+            staging: own.staging,
+            completions: Vec::new(),
+            wcs: vec![WorkCompletion::default(); 64],
+            control: own.control,
+            log: own.log,
+            log_bytes: own.log_bytes,
+            net,
+            connecting: HashMap::new(),
+            answers: Vec::new(),
+        }
+    }
+
+    /// Node `me` of a cluster of `nodes` in this process alone (a daemon): opens the device,
+    /// allocates and registers its own control block and log, and connects to its peers through
+    /// `net` (the handshake over UDP, [`net::RdmaNet`]) on first use.
+    pub fn open_node(
+        settings: &RdmaSettings,
+        me: NodeId,
+        nodes: usize,
+        geometry: &LogGeometry,
+        net: net::RdmaNet,
+    ) -> Result<RdmaFabric, RdmaError> {
+        let dev = Arc::new(Device::open(settings)?);
+        let (owner, own) = alloc_owner(&dev, settings, nodes, geometry.log_bytes())?;
+        let mut shared: Vec<Option<NodeShared>> = (0..nodes).map(|_| None).collect();
+        shared[me as usize] = Some(owner);
+        let wiring = Arc::new(Mutex::new(Wiring::new(&dev, shared)));
+        Ok(RdmaFabric::assemble(
+            me,
+            nodes,
+            &dev,
+            &wiring,
+            own,
+            Some(net),
+        ))
+    }
     fn wiring(&self) -> MutexGuard<'_, Wiring> {
         self.wiring.lock().expect("no panic while wiring")
     }
@@ -827,6 +946,13 @@ impl RdmaFabric {
     /// Waits for every completion of `key`'s connection (a connection in error flushes at once),
     /// then resets both queue pairs and connects them again.
     fn reconnect(&mut self, key: LinkKey) -> Result<(), RdmaError> {
+        let qp = self.drain_and_reset(key)?;
+        self.bring_up_initiator(key, qp)
+    }
+
+    /// Waits for every completion of `key`'s connection, removes it, and returns its initiator
+    /// reset (or a new one).
+    fn drain_and_reset(&mut self, key: LinkKey) -> Result<QueuePair<Reset>, RdmaError> {
         let deadline = Instant::now() + DRAIN_LIMIT;
         while self.conns[&key].outstanding > 0 {
             assert!(
@@ -845,7 +971,103 @@ impl RdmaFabric {
             _ => QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps)
                 .map_err(verbs("ibv_create_qp (initiator)"))?,
         };
-        self.bring_up_initiator(key, qp)
+        Ok(qp)
+    }
+
+    /// Starts the handshake of `key` with its owner in another process (`qp`: an initiator to
+    /// reuse, reset), with `post` as the first one waiting for it.
+    fn start_connect(&mut self, key: LinkKey, qp: Option<QueuePair<Reset>>, post: Post) {
+        let qp = match qp {
+            Some(qp) => qp,
+            None => match QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps) {
+                Ok(qp) => qp,
+                Err(_) => return self.finish(post.wr_id, Err(FabricError::Unreachable)),
+            },
+        };
+        let psn = self.wiring().psn();
+        let endpoint = self.dev.endpoint(qp.qp_num(), psn);
+        let Some(net) = self.net.as_mut() else {
+            return self.finish(post.wr_id, Err(FabricError::Unreachable));
+        };
+        let nonce = net.request(key, &endpoint);
+        self.connecting.insert(
+            key,
+            Connecting {
+                qp,
+                psn,
+                nonce,
+                since: Instant::now(),
+                queued: vec![post],
+            },
+        );
+    }
+
+    /// Serves the handshake endpoint: answers peers' requests for our memory, completes our
+    /// connections whose answer came (their waiting posts go out), and fails those whose owner
+    /// did not answer in time.
+    fn serve_handshakes(&mut self) {
+        let Some(net) = self.net.as_mut() else {
+            return;
+        };
+        let mut answers = std::mem::take(&mut self.answers);
+        net.serve(&self.wiring, &mut answers);
+        for a in answers.drain(..) {
+            let matches = self
+                .connecting
+                .get(&a.key)
+                .is_some_and(|c| c.nonce == a.nonce);
+            if !matches {
+                continue; // an answer to a request given up on
+            }
+            let c = self.connecting.remove(&a.key).expect("matched above");
+            let up = a.result.and_then(|(remote, remotes)| {
+                bring_up(&self.dev, c.qp, AccessFlags::NONE, &remote, c.psn)
+                    .ok()
+                    .map(|qp| (qp, remotes))
+            });
+            match up {
+                Some((qp, remotes)) => {
+                    self.conns.insert(
+                        a.key,
+                        Conn {
+                            qp: Some(Qp::Rts(qp)),
+                            remotes,
+                            outstanding: 0,
+                            broken: None,
+                        },
+                    );
+                    for p in c.queued {
+                        self.post(p);
+                    }
+                }
+                None => {
+                    for p in c.queued {
+                        self.finish(p.wr_id, Err(FabricError::Unreachable));
+                    }
+                }
+            }
+        }
+        self.answers = answers;
+        if self.connecting.is_empty() {
+            return;
+        }
+        let late: Vec<LinkKey> = self
+            .connecting
+            .iter()
+            .filter(|(_, c)| c.since.elapsed() >= net::CONNECT_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            let c = self.connecting.remove(&k).expect("listed above");
+            for p in c.queued {
+                self.finish(p.wr_id, Err(FabricError::Unreachable));
+            }
+        }
+    }
+
+    /// The handshake endpoint's counters (a daemon's fabric only).
+    pub fn net_stats(&self) -> Option<&net::NetStats> {
+        self.net.as_ref().map(|n| n.stats())
     }
 
     /// Posts `post`; its completion comes from [`RdmaFabric::poll`]. Never blocks for long: a
@@ -874,7 +1096,16 @@ impl RdmaFabric {
         if offset.checked_add(len).is_none_or(|end| end > size) || len == 0 {
             return self.finish(post.wr_id, Err(FabricError::Permission));
         }
+        if let Some(c) = self.connecting.get_mut(&key) {
+            if c.queued.len() >= MAX_QUEUED {
+                return self.finish(post.wr_id, Err(FabricError::Unreachable));
+            }
+            c.queued.push(post);
+            return;
+        }
+        let remote = !self.wiring().owns(key.dst);
         match self.conns.get(&key).map(|c| c.broken) {
+            None if remote => return self.start_connect(key, None, post),
             None => {
                 if self.connect(key).is_err() {
                     return self.finish(post.wr_id, Err(FabricError::Unreachable));
@@ -884,6 +1115,12 @@ impl RdmaFabric {
                 // Control connections heal on their own; data connections on request.
                 if !(post.reconnect || key.lane == Lane::Control) {
                     return self.finish(post.wr_id, Err(err));
+                }
+                if remote {
+                    return match self.drain_and_reset(key) {
+                        Ok(qp) => self.start_connect(key, Some(qp), post),
+                        Err(_) => self.finish(post.wr_id, Err(FabricError::Unreachable)),
+                    };
                 }
                 if self.reconnect(key).is_err() {
                     return self.finish(post.wr_id, Err(FabricError::Unreachable));
@@ -1065,6 +1302,7 @@ impl RdmaFabric {
 
     /// The completions of everything finished so far (polls the device once).
     pub fn poll(&mut self) -> Vec<Completion> {
+        self.serve_handshakes();
         self.poll_device();
         std::mem::take(&mut self.completions)
     }
@@ -1125,7 +1363,7 @@ impl LocalMemory for RdmaFabric {
         offset: usize,
         bytes: &[u8],
     ) -> Result<(), FabricError> {
-        let holder = self.wiring().nodes[self.me as usize].holder;
+        let holder = self.wiring().node(self.me).holder;
         if holder != Some(ballot) || ballot.node() != self.me {
             return Err(FabricError::Permission);
         }
@@ -1142,12 +1380,13 @@ impl LocalMemory for RdmaFabric {
     fn revoke(&mut self, peer: NodeId) {
         let me = self.me;
         let mut w = self.wiring();
-        let holder = w.nodes[me as usize].holder.filter(|b| b.node() != peer);
+        let holder = w.node(me).holder.filter(|b| b.node() != peer);
         w.set_holder(me, holder);
     }
 
     fn writers(&self) -> Vec<(NodeId, Ballot)> {
-        self.wiring().nodes[self.me as usize]
+        self.wiring()
+            .node(self.me)
             .holder
             .map(|b| vec![(b.node(), b)])
             .unwrap_or_default()

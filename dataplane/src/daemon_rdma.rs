@@ -1,0 +1,153 @@
+//! The `rdma` data plane of the daemon: the data mesh over RC queue pairs ([`RdmaFabric`], one
+//! node per process, connections made through the handshake on the node's `rdma_addr`), the
+//! control mesh's heartbeat reads over the node's UDP socket (`udp_addr`, as on `udp` and
+//! `dpdk`: the control plane is a separate process with no queue pairs of its own), and clients
+//! through the shm mailbox (a local cluster).
+//!
+//! The control endpoint answers from a copy of the node's control block taken just before each
+//! poll of it, so the control plane reads what the peers' data planes read over RDMA.
+
+use std::time::{Duration, Instant};
+
+use super::{ClusterDir, DaemonError, MailboxDoor, Plane, Route};
+use crate::channel::{Channel, Counter};
+use crate::fabric::nic::NicMemory;
+use crate::fabric::rdma::net::RdmaNet;
+use crate::fabric::rdma::{RdmaFabric, RdmaSettings};
+use crate::fabric::udp::{UdpConfig, UdpFabric};
+use crate::fabric::{Completion, LocalMemory, Post};
+use crate::mailbox::MailboxServer;
+use crate::profile::{ClusterFile, Profile};
+use crate::protocol::layout::CB_BYTES;
+use crate::protocol::node::{BadRequest, ClientReply, ClientRequest};
+use crate::protocol::NodeId;
+
+pub(super) struct RdmaPlane {
+    fabric: RdmaFabric,
+    /// Serves control-block reads of the members' control planes; posts nothing.
+    control: UdpFabric,
+    /// The control block as the control endpoint serves it (no log).
+    mirror: NicMemory,
+    door: MailboxDoor,
+    discard: Vec<Completion>,
+    next_control_poll: Instant,
+    block: Vec<u8>,
+}
+
+/// How often the control endpoint (heartbeat reads, every few milliseconds) is polled.
+const CONTROL_POLL_EVERY: Duration = Duration::from_micros(50);
+
+impl Plane for RdmaPlane {
+    type Mem = RdmaFabric;
+
+    fn mem(&mut self) -> &mut RdmaFabric {
+        &mut self.fabric
+    }
+
+    fn post(&mut self, post: Post) {
+        self.fabric.post(post);
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.fabric.poll());
+        let now = Instant::now();
+        if now >= self.next_control_poll {
+            self.next_control_poll = now + CONTROL_POLL_EVERY;
+            self.fabric.read_control(0, &mut self.block);
+            self.mirror.control_mut().copy_from_slice(&self.block);
+            self.discard.clear();
+            self.discard
+                .extend(self.control.poll(&mut self.mirror, now));
+        }
+    }
+
+    fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
+        self.door.ingress(sink)
+    }
+
+    fn answer(&mut self, route: Route, reply: &ClientReply) {
+        self.door.answer(route, reply);
+    }
+
+    fn publish(&self, channel: &Channel) {
+        if let Some(s) = self.fabric.net_stats() {
+            channel.set(Counter::FabricStrangers, s.strangers);
+            channel.set(Counter::FabricDecodeErrors, s.malformed);
+        }
+    }
+}
+
+/// Opens the device and node `me`'s memory, the handshake and control endpoints, the mailbox.
+pub(super) fn open(
+    profile: &Profile,
+    cluster: &ClusterFile,
+    dir: &ClusterDir,
+    me: NodeId,
+    mailbox_bytes: usize,
+) -> Result<RdmaPlane, DaemonError> {
+    let r = profile
+        .fabric
+        .rdma
+        .as_ref()
+        .ok_or(DaemonError::UnsupportedFabric("rdma without [fabric.rdma]"))?;
+    let settings = RdmaSettings::from_profile(r);
+    let rdma_addr = |n: NodeId| {
+        cluster
+            .node(n)
+            .and_then(|x| x.rdma_socket_addr())
+            .ok_or(DaemonError::MissingAddress {
+                node: n,
+                what: "rdma_addr",
+            })
+    };
+    let peers = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&p| p != me)
+        .map(|p| Ok((p, rdma_addr(p)?)))
+        .collect::<Result<Vec<_>, DaemonError>>()?;
+    let at = rdma_addr(me)?;
+    let net = RdmaNet::bind(at, me, cluster.cluster_id(), &peers)
+        .map_err(super::io_err(format!("bind the rdma handshake socket {at}")))?;
+    let fabric = RdmaFabric::open_node(
+        &settings,
+        me,
+        cluster.node_slots(),
+        &profile.geometry(),
+        net,
+    )?;
+    let node = cluster.node(me).expect("member");
+    let addr = node.udp_socket_addr().ok_or(DaemonError::MissingAddress {
+        node: me,
+        what: "udp_addr",
+    })?;
+    let period = Duration::from_micros(profile.election.read_period_us);
+    let control = UdpFabric::bind(
+        addr,
+        UdpConfig {
+            me,
+            cluster_id: cluster.cluster_id(),
+            peers: Vec::new(),
+            timeout: (period * 2).max(Duration::from_millis(1)),
+            control_readers: cluster
+                .nodes
+                .iter()
+                .filter_map(|p| Some((p.id, p.control_socket_addr()?)))
+                .collect(),
+            clients: Vec::new(),
+            window_ops: 1,
+            socket_buffer_bytes: 0,
+        },
+    )?;
+    let mailbox = MailboxServer::create(&dir.mailbox(me), super::MAX_SLOTS, mailbox_bytes)?;
+    Ok(RdmaPlane {
+        fabric,
+        control,
+        mirror: NicMemory::new(me, 64),
+        door: MailboxDoor::new(mailbox, me, cluster.cluster_id()),
+        discard: Vec::new(),
+        next_control_poll: Instant::now(),
+        block: vec![0; CB_BYTES],
+    })
+}
