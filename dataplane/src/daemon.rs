@@ -664,6 +664,7 @@ impl<P: Plane> Dataplane<P> {
         self.inbox = inbox;
         self.node.tick(now, self.plane.mem(), &mut self.out);
         self.probe_tick();
+        self.stamp_proposed();
         let mut completed = false;
         loop {
             for post in self.out.posts.drain(..) {
@@ -765,6 +766,23 @@ impl<P: Plane> Dataplane<P> {
         });
     }
 
+    /// Stamps the slots proposed so far in this turn before their 2A writes are posted: on
+    /// fabrics whose writes complete inside the post (shm's copies, and rxe's loopback), a stamp
+    /// taken after posting would leave the replication round trip out of its own latency.
+    fn stamp_proposed(&mut self) {
+        let mask = self.proposed.len() as u64 - 1;
+        let mut now = None;
+        for n in &self.out.notes {
+            if let Note::Proposed { slot } = *n {
+                let t = *now.get_or_insert_with(monotonic_ns);
+                let at = &mut self.proposed[(slot & mask) as usize];
+                if at.0 != slot {
+                    *at = (slot, t);
+                }
+            }
+        }
+    }
+
     fn note(&mut self, note: &Note) {
         if self.notes_logged < MAX_LOGGED_NOTES {
             if let Some(line) = describe_note(note) {
@@ -780,7 +798,12 @@ impl<P: Plane> Dataplane<P> {
         let mask = self.proposed.len() as u64 - 1;
         match *note {
             Note::Proposed { slot } => {
-                self.proposed[(slot & mask) as usize] = (slot, monotonic_ns());
+                // Stamped before its writes were posted (`stamp_proposed`); a proposal made
+                // after that point in the turn (settling) is stamped now.
+                let at = &mut self.proposed[(slot & mask) as usize];
+                if at.0 != slot {
+                    *at = (slot, monotonic_ns());
+                }
             }
             Note::Chosen { slot, .. } => {
                 let (s, t) = self.proposed[(slot & mask) as usize];
