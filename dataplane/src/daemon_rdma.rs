@@ -108,8 +108,9 @@ pub(super) fn open(
         .map(|p| Ok((p, rdma_addr(p)?)))
         .collect::<Result<Vec<_>, DaemonError>>()?;
     let at = rdma_addr(me)?;
-    let net = RdmaNet::bind(at, me, cluster.cluster_id(), &peers)
-        .map_err(super::io_err(format!("bind the rdma handshake socket {at}")))?;
+    let net = RdmaNet::bind(at, me, cluster.cluster_id(), &peers).map_err(super::io_err(
+        format!("bind the rdma handshake socket {at}"),
+    ))?;
     let fabric = RdmaFabric::open_node(
         &settings,
         me,

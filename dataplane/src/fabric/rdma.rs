@@ -496,8 +496,7 @@ impl Wiring {
                 AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ | AccessFlags::REMOTE_WRITE
             }
             Lane::Data(ballot) => {
-                let granted =
-                    self.node(key.dst).holder == Some(ballot) && ballot.node() == key.src;
+                let granted = self.node(key.dst).holder == Some(ballot) && ballot.node() == key.src;
                 let base = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ;
                 if granted {
                     base | AccessFlags::REMOTE_WRITE
@@ -687,7 +686,11 @@ pub struct RdmaFabric {
     /// Connections to peers in other processes waiting for the owner's answer.
     connecting: HashMap<LinkKey, Connecting>,
     answers: Vec<net::Answer>,
+    next_serve: Instant,
 }
+
+/// How often a daemon's fabric looks at its handshake socket when it waits for no answer.
+const SERVE_EVERY: Duration = Duration::from_micros(200);
 
 /// A connection whose handshake is under way: its initiator (in RESET), the request's nonce,
 /// and the posts waiting for it.
@@ -851,6 +854,7 @@ impl RdmaFabric {
             net,
             connecting: HashMap::new(),
             answers: Vec::new(),
+            next_serve: Instant::now(),
         }
     }
 
@@ -1302,7 +1306,13 @@ impl RdmaFabric {
 
     /// The completions of everything finished so far (polls the device once).
     pub fn poll(&mut self) -> Vec<Completion> {
-        self.serve_handshakes();
+        // The handshake socket costs a system call per look: every `SERVE_EVERY` (peers'
+        // requests wait that long at most), or at every poll while one of ours is under way.
+        let now = Instant::now();
+        if self.net.is_some() && (now >= self.next_serve || !self.connecting.is_empty()) {
+            self.next_serve = now + SERVE_EVERY;
+            self.serve_handshakes();
+        }
         self.poll_device();
         std::mem::take(&mut self.completions)
     }

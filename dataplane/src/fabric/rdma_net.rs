@@ -373,13 +373,25 @@ mod tests {
         };
         let mut m = Vec::new();
         header(&mut m, KIND_ANSWER, key, 77, 5, &endpoint());
-        put_remotes(&mut m, &Remotes::Log(RemoteAddr { addr: 4096, rkey: 9 }));
+        put_remotes(
+            &mut m,
+            &Remotes::Log(RemoteAddr {
+                addr: 4096,
+                rkey: 9,
+            }),
+        );
         let d = Message::decode(&m).expect("decodes");
-        assert_eq!((d.kind, d.key, d.cluster_id, d.nonce), (KIND_ANSWER, key, 77, 5));
+        assert_eq!(
+            (d.kind, d.key, d.cluster_id, d.nonce),
+            (KIND_ANSWER, key, 77, 5)
+        );
         assert_eq!(d.endpoint, endpoint());
         assert!(matches!(
             d.remotes,
-            Some(Remotes::Log(RemoteAddr { addr: 4096, rkey: 9 }))
+            Some(Remotes::Log(RemoteAddr {
+                addr: 4096,
+                rkey: 9
+            }))
         ));
         // Cut, extended, wrong magic, a node id out of range, a data lane without a ballot.
         assert!(Message::decode(&m[..m.len() - 1]).is_none());
