@@ -1591,11 +1591,17 @@ impl<S: StateMachine> Node<S> {
                 return;
             }
         }
-        // Idle: announce the commit index on its own.
+        // Idle: announce the commit index on its own, once the leader has proposed nothing
+        // for a sixteenth of the retry period (the next entry carries the index anyway: a
+        // closed-loop client's next command must not queue behind two more writes per
+        // follower), and at least every retry period.
         let Role::Leader(l) = &mut self.role else {
             return;
         };
-        if l.queue.is_empty() && (l.commit > l.hint_sent || now >= l.last_touch + retry) {
+        let settled = now >= l.last_touch + retry / 16;
+        if l.queue.is_empty()
+            && ((l.commit > l.hint_sent && settled) || now >= l.last_touch + retry)
+        {
             l.hint_sent = l.commit;
             l.last_touch = now;
             let rec = CommitRecord {
