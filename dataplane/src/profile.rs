@@ -1119,7 +1119,7 @@ pub struct ClusterNode {
     /// absent, the port after `udp_addr`'s port plus 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_addr: Option<String>,
-    /// `ip:port` where the node's rdma_cm listens.
+    /// `ip:port` of the node's rdma connection handshake (UDP; `fabric::rdma::net`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma_addr: Option<String>,
     /// MAC address of the node's DPDK port, `aa:bb:cc:dd:ee:ff`.
@@ -1175,7 +1175,7 @@ impl ClusterNode {
         })
     }
 
-    /// The node's rdma_cm address (the cluster file must have been validated).
+    /// The node's rdma handshake address (the cluster file must have been validated).
     pub fn rdma_socket_addr(&self) -> Option<SocketAddr> {
         parse_addr(&self.rdma_addr)
     }
@@ -1489,6 +1489,18 @@ impl ClusterFile {
                     "missing",
                     format!(
                         "required by profile {:?} (fabric.kind = \"{kind}\")",
+                        profile.name
+                    ),
+                ));
+            }
+            // rdma and dpdk data planes answer the control planes' heartbeat reads on UDP.
+            if matches!(kind, FabricKind::Rdma | FabricKind::Dpdk) && n.udp_addr.is_none() {
+                return Err(cluster_invalid(
+                    format!("node[{i}].udp_addr"),
+                    "missing",
+                    format!(
+                        "required by profile {:?} (fabric.kind = \"{kind}\": the data plane \
+                         answers heartbeat reads there)",
                         profile.name
                     ),
                 ));
@@ -2261,5 +2273,14 @@ udp_addr = "10.0.1.1:9000"
         );
         let err = c.check_for(&dpdk()).unwrap_err();
         assert!(err.to_string().contains("node[0].dpdk_mac"), "{err}");
+        // An rdma node also needs the UDP address its data plane answers heartbeat reads on.
+        let mut r = c.clone();
+        for n in &mut r.nodes {
+            n.rdma_addr = Some("127.0.0.1:9000".into());
+        }
+        r.check_for(&rdma()).unwrap();
+        r.nodes[1].udp_addr = None;
+        let err = r.check_for(&rdma()).unwrap_err();
+        assert!(err.to_string().contains("node[1].udp_addr"), "{err}");
     }
 }
