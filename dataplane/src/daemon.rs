@@ -383,6 +383,37 @@ fn publish_frame_stats(stats: &FrameStats, channel: &Channel) {
     channel.set(Counter::FabricOutOfSequence, stats.out_of_sequence);
 }
 
+/// The UDP endpoint where a data plane whose data mesh is not UDP (dpdk, rdma) answers the
+/// members' control planes' heartbeat reads: node `me`'s `udp_addr`, serving reads only.
+fn control_endpoint(
+    cluster: &ClusterFile,
+    me: NodeId,
+    timeout: Duration,
+) -> Result<UdpFabric, DaemonError> {
+    let node = cluster.node(me).expect("member");
+    let addr = node.udp_socket_addr().ok_or(DaemonError::MissingAddress {
+        node: me,
+        what: "udp_addr",
+    })?;
+    Ok(UdpFabric::bind(
+        addr,
+        UdpConfig {
+            me,
+            cluster_id: cluster.cluster_id(),
+            peers: Vec::new(),
+            timeout,
+            control_readers: cluster
+                .nodes
+                .iter()
+                .filter_map(|p| Some((p.id, p.control_socket_addr()?)))
+                .collect(),
+            clients: Vec::new(),
+            window_ops: 1,
+            socket_buffer_bytes: 0,
+        },
+    )?)
+}
+
 #[path = "daemon_dpdk.rs"]
 mod dpdk_plane;
 
@@ -999,31 +1030,29 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
                 &shutdown,
             )?
         }
-        FabricKind::Dpdk => {
+        // Memory in the process (a DPDK "NIC", registered buffers): a restart has lost it.
+        kind @ (FabricKind::Dpdk | FabricKind::Rdma) => {
             let start = opts.start.unwrap_or(if restarted {
                 Start::MemoryLost
             } else {
                 Start::Fresh
             });
-            let plane =
-                dpdk_plane::open(&profile, &cluster, &dir, me, client_frame_bytes(&profile))?;
-            println!("rapax-dataplane: node {me} starts {start:?} on dpdk");
-            start_agent(
-                plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
-            )?
-        }
-        FabricKind::Rdma => {
-            let start = opts.start.unwrap_or(if restarted {
-                Start::MemoryLost
+            println!(
+                "rapax-dataplane: node {me} starts {start:?} on {}",
+                kind.as_str()
+            );
+            let bytes = client_frame_bytes(&profile);
+            if kind == FabricKind::Dpdk {
+                let plane = dpdk_plane::open(&profile, &cluster, &dir, me, bytes)?;
+                start_agent(
+                    plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
+                )?
             } else {
-                Start::Fresh
-            });
-            let plane =
-                rdma_plane::open(&profile, &cluster, &dir, me, client_frame_bytes(&profile))?;
-            println!("rapax-dataplane: node {me} starts {start:?} on rdma");
-            start_agent(
-                plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
-            )?
+                let plane = rdma_plane::open(&profile, &cluster, &dir, me, bytes)?;
+                start_agent(
+                    plane, cfg, limits, start, channel, &dir, me, &profile, idle, &shutdown,
+                )?
+            }
         }
         other => return Err(DaemonError::UnsupportedFabric(other.as_str())),
     };

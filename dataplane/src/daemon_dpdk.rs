@@ -18,7 +18,7 @@ use crate::channel::Channel;
 use crate::fabric::dpdk::{
     process_dpdk, DpdkConfig, DpdkFabric, DpdkMemory, DpdkPortSpec, LinkQueues,
 };
-use crate::fabric::udp::{UdpConfig, UdpFabric};
+use crate::fabric::udp::UdpFabric;
 use crate::fabric::{Completion, Post};
 use crate::mailbox::MailboxServer;
 use crate::profile::{ClusterFile, Profile};
@@ -195,28 +195,7 @@ pub(super) fn open(
         fault_seed: cluster.cluster_id() ^ u64::from(me),
     };
     let fabric = DpdkFabric::open(&env.eal, &env.pool, config)?;
-    let node = cluster.node(me).expect("member");
-    let addr = node.udp_socket_addr().ok_or(DaemonError::MissingAddress {
-        node: me,
-        what: "udp_addr",
-    })?;
-    let control = UdpFabric::bind(
-        addr,
-        UdpConfig {
-            me,
-            cluster_id: cluster.cluster_id(),
-            peers: Vec::new(),
-            timeout,
-            control_readers: cluster
-                .nodes
-                .iter()
-                .filter_map(|p| Some((p.id, p.control_socket_addr()?)))
-                .collect(),
-            clients: Vec::new(),
-            window_ops: 1,
-            socket_buffer_bytes: 0,
-        },
-    )?;
+    let control = super::control_endpoint(cluster, me, timeout)?;
     let mailbox = MailboxServer::create(&dir.mailbox(me), super::MAX_SLOTS, mailbox_bytes)?;
     Ok(DpdkPlane {
         fabric,

@@ -14,7 +14,7 @@ use crate::channel::{Channel, Counter};
 use crate::fabric::nic::NicMemory;
 use crate::fabric::rdma::net::RdmaNet;
 use crate::fabric::rdma::{RdmaFabric, RdmaSettings};
-use crate::fabric::udp::{UdpConfig, UdpFabric};
+use crate::fabric::udp::UdpFabric;
 use crate::fabric::{Completion, LocalMemory, Post};
 use crate::mailbox::MailboxServer;
 use crate::profile::{ClusterFile, Profile};
@@ -118,29 +118,8 @@ pub(super) fn open(
         &profile.geometry(),
         net,
     )?;
-    let node = cluster.node(me).expect("member");
-    let addr = node.udp_socket_addr().ok_or(DaemonError::MissingAddress {
-        node: me,
-        what: "udp_addr",
-    })?;
     let period = Duration::from_micros(profile.election.read_period_us);
-    let control = UdpFabric::bind(
-        addr,
-        UdpConfig {
-            me,
-            cluster_id: cluster.cluster_id(),
-            peers: Vec::new(),
-            timeout: (period * 2).max(Duration::from_millis(1)),
-            control_readers: cluster
-                .nodes
-                .iter()
-                .filter_map(|p| Some((p.id, p.control_socket_addr()?)))
-                .collect(),
-            clients: Vec::new(),
-            window_ops: 1,
-            socket_buffer_bytes: 0,
-        },
-    )?;
+    let control = super::control_endpoint(cluster, me, (period * 2).max(Duration::from_millis(1)))?;
     let mailbox = MailboxServer::create(&dir.mailbox(me), super::MAX_SLOTS, mailbox_bytes)?;
     Ok(RdmaPlane {
         fabric,
