@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use dpdk_common::{
-    check_revocation_under_concurrent_writers, cluster, mac_of, run_contract, serial, Knobs, Mesh,
-    B, GEO,
+    check_revocation_under_concurrent_writers, cluster, mac_of, run_contract,
+    run_contract_on_queues, serial, Knobs, Mesh, B, GEO,
 };
 use rapax_dataplane::fabric::dpdk::{
     frame_round_trip_ns, ring_pair_floor_ns, software_eal_args, DpdkLink, DpdkMemory, DpdkPortSpec,
@@ -32,13 +32,18 @@ fn dpdk_env(test: &str) -> Option<&'static ProcessDpdk> {
 
 /// Ring port pairs for every pair of `n` nodes: `ports[i]` lists node i's (port, peer).
 fn mesh(eal: &Eal, n: NodeId) -> Mesh {
+    mesh_queues(eal, n, 1)
+}
+
+/// As [`mesh`], each ring port with `queues` rx and tx queues (a ring pair per queue).
+fn mesh_queues(eal: &Eal, n: NodeId, queues: u16) -> Mesh {
     static PAIRS: AtomicU32 = AtomicU32::new(0);
     let mut ports = vec![Vec::new(); n as usize];
     for i in 0..n {
         for j in i + 1..n {
             let k = PAIRS.fetch_add(1, Ordering::Relaxed);
             let (pi, pj) = eal
-                .ring_port_pair(&format!("r{k}n{i}"), &format!("r{k}n{j}"), 1024)
+                .ring_port_pair_queues(&format!("r{k}n{i}"), &format!("r{k}n{j}"), 1024, queues)
                 .expect("a ring port pair");
             ports[i as usize].push(DpdkPortSpec {
                 port_id: pi,
@@ -60,6 +65,19 @@ fn the_contract_holds_on_dpdk() {
     };
     let _turn = serial();
     run_contract(env, &mut || mesh(&env.eal, 3));
+}
+
+/// Every port with two rx and two tx queues (the profile's `rx_queues`/`tx_queues`): the link
+/// polls both receive queues and sends each peer's frames on one transmit queue, chosen by the
+/// peer's MAC, so some nodes receive on queue 1 only. The suite passes only if those frames are
+/// received.
+#[test]
+fn the_contract_holds_on_dpdk_with_two_queues_per_port() {
+    let Some(env) = dpdk_env("the_contract_holds_on_dpdk_with_two_queues_per_port") else {
+        return;
+    };
+    let _turn = serial();
+    run_contract_on_queues(env, 2, &mut || mesh_queues(&env.eal, 3, 2));
 }
 
 /// Revocation with two writers streaming at once (`dpdk_common`), on ring port pairs.

@@ -22,8 +22,8 @@ mod dpdk_common;
 use std::path::PathBuf;
 
 use dpdk_common::{
-    check_revocation_under_concurrent_writers, mac_of, run_contract, run_contract_on_queues,
-    serial, vdev_port, Mesh, MeshNumbers,
+    check_revocation_under_concurrent_writers, mac_of, run_contract, serial, vdev_port, Mesh,
+    MeshNumbers,
 };
 use rapax_dataplane::fabric::dpdk::{software_eal_args, DpdkPortSpec, ProcessDpdk};
 use rapax_dataplane::protocol::NodeId;
@@ -127,18 +127,4 @@ fn revocation_is_complete_under_concurrent_writers_on_memif() {
     let _turn = serial();
     let _dir = SocketDir;
     check_revocation_under_concurrent_writers(env, &mut || memif_mesh(env));
-}
-
-/// Every port with two rx and two tx queues (the profile's `rx_queues`/`tx_queues`): memif
-/// carries each queue as a ring pair of its own, the link polls both receive rings and sends
-/// each peer's frames on one transmit ring. The suite passes only if frames on either queue
-/// are received.
-#[test]
-fn the_contract_holds_on_memif_with_two_queues_per_port() {
-    let Some(env) = dpdk_env("the_contract_holds_on_memif_with_two_queues_per_port") else {
-        return;
-    };
-    let _turn = serial();
-    let _dir = SocketDir;
-    run_contract_on_queues(env, 2, &mut || memif_mesh(env));
 }

@@ -154,9 +154,26 @@ impl Eal {
     /// (a power of two) mbufs and live as long as the process: DPDK has no call that
     /// destroys a ring port's rings with it.
     pub fn ring_port_pair(&self, a: &str, b: &str, ring_slots: u32) -> Result<(u16, u16)> {
+        self.ring_port_pair_queues(a, b, ring_slots, 1)
+    }
+
+    /// [`Eal::ring_port_pair`] with `queues` (1..=16) rx and tx queues per port: what `a`
+    /// transmits on queue k, `b` receives on queue k (a ring pair per queue).
+    pub fn ring_port_pair_queues(
+        &self,
+        a: &str,
+        b: &str,
+        ring_slots: u32,
+        queues: u16,
+    ) -> Result<(u16, u16)> {
         if !ring_slots.is_power_of_two() || ring_slots < 2 {
             return Err(Error::InvalidArgument(format!(
                 "ring of {ring_slots} slots (a power of two, at least 2)"
+            )));
+        }
+        if !(1..=16).contains(&queues) {
+            return Err(Error::InvalidArgument(format!(
+                "{queues} queues per ring port (1 to 16)"
             )));
         }
         for name in [a, b] {
@@ -175,27 +192,33 @@ impl Eal {
             let r = unsafe { sys::rte_ring_create(c.as_ptr(), ring_slots, -1, flags) };
             NonNull::new(r).ok_or_else(|| rte_error("rte_ring_create", rte_errno()))
         };
-        // a -> b and b -> a; ring names are short (RTE_RING_NAMESIZE is 32 with a prefix).
-        let ab = ring(format!("{a}>"))?;
-        let ba = ring(format!("{b}>"))?;
-        let port = |name: &str, rx: NonNull<sys::rte_ring>, tx: NonNull<sys::rte_ring>| {
+        // a -> b and b -> a, one ring each per queue; ring names are short (RTE_RING_NAMESIZE
+        // is 32 with a prefix).
+        let mut ab = Vec::with_capacity(usize::from(queues));
+        let mut ba = Vec::with_capacity(usize::from(queues));
+        for q in 0..queues {
+            ab.push(ring(format!("{a}>{q}"))?.as_ptr());
+            ba.push(ring(format!("{b}>{q}"))?.as_ptr());
+        }
+        let port = |name: &str, rx: &[*mut sys::rte_ring], tx: &[*mut sys::rte_ring]| {
             let c = CString::new(name)
                 .map_err(|_| Error::InvalidArgument(format!("port name {name:?} has a NUL")))?;
-            let mut rxs = [rx.as_ptr()];
-            let mut txs = [tx.as_ptr()];
+            let mut rxs = rx.to_vec();
+            let mut txs = tx.to_vec();
+            let n = u32::from(queues);
             // SAFETY: the EAL is initialised; the name outlives the call (copied); the arrays
-            // hold one live ring each and are read during the call only; the rings live for
-            // the rest of the process (never freed), as long as the port can use them.
+            // hold `queues` live rings each and are read during the call only; the rings live
+            // for the rest of the process (never freed), as long as the port can use them.
             let rc = unsafe {
-                sys::rte_eth_from_rings(c.as_ptr(), rxs.as_mut_ptr(), 1, txs.as_mut_ptr(), 1, 0)
+                sys::rte_eth_from_rings(c.as_ptr(), rxs.as_mut_ptr(), n, txs.as_mut_ptr(), n, 0)
             };
             if rc < 0 {
                 return Err(rte_error("rte_eth_from_rings", rte_errno()));
             }
             u16::try_from(rc).map_err(|_| Error::InvalidArgument(format!("port id {rc}")))
         };
-        let pa = port(a, ba, ab)?;
-        let pb = port(b, ab, ba)?;
+        let pa = port(a, &ba, &ab)?;
+        let pb = port(b, &ab, &ba)?;
         Ok((pa, pb))
     }
 

@@ -52,6 +52,17 @@ impl Eal {
         match *self {}
     }
 
+    /// Two ethdev ports joined back to back by rings, `queues` rx and tx queues each.
+    pub fn ring_port_pair_queues(
+        &self,
+        _a: &str,
+        _b: &str,
+        _ring_slots: u32,
+        _queues: u16,
+    ) -> Result<(u16, u16)> {
+        match *self {}
+    }
+
     /// Releases the EAL's resources.
     ///
     /// # Safety
