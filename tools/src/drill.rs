@@ -278,6 +278,17 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     // The floor first, on the cores the cluster will use, before its agents occupy them (a
     // cluster already running in --dir is attached to, and the floor then shares the cores).
     let floor = measure_floor(&o.profile, 20_000, o.value_bytes.max(64));
+    if o.profile.fabric.kind == FabricKind::Rdma {
+        // What a poster waits for when it counts a write (replication counts completions; the
+        // floor's ping-pong watches the peer's memory, as ib_write_lat does).
+        if let Ok(done) = floor::rdma_completion(&o.profile, 5_000, o.value_bytes.max(64)) {
+            let d = done.summary2();
+            eprintln!(
+                "bench: rdma WRITE to its completion (one signaled write at a time, same device): p50 {:.2} us, p99 {:.2} us",
+                d.p50, d.p99
+            );
+        }
+    }
     let session = Session::start_or_attach(&o.profile, o.replicas, &o.dir)?;
     let leader = session.ready()?;
     eprintln!(

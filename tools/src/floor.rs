@@ -246,6 +246,27 @@ pub fn rdma_floor(
     Ok(recorder)
 }
 
+/// One signaled RDMA WRITE of `payload_bytes` (as [`rdma_floor`] sizes it) to its completion,
+/// `samples` times, on the profile's device.
+pub fn rdma_completion(
+    profile: &rapax_dataplane::profile::Profile,
+    samples: usize,
+    payload_bytes: usize,
+) -> Result<LatencyRecorder, rapax_dataplane::fabric::rdma::RdmaError> {
+    use rapax_dataplane::fabric::rdma::{write_completion_ns, RdmaError, RdmaSettings};
+    let r = profile.fabric.rdma.as_ref().ok_or(RdmaError::Setting {
+        field: "fabric.rdma",
+        value: "missing".into(),
+        why: "an rdma profile needs its [fabric.rdma] table",
+    })?;
+    let bytes = payload_bytes.max(8).next_multiple_of(8);
+    let mut recorder = LatencyRecorder::new();
+    for ns in write_completion_ns(&RdmaSettings::from_profile(r), bytes, samples)? {
+        recorder.record_ns(ns);
+    }
+    Ok(recorder)
+}
+
 // ------------------------------------------------------------------------------------------------
 // UDP
 

@@ -1484,17 +1484,9 @@ impl FloorSide {
     }
 }
 
-/// The fabric's floor for `rapax bench` (DESIGN.md §8): a ping-pong of RDMA WRITEs of `bytes`
-/// (at least 8, a multiple of 8) between two RC queue pairs on the profile's device, like
-/// `ib_write_lat`: each side busy-polls its memory for the peer's write of round n and writes
-/// round n back. Returns the nanoseconds of each of `rounds` round trips (after 100 warm-up
-/// rounds), measured at the side that starts each round. Writes up to the inline threshold are
-/// posted inline. The answering side runs on a thread of its own.
-pub fn write_floor_ns(
-    settings: &RdmaSettings,
-    bytes: usize,
-    rounds: usize,
-) -> Result<Vec<u64>, RdmaError> {
+/// Two connected RC queue pairs on the profile's device, each with an inbox the other writes
+/// and an outbox it writes from (the floor's two sides).
+fn floor_pair(settings: &RdmaSettings, bytes: usize) -> Result<(FloorSide, FloorSide), RdmaError> {
     if bytes < 8 || !bytes.is_multiple_of(8) || bytes > 1 << 20 {
         return Err(RdmaError::Setting {
             field: "floor bytes",
@@ -1547,6 +1539,43 @@ pub fn write_floor_ns(
         inline,
         bytes,
     };
+    Ok((a, b))
+}
+
+/// One signaled RDMA WRITE of `bytes` to its completion, `rounds` times (after 100 warm-up
+/// rounds), one at a time on one queue pair: what a poster waits for when it counts a write
+/// (the floor's ping-pong instead watches the peer's memory, as ib_write_lat does).
+pub fn write_completion_ns(
+    settings: &RdmaSettings,
+    bytes: usize,
+    rounds: usize,
+) -> Result<Vec<u64>, RdmaError> {
+    let (a, _b) = floor_pair(settings, bytes)?;
+    const WARMUP: usize = 100;
+    let mut ns = Vec::with_capacity(rounds);
+    for round in 1..=(WARMUP + rounds) as u64 {
+        let t = Instant::now();
+        a.send(round)?;
+        a.reap()?;
+        if round as usize > WARMUP {
+            ns.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(ns)
+}
+
+/// The fabric's floor for `rapax bench` (DESIGN.md §8): a ping-pong of RDMA WRITEs of `bytes`
+/// (at least 8, a multiple of 8) between two RC queue pairs on the profile's device, like
+/// `ib_write_lat`: each side busy-polls its memory for the peer's write of round n and writes
+/// round n back. Returns the nanoseconds of each of `rounds` round trips (after 100 warm-up
+/// rounds), measured at the side that starts each round. Writes up to the inline threshold are
+/// posted inline. The answering side runs on a thread of its own.
+pub fn write_floor_ns(
+    settings: &RdmaSettings,
+    bytes: usize,
+    rounds: usize,
+) -> Result<Vec<u64>, RdmaError> {
+    let (a, b) = floor_pair(settings, bytes)?;
     const WARMUP: usize = 100;
     let total = (WARMUP + rounds) as u64;
     let echo = std::thread::spawn(move || -> Result<(), RdmaError> {
