@@ -719,12 +719,20 @@ impl<'pool> Port<'pool> {
     }
 }
 
+/// How long a dropped port waits between its stop and its close.
+const CLOSE_AFTER_STOP: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl Drop for Port<'_> {
     fn drop(&mut self) {
         if self.started {
             // SAFETY: the port is started; stopping returns the queues' mbufs to the pool,
             // which is still alive (the port borrows it).
             unsafe { sys::rte_eth_dev_stop(self.id) };
+            // A stop may leave work to the EAL's interrupt thread (memif unregisters its
+            // control channel's callback there and frees the channel afterwards); closing
+            // before that has run made it free memory the close had already released ("EAL:
+            // Error: Invalid memory", and now and then a crash). Give it a moment.
+            std::thread::sleep(CLOSE_AFTER_STOP);
         }
         // SAFETY: the port is stopped; closing releases its queues before the pool can go.
         unsafe { sys::rte_eth_dev_close(self.id) };
