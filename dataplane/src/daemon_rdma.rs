@@ -31,11 +31,12 @@ pub(super) struct RdmaPlane {
     door: MailboxDoor,
     discard: Vec<Completion>,
     next_control_poll: Instant,
-    /// How often the control endpoint is polled: a twentieth of the heartbeat read period (a
-    /// socket read is a system call, which the leader's completion polling should not wait on).
-    control_poll_every: Duration,
     block: Vec<u8>,
 }
+
+/// How often the control endpoint (heartbeat reads, every few milliseconds) is polled. (Every
+/// millisecond instead stalled the catch-up of restarted nodes on soft-RoCE; not understood.)
+const CONTROL_POLL_EVERY: Duration = Duration::from_micros(50);
 
 impl Plane for RdmaPlane {
     type Mem = RdmaFabric;
@@ -52,7 +53,7 @@ impl Plane for RdmaPlane {
         out.extend(self.fabric.poll());
         let now = Instant::now();
         if now >= self.next_control_poll {
-            self.next_control_poll = now + self.control_poll_every;
+            self.next_control_poll = now + CONTROL_POLL_EVERY;
             self.fabric.read_control(0, &mut self.block);
             self.mirror.control_mut().copy_from_slice(&self.block);
             self.discard.clear();
@@ -128,7 +129,6 @@ pub(super) fn open(
         door: MailboxDoor::new(mailbox, me, cluster.cluster_id()),
         discard: Vec::new(),
         next_control_poll: Instant::now(),
-        control_poll_every: (period / 20).max(Duration::from_micros(50)),
         block: vec![0; CB_BYTES],
     })
 }

@@ -232,18 +232,12 @@ pub fn rdma_floor(
     samples: usize,
     payload_bytes: usize,
 ) -> Result<LatencyRecorder, rapax_dataplane::fabric::rdma::RdmaError> {
-    use rapax_dataplane::fabric::rdma::{write_floor_ns, RdmaError, RdmaSettings};
-    let r = profile.fabric.rdma.as_ref().ok_or(RdmaError::Setting {
-        field: "fabric.rdma",
-        value: "missing".into(),
-        why: "an rdma profile needs its [fabric.rdma] table",
-    })?;
-    let bytes = payload_bytes.max(8).next_multiple_of(8);
-    let mut recorder = LatencyRecorder::new();
-    for ns in write_floor_ns(&RdmaSettings::from_profile(r), bytes, samples)? {
-        recorder.record_ns(ns);
-    }
-    Ok(recorder)
+    rdma_samples(
+        profile,
+        samples,
+        payload_bytes,
+        rapax_dataplane::fabric::rdma::write_floor_ns,
+    )
 }
 
 /// One signaled RDMA WRITE of `payload_bytes` (as [`rdma_floor`] sizes it) to its completion,
@@ -253,7 +247,26 @@ pub fn rdma_completion(
     samples: usize,
     payload_bytes: usize,
 ) -> Result<LatencyRecorder, rapax_dataplane::fabric::rdma::RdmaError> {
-    use rapax_dataplane::fabric::rdma::{write_completion_ns, RdmaError, RdmaSettings};
+    rdma_samples(
+        profile,
+        samples,
+        payload_bytes,
+        rapax_dataplane::fabric::rdma::write_completion_ns,
+    )
+}
+
+/// `measure(settings, bytes, samples)` on the profile's rdma settings, as a recorder.
+fn rdma_samples(
+    profile: &rapax_dataplane::profile::Profile,
+    samples: usize,
+    payload_bytes: usize,
+    measure: fn(
+        &rapax_dataplane::fabric::rdma::RdmaSettings,
+        usize,
+        usize,
+    ) -> Result<Vec<u64>, rapax_dataplane::fabric::rdma::RdmaError>,
+) -> Result<LatencyRecorder, rapax_dataplane::fabric::rdma::RdmaError> {
+    use rapax_dataplane::fabric::rdma::{RdmaError, RdmaSettings};
     let r = profile.fabric.rdma.as_ref().ok_or(RdmaError::Setting {
         field: "fabric.rdma",
         value: "missing".into(),
@@ -261,7 +274,7 @@ pub fn rdma_completion(
     })?;
     let bytes = payload_bytes.max(8).next_multiple_of(8);
     let mut recorder = LatencyRecorder::new();
-    for ns in write_completion_ns(&RdmaSettings::from_profile(r), bytes, samples)? {
+    for ns in measure(&RdmaSettings::from_profile(r), bytes, samples)? {
         recorder.record_ns(ns);
     }
     Ok(recorder)
