@@ -695,9 +695,10 @@ impl<P: Plane> Dataplane<P> {
         self.inbox = inbox;
         self.node.tick(now, self.plane.mem(), &mut self.out);
         self.probe_tick();
-        self.stamp_proposed();
         let mut completed = false;
         loop {
+            // Completions may propose more: stamp before every batch of posts.
+            self.stamp_proposed();
             for post in self.out.posts.drain(..) {
                 work += 1;
                 self.plane.post(post);
@@ -801,16 +802,21 @@ impl<P: Plane> Dataplane<P> {
     /// fabrics whose writes complete inside the post (shm's copies, and rxe's loopback), a stamp
     /// taken after posting would leave the replication round trip out of its own latency.
     fn stamp_proposed(&mut self) {
-        let mask = self.proposed.len() as u64 - 1;
         let mut now = None;
-        for n in &self.out.notes {
-            if let Note::Proposed { slot } = *n {
+        for i in 0..self.out.notes.len() {
+            if let Note::Proposed { slot } = self.out.notes[i] {
                 let t = *now.get_or_insert_with(monotonic_ns);
-                let at = &mut self.proposed[(slot & mask) as usize];
-                if at.0 != slot {
-                    *at = (slot, t);
-                }
+                self.stamp(slot, t);
             }
+        }
+    }
+
+    /// Stamps `slot`'s proposal at `t` unless it is stamped already.
+    fn stamp(&mut self, slot: u64, t: u64) {
+        let mask = self.proposed.len() as u64 - 1;
+        let at = &mut self.proposed[(slot & mask) as usize];
+        if at.0 != slot {
+            *at = (slot, t);
         }
     }
 
@@ -829,12 +835,9 @@ impl<P: Plane> Dataplane<P> {
         let mask = self.proposed.len() as u64 - 1;
         match *note {
             Note::Proposed { slot } => {
-                // Stamped before its writes were posted (`stamp_proposed`); a proposal made
-                // after that point in the turn (settling) is stamped now.
-                let at = &mut self.proposed[(slot & mask) as usize];
-                if at.0 != slot {
-                    *at = (slot, monotonic_ns());
-                }
+                // Stamped before its writes were posted (`stamp_proposed`); one made while
+                // settling, whose writes go out next turn, is stamped now.
+                self.stamp(slot, monotonic_ns());
             }
             Note::Chosen { slot, .. } => {
                 let (s, t) = self.proposed[(slot & mask) as usize];

@@ -18,7 +18,6 @@ use crate::fabric::udp::UdpFabric;
 use crate::fabric::{Completion, LocalMemory, Post};
 use crate::mailbox::MailboxServer;
 use crate::profile::{ClusterFile, Profile};
-use crate::protocol::layout::CB_BYTES;
 use crate::protocol::node::{BadRequest, ClientReply, ClientRequest};
 use crate::protocol::NodeId;
 
@@ -31,7 +30,6 @@ pub(super) struct RdmaPlane {
     door: MailboxDoor,
     discard: Vec<Completion>,
     next_control_poll: Instant,
-    block: Vec<u8>,
 }
 
 /// How often the control endpoint (heartbeat reads, every few milliseconds) is polled. (Every
@@ -54,8 +52,7 @@ impl Plane for RdmaPlane {
         let now = Instant::now();
         if now >= self.next_control_poll {
             self.next_control_poll = now + CONTROL_POLL_EVERY;
-            self.fabric.read_control(0, &mut self.block);
-            self.mirror.control_mut().copy_from_slice(&self.block);
+            self.fabric.read_control(0, self.mirror.control_mut());
             self.discard.clear();
             self.discard
                 .extend(self.control.poll(&mut self.mirror, now));
@@ -129,6 +126,5 @@ pub(super) fn open(
         door: MailboxDoor::new(mailbox, me, cluster.cluster_id()),
         discard: Vec::new(),
         next_control_poll: Instant::now(),
-        block: vec![0; CB_BYTES],
     })
 }

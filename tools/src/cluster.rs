@@ -101,17 +101,12 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // A zombie (killed, not yet reaped by its parent) does not run.
-        if let Some(state) = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next())
-        {
-            if state == "Z" || state == "X" {
-                return false;
-            }
-        }
+    // A zombie (killed, not yet reaped by its parent) does not run.
+    let state = u64::try_from(pid)
+        .ok()
+        .and_then(rapax_dataplane::fabric::shm::proc_state);
+    if matches!(state, Some('Z' | 'X')) {
+        return false;
     }
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let dir = dir.as_os_str().as_encoded_bytes();
@@ -738,21 +733,12 @@ fn parse_histogram(text: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie, ...).
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
 /// Whether `pid` is stopped (SIGSTOP).
 pub fn is_stopped(pid: i32) -> bool {
-    proc_state(pid) == Some('T')
+    u64::try_from(pid)
+        .ok()
+        .and_then(rapax_dataplane::fabric::shm::proc_state)
+        == Some('T')
 }
 
 fn read_pids(dir: &ClusterDir) -> Vec<Proc> {

@@ -404,19 +404,24 @@ enum WriterState {
     Running,
 }
 
-fn writer_state(pid: u64) -> WriterState {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return WriterState::Gone;
-    };
-    // The state follows the command name, which is in parentheses and may hold anything.
-    match stat
-        .rsplit(')')
+/// The state letter of process `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `t` traced,
+/// `Z` zombie, ...), or `None` when it cannot be read (the process is gone).
+pub fn proc_state(pid: u64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything: the state follows the last ')'.
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
         .next()
-        .and_then(|rest| rest.split_whitespace().next())
-    {
-        Some("Z" | "X" | "x") => WriterState::Gone,
-        Some("T" | "t") => WriterState::Stopped,
-        _ => WriterState::Running,
+}
+
+fn writer_state(pid: u64) -> WriterState {
+    match proc_state(pid) {
+        None | Some('Z' | 'X' | 'x') => WriterState::Gone,
+        Some('T' | 't') => WriterState::Stopped,
+        Some(_) => WriterState::Running,
     }
 }
 
