@@ -495,8 +495,6 @@ struct Leader {
     /// When the leader last wrote to every active follower; an idle leader re-writes its commit
     /// record each retry period, so a deposed one learns it from the permission errors.
     last_touch: u64,
-    /// When the leader last wrote its commit record to the followers.
-    record_at: u64,
     inflight: BTreeMap<Slot, InFlight>,
     followers: BTreeMap<NodeId, Follower>,
     queue: VecDeque<ClientRequest>,
@@ -1483,7 +1481,6 @@ impl<S: StateMachine> Node<S> {
             commit: end,
             hint_sent: lo,
             last_touch: self.now,
-            record_at: self.now,
             inflight: BTreeMap::new(),
             followers,
             queue: VecDeque::new(),
@@ -1594,20 +1591,13 @@ impl<S: StateMachine> Node<S> {
                 return;
             }
         }
-        // Idle: announce the commit index on its own when it has moved, once the leader has
-        // proposed nothing for a sixteenth of the retry period or has not announced it for
-        // that long (the next entry carries the index anyway, so a closed-loop client's next
-        // command need not queue behind two more writes per follower; but a follower being
-        // caught up applies only up to what it knows, and under steady load the entries it
-        // holds carry old hints), and at least every retry period.
+        // Idle: announce the commit index on its own.
         let Role::Leader(l) = &mut self.role else {
             return;
         };
-        let due = now >= l.last_touch + retry / 16 || now >= l.record_at + retry / 16;
-        if l.queue.is_empty() && ((l.commit > l.hint_sent && due) || now >= l.last_touch + retry) {
+        if l.queue.is_empty() && (l.commit > l.hint_sent || now >= l.last_touch + retry) {
             l.hint_sent = l.commit;
             l.last_touch = now;
-            l.record_at = now;
             let rec = CommitRecord {
                 ballot,
                 index: l.commit,
