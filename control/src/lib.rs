@@ -22,7 +22,9 @@ use rapax_dataplane::fabric::shm::ShmFabric;
 use rapax_dataplane::fabric::udp::{UdpConfig, UdpFabric};
 use rapax_dataplane::fabric::{Completion, Op, Post, Region};
 use rapax_dataplane::profile::{FabricKind, Profile};
-use rapax_dataplane::protocol::layout::{CB_AMNESIAC, CB_GRANTED_BALLOT, CB_HEARTBEAT};
+use rapax_dataplane::protocol::layout::{
+    CB_AMNESIAC, CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_GRANTED_BALLOT, CB_HEARTBEAT,
+};
 use rapax_dataplane::protocol::{Ballot, NodeId};
 
 use election::{Election, ElectionAction};
@@ -150,7 +152,7 @@ impl Control {
                     Some((
                         word(CB_HEARTBEAT),
                         word(CB_GRANTED_BALLOT),
-                        word(CB_AMNESIAC) != 0,
+                        word(CB_AMNESIAC),
                     ))
                 }
                 _ => None,
@@ -161,7 +163,8 @@ impl Control {
                 alive: self.election.is_alive(peer),
                 read_ok: read.is_some(),
                 granted: read.map_or(0, |r| r.1),
-                amnesiac: read.is_some_and(|r| r.2),
+                amnesiac: read.is_some_and(|r| r.2 & CB_FLAG_AMNESIAC != 0),
+                behind: read.is_some_and(|r| r.2 & CB_FLAG_BEHIND != 0),
             };
             if self.link.commands.send(&status).is_err() {
                 self.link.channel.add(Counter::PeerStatusDropped, 1);

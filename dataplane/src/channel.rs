@@ -201,11 +201,21 @@ pub enum Counter {
     /// Data plane (shm): old writers it fenced, killed while stopped with a write in flight
     /// into its region when it revoked them.
     FabricFenced = 34,
+    /// Data plane (leader): state transfers started to followers behind its log.
+    SnapshotsSent = 35,
+    /// Data plane: snapshots a leader streamed to it that it installed.
+    SnapshotsInstalled = 36,
+    /// Data plane: snapshots in its log that did not verify or decode (discarded).
+    SnapshotsRejected = 37,
+    /// Data plane: the applied index of its last checkpoint.
+    CheckpointIndex = 38,
+    /// Data plane: the state digest at that checkpoint.
+    CheckpointDigest = 39,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 35] = [
+    pub const ALL: [Counter; 40] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -241,6 +251,11 @@ impl Counter {
         Counter::FloorRequest,
         Counter::FloorDone,
         Counter::FabricFenced,
+        Counter::SnapshotsSent,
+        Counter::SnapshotsInstalled,
+        Counter::SnapshotsRejected,
+        Counter::CheckpointIndex,
+        Counter::CheckpointDigest,
     ];
 
     /// The counter's name, for tools.
@@ -281,6 +296,11 @@ impl Counter {
             Counter::FloorRequest => "floor_request",
             Counter::FloorDone => "floor_done",
             Counter::FabricFenced => "fabric_fenced",
+            Counter::SnapshotsSent => "snapshots_sent",
+            Counter::SnapshotsInstalled => "snapshots_installed",
+            Counter::SnapshotsRejected => "snapshots_rejected",
+            Counter::CheckpointIndex => "checkpoint_index",
+            Counter::CheckpointDigest => "checkpoint_digest",
         }
     }
 
@@ -311,13 +331,15 @@ pub enum Command {
     /// Stop the data plane.
     Shutdown,
     /// The control plane's view of `peer`: alive by pull-score or not and, when its last
-    /// heartbeat read succeeded, the ballot it granted and whether it lost its memory.
+    /// heartbeat read succeeded, the ballot it granted, whether it lost its memory
+    /// (amnesiac) and whether its state is behind its log.
     PeerStatus {
         peer: u8,
         alive: bool,
         read_ok: bool,
         granted: u64,
         amnesiac: bool,
+        behind: bool,
     },
 }
 
@@ -399,12 +421,15 @@ impl Message for Command {
                 read_ok,
                 granted,
                 amnesiac,
+                behind,
             } => {
                 m[0] = TAG_PEER_STATUS;
                 put_u64(&mut m, FIELDS_AT, granted);
                 m[FIELDS_AT + 8] = peer;
-                m[FIELDS_AT + 9] =
-                    u8::from(alive) | u8::from(read_ok) << 1 | u8::from(amnesiac) << 2;
+                m[FIELDS_AT + 9] = u8::from(alive)
+                    | u8::from(read_ok) << 1
+                    | u8::from(amnesiac) << 2
+                    | u8::from(behind) << 3;
             }
         }
         m
@@ -449,6 +474,7 @@ impl Message for Command {
                         read_ok: flags & 2 != 0,
                         granted: get_u64(m, FIELDS_AT),
                         amnesiac: flags & 4 != 0,
+                        behind: flags & 8 != 0,
                     },
                     FIELDS_AT + 10,
                 )

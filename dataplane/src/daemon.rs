@@ -34,7 +34,7 @@ use crate::fabric::{Completion, LocalMemory, Op, Post, Region};
 use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
-use crate::protocol::layout::CB_HEARTBEAT;
+use crate::protocol::layout::{CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_HEARTBEAT};
 use crate::protocol::node::{
     BadRequest, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind, Start,
 };
@@ -620,7 +620,19 @@ fn describe_note(note: &Note) -> Option<String> {
             to,
             writes,
         } => format!("follower {peer} caught up over [{from}, {to}) with {writes} writes"),
-        Note::Proposed { .. } | Note::Chosen { .. } | Note::Applied { .. } => return None,
+        Note::SnapshotSent { peer, index, bytes } => {
+            format!("streaming a snapshot below slot {index} ({bytes} bytes) to follower {peer}")
+        }
+        Note::Restored { index, digest } => {
+            format!("installed a snapshot below slot {index} (state digest {digest:016x})")
+        }
+        Note::SnapshotRejected { index, reason } => {
+            format!("discarded a snapshot below slot {index}: {reason}")
+        }
+        Note::Proposed { .. }
+        | Note::Chosen { .. }
+        | Note::Applied { .. }
+        | Note::Checkpoint { .. } => return None,
     })
 }
 
@@ -641,12 +653,17 @@ impl<P: Plane> Dataplane<P> {
                     read_ok,
                     granted,
                     amnesiac,
-                }) => self.node.on_peer_status(
-                    now,
-                    peer,
-                    alive,
-                    read_ok.then_some((Ballot(granted), amnesiac)),
-                ),
+                    behind,
+                }) => {
+                    let flags = if amnesiac { CB_FLAG_AMNESIAC } else { 0 }
+                        | if behind { CB_FLAG_BEHIND } else { 0 };
+                    self.node.on_peer_status(
+                        now,
+                        peer,
+                        alive,
+                        read_ok.then_some((Ballot(granted), flags)),
+                    )
+                }
                 Ok(ChannelCommand::Shutdown) => {
                     self.shutdown.store(true, Ordering::Release);
                     return work;
@@ -866,6 +883,13 @@ impl<P: Plane> Dataplane<P> {
                     ballot: ballot.0,
                     reason: 0,
                 });
+            }
+            Note::SnapshotSent { .. } => self.channel.add(Counter::SnapshotsSent, 1),
+            Note::Restored { .. } => self.channel.add(Counter::SnapshotsInstalled, 1),
+            Note::SnapshotRejected { .. } => self.channel.add(Counter::SnapshotsRejected, 1),
+            Note::Checkpoint { index, digest } => {
+                self.channel.set(Counter::CheckpointIndex, index);
+                self.channel.set(Counter::CheckpointDigest, digest);
             }
             Note::Applied { .. }
             | Note::Granted { .. }

@@ -48,6 +48,8 @@ pub const BATCH_COMMAND_OVERHEAD_BYTES: usize = 8;
 pub const MAX_RING_ENTRIES: u64 = 1 << 20;
 /// Slots the apply scan and recovery reads cover at least (see [`Profile::node_config`]).
 pub const MIN_SCAN_SLOTS: u64 = 64;
+/// Bytes per write when a leader streams a snapshot to a follower behind its log.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 
 // ---- errors -------------------------------------------------------------------------------------
 
@@ -917,12 +919,13 @@ impl Profile {
         let r = &self.replication;
         let l = &self.log;
         check_range("replication.window_slots", r.window_slots, 1, 1 << 20)?;
-        if r.window_slots > l.capacity_entries / 2 {
+        if r.window_slots > l.capacity_entries / 4 {
             return Err(invalid(
                 "replication.window_slots",
                 r.window_slots,
                 format!(
-                    "must be at most half of log.capacity_entries ({})",
+                    "must be at most a quarter of log.capacity_entries ({}): the log is reused \
+                     half a log behind the slowest active replica",
                     l.capacity_entries
                 ),
             ));
@@ -1075,6 +1078,8 @@ impl Profile {
             stepdown_holdoff_ticks: to_ticks(e.stepdown_holdoff_us, tick_us),
             apply_scan_slots: scan,
             read_chunk_slots: scan,
+            checkpoint_every: self.log.snapshot_every_entries,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
             external_election: false,
             bugs: Bugs::default(),
         }
@@ -1852,10 +1857,10 @@ mod tests {
         expect_invalid(&p, "replication.window_slots", "0");
         p.log.capacity_entries = 64;
         p.log.snapshot_every_entries = 64;
-        p.replication.window_slots = 33;
-        let msg = expect_invalid(&p, "replication.window_slots", "33");
+        p.replication.window_slots = 17;
+        let msg = expect_invalid(&p, "replication.window_slots", "17");
         assert!(msg.contains("log.capacity_entries (64)"), "{msg}");
-        p.replication.window_slots = 32;
+        p.replication.window_slots = 16;
         p.validate().unwrap();
 
         let mut p = base();
@@ -2027,6 +2032,7 @@ mod tests {
         assert_eq!(c.apply_scan_slots, 64);
 
         // The scan never exceeds the log.
+        p.replication.window_slots = 2;
         p.log.capacity_entries = 8;
         p.log.snapshot_every_entries = 8;
         let c = p.node_config(0, vec![0], 1);

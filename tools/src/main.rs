@@ -502,13 +502,16 @@ fn main() -> ExitCode {
             rapax::say!(
                 "sim: coverage: {} seeds with a leader crash, {} with a paused-then-resumed \
                  leader, {} memory-lost restarts, {} slow nodes, {} slots chosen, {} client ops \
-                 acknowledged, commits resumed at most {} ticks after the last heal, {:.1} s",
+                 acknowledged, {} log wraps, {} snapshots installed, commits resumed at most {} \
+                 ticks after the last heal, {:.1} s",
                 summary.seeds_leader_crashed,
                 summary.seeds_leader_paused,
                 summary.memory_lost_restarts,
                 summary.faults.slow,
                 summary.chosen_slots,
                 summary.ops_acked,
+                summary.log_wraps,
+                summary.snapshots_installed,
                 summary.max_resume_ticks,
                 started.elapsed().as_secs_f64()
             );

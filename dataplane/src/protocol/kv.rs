@@ -118,6 +118,8 @@ pub enum KvCodecError {
     InvalidUtf8 { field: &'static str },
     #[error("{0} trailing bytes after the end of the message")]
     TrailingBytes(usize),
+    #[error("bad snapshot: {0}")]
+    BadSnapshot(&'static str),
 }
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
@@ -520,32 +522,87 @@ impl KvStore {
         self.sessions.get(&client).map(|(seq, reply)| (*seq, reply))
     }
 
-    /// A deterministic xxh3 digest of the whole replicated state: the map and the de-duplication
-    /// table, each in key order, every field length-prefixed so distinct states never feed the
-    /// hash the same bytes. The limits are configuration, not state, and are not included.
+    /// A deterministic xxh3 digest of the whole replicated state: the digest of its snapshot
+    /// encoding ([`KvStore::write_state`]). The limits are configuration, not state.
     pub fn digest(&self) -> u64 {
         let mut h = Xxh3::new();
-        let mut scratch = Vec::new();
-        h.update(b"rapax-kv-v1");
-        h.update(&(self.map.len() as u64).to_le_bytes());
-        for (k, v) in &self.map {
-            h.update(&(k.len() as u64).to_le_bytes());
-            h.update(k);
-            h.update(&(v.len() as u64).to_le_bytes());
-            h.update(v);
-        }
-        h.update(&(self.sessions.len() as u64).to_le_bytes());
-        for (client, (seq, reply)) in &self.sessions {
-            h.update(&client.to_le_bytes());
-            h.update(&seq.to_le_bytes());
-            scratch.clear();
-            reply.encode(&mut scratch);
-            h.update(&(scratch.len() as u64).to_le_bytes());
-            h.update(&scratch);
-        }
+        self.write_state(&mut |b| h.update(b));
         h.digest()
     }
+
+    /// The whole replicated state, deterministically encoded: the map and the de-duplication
+    /// table, each in key order, every field length-prefixed so distinct states never give the
+    /// same bytes. Replicas with equal state give equal bytes.
+    pub fn snapshot(&self, out: &mut Vec<u8>) {
+        out.clear();
+        self.write_state(&mut |b| out.extend_from_slice(b));
+    }
+
+    fn write_state(&self, sink: &mut impl FnMut(&[u8])) {
+        let mut scratch = Vec::new();
+        sink(SNAPSHOT_MAGIC);
+        sink(&(self.map.len() as u64).to_le_bytes());
+        for (k, v) in &self.map {
+            scratch.clear();
+            put_bytes(&mut scratch, k);
+            put_bytes(&mut scratch, v);
+            sink(&scratch);
+        }
+        sink(&(self.sessions.len() as u64).to_le_bytes());
+        for (client, (seq, reply)) in &self.sessions {
+            scratch.clear();
+            scratch.extend_from_slice(&client.to_le_bytes());
+            scratch.extend_from_slice(&seq.to_le_bytes());
+            let mut r = Vec::new();
+            reply.encode(&mut r);
+            put_bytes(&mut scratch, &r);
+            sink(&scratch);
+        }
+    }
+
+    /// Replaces the state with the one `bytes` encode (as [`KvStore::snapshot`] wrote it). On
+    /// any error the state is unchanged. Never panics.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), KvCodecError> {
+        let mut r = Reader::new(bytes);
+        if r.take(SNAPSHOT_MAGIC.len(), "snapshot magic")? != SNAPSHOT_MAGIC {
+            return Err(KvCodecError::BadSnapshot("not a rapax KV snapshot"));
+        }
+        let mut map = BTreeMap::new();
+        let keys = r.u64("key count")?;
+        for _ in 0..keys {
+            let k = r.bytes("key length", "key")?;
+            let v = r.bytes("value length", "value")?;
+            if map
+                .last_key_value()
+                .is_some_and(|(last, _): (&Vec<u8>, _)| last.as_slice() >= k)
+            {
+                return Err(KvCodecError::BadSnapshot("keys out of order"));
+            }
+            map.insert(k.to_vec(), v.to_vec());
+        }
+        let mut sessions = BTreeMap::new();
+        let clients = r.u64("client count")?;
+        for _ in 0..clients {
+            let client = r.u64("client")?;
+            let seq = r.u64("sequence")?;
+            let reply = KvReply::decode(r.bytes("reply length", "reply")?)?;
+            if sessions
+                .last_key_value()
+                .is_some_and(|(&last, _)| last >= client)
+            {
+                return Err(KvCodecError::BadSnapshot("clients out of order"));
+            }
+            sessions.insert(client, (seq, reply));
+        }
+        r.finish()?;
+        self.map = map;
+        self.sessions = sessions;
+        Ok(())
+    }
 }
+
+/// The first bytes of every KV snapshot (and of the digest's input).
+const SNAPSHOT_MAGIC: &[u8] = b"rapax-kv-v2";
 
 impl Default for KvStore {
     fn default() -> Self {
@@ -568,6 +625,14 @@ impl super::node::StateMachine for KvStore {
 
     fn digest(&self) -> u64 {
         KvStore::digest(self)
+    }
+
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        KvStore::snapshot(self, out)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        KvStore::restore(self, bytes).map_err(|e| e.to_string())
     }
 }
 

@@ -50,7 +50,17 @@ pub const CB_HEARTBEAT: usize = 0;
 pub const CB_APPLIED: usize = 8;
 pub const CB_EPOCH: usize = 16;
 pub const CB_GRANTED_BALLOT: usize = 24;
+/// Flags: [`CB_FLAG_AMNESIAC`], [`CB_FLAG_BEHIND`].
 pub const CB_AMNESIAC: usize = 32;
+/// Its log cannot be trusted (memory lost, or overwritten by a snapshot): it counts in no
+/// recovery quorum and does not lead.
+pub const CB_FLAG_AMNESIAC: u64 = 1;
+/// Its state machine is behind what its log says is decided (restarting, or its log lapped):
+/// it does not lead, but its log counts.
+pub const CB_FLAG_BEHIND: u64 = 2;
+/// The applied index of the node's last checkpoint, and the state digest there.
+pub const CB_CHECKPOINT_INDEX: usize = 40;
+pub const CB_CHECKPOINT_DIGEST: usize = 48;
 pub const CB_REQUESTS: usize = 64;
 pub const CB_ACKS: usize = CB_REQUESTS + 8 * MAX_NODES;
 /// Size of the control block region.
@@ -78,9 +88,20 @@ pub fn peer_may_write_control(src: u8, offset: usize, len: usize) -> bool {
 pub const LOG_MIN_BALLOT: usize = 0;
 pub const LOG_FIRST_UNDECIDED: usize = 8;
 pub const LOG_AMNESIAC: usize = 16;
+/// The node's applied index: the log it needs from a leader starts here.
+pub const LOG_APPLIED: usize = 24;
+/// Written by a recovering leader (never by the owner): every slot below is chosen. A node
+/// whose log is far behind gets it raised before its slots are written over; the effective
+/// first-undecided index is the higher of the two.
+pub const LOG_DECIDED_FLOOR: usize = 32;
 pub const LOG_COMMIT: usize = 64;
 pub const COMMIT_RECORD_BYTES: usize = 24;
+/// Where a leader installs a state-transfer snapshot: the descriptor in the header, the bytes
+/// over the half of the entry array the receiver no longer needs.
+pub const LOG_SNAPSHOT: usize = LOG_COMMIT + COMMIT_RECORD_BYTES;
+pub const SNAPSHOT_DESCRIPTOR_BYTES: usize = 40;
 pub const LOG_HEADER_BYTES: usize = 2 * LINE_BYTES;
+const _: () = assert!(LOG_SNAPSHOT + SNAPSHOT_DESCRIPTOR_BYTES <= LOG_HEADER_BYTES);
 
 // ---- entry ----
 pub const ENTRY_SLOT: usize = 0;
@@ -96,6 +117,7 @@ pub const ENTRY_HEADER_BYTES: usize = LINE_BYTES;
 
 const ENTRY_SEED: u64 = 0x7261_7061_785f_656e; // "rapax_en"
 const COMMIT_SEED: u64 = 0x7261_7061_785f_636d; // "rapax_cm"
+const SNAPSHOT_SEED: u64 = 0x7261_7061_785f_736e; // "rapax_sn"
 
 pub fn get_u64(buf: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(buf[off..off + 8].try_into().expect("8 bytes"))
@@ -334,6 +356,75 @@ impl CommitRecord {
             ballot: Ballot(get_u64(bytes, 0)),
             index: get_u64(bytes, 8),
         })
+    }
+}
+
+/// A state-transfer snapshot as installed in a receiver's log: the state after applying every
+/// slot below `index`, `len` bytes laid over the entry array (as a ring of bytes) from entry
+/// index `at`, with the state digest and a checksum over the descriptor and the bytes (a torn
+/// or partial transfer never installs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotDescriptor {
+    pub index: Slot,
+    pub len: u64,
+    pub digest: u64,
+    pub at: u64,
+    pub checksum: u64,
+}
+
+impl SnapshotDescriptor {
+    /// The descriptor of `bytes`, the state below `index` with digest `digest`, placed from
+    /// entry index `at`.
+    pub fn new(index: Slot, digest: u64, at: u64, bytes: &[u8]) -> SnapshotDescriptor {
+        let mut d = SnapshotDescriptor {
+            index,
+            len: bytes.len() as u64,
+            digest,
+            at,
+            checksum: 0,
+        };
+        d.checksum = d.sum(bytes);
+        d
+    }
+
+    fn sum(&self, bytes: &[u8]) -> u64 {
+        let mut fields = [0u8; 32];
+        put_u64(&mut fields, 0, self.index);
+        put_u64(&mut fields, 8, self.len);
+        put_u64(&mut fields, 16, self.digest);
+        put_u64(&mut fields, 24, self.at);
+        let seed = xxh3_64_with_seed(&fields, SNAPSHOT_SEED);
+        // Never zero: zero means "no snapshot".
+        xxh3_64_with_seed(bytes, seed).max(1)
+    }
+
+    pub fn encode(&self) -> [u8; SNAPSHOT_DESCRIPTOR_BYTES] {
+        let mut b = [0u8; SNAPSHOT_DESCRIPTOR_BYTES];
+        put_u64(&mut b, 0, self.index);
+        put_u64(&mut b, 8, self.len);
+        put_u64(&mut b, 16, self.digest);
+        put_u64(&mut b, 24, self.at);
+        put_u64(&mut b, 32, self.checksum);
+        b
+    }
+
+    /// The descriptor in `b`, `None` when none was written.
+    pub fn decode(b: &[u8]) -> Option<SnapshotDescriptor> {
+        if b.len() < SNAPSHOT_DESCRIPTOR_BYTES || get_u64(b, 32) == 0 {
+            return None;
+        }
+        Some(SnapshotDescriptor {
+            index: get_u64(b, 0),
+            len: get_u64(b, 8),
+            digest: get_u64(b, 16),
+            at: get_u64(b, 24),
+            checksum: get_u64(b, 32),
+        })
+    }
+
+    /// Whether `bytes` are exactly the snapshot this describes.
+    pub fn verifies(&self, bytes: &[u8]) -> bool {
+        bytes.len() as u64 == self.len && self.sum(bytes) == self.checksum
     }
 }
 

@@ -56,6 +56,12 @@ pub trait StateMachine {
     fn apply(&mut self, command: &[u8]) -> Option<(u64, u64, Vec<u8>)>;
     /// A digest of the whole state, equal on replicas that applied the same commands.
     fn digest(&self) -> u64;
+    /// The whole state, deterministically encoded into `out` (replaced): equal states give
+    /// equal bytes.
+    fn snapshot(&self, out: &mut Vec<u8>);
+    /// Replaces the state with the one a [`StateMachine::snapshot`] encoded. On error the
+    /// state is unchanged.
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
 
 /// Deliberate protocol bugs that prove the simulator finds them. Only settable with the
@@ -165,6 +171,11 @@ pub struct NodeConfig {
     pub apply_scan_slots: u64,
     /// Slots per read when recovery or catch-up reads a log.
     pub read_chunk_slots: u64,
+    /// Every this many applied slots a node takes a checkpoint: it digests its state and
+    /// publishes index and digest in its control block (0: never).
+    pub checkpoint_every: u64,
+    /// Bytes per write when a leader streams a snapshot to a follower.
+    pub snapshot_chunk_bytes: usize,
     /// Peer liveness comes from outside (the control-plane process, through
     /// [`Node::on_peer_status`]) instead of this node's own heartbeat reads.
     pub external_election: bool,
@@ -289,6 +300,29 @@ pub enum Note {
         to: Slot,
         writes: usize,
     },
+    /// This node's state after applying every slot below `index` has digest `digest` (a
+    /// periodic checkpoint, or the state a leader sends in a snapshot).
+    Checkpoint {
+        index: Slot,
+        digest: u64,
+    },
+    /// `peer` is behind the leader's log: the leader streams it a snapshot of its state below
+    /// `index`, `bytes` long.
+    SnapshotSent {
+        peer: NodeId,
+        index: Slot,
+        bytes: usize,
+    },
+    /// This node installed a snapshot: its state is the one after every slot below `index`.
+    Restored {
+        index: Slot,
+        digest: u64,
+    },
+    /// A snapshot in this node's log did not verify or decode and was discarded.
+    SnapshotRejected {
+        index: Slot,
+        reason: String,
+    },
 }
 
 /// What one call asks the driver to do.
@@ -297,6 +331,9 @@ pub struct Output {
     pub posts: Vec<Post>,
     pub replies: Vec<ClientReply>,
     pub notes: Vec<Note>,
+    /// A checkpoint to keep where a restart that keeps memory finds it (descriptor, then
+    /// state; see [`Node::restore_saved`]): the driver replaces its previous one.
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 impl Output {
@@ -304,6 +341,7 @@ impl Output {
         self.posts.clear();
         self.replies.clear();
         self.notes.clear();
+        self.checkpoint = None;
     }
 }
 
@@ -363,6 +401,16 @@ enum Purpose {
         ballot: Ballot,
         peer: NodeId,
     },
+    /// A read of the follower's published applied index (on the control mesh).
+    AppliedRead {
+        ballot: Ballot,
+        peer: NodeId,
+    },
+    /// A write of a state transfer: the amnesiac mark, a chunk or the descriptor.
+    Snap {
+        ballot: Ballot,
+        peer: NodeId,
+    },
 }
 
 impl Purpose {
@@ -370,7 +418,7 @@ impl Purpose {
     fn ballot(&self) -> Ballot {
         match *self {
             Purpose::Heartbeat { .. } | Purpose::Request => Ballot::ZERO,
-            Purpose::Ack { .. } => Ballot::ZERO,
+            Purpose::Ack { .. } | Purpose::AppliedRead { .. } => Ballot::ZERO,
             Purpose::RecHeader { ballot, .. }
             | Purpose::RecPromise { ballot, .. }
             | Purpose::RecTail { ballot, .. }
@@ -378,7 +426,8 @@ impl Purpose {
             | Purpose::SyncHeader { ballot, .. }
             | Purpose::SyncTail { ballot, .. }
             | Purpose::SlotWrite { ballot, .. }
-            | Purpose::Meta { ballot, .. } => ballot,
+            | Purpose::Meta { ballot, .. }
+            | Purpose::Snap { ballot, .. } => ballot,
         }
     }
 
@@ -396,6 +445,8 @@ impl Purpose {
             Purpose::SyncTail { .. } => "catch-up log read",
             Purpose::SlotWrite { .. } => "slot write",
             Purpose::Meta { .. } => "commit record write",
+            Purpose::AppliedRead { .. } => "applied-index read",
+            Purpose::Snap { .. } => "snapshot write",
         }
     }
 }
@@ -403,8 +454,13 @@ impl Purpose {
 #[derive(Clone, Copy, Debug)]
 struct LogHeader {
     min_ballot: Ballot,
+    /// Every slot below is chosen: the node's own index or a floor a leader raised.
     first_undecided: Slot,
+    /// The node's own index: its log holds the chosen value of every slot from its applied
+    /// index up to here.
+    own_first_undecided: Slot,
     amnesiac: bool,
+    applied: Slot,
 }
 
 impl LogHeader {
@@ -423,8 +479,10 @@ impl LogHeader {
     fn parse(b: &[u8]) -> LogHeader {
         LogHeader {
             min_ballot: Ballot(get_u64(b, LOG_MIN_BALLOT)),
-            first_undecided: get_u64(b, LOG_FIRST_UNDECIDED),
+            first_undecided: get_u64(b, LOG_FIRST_UNDECIDED).max(get_u64(b, LOG_DECIDED_FLOOR)),
+            own_first_undecided: get_u64(b, LOG_FIRST_UNDECIDED),
             amnesiac: get_u64(b, LOG_AMNESIAC) != 0,
+            applied: get_u64(b, LOG_APPLIED),
         }
     }
 }
@@ -441,6 +499,7 @@ enum RecPhase {
     Headers,
     Promise,
     Tails,
+    Raise,
     Rewrite,
 }
 
@@ -457,6 +516,10 @@ struct Recovery {
     /// The adopted entry per slot: highest accepted ballot, with its bytes.
     best: BTreeMap<Slot, (Ballot, Vec<u8>)>,
     end: Slot,
+    /// Quorum members whose decided floor was raised (far behind): their rewritten entries
+    /// carry no commit hint, and they are caught up (by snapshot) before they count as
+    /// active followers, so no hint ever leads them over the gap in their log.
+    raised: Vec<NodeId>,
 }
 
 #[derive(Debug)]
@@ -472,13 +535,42 @@ enum Follower {
     SyncHeader,
     SyncTail {
         fuo: Slot,
+        /// Its first-undecided index (its entries stay within half a log above it).
+        decided: Slot,
         amnesiac: bool,
         read_to: Slot,
         held: BTreeMap<Slot, Held>,
     },
     /// Receives every fast-path write.
     Active,
+    /// Behind the leader's log: receiving a snapshot.
+    Snapshot(Box<Transfer>),
 }
+
+/// A state transfer to one follower: stream the snapshot over the half of its entry array that
+/// holds nothing it still needs, write the descriptor, wait for it to install.
+#[derive(Debug)]
+struct Transfer {
+    index: Slot,
+    /// The entry-array index the snapshot starts at (see [`snapshot_offset`]).
+    at: u64,
+    data: Vec<u8>,
+    descriptor: SnapshotDescriptor,
+    stage: TransferStage,
+    sent: usize,
+    inflight: usize,
+    since: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum TransferStage {
+    Chunks,
+    Install,
+    Wait,
+}
+
+/// Chunk writes of a transfer in flight at once.
+const TRANSFER_WINDOW: usize = 4;
 
 #[derive(Debug)]
 struct InFlight {
@@ -502,6 +594,15 @@ struct Leader {
     /// holds exactly these (no one else writes it while it leads), so apply takes them from
     /// here instead of reading and decoding the log again.
     proposed: VecDeque<(Entry, u64)>,
+    /// The lowest slot its own log still holds (with every slot up to `next_slot`): catch-up
+    /// from below needs a snapshot.
+    log_start: Slot,
+    /// The applied index each follower last published, as far as the leader read it.
+    applied_of: [Slot; MAX_NODES],
+    /// Followers with an applied-index read in flight (bit set).
+    reading: u64,
+    /// Since when proposals wait for a follower's apply (log reuse), if they do.
+    blocked_since: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -541,6 +642,16 @@ pub struct Node<S> {
     probe: Option<Probe>,
     ack_due: Option<(NodeId, Ballot, u64)>,
     peer_amnesiac: [bool; MAX_NODES],
+    /// Peers whose state is behind their log (they do not lead).
+    peer_behind: [bool; MAX_NODES],
+    /// What our log said was decided when we started: `first_undecided` never drops below it,
+    /// and until we have applied that far we do not lead.
+    decided_floor: Slot,
+    /// The decided floor a recovering leader raised in our log ([`LOG_DECIDED_FLOOR`]).
+    raised_floor: Slot,
+    /// Found, as a candidate, that our log is over half a log behind the others': we do not
+    /// lead until we have applied this far (a leader sends us a snapshot).
+    behind_until: Option<Slot>,
     /// Liveness reported by the control plane (with [`NodeConfig::external_election`]).
     peer_alive: [bool; MAX_NODES],
     hold_candidacy_until: u64,
@@ -570,6 +681,10 @@ impl<S: StateMachine> Node<S> {
         );
         assert!(cfg.ring.len() <= MAX_NODES);
         assert!(cfg.window_slots >= 1 && cfg.batch_max_commands >= 1);
+        assert!(
+            cfg.window_slots <= cfg.geometry.capacity / 4,
+            "the window must fit a quarter of the log (it is reused half a log behind)"
+        );
         assert!(cfg.batch_max_bytes <= cfg.geometry.max_payload());
         assert_eq!(mem.id(), cfg.id);
         let election = Election::new(cfg.id, cfg.ring.clone(), cfg.election.clone());
@@ -585,6 +700,10 @@ impl<S: StateMachine> Node<S> {
             probe: None,
             ack_due: None,
             peer_amnesiac: [false; MAX_NODES],
+            peer_behind: [false; MAX_NODES],
+            decided_floor: 0,
+            raised_floor: 0,
+            behind_until: None,
             peer_alive: [true; MAX_NODES],
             hold_candidacy_until: now,
             role: Role::Follower,
@@ -606,6 +725,13 @@ impl<S: StateMachine> Node<S> {
                     node.ack_due = Some((granted.node(), granted, now));
                 }
                 let header = LogHeader::local(mem);
+                // The state machine restarts empty: it replays our own log, or, when the log
+                // was reused past slot 0, waits for a leader's snapshot. Either way it does not
+                // lead before it has applied what the log says is decided; the log itself (an
+                // acceptor's promises and accepted entries) is intact and counts.
+                node.decided_floor = mem.log_word(LOG_FIRST_UNDECIDED);
+                mem.write_log_owner(LOG_APPLIED, &0u64.to_le_bytes());
+                mem.set_control_word(CB_APPLIED, 0);
                 node.max_seen = node.max_seen.max(header.min_ballot);
                 node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
                 if header.amnesiac && granted == Ballot::ZERO {
@@ -617,13 +743,41 @@ impl<S: StateMachine> Node<S> {
             }
             Start::MemoryLost => {
                 mem.write_log_owner(LOG_AMNESIAC, &1u64.to_le_bytes());
-                mem.set_control_word(CB_AMNESIAC, 1);
+                mem.set_control_word(CB_AMNESIAC, CB_FLAG_AMNESIAC);
                 node.grant_floor = None;
                 node.probe = Some(Probe::default());
                 node.hold_candidacy_until = now + node.cfg.stepdown_holdoff_ticks;
             }
         }
         node
+    }
+
+    /// After a restart that kept memory, before the first turn: resumes the state machine from
+    /// the last checkpoint this node kept ([`Output::checkpoint`]), so it replays its log from
+    /// there instead of from slot 0 (which log reuse may have overwritten). Returns the index it
+    /// resumes from; on error (torn, or not a checkpoint) nothing changes and the node replays
+    /// from 0, or waits for a leader's snapshot.
+    pub fn restore_saved(
+        &mut self,
+        saved: &[u8],
+        mem: &mut impl LocalMemory,
+    ) -> Result<Slot, String> {
+        let d = SnapshotDescriptor::decode(saved).ok_or("no checkpoint descriptor")?;
+        let state = &saved[SNAPSHOT_DESCRIPTOR_BYTES..];
+        if !d.verifies(state) {
+            return Err("checkpoint checksum mismatch".into());
+        }
+        if self.applied != 0 {
+            return Err("the node has applied slots already".into());
+        }
+        self.sm.restore(state)?;
+        if self.sm.digest() != d.digest {
+            return Err("checkpoint state digest mismatch".into());
+        }
+        self.applied = d.index;
+        self.known_commit = self.known_commit.max(d.index);
+        self.publish_applied(mem);
+        Ok(d.index)
     }
 
     pub fn id(&self) -> NodeId {
@@ -685,6 +839,7 @@ impl<S: StateMachine> Node<S> {
                 Follower::Absent { .. } => "absent",
                 Follower::Requested { .. } => "requested",
                 Follower::SyncHeader | Follower::SyncTail { .. } => "syncing",
+                Follower::Snapshot(_) => "snapshot",
             };
             f(p, state);
         }
@@ -812,6 +967,7 @@ impl<S: StateMachine> Node<S> {
         out: &mut Output,
     ) {
         self.now = now;
+
         let Some(purpose) = self.pending.remove(&c.wr_id) else {
             return; // a completion from before a restart, or a duplicate
         };
@@ -819,9 +975,9 @@ impl<S: StateMachine> Node<S> {
             Purpose::Heartbeat { peer, token } => {
                 let counter = match &c.result {
                     Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
-                        let amnesiac = get_u64(b, CB_AMNESIAC) != 0;
+                        let flags = get_u64(b, CB_AMNESIAC);
                         let granted = Ballot(get_u64(b, CB_GRANTED_BALLOT));
-                        self.peer_read(peer, granted, amnesiac);
+                        self.peer_read(peer, granted, flags);
                         Some(get_u64(b, CB_HEARTBEAT))
                     }
                     _ => None,
@@ -847,7 +1003,9 @@ impl<S: StateMachine> Node<S> {
             Purpose::SyncHeader { ballot, peer }
             | Purpose::SyncTail { ballot, peer, .. }
             | Purpose::SlotWrite { ballot, peer, .. }
-            | Purpose::Meta { ballot, peer } => {
+            | Purpose::Meta { ballot, peer }
+            | Purpose::AppliedRead { ballot, peer }
+            | Purpose::Snap { ballot, peer } => {
                 self.leader_completion(purpose, ballot, peer, c.result, mem, out)
             }
         }
@@ -855,8 +1013,10 @@ impl<S: StateMachine> Node<S> {
 
     /// What a successful heartbeat read of `peer`'s control block tells: the ballot it granted
     /// (a candidate must stand above it) and whether it lost its memory.
-    fn peer_read(&mut self, peer: NodeId, granted: Ballot, amnesiac: bool) {
+    fn peer_read(&mut self, peer: NodeId, granted: Ballot, flags: u64) {
+        let amnesiac = flags & CB_FLAG_AMNESIAC != 0;
         self.peer_amnesiac[peer as usize] = amnesiac;
+        self.peer_behind[peer as usize] = flags & CB_FLAG_BEHIND != 0;
         self.max_seen = self.max_seen.max(granted);
         if let (Some(p), false) = (&mut self.probe, amnesiac) {
             p.answers.insert(peer, granted);
@@ -864,21 +1024,22 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// With [`NodeConfig::external_election`]: the control plane's verdict on `peer` (alive by
-    /// pull-score) and, when its last heartbeat read succeeded, what that read returned.
+    /// pull-score) and, when its last heartbeat read succeeded, what that read returned: the
+    /// ballot it granted and its flags word ([`CB_FLAG_AMNESIAC`], [`CB_FLAG_BEHIND`]).
     pub fn on_peer_status(
         &mut self,
         now: u64,
         peer: NodeId,
         alive: bool,
-        read: Option<(Ballot, bool)>,
+        read: Option<(Ballot, u64)>,
     ) {
         self.now = now;
         if peer as usize >= MAX_NODES || peer == self.cfg.id || !self.cfg.ring.contains(&peer) {
             return;
         }
         self.peer_alive[peer as usize] = alive;
-        if let Some((granted, amnesiac)) = read {
-            self.peer_read(peer, granted, amnesiac);
+        if let Some((granted, flags)) = read {
+            self.peer_read(peer, granted, flags);
         }
     }
 
@@ -906,7 +1067,6 @@ impl<S: StateMachine> Node<S> {
             .min(self.cfg.geometry.max_payload());
         let need = Batch::encoded_len([req.command.as_slice()]);
         let leader_hint = self.leader_hint();
-        let capacity = self.cfg.geometry.capacity;
         let reply = |result| ClientReply {
             client: req.client,
             seq: req.seq,
@@ -923,8 +1083,6 @@ impl<S: StateMachine> Node<S> {
             Role::Leader(l) => {
                 if l.queue.len() >= self.cfg.client_queue_max {
                     out.replies.push(reply(Err(ClientError::Busy)));
-                } else if l.next_slot >= capacity {
-                    out.replies.push(reply(Err(ClientError::LogFull)));
                 } else {
                     l.queue.push_back(req);
                 }
@@ -950,9 +1108,18 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn grant_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
-        // Mirror the log's amnesiac flag (cleared by a leader) into the control block.
-        if mem.log_word(LOG_AMNESIAC) == 0 && mem.control_word(CB_AMNESIAC) != 0 {
-            mem.set_control_word(CB_AMNESIAC, 0);
+        // Publish the flags: the log's amnesiac flag (set by a leader before a state transfer,
+        // cleared by one once the log is re-synced) and whether our state is behind.
+        self.refresh_decided(mem);
+        let mut flags = 0;
+        if mem.log_word(LOG_AMNESIAC) != 0 {
+            flags |= CB_FLAG_AMNESIAC;
+        }
+        if self.is_behind() {
+            flags |= CB_FLAG_BEHIND;
+        }
+        if mem.control_word(CB_AMNESIAC) != flags {
+            mem.set_control_word(CB_AMNESIAC, flags);
         }
         let min_ballot = Ballot(mem.log_word(LOG_MIN_BALLOT));
         self.max_seen = self.max_seen.max(min_ballot);
@@ -1006,13 +1173,25 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// The first electable node in ring order: alive by pull-score and not amnesiac.
+    /// Whether our state machine is behind what our log says is decided (we do not lead).
+    fn is_behind(&self) -> bool {
+        self.applied < self.decided_floor.max(self.raised_floor) || self.behind_until.is_some()
+    }
+
+    /// Refreshes the decided floor a recovering leader may have raised in our log (it says
+    /// those slots are chosen, not that our log holds them: apply never goes by it).
+    fn refresh_decided(&mut self, mem: &impl LocalMemory) {
+        self.raised_floor = self.raised_floor.max(mem.log_word(LOG_DECIDED_FLOOR));
+    }
+
+    /// The first electable node in ring order: alive by pull-score, not amnesiac, and not
+    /// behind.
     fn elected(&self) -> Option<NodeId> {
         self.cfg.ring.iter().copied().find(|&p| {
             if p == self.cfg.id {
-                self.probe.is_none()
+                self.probe.is_none() && !self.is_behind()
             } else {
-                self.is_alive(p) && !self.peer_amnesiac[p as usize]
+                self.is_alive(p) && !self.peer_amnesiac[p as usize] && !self.peer_behind[p as usize]
             }
         })
     }
@@ -1147,6 +1326,7 @@ impl<S: StateMachine> Node<S> {
             held: BTreeMap::new(),
             best: BTreeMap::new(),
             end: 0,
+            raised: Vec::new(),
         };
         rec.headers.insert(me, LogHeader::local(mem));
         let peers: Vec<NodeId> = acked.into_iter().filter(|&p| p != me).collect();
@@ -1202,6 +1382,10 @@ impl<S: StateMachine> Node<S> {
                 rec.outstanding -= 1;
                 match result {
                     Ok(Some(bytes)) => {
+                        if lapped(&bytes, from, &geometry) {
+                            self.step_down("a log holds slots past the recovery window", out);
+                            return;
+                        }
                         let mut any = false;
                         let held = rec.held.entry(peer).or_default();
                         for (s, h, b) in entries_in(&bytes, from, &geometry) {
@@ -1211,8 +1395,8 @@ impl<S: StateMachine> Node<S> {
                                 rec.best.insert(s, (h.ballot, b.to_vec()));
                             }
                         }
-                        let next = from + chunk;
-                        if any && next < geometry.capacity {
+                        let next = from + (bytes.len() / geometry.slot_bytes) as u64;
+                        if any && next < rec.lo + geometry.capacity {
                             rec.outstanding += 1;
                             let op = read_slots(&geometry, next, chunk);
                             self.post(
@@ -1275,6 +1459,33 @@ impl<S: StateMachine> Node<S> {
                         };
                         return;
                     }
+                    // Log reuse: every slot below the furthest first-undecided index is chosen
+                    // (a node applied it), and no log holds entries more than half a log above
+                    // its own first-undecided index. Recovery reads from half a log below the
+                    // furthest at the lowest.
+                    let cap = geometry.capacity;
+                    let furthest = rec
+                        .quorum
+                        .iter()
+                        .map(|p| rec.headers[p].first_undecided)
+                        .max()
+                        .unwrap_or(0);
+                    let lo = rec
+                        .quorum
+                        .iter()
+                        .map(|p| rec.headers[p].first_undecided)
+                        .min()
+                        .unwrap_or(0)
+                        .max(furthest.saturating_sub(cap / 2));
+                    if self.applied < lo {
+                        // Our state lacks chosen slots that no log may hold any more: stand
+                        // aside (behind) for a node that can lead, and be caught up by it with
+                        // a snapshot.
+                        self.behind_until = Some(lo);
+                        self.step_down("own state behind the others' logs by over half a log", out);
+                        return;
+                    }
+                    rec.lo = lo;
                     rec.phase = RecPhase::Promise;
                     let quorum = rec.quorum.clone();
                     rec.outstanding = quorum.len() - 1;
@@ -1304,7 +1515,6 @@ impl<S: StateMachine> Node<S> {
                         .iter()
                         .map(|p| rec.headers[p].first_undecided)
                         .collect();
-                    rec.lo = fuos.iter().copied().min().unwrap_or(0);
                     rec.max_fuo = fuos.iter().copied().max().unwrap_or(0);
                     rec.phase = RecPhase::Tails;
                     if skip_read {
@@ -1352,12 +1562,65 @@ impl<S: StateMachine> Node<S> {
                         .next_back()
                         .map_or(rec.lo, |&s| s + 1)
                         .max(rec.max_fuo);
+                    // Every log keeps its entries within half a log above its first-undecided
+                    // index (a state transfer writes the other half). A member that would hold
+                    // [lo, end) further above gets its decided floor raised first (every slot
+                    // below the floor is chosen: end is at most half a log past the furthest
+                    // index); it is then caught up before it counts as an active follower.
+                    let floor = rec
+                        .lo
+                        .max(rec.end.saturating_sub(geometry.capacity / 2 + 1));
+                    if self.applied < floor {
+                        self.behind_until = Some(floor);
+                        self.step_down(
+                            "own state behind the recovered log by over half a log",
+                            out,
+                        );
+                        return;
+                    }
+                    let raise: Vec<NodeId> = rec
+                        .quorum
+                        .iter()
+                        .copied()
+                        .filter(|&p| p != me && rec.headers[&p].first_undecided < floor)
+                        .collect();
+                    rec.outstanding = raise.len();
+                    // Whose log may hold stale entries below the rewritten range (its own
+                    // index below it): no hints, and caught up before it counts.
+                    let lo = rec.lo;
+                    rec.raised = rec
+                        .quorum
+                        .iter()
+                        .copied()
+                        .filter(|&p| p != me && rec.headers[&p].own_first_undecided < lo)
+                        .collect();
+                    rec.phase = RecPhase::Raise;
+                    for p in raise {
+                        let op = Op::Write {
+                            region: Region::Log,
+                            offset: LOG_DECIDED_FLOOR,
+                            bytes: floor.to_le_bytes().to_vec(),
+                        };
+                        self.post(out, p, op, Purpose::RecPromise { ballot, peer: p });
+                    }
+                }
+                RecPhase::Raise => {
+                    if rec.quorum.len() < majority(n) {
+                        self.step_down("recovery quorum lost", out);
+                        return;
+                    }
                     rec.phase = RecPhase::Rewrite;
                     let rec_ballot = rec.ballot;
                     let (lo, end, max_fuo) = (rec.lo, rec.end, rec.max_fuo);
                     // What every slot of [lo, end) must hold: the adopted entry, or a no-op.
                     let mut adopted: Vec<(Slot, Entry)> = Vec::new();
                     for s in lo..end {
+                        if s < max_fuo && !rec.best.contains_key(&s) {
+                            // Chosen (a log applied it) but in no log read: never fill it with
+                            // a no-op. Log reuse keeps this from happening; refuse if it does.
+                            self.step_down("a chosen slot is in none of the logs read", out);
+                            return;
+                        }
                         let entry = match rec.best.get(&s) {
                             Some((_, bytes)) => {
                                 let mut e = Entry::decode(bytes).expect("checked when read");
@@ -1388,6 +1651,16 @@ impl<S: StateMachine> Node<S> {
                                         continue; // chosen and already held
                                     }
                                     restamp_op(&geometry, *s, rec_ballot)
+                                }
+                                _ if rec.raised.contains(&q) => {
+                                    let mut e = e.clone();
+                                    e.commit_hint = 0;
+                                    e.encode(&geometry, &mut self.scratch);
+                                    Op::Write {
+                                        region: Region::Log,
+                                        offset: geometry.slot_offset(*s),
+                                        bytes: self.scratch.clone(),
+                                    }
                                 }
                                 _ => {
                                     e.encode(&geometry, &mut self.scratch);
@@ -1433,20 +1706,31 @@ impl<S: StateMachine> Node<S> {
                         return;
                     }
                     let (lo, end) = (rec.lo, rec.end);
-                    let quorum = rec.quorum.clone();
-                    self.become_leader(ballot, lo, end, &quorum, mem, out);
+                    let quorum: Vec<NodeId> = rec
+                        .quorum
+                        .iter()
+                        .copied()
+                        .filter(|p| !rec.raised.contains(p))
+                        .collect();
+                    let mut applied_of = [0; MAX_NODES];
+                    for (&p, h) in &rec.headers {
+                        applied_of[p as usize] = h.first_undecided;
+                    }
+                    self.become_leader(ballot, lo, end, &quorum, applied_of, mem, out);
                     return;
                 }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn become_leader(
         &mut self,
         ballot: Ballot,
         lo: Slot,
         end: Slot,
         quorum: &[NodeId],
+        applied_of: [Slot; MAX_NODES],
         mem: &mut impl LocalMemory,
         out: &mut Output,
     ) {
@@ -1485,20 +1769,22 @@ impl<S: StateMachine> Node<S> {
             followers,
             queue: VecDeque::new(),
             proposed: VecDeque::new(),
+            log_start: lo,
+            applied_of,
+            reading: 0,
+            blocked_since: None,
         }));
         // A no-op opens the new view at once: the view's first commit does not wait for a
         // client, and followers learn the commit index from it.
-        if end < geometry.capacity {
-            let noop = Entry {
-                ballot,
-                slot: end,
-                commit_hint: end,
-                kind: EntryKind::Noop,
-                payload: Vec::new(),
-            };
-            if !self.propose(noop, mem, out) {
-                return;
-            }
+        let noop = Entry {
+            ballot,
+            slot: end,
+            commit_hint: end,
+            kind: EntryKind::Noop,
+            payload: Vec::new(),
+        };
+        if !self.propose(noop, mem, out) {
+            return;
         }
         self.leader_tick(mem, out);
     }
@@ -1551,14 +1837,17 @@ impl<S: StateMachine> Node<S> {
             };
             self.post_reconnect(out, p, op, Purpose::SyncHeader { ballot, peer: p });
         }
-        // Propose: batches of queued commands into new slots, within the window.
+        self.reuse_tick(out);
+        // Propose: batches of queued commands into new slots, within the window and the
+        // reusable part of the log.
         loop {
+            let applied = self.applied;
             let Role::Leader(l) = &mut self.role else {
                 return;
             };
             if l.queue.is_empty()
                 || l.next_slot >= l.commit + self.cfg.window_slots
-                || l.next_slot >= geometry.capacity
+                || l.next_slot >= reuse_floor(l, applied) + geometry.capacity / 2
             {
                 break;
             }
@@ -1619,6 +1908,82 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// Log reuse: a slot may be written over only once its node has applied it, so the leader
+    /// proposes no further than half a log past the lowest applied index of itself and its
+    /// active followers ([`reuse_floor`]). It reads a follower's published applied index when
+    /// what it knows is a quarter log behind; a follower that holds proposals back for four
+    /// retry periods is dropped from the active set (if a majority remains without it) and
+    /// caught up later, by snapshot if need be: nothing stops the world for one slow node.
+    fn reuse_tick(&mut self, out: &mut Output) {
+        let cap = self.cfg.geometry.capacity;
+        let applied = self.applied;
+        let now = self.now;
+        let patience = 4 * self.cfg.retry_ticks;
+        let n = self.n();
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let mut reads = Vec::new();
+        for (&p, st) in l.followers.iter_mut() {
+            let waiting = match st {
+                Follower::Active => l.next_slot.saturating_sub(l.applied_of[p as usize]) >= cap / 4,
+                Follower::Snapshot(t) if t.stage == TransferStage::Wait => {
+                    if now >= t.since + patience * 16 {
+                        // It never installed (lost, or the snapshot did not verify there).
+                        out.notes.push(Note::FollowerLost {
+                            peer: p,
+                            reason: "snapshot not installed in time",
+                        });
+                        *st = Follower::Absent { since: now };
+                        continue;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if waiting && l.reading & (1 << p) == 0 {
+                l.reading |= 1 << p;
+                reads.push(p);
+            }
+        }
+        let floor = reuse_floor(l, applied);
+        let blocked = !l.queue.is_empty() && l.next_slot >= floor + cap / 2;
+        if !blocked {
+            l.blocked_since = None;
+        } else if l.blocked_since.is_none() {
+            l.blocked_since = Some(now);
+        } else if l.blocked_since.is_some_and(|t| now >= t + patience) && floor < applied {
+            let slow: Vec<NodeId> = l
+                .followers
+                .iter()
+                .filter(|(&p, st)| {
+                    matches!(st, Follower::Active) && l.applied_of[p as usize] == floor
+                })
+                .map(|(&p, _)| p)
+                .collect();
+            let active = active_followers(&l.followers).count_ones() as usize;
+            if 1 + active - slow.len() >= majority(n) {
+                for p in slow {
+                    out.notes.push(Note::FollowerLost {
+                        peer: p,
+                        reason: "applies too slowly for the log to be reused",
+                    });
+                    l.followers.insert(p, Follower::Absent { since: now });
+                }
+            }
+            l.blocked_since = None;
+        }
+        for p in reads {
+            let op = Op::Read {
+                region: Region::Control,
+                offset: CB_APPLIED,
+                len: 8,
+            };
+            self.post(out, p, op, Purpose::AppliedRead { ballot, peer: p });
+        }
+    }
+
     /// Phase 2A of one entry: local write, then one write per active follower.
     fn propose(&mut self, entry: Entry, mem: &mut impl LocalMemory, out: &mut Output) -> bool {
         let geometry = self.cfg.geometry;
@@ -1644,6 +2009,9 @@ impl<S: StateMachine> Node<S> {
             },
         );
         l.next_slot = entry.slot + 1;
+        l.log_start = l
+            .log_start
+            .max(l.next_slot.saturating_sub(geometry.capacity));
         l.hint_sent = l.hint_sent.max(entry.commit_hint);
         l.last_touch = self.now;
         out.notes.push(Note::Proposed { slot: entry.slot });
@@ -1683,11 +2051,15 @@ impl<S: StateMachine> Node<S> {
     ) {
         let geometry = self.cfg.geometry;
         let now = self.now;
+        let cap = geometry.capacity;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
         if l.ballot != ballot {
             return;
+        }
+        if let Purpose::AppliedRead { .. } = purpose {
+            l.reading &= !(1 << peer);
         }
         match result {
             Err(FabricError::Permission) => {
@@ -1716,6 +2088,20 @@ impl<S: StateMachine> Node<S> {
                 self.advance_commit(out);
             }
             Purpose::Meta { .. } => {}
+            Purpose::AppliedRead { .. } => {
+                if let Some(b) = read_bytes(&result).filter(|b| b.len() >= 8) {
+                    let a = get_u64(b, 0);
+                    let known = &mut l.applied_of[peer as usize];
+                    *known = (*known).max(a);
+                    if let Some(Follower::Snapshot(t)) = l.followers.get(&peer) {
+                        if t.stage == TransferStage::Wait && a >= t.index {
+                            // Installed: catch it up from the snapshot on, from our log.
+                            l.followers.insert(peer, Follower::Requested { at: now });
+                        }
+                    }
+                }
+            }
+            Purpose::Snap { .. } => self.transfer_continue(peer, true, out),
             Purpose::SyncHeader { .. } => {
                 if !matches!(l.followers.get(&peer), Some(Follower::SyncHeader)) {
                     return;
@@ -1724,11 +2110,18 @@ impl<S: StateMachine> Node<S> {
                     l.followers.insert(peer, Follower::Absent { since: now });
                     return;
                 };
-                let fuo = h.first_undecided.min(l.next_slot);
+                // It needs the log from where it applied (its own log may hold more, but a
+                // restarted state machine replays from slot 0).
+                let fuo = h.first_undecided.min(h.applied).min(l.next_slot);
+                if fuo < l.log_start || fuo + cap / 2 < l.next_slot {
+                    self.start_transfer(peer, h.first_undecided, out);
+                    return;
+                }
                 l.followers.insert(
                     peer,
                     Follower::SyncTail {
                         fuo,
+                        decided: h.first_undecided,
                         amnesiac: h.amnesiac,
                         read_to: fuo,
                         held: BTreeMap::new(),
@@ -1767,6 +2160,7 @@ impl<S: StateMachine> Node<S> {
         let ballot = l.ballot;
         let Some(Follower::SyncTail {
             fuo,
+            decided,
             amnesiac,
             read_to,
             held,
@@ -1789,6 +2183,12 @@ impl<S: StateMachine> Node<S> {
             return;
         }
         let (fuo, amnesiac) = (*fuo, *amnesiac);
+        if fuo < l.log_start || fuo + geometry.capacity / 2 < l.next_slot {
+            // The log moved on past it while we read.
+            let decided = *decided;
+            self.start_transfer(peer, decided, out);
+            return;
+        }
         let held = held.clone();
         let (next_slot, commit) = (l.next_slot, l.commit);
         let mut writes = Vec::new();
@@ -1858,6 +2258,7 @@ impl<S: StateMachine> Node<S> {
         }
         if let Role::Leader(l) = &mut self.role {
             l.followers.insert(peer, Follower::Active);
+            l.applied_of[peer as usize] = fuo;
             for s in &already {
                 if let Some(f) = l.inflight.get_mut(s) {
                     f.acked_by |= 1 << peer;
@@ -1866,6 +2267,113 @@ impl<S: StateMachine> Node<S> {
         }
         if !already.is_empty() {
             self.advance_commit(out);
+        }
+    }
+
+    /// State transfer to a follower behind our log: snapshot our state (below our applied
+    /// index, which our log still holds the suffix from) and stream it. `decided` is its
+    /// first-undecided index: its log holds entries no further than half a log above it, so the
+    /// other half (from `decided + cap/2 + 2` on, circularly) holds only slots it applied; the
+    /// snapshot goes there and its acceptor state stays intact.
+    fn start_transfer(&mut self, peer: NodeId, decided: Slot, out: &mut Output) {
+        let geometry = self.cfg.geometry;
+        let index = self.applied;
+        let now = self.now;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        if index < l.log_start {
+            // We are still replaying our own log: our state is not yet one our log continues.
+            l.followers.insert(peer, Follower::Absent { since: now });
+            return;
+        }
+        let digest = self.sm.digest();
+        let mut data = Vec::new();
+        self.sm.snapshot(&mut data);
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let cap = geometry.capacity;
+        if data.len() > snapshot_room(&geometry) {
+            out.notes.push(Note::FollowerLost {
+                peer,
+                reason: "its snapshot is larger than half the log it would be written over",
+            });
+            l.followers.insert(peer, Follower::Absent { since: now });
+            return;
+        }
+        let at = (decided + cap / 2 + 2) % cap;
+        out.notes.push(Note::Checkpoint { index, digest });
+        out.notes.push(Note::SnapshotSent {
+            peer,
+            index,
+            bytes: data.len(),
+        });
+        let descriptor = SnapshotDescriptor::new(index, digest, at, &data);
+        l.followers.insert(
+            peer,
+            Follower::Snapshot(Box::new(Transfer {
+                index,
+                at,
+                data,
+                descriptor,
+                stage: TransferStage::Chunks,
+                sent: 0,
+                inflight: 0,
+                since: now,
+            })),
+        );
+        self.transfer_continue(peer, false, out);
+    }
+
+    /// The next writes of a transfer, after a completion of one (`done`) or to start chunks.
+    fn transfer_continue(&mut self, peer: NodeId, done: bool, out: &mut Output) {
+        let chunk = self.cfg.snapshot_chunk_bytes.max(1);
+        let geometry = self.cfg.geometry;
+        let now = self.now;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
+        let Some(Follower::Snapshot(t)) = l.followers.get_mut(&peer) else {
+            return;
+        };
+        if done {
+            t.inflight -= 1;
+        }
+        let mut posts = Vec::new();
+        match t.stage {
+            TransferStage::Chunks => {}
+            TransferStage::Install => {
+                t.stage = TransferStage::Wait;
+                t.since = now;
+                return;
+            }
+            TransferStage::Wait => return,
+        }
+        while t.inflight < TRANSFER_WINDOW && t.sent < t.data.len() {
+            let (offset, run) = snapshot_offset(&geometry, t.at, t.sent);
+            let end = (t.sent + chunk.min(run)).min(t.data.len());
+            posts.push(Op::Write {
+                region: Region::Log,
+                offset,
+                bytes: t.data[t.sent..end].to_vec(),
+            });
+            t.sent = end;
+            t.inflight += 1;
+        }
+        if t.sent == t.data.len() && t.inflight == 0 {
+            // Every chunk landed: the descriptor makes it installable.
+            t.stage = TransferStage::Install;
+            t.inflight = 1;
+            posts.push(Op::Write {
+                region: Region::Log,
+                offset: LOG_SNAPSHOT,
+                bytes: t.descriptor.encode().to_vec(),
+            });
+        }
+        for op in posts {
+            self.post(out, peer, op, Purpose::Snap { ballot, peer });
         }
     }
 
@@ -1901,12 +2409,17 @@ impl<S: StateMachine> Node<S> {
     fn apply(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let geometry = self.cfg.geometry;
         let is_leader = matches!(self.role, Role::Leader(_));
+        if !is_leader {
+            self.install_snapshot(mem, out);
+        }
         let mut known = self.known_commit;
         if let Role::Leader(l) = &self.role {
             // The leader's own count is ahead of anything in its log.
             known = known.max(l.commit);
         } else {
-            known = known.max(LogHeader::local(mem).first_undecided);
+            // Our own first-undecided index (not a floor a leader raised: that says slots are
+            // chosen, not that our log holds them).
+            known = known.max(mem.log_word(LOG_FIRST_UNDECIDED));
             let mut record = [0u8; COMMIT_RECORD_BYTES];
             mem.read_log(LOG_COMMIT, &mut record);
             if let Some(r) = CommitRecord::decode(&record) {
@@ -1929,7 +2442,7 @@ impl<S: StateMachine> Node<S> {
                 _ => break,
             }
         }
-        self.known_commit = known.min(geometry.capacity);
+        self.known_commit = known;
         let start = self.applied;
         while self.applied < self.known_commit {
             let s = self.applied;
@@ -1975,13 +2488,119 @@ impl<S: StateMachine> Node<S> {
                 value_digest,
             });
             self.applied += 1;
+            let every = self.cfg.checkpoint_every;
+            if every > 0 && self.applied.is_multiple_of(every) {
+                let digest = self.sm.digest();
+                mem.set_control_word(CB_CHECKPOINT_INDEX, self.applied);
+                mem.set_control_word(CB_CHECKPOINT_DIGEST, digest);
+                out.notes.push(Note::Checkpoint {
+                    index: self.applied,
+                    digest,
+                });
+                let mut state = Vec::new();
+                self.sm.snapshot(&mut state);
+                let d = SnapshotDescriptor::new(self.applied, digest, 0, &state);
+                let mut saved = d.encode().to_vec();
+                saved.extend_from_slice(&state);
+                out.checkpoint = Some(saved);
+            }
         }
         self.read_buf = buf;
         if self.applied != start {
-            mem.write_log_owner(LOG_FIRST_UNDECIDED, &self.applied.to_le_bytes());
-            mem.set_control_word(CB_APPLIED, self.applied);
+            self.publish_applied(mem);
         }
     }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Publishes the applied index: in the control block (the leader reads it for log reuse)
+    /// and the log header (catch-up starts there), and as `first_undecided`, which never drops
+    /// below what the log said at start (a restarted node replaying its log still knows that
+    /// much is decided).
+    fn publish_applied(&mut self, mem: &mut impl LocalMemory) {
+        let applied = self.applied;
+        mem.set_control_word(CB_APPLIED, applied);
+        mem.write_log_owner(LOG_APPLIED, &applied.to_le_bytes());
+        let fuo = applied.max(self.decided_floor);
+        mem.write_log_owner(LOG_FIRST_UNDECIDED, &fuo.to_le_bytes());
+        if self.behind_until.is_some_and(|b| applied >= b) {
+            self.behind_until = None;
+        }
+    }
+
+    /// A snapshot a leader installed in our log: verify it, restore the state machine from it
+    /// and carry on applying after it. A snapshot that does not verify or decode is discarded
+    /// (the leader sends another); one not ahead of what we applied is just cleared.
+    fn install_snapshot(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let mut b = [0u8; SNAPSHOT_DESCRIPTOR_BYTES];
+        mem.read_log(LOG_SNAPSHOT, &mut b);
+        let Some(d) = SnapshotDescriptor::decode(&b) else {
+            return;
+        };
+        let geometry = self.cfg.geometry;
+        if d.index > self.applied {
+            let mut bytes = Vec::new();
+            let verdict = if d.len > snapshot_room(&geometry) as u64 || d.at >= geometry.capacity {
+                Err("longer than half the log".to_string())
+            } else {
+                bytes.resize(d.len as usize, 0);
+                let mut p = 0;
+                while p < bytes.len() {
+                    let (offset, run) = snapshot_offset(&geometry, d.at, p);
+                    let end = (p + run).min(bytes.len());
+                    mem.read_log(offset, &mut bytes[p..end]);
+                    p = end;
+                }
+                if !d.verifies(&bytes) {
+                    Err("checksum mismatch".to_string())
+                } else {
+                    self.sm.restore(&bytes).and_then(|()| {
+                        let digest = self.sm.digest();
+                        if digest == d.digest {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "state digest {digest:016x}, descriptor says {:016x}",
+                                d.digest
+                            ))
+                        }
+                    })
+                }
+            };
+            match verdict {
+                Ok(()) => {
+                    self.applied = d.index;
+                    self.known_commit = self.known_commit.max(d.index);
+                    self.publish_applied(mem);
+                    // It is also our checkpoint now: a restart replays our log from here (the
+                    // log below was never ours to replay).
+                    let kept = SnapshotDescriptor::new(d.index, d.digest, 0, &bytes);
+                    let mut saved = kept.encode().to_vec();
+                    saved.extend_from_slice(&bytes);
+                    out.checkpoint = Some(saved);
+                    out.notes.push(Note::Restored {
+                        index: d.index,
+                        digest: d.digest,
+                    });
+                }
+                Err(reason) => out.notes.push(Note::SnapshotRejected {
+                    index: d.index,
+                    reason,
+                }),
+            }
+        }
+        mem.write_log_owner(LOG_SNAPSHOT, &[0u8; SNAPSHOT_DESCRIPTOR_BYTES]);
+    }
+}
+
+/// The lowest applied index of the leader (`applied`) and its active followers: no slot below
+/// it is needed in any of their logs.
+fn reuse_floor(l: &Leader, applied: Slot) -> Slot {
+    l.followers
+        .iter()
+        .filter(|(_, st)| matches!(st, Follower::Active))
+        .map(|(&p, _)| l.applied_of[p as usize])
+        .fold(applied, Slot::min)
 }
 
 /// The followers that receive every fast-path write, as a bit set of node ids.
@@ -2072,6 +2691,29 @@ fn entries_in<'a>(
         })
 }
 
+/// The most snapshot bytes a state transfer can carry: the part of the entry array a
+/// follower's log never needs (half of it, less two slots of margin).
+fn snapshot_room(geometry: &LogGeometry) -> usize {
+    (geometry.capacity / 2).saturating_sub(2) as usize * geometry.slot_bytes
+}
+
+/// Where byte `p` of a snapshot starting at entry-array index `at` lives in the log (the entry
+/// array as a ring of bytes), and how many bytes follow it before the array's end.
+fn snapshot_offset(geometry: &LogGeometry, at: u64, p: usize) -> (usize, usize) {
+    let array = geometry.capacity as usize * geometry.slot_bytes;
+    let pos = (at as usize * geometry.slot_bytes + p) % array;
+    (LOG_HEADER_BYTES + pos, array - pos)
+}
+
+/// Whether a read of consecutive slots from `from` holds an entry of a later lap (a slot number
+/// above the one its position stands for): the log moved on past what the reader assumed.
+fn lapped(bytes: &[u8], from: Slot, geometry: &LogGeometry) -> bool {
+    bytes
+        .chunks_exact(geometry.slot_bytes)
+        .enumerate()
+        .any(|(i, b)| matches!(Entry::check(b), Ok(h) if h.slot > from + i as u64))
+}
+
 impl From<&EntryHeader> for Held {
     fn from(h: &EntryHeader) -> Held {
         Held {
@@ -2092,7 +2734,7 @@ fn scan_local(
     let mut found = Vec::new();
     let mut from = lo;
     let mut bytes = Vec::new();
-    while from < geometry.capacity {
+    while from < lo + geometry.capacity {
         let Op::Read { offset, len, .. } = read_slots(geometry, from, chunk) else {
             unreachable!("read_slots reads")
         };
@@ -2105,7 +2747,7 @@ fn scan_local(
         if found.len() == before {
             break;
         }
-        from += chunk;
+        from += (len / geometry.slot_bytes) as u64;
     }
     found
 }
@@ -2136,6 +2778,8 @@ mod tests {
             candidate_timeout_ticks: 40,
             stepdown_holdoff_ticks: 5,
             apply_scan_slots: 16,
+            checkpoint_every: 0,
+            snapshot_chunk_bytes: 1024,
             read_chunk_slots: 16,
             external_election: false,
             bugs: Bugs::default(),

@@ -56,6 +56,9 @@ pub struct Summary {
     pub seeds_leader_crashed: u64,
     pub seeds_leader_paused: u64,
     pub memory_lost_restarts: u64,
+    /// Log wraps (highest chosen slot over the log's capacity), summed over seeds.
+    pub log_wraps: u64,
+    pub snapshots_installed: u64,
     pub ops_acked: u64,
     pub chosen_slots: u64,
     /// The longest time, over all seeds, from the last heal to the next chosen slot.
@@ -79,6 +82,8 @@ impl Summary {
         self.seeds_leader_crashed += u64::from(r.leader_crashed);
         self.seeds_leader_paused += u64::from(r.leader_paused);
         self.memory_lost_restarts += r.memory_lost_restarts;
+        self.log_wraps += r.log_wraps;
+        self.snapshots_installed += r.snapshots_installed;
         self.ops_acked += r.ops_acked;
         self.chosen_slots += r.chosen_slots;
         self.max_resume_ticks = self.max_resume_ticks.max(r.resume_ticks.unwrap_or(0));

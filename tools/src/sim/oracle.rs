@@ -33,6 +33,7 @@ pub const ONE_VALUE_PER_BALLOT: &str = "one value per (slot, ballot)";
 pub const LEADER_CLAIM: &str = "leader counted a slot chosen that no majority accepted";
 pub const APPLIED_PREFIX: &str = "applied sequence is a prefix of the chosen log";
 pub const SINGLE_WRITER: &str = "at most one writer per log";
+pub const SNAPSHOT_DIGEST: &str = "state digests agree at equal applied indexes";
 
 pub struct Oracle {
     geometry: LogGeometry,
@@ -43,6 +44,8 @@ pub struct Oracle {
     chosen: HashMap<Slot, u64>,
     /// Per node: the next slot it must apply.
     next_apply: Vec<Slot>,
+    /// Applied index → the state digest there, from checkpoints and snapshots, and who said.
+    digests: HashMap<Slot, (u64, NodeId)>,
 }
 
 impl Oracle {
@@ -53,6 +56,7 @@ impl Oracle {
             accepted: HashMap::new(),
             chosen: HashMap::new(),
             next_apply: vec![0; nodes],
+            digests: HashMap::new(),
         }
     }
 
@@ -203,6 +207,52 @@ impl Oracle {
         }
         self.next_apply[node as usize] = slot + 1;
         Ok(())
+    }
+
+    /// `node`'s state after every slot below `index` has `digest`: every replica at the same
+    /// applied index must have the same one.
+    pub fn checkpoint(
+        &mut self,
+        tick: u64,
+        node: NodeId,
+        index: Slot,
+        digest: u64,
+    ) -> Result<(), Violation> {
+        match self.digests.get(&index) {
+            None => {
+                self.digests.insert(index, (digest, node));
+                Ok(())
+            }
+            Some(&(d, _)) if d == digest => Ok(()),
+            Some(&(d, by)) => Err(Violation {
+                tick,
+                invariant: SNAPSHOT_DIGEST,
+                detail: format!(
+                    "at applied index {index}: node {by} has state {d:016x}, node {node} has \
+                     {digest:016x}"
+                ),
+            }),
+        }
+    }
+
+    /// `node` installed a snapshot of the state below `index`: it applies from `index` on, and
+    /// the state it installed must be the one every replica had there.
+    pub fn restored(
+        &mut self,
+        tick: u64,
+        node: NodeId,
+        index: Slot,
+        digest: u64,
+    ) -> Result<(), Violation> {
+        self.checkpoint(tick, node, index, digest)?;
+        self.next_apply[node as usize] = index;
+        Ok(())
+    }
+
+    /// The restarted node resumed from its own checkpoint below `index` (its digest was checked
+    /// when it was taken).
+    pub fn resumed(&mut self, node: NodeId, index: Slot) {
+        self.next_apply[node as usize] = index;
     }
 
     /// The node restarted: it applies again from slot 0.

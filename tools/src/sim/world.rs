@@ -128,6 +128,10 @@ pub struct RunReport {
     pub ops_invoked: u64,
     pub ops_acked: u64,
     pub chosen_slots: u64,
+    /// Times the log wrapped around (the highest chosen slot over the log's capacity).
+    pub log_wraps: u64,
+    /// Snapshots installed by followers behind the leader's log.
+    pub snapshots_installed: u64,
     /// Ticks from the last heal to the next chosen slot.
     pub resume_ticks: Option<u64>,
     /// Fabric counters: permission errors, lost operations, torn writes...
@@ -145,6 +149,8 @@ impl RunReport {
             violation: None,
             faults: FaultCounts::default(),
             leader_changes: 0,
+            log_wraps: 0,
+            snapshots_installed: 0,
             leader_crashed: false,
             leader_paused: false,
             memory_lost_restarts: 0,
@@ -230,6 +236,8 @@ pub struct World {
     fabric: SimFabric,
     cfgs: Vec<NodeConfig>,
     nodes: Vec<Option<Node<KvStore>>>,
+    /// Each node's last checkpoint, kept across restarts that keep memory.
+    saved: Vec<Option<Vec<u8>>>,
     paused: Vec<bool>,
     /// A node runs its turns only on ticks that are multiples of this (1: every tick).
     slow: Vec<u64>,
@@ -288,9 +296,6 @@ impl World {
             memory,
             fabric: fabric_knobs,
         };
-        // No log reuse yet: size the log so a run never fills it (a few slots per tick at most).
-        let capacity = (spec.ticks * 3).next_power_of_two().max(1024);
-        let geometry = LogGeometry::new(capacity, 256).expect("valid geometry");
         let read_period = rng.gen_range(2..=8);
         let score_cap = rng.gen_range(4..=12);
         let recover = rng.gen_range(2..=score_cap);
@@ -302,6 +307,14 @@ impl World {
             recover_threshold: recover,
         };
         let window = *[1u64, 2, 4, 8, 16, 32].choose(&mut rng).unwrap();
+        // A small log, so runs wrap it many times (log reuse, snapshots for the lagging); the
+        // window fits a quarter of it.
+        let capacity = (*[16u64, 32, 64, 128, 512].choose(&mut rng).unwrap()).max(4 * window);
+        let geometry = LogGeometry::new(capacity, 256).expect("valid geometry");
+        // Checkpoints at least every quarter log, so a restart that keeps memory replays its
+        // log from its last one (log reuse keeps half a log behind the slowest active node).
+        let checkpoint_every = (*[2u64, 4, 16, 64].choose(&mut rng).unwrap()).min(capacity / 4);
+        let snapshot_chunk_bytes = rng.gen_range(64..=4096);
         let batch_cmds = *[1usize, 2, 4, 8, 16].choose(&mut rng).unwrap();
         let batch_bytes = rng.gen_range(64..=geometry.max_payload());
         let retry = rng.gen_range(10..=40);
@@ -321,6 +334,8 @@ impl World {
                 stepdown_holdoff_ticks: read_period * (u64::from(score_cap) + 2),
                 apply_scan_slots: 64,
                 read_chunk_slots: 64,
+                checkpoint_every,
+                snapshot_chunk_bytes,
                 external_election: false,
                 bugs: spec.bugs,
             })
@@ -367,6 +382,7 @@ impl World {
             oracle: Oracle::new(n, geometry),
             cfgs,
             nodes,
+            saved: vec![None; n],
             paused: vec![false; n],
             slow: vec![1; n],
             inbox: (0..n).map(|_| VecDeque::new()).collect(),
@@ -403,6 +419,7 @@ impl World {
             self.report.violation = Some(v);
         }
         self.report.chosen_slots = self.oracle.chosen_count() as u64;
+        self.report.log_wraps = self.report.chosen_slots / self.cfgs[0].geometry.capacity;
         self.report.fabric = self.fabric.stats.clone();
         self.report
     }
@@ -511,7 +528,10 @@ impl World {
     fn drain_output(&mut self, i: usize) -> Result<(), Violation> {
         let node = i as NodeId;
         self.oracle.observe(self.now, &mut self.fabric.mems[i])?;
-        let out = std::mem::take(&mut self.out);
+        let mut out = std::mem::take(&mut self.out);
+        if let Some(c) = out.checkpoint.take() {
+            self.saved[node as usize] = Some(c);
+        }
         for post in out.posts.iter().cloned() {
             self.fabric.post(self.now, node, post, &mut self.rng);
         }
@@ -560,6 +580,22 @@ impl World {
                 Note::SteppedDown { ballot, reason } => self.trace(format_args!(
                     "node {node} steps down from {ballot}: {reason}"
                 )),
+                Note::Checkpoint { index, digest } => {
+                    self.oracle.checkpoint(self.now, node, index, digest)?
+                }
+                Note::Restored { index, digest } => {
+                    self.report.snapshots_installed += 1;
+                    self.trace(format_args!(
+                        "node {node} installs a snapshot below slot {index}"
+                    ));
+                    self.oracle.restored(self.now, node, index, digest)?
+                }
+                Note::SnapshotSent { peer, index, bytes } => self.trace(format_args!(
+                    "node {node} streams a snapshot below {index} ({bytes} bytes) to {peer}"
+                )),
+                Note::SnapshotRejected { index, ref reason } => self.trace(format_args!(
+                    "node {node} discards a snapshot below {index}: {reason}"
+                )),
                 Note::FollowerSynced { .. } | Note::FollowerLost { .. } | Note::Proposed { .. } => {
                 }
                 Note::Candidate { ballot } => {
@@ -570,7 +606,6 @@ impl World {
                 )),
             }
         }
-        let mut out = out;
         out.clear();
         self.out = out;
         Ok(())
@@ -637,13 +672,23 @@ impl World {
                     } else {
                         Start::MemoryKept
                     };
-                    self.nodes[i] = Some(Node::new(
+                    let mut n = Node::new(
                         self.cfgs[i].clone(),
                         KvStore::new(kv_limits()),
                         &mut self.fabric.mems[i],
                         start,
                         now,
-                    ));
+                    );
+                    // A checkpoint survives a restart that keeps memory.
+                    if memory_lost {
+                        self.saved[i] = None;
+                    } else if let Some(saved) = &self.saved[i] {
+                        let from = n
+                            .restore_saved(saved, &mut self.fabric.mems[i])
+                            .expect("a kept checkpoint restores");
+                        self.oracle.resumed(node, from);
+                    }
+                    self.nodes[i] = Some(n);
                 }
                 Heal::Resume { node } => self.paused[node as usize] = false,
                 Heal::Reconnect { a, b } => self.fabric.set_cut(a, b, false),
