@@ -65,6 +65,7 @@ pub fn follower_code(state: &str) -> u64 {
         "absent" => 2,
         "requested" => 3,
         "syncing" => 4,
+        "snapshot" => 5,
         _ => 0,
     }
 }
@@ -76,6 +77,7 @@ pub fn follower_name(code: u64) -> &'static str {
         2 => "absent",
         3 => "requested",
         4 => "syncing",
+        5 => "snapshot",
         _ => "-",
     }
 }
@@ -123,6 +125,11 @@ impl ClusterDir {
     /// value.
     pub fn replication_histogram(&self, node: NodeId) -> PathBuf {
         self.dir.join(format!("node-{node}.replication.hgrm"))
+    }
+
+    /// The node's last checkpoint (descriptor and state), kept for a restart with memory kept.
+    pub fn checkpoint(&self, node: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{node}.checkpoint"))
     }
 
     /// The data mesh's frame round trips measured by node `node` on request
@@ -561,6 +568,37 @@ struct Dataplane<P: Plane> {
     floor_seen: u64,
     probe: Option<FloorProbe>,
     shutdown: Arc<AtomicBool>,
+    /// Checkpoints go to a writer thread, in order (none is dropped: the one a snapshot
+    /// install makes must be the one a restart replays from).
+    checkpoints: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// Keeps the node's checkpoints in `path` (written to a temporary file, then renamed: a crash
+/// leaves the previous one or the new one, and a torn file fails its checksum anyway).
+fn checkpoint_writer(path: PathBuf) -> std::sync::mpsc::Sender<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let spawned = std::thread::Builder::new()
+        .name("rapax-checkpoint".into())
+        .spawn(move || {
+            let tmp = path.with_extension("tmp");
+            while let Ok(mut bytes) = rx.recv() {
+                // Only the latest matters once it is written.
+                while let Ok(newer) = rx.try_recv() {
+                    bytes = newer;
+                }
+                let kept = write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = kept {
+                    eprintln!(
+                        "rapax-dataplane: cannot keep the checkpoint {}: {e}",
+                        path.display()
+                    );
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("rapax-dataplane: no checkpoint writer: {e}");
+    }
+    tx
 }
 
 /// Work-request ids of floor probes; the node's own ids count up from 0 and never reach it.
@@ -758,6 +796,9 @@ impl<P: Plane> Dataplane<P> {
         }
         self.out.notes = notes;
         self.out.notes.clear();
+        if let Some(c) = self.out.checkpoint.take() {
+            let _ = self.checkpoints.send(c);
+        }
         self.publish();
         work
     }
@@ -986,6 +1027,8 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
             let kept = restarted && ShmFabric::region_exists(&dir.dir, me, &geometry);
             let start = opts.start.unwrap_or(if kept {
                 Start::MemoryKept
+            } else if restarted {
+                Start::MemoryLost
             } else {
                 Start::Fresh
             });
@@ -1109,7 +1152,24 @@ fn start_agent<P: Plane + 'static>(
     let commands = channel.command_receiver()?;
     let events = channel.event_sender()?;
     let started = Instant::now();
-    let node = Node::new(cfg, KvStore::new(limits), plane.mem(), start, 0);
+    let mut node = Node::new(cfg, KvStore::new(limits), plane.mem(), start, 0);
+    let checkpoint = dir.checkpoint(me);
+    if start == Start::MemoryKept {
+        // Resume the state machine from the last checkpoint; the log holds what follows.
+        match std::fs::read(&checkpoint) {
+            Ok(saved) => match node.restore_saved(&saved, plane.mem()) {
+                Ok(index) => println!(
+                    "rapax-dataplane: node {me} resumes from its checkpoint below slot {index}"
+                ),
+                Err(e) => println!("rapax-dataplane: node {me} ignores its checkpoint: {e}"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => println!("rapax-dataplane: node {me} cannot read its checkpoint: {e}"),
+        }
+    } else {
+        // Its memory is new: an old checkpoint would describe a state its log does not follow.
+        let _ = std::fs::remove_file(&checkpoint);
+    }
     let agent = Dataplane {
         plane,
         node,
@@ -1132,6 +1192,7 @@ fn start_agent<P: Plane + 'static>(
         floor_seen: 0,
         probe: None,
         shutdown: Arc::clone(shutdown),
+        checkpoints: checkpoint_writer(checkpoint),
     };
     let follower = profile.agents.follower_apply;
     Ok(AgentRunner::start_with_classes(

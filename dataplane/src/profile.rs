@@ -897,14 +897,16 @@ impl Profile {
             "log.snapshot_every_entries",
             l.snapshot_every_entries,
             1,
-            l.capacity_entries,
+            (l.capacity_entries / 4).max(1),
         )
         .map_err(|_| {
             invalid(
                 "log.snapshot_every_entries",
                 l.snapshot_every_entries,
                 format!(
-                    "must be between 1 and log.capacity_entries ({})",
+                    "must be between 1 and a quarter of log.capacity_entries ({}): a node \
+                     restarted with its memory replays its log from its last checkpoint, and \
+                     the log is reused half a log behind",
                     l.capacity_entries
                 ),
             )
@@ -1844,7 +1846,7 @@ mod tests {
         let mut p = base();
         p.log.snapshot_every_entries = 0;
         expect_invalid(&p, "log.snapshot_every_entries", "0");
-        p.log.snapshot_every_entries = p.log.capacity_entries + 1;
+        p.log.snapshot_every_entries = p.log.capacity_entries / 4 + 1;
         let v = p.log.snapshot_every_entries.to_string();
         let msg = expect_invalid(&p, "log.snapshot_every_entries", &v);
         assert!(msg.contains("log.capacity_entries"), "{msg}");
@@ -1856,7 +1858,7 @@ mod tests {
         p.replication.window_slots = 0;
         expect_invalid(&p, "replication.window_slots", "0");
         p.log.capacity_entries = 64;
-        p.log.snapshot_every_entries = 64;
+        p.log.snapshot_every_entries = 16;
         p.replication.window_slots = 17;
         let msg = expect_invalid(&p, "replication.window_slots", "17");
         assert!(msg.contains("log.capacity_entries (64)"), "{msg}");
@@ -2034,7 +2036,7 @@ mod tests {
         // The scan never exceeds the log.
         p.replication.window_slots = 2;
         p.log.capacity_entries = 8;
-        p.log.snapshot_every_entries = 8;
+        p.log.snapshot_every_entries = 2;
         let c = p.node_config(0, vec![0], 1);
         assert_eq!(c.read_chunk_slots, 8);
     }

@@ -512,3 +512,106 @@ fn cluster_files_are_private() {
     }
     assert!(files >= 3 + 3 * 3, "only {files} files");
 }
+
+/// A small log that the load wraps many times; a follower killed for many laps comes back
+/// behind the leader's log and is caught up by a snapshot streamed over the fabric (`shm`: its
+/// memory was kept, it resumes from its own checkpoint first; `udp`: its memory was lost).
+fn wraps_and_rejoins_by_snapshot(profile_name: &str, tag: &str) {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut p = profile(profile_name);
+    p.log.capacity_entries = 256;
+    p.log.snapshot_every_entries = 32;
+    p.replication.window_slots = p.replication.window_slots.min(32);
+    let capacity = p.log.capacity_entries;
+    let t = TestCluster::up_profile(&p, tag);
+    let load = HistoryLoad::start(&t.dir, 2).expect("load");
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let applied = |n: NodeId| t.cluster.counters(n).map_or(0, |c| c.applied);
+    // Several laps of the log with everyone up.
+    let until = |slot: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while t
+            .cluster
+            .leader()
+            .and_then(|l| t.cluster.counters(l))
+            .map_or(0, |c| c.commit)
+            < slot
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster stopped committing\n{}",
+                t.cluster.status()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    until(4 * capacity);
+    let follower = *t
+        .cluster
+        .cluster
+        .ring
+        .iter()
+        .find(|&&n| n != leader)
+        .unwrap();
+    let pid = t.cluster.pid(follower, "dataplane").unwrap();
+    assert!(signal(pid, &t.dir, Signal::SIGKILL));
+    while is_ours(pid, &t.dir) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let left_at = applied(follower);
+    // Two more laps without it: the log it would need is gone.
+    let now = t
+        .cluster
+        .leader()
+        .and_then(|l| t.cluster.counters(l))
+        .unwrap()
+        .commit;
+    until(now + 2 * capacity);
+    t.cluster.restart(follower, "dataplane").unwrap();
+    t.cluster
+        .wait_caught_up(follower, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
+    let c = t.cluster.counters(follower).unwrap();
+    assert!(
+        c.snapshots_installed >= 1,
+        "node {follower} (left at slot {left_at}) caught up without a snapshot\n{}",
+        t.cluster.status()
+    );
+    assert!(c.applied > left_at + capacity, "{}", t.cluster.status());
+    steady(&t, &load, 200);
+    let (mut history, _) = load.finish();
+    final_reads(&t, &mut history);
+    assert_linearizable(&history, tag);
+    // Every replica that checkpointed the same index has the same state there.
+    let all: Vec<_> = t
+        .cluster
+        .cluster
+        .ring
+        .iter()
+        .filter_map(|&n| t.cluster.counters(n))
+        .collect();
+    for a in &all {
+        for b in &all {
+            if a.checkpoint_index == b.checkpoint_index {
+                assert_eq!(
+                    a.checkpoint_digest,
+                    b.checkpoint_digest,
+                    "{}",
+                    t.cluster.status()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shm_cluster_wraps_its_log_and_a_returning_follower_rejoins_by_snapshot() {
+    wraps_and_rejoins_by_snapshot("shm-local.toml", "wrap-shm");
+}
+
+#[test]
+fn udp_cluster_wraps_its_log_and_a_returning_follower_rejoins_by_snapshot() {
+    wraps_and_rejoins_by_snapshot("udp-local.toml", "wrap-udp");
+}

@@ -128,14 +128,26 @@ fn leader_crash_with_memory_lost_rejoins_through_resync() {
         let (old, _) = leader_at(&r, 399);
         assert_eq!(r.memory_lost_restarts, 1);
         // The restarted node granted only after its probe, and a leader re-synced its log from
-        // the start (its first_undecided is 0 after the loss).
-        let resynced = r.timeline.iter().any(|e| {
-            e.tick >= 700
-                && matches!(e.note, Note::FollowerSynced { peer, from: 0, .. } if peer == old)
-        });
+        // the start (its first_undecided is 0 after the loss), or, when the log had been reused
+        // past slot 0, sent it a snapshot and re-synced it from there.
+        let mut restored = None;
+        let mut resynced = None;
+        for e in r.timeline.iter().filter(|e| e.tick >= 700) {
+            match e.note {
+                Note::Restored { index, .. } if e.node == old => restored = Some(index),
+                Note::FollowerSynced { peer, from, .. } if peer == old => {
+                    if from == 0 || restored.is_some_and(|i| i <= from) {
+                        resynced = Some(from);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
         assert!(
-            resynced,
-            "seed {seed}: node {old} was re-synced from slot 0"
+            resynced.is_some(),
+            "seed {seed}: node {old} was not re-synced from slot 0 nor from a snapshot \
+             (restored: {restored:?})"
         );
     }
 }

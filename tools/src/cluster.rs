@@ -384,6 +384,11 @@ impl LocalCluster {
             followers: get(Counter::Followers),
             client_rejected: get(Counter::ClientRejected),
             fabric_fenced: get(Counter::FabricFenced),
+            snapshots_sent: get(Counter::SnapshotsSent),
+            snapshots_installed: get(Counter::SnapshotsInstalled),
+            snapshots_rejected: get(Counter::SnapshotsRejected),
+            checkpoint_index: get(Counter::CheckpointIndex),
+            checkpoint_digest: get(Counter::CheckpointDigest),
         })
     }
 
@@ -671,6 +676,29 @@ impl LocalCluster {
                 .filter(|c| c.fabric_fenced > 0)
                 .map(|c| format!("node {}: {} writers", c.node, c.fabric_fenced)),
         );
+        // Checkpoints (equal indexes must show equal digests) and state transfers.
+        summary_line(
+            &mut s,
+            "checkpoints",
+            all.iter().filter(|c| c.checkpoint_index > 0).map(|c| {
+                format!(
+                    "node {}: below {} digest {:016x}",
+                    c.node, c.checkpoint_index, c.checkpoint_digest
+                )
+            }),
+        );
+        summary_line(
+            &mut s,
+            "snapshots",
+            all.iter()
+                .filter(|c| c.snapshots_sent + c.snapshots_installed + c.snapshots_rejected > 0)
+                .map(|c| {
+                    format!(
+                        "node {}: {} sent, {} installed, {} discarded",
+                        c.node, c.snapshots_sent, c.snapshots_installed, c.snapshots_rejected
+                    )
+                }),
+        );
         s
     }
 }
@@ -713,6 +741,13 @@ pub struct NodeCounters {
     pub client_rejected: u64,
     /// shm: old writers this node fenced (killed while stopped mid-write) when revoking them.
     pub fabric_fenced: u64,
+    /// State transfers: started (as leader), installed and discarded (as follower).
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub snapshots_rejected: u64,
+    /// The applied index of the node's last checkpoint and the state digest there.
+    pub checkpoint_index: u64,
+    pub checkpoint_digest: u64,
 }
 
 /// Appends "`label`: item; item" to `s` when there is any item.
