@@ -135,11 +135,11 @@ fn leader_crash_with_memory_lost_rejoins_through_resync() {
         for e in r.timeline.iter().filter(|e| e.tick >= 700) {
             match e.note {
                 Note::Restored { index, .. } if e.node == old => restored = Some(index),
-                Note::FollowerSynced { peer, from, .. } if peer == old => {
-                    if from == 0 || restored.is_some_and(|i| i <= from) {
-                        resynced = Some(from);
-                        break;
-                    }
+                Note::FollowerSynced { peer, from, .. }
+                    if peer == old && (from == 0 || restored.is_some_and(|i| i <= from)) =>
+                {
+                    resynced = Some(from);
+                    break;
                 }
                 _ => {}
             }
