@@ -527,7 +527,6 @@ fn wraps_and_rejoins_by_snapshot(profile_name: &str, tag: &str) {
     let capacity = p.log.capacity_entries;
     let t = TestCluster::up_profile(&p, tag);
     let load = HistoryLoad::start(&t.dir, 2).expect("load");
-    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
     let applied = |n: NodeId| t.cluster.counters(n).map_or(0, |c| c.applied);
     // Several laps of the log with everyone up.
     let until = |slot: u64| {
@@ -548,6 +547,7 @@ fn wraps_and_rejoins_by_snapshot(profile_name: &str, tag: &str) {
         }
     };
     until(4 * capacity);
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
     let follower = *t
         .cluster
         .cluster
@@ -570,6 +570,16 @@ fn wraps_and_rejoins_by_snapshot(profile_name: &str, tag: &str) {
         .commit;
     until(now + 2 * capacity);
     t.cluster.restart(follower, "dataplane").unwrap();
+    // Its counters are stale until the new data plane publishes (its heartbeat restarts).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while t.cluster.counters(follower).is_none_or(|c| c.applied <= left_at) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {follower} did not come back\n{}",
+            t.cluster.status()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     t.cluster
         .wait_caught_up(follower, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", t.cluster.status()));
