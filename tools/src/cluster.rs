@@ -335,6 +335,24 @@ impl LocalCluster {
             .map(|p| p.pid)
     }
 
+    /// The resident memory of every daemon it started, in KiB: (node, kind, RSS).
+    pub fn rss_kib(&self) -> Vec<(NodeId, String, u64)> {
+        self.procs()
+            .into_iter()
+            .filter_map(|p| {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).ok()?;
+                let kib = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((p.node, p.kind.clone(), kib))
+            })
+            .collect()
+    }
+
     /// `node`'s channel, mapped again only when its data plane has made a new one.
     fn channel(&self, node: NodeId) -> Option<Arc<Channel>> {
         use std::os::unix::fs::MetadataExt;

@@ -316,8 +316,31 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
         floor
     };
     let _ = replication(&session.cluster); // reset
+    let rss_before = session.cluster.rss_kib();
+    let commit_before = session.cluster.counters(leader).map_or(0, |c| c.commit);
     let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", None)?;
     let repl = replication(&session.cluster);
+    // A long run wraps the log many times: the daemons' memory must not grow with it.
+    let rss_after = session.cluster.rss_kib();
+    let rss: Vec<String> = rss_after
+        .iter()
+        .map(|(n, kind, after)| {
+            let before = rss_before
+                .iter()
+                .find(|(m, k, _)| m == n && k == kind)
+                .map_or("-".to_string(), |b| format!("{:.1}", b.2 as f64 / 1024.0));
+            format!("node {n} {kind} {before} -> {:.1}", *after as f64 / 1024.0)
+        })
+        .collect();
+    eprintln!("bench: resident memory (MiB) before and after the run: {}", rss.join(", "));
+    if let Some(c) = session.ready().ok().and_then(|l| session.cluster.counters(l)) {
+        let cap = o.profile.log.capacity_entries;
+        eprintln!(
+            "bench: the run took slots {commit_before}..{} of a {cap}-entry log ({:.1} laps)",
+            c.commit,
+            c.commit.saturating_sub(commit_before) as f64 / cap as f64
+        );
+    }
     let report = BenchReport {
         fabric: o.profile.fabric.kind.as_str().to_string(),
         replicas: session.cluster.cluster.ring.len(),
@@ -688,4 +711,122 @@ pub fn failover(o: &FailoverOptions) -> Result<(FailoverReport, Vec<FailoverSamp
         })?;
     }
     Ok((report, samples))
+}
+
+/// `rapax transfer`: what it takes to catch up a follower by state transfer.
+pub struct TransferOptions {
+    pub profile: Profile,
+    pub replicas: usize,
+    /// Megabytes of state to load before the follower is taken out.
+    pub state_mb: u64,
+    pub dir: PathBuf,
+}
+
+/// What `rapax transfer` measured.
+#[derive(Clone, Debug)]
+pub struct TransferReport {
+    pub follower: NodeId,
+    /// Keys loaded and the bytes of KV state they make (keys, values and framing).
+    pub keys: u64,
+    pub state_bytes: u64,
+    /// From the follower's restart to its snapshot installed, and to it caught up with the
+    /// leader's commit index.
+    pub installed: Duration,
+    pub caught_up: Duration,
+}
+
+impl TransferReport {
+    pub fn human(&self) -> String {
+        let mb = self.state_bytes as f64 / 1e6;
+        format!(
+            "transfer: node {} caught up by snapshot: {:.1} MB of state ({} keys)\n  \
+             restart to snapshot installed  {:8.1} ms  ({:.0} MB/s)\n  \
+             restart to caught up           {:8.1} ms",
+            self.follower,
+            mb,
+            self.keys,
+            self.installed.as_secs_f64() * 1e3,
+            mb / self.installed.as_secs_f64().max(1e-9),
+            self.caught_up.as_secs_f64() * 1e3,
+        )
+    }
+}
+
+/// Loads `state_mb` of KV state, kills a follower's data plane, runs the log more than half a
+/// lap past it (so the log it would need is being reused), restarts it and times its catch-up
+/// by snapshot, streamed over the fabric while the load goes on.
+pub fn transfer(o: &TransferOptions) -> Result<TransferReport, DrillError> {
+    let session = Session::start_or_attach(&o.profile, o.replicas, &o.dir)?;
+    session.ready()?;
+    let cluster = &session.cluster;
+    let mut c = client(&o.dir)?;
+    // The largest value a command may carry (a put's key and framing take the rest).
+    let value_bytes = o.profile.replication.max_command_bytes.saturating_sub(64).max(1);
+    let target = o.state_mb * 1_000_000;
+    let per_key = (8 + 16 + value_bytes) as u64;
+    let keys = target.div_ceil(per_key);
+    let bar = progress_bar(keys, "loading state");
+    let value = vec![b's'; value_bytes];
+    for i in 0..keys {
+        let op = KvOp::Put {
+            key: format!("state-{i:010}").into_bytes(),
+            value: value.clone(),
+        };
+        match c.execute(op) {
+            Ok(KvReply::Stored) => {}
+            Ok(other) => return Err(DrillError::Client(format!("loading state: {other:?}"))),
+            Err(e) => return Err(DrillError::Client(format!("loading state: {e}"))),
+        }
+        if i % 1024 == 0 {
+            bar.set_position(i);
+        }
+    }
+    bar.finish_and_clear();
+    let leader = session.ready()?;
+    let follower = *cluster
+        .cluster
+        .ring
+        .iter()
+        .find(|&&n| n != leader)
+        .expect("a follower");
+    let pid = cluster
+        .pid(follower, "dataplane")
+        .ok_or_else(|| DrillError::Client(format!("no data plane of node {follower}")))?;
+    signal(pid, &o.dir, Signal::SIGKILL);
+    while is_ours(pid, &o.dir) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // More than half a log past it: it is behind the reusable point.
+    let laps = o.profile.log.capacity_entries / 2 + 4 * o.profile.replication.window_slots;
+    run_load(&o.dir, 1, laps, 64, "moving the log on", None)?;
+    // Restart it under load: the transfer streams while the cluster keeps committing.
+    let load = HistoryLoad::start(&o.dir, 1)?;
+    let started = Instant::now();
+    cluster.restart(follower, "dataplane")?;
+    let deadline = started + Duration::from_secs(120);
+    let installed = loop {
+        if cluster
+            .counters(follower)
+            .is_some_and(|c| c.snapshots_installed > 0)
+        {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            return Err(DrillError::Client(format!(
+                "node {follower} installed no snapshot in 120 s\n{}",
+                cluster.status()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    cluster.wait_caught_up(follower, deadline.saturating_duration_since(Instant::now()))?;
+    let caught_up = started.elapsed();
+    let _ = load.finish();
+    Ok(TransferReport {
+        follower,
+        keys,
+        state_bytes: keys * per_key,
+        installed,
+        caught_up,
+    })
 }

@@ -167,6 +167,28 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// State-transfer drill: load --state-mb of KV state, kill -9 a follower's data plane, move
+    /// the log more than half a lap past it (the log it would need is then being reused),
+    /// restart it under client load and time its catch-up: the leader streams it a snapshot
+    /// of its state over the fabric, then the log from there.
+    ///
+    /// The snapshot must fit half the log (`log.capacity_entries × log.slot_bytes / 2`: 128 MiB
+    /// with shm-local).
+    ///
+    /// Example:
+    ///   rapax transfer --profile hw-profiles/shm-local.toml --state-mb 100
+    #[command(verbatim_doc_comment)]
+    Transfer {
+        #[arg(long, default_value = "hw-profiles/shm-local.toml")]
+        profile: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        #[arg(long, default_value_t = 100)]
+        state_mb: u64,
+        /// The cluster directory (default: `transfer` under the profile's shm directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the deterministic simulator over many seeds (or replay one).
     ///
     /// Each seed draws the cluster size (unless --replicas), the protocol knobs (pipeline window,
@@ -405,6 +427,31 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail("bench", e),
+            }
+        }
+        Command::Transfer {
+            profile,
+            replicas,
+            state_mb,
+            dir,
+        } => {
+            let profile = match load_profile(&profile) {
+                Ok(p) => p,
+                Err(e) => return fail("transfer", e),
+            };
+            let dir = dir_for(&profile, dir, "transfer");
+            let opts = rapax::drill::TransferOptions {
+                profile,
+                replicas,
+                state_mb,
+                dir,
+            };
+            match rapax::drill::transfer(&opts) {
+                Ok(r) => {
+                    rapax::say!("{}", r.human());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("transfer", e),
             }
         }
         Command::Failover {

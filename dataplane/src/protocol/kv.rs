@@ -534,8 +534,22 @@ impl KvStore {
     /// table, each in key order, every field length-prefixed so distinct states never give the
     /// same bytes. Replicas with equal state give equal bytes.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
+        self.snapshot_with(out, &mut || {});
+    }
+
+    /// [`KvStore::snapshot`], calling `progress` every megabyte; returns the digest (the
+    /// digest is that of these bytes).
+    pub fn snapshot_with(&self, out: &mut Vec<u8>, progress: &mut dyn FnMut()) -> u64 {
         out.clear();
-        self.write_state(&mut |b| out.extend_from_slice(b));
+        let mut next = 1 << 20;
+        self.write_state(&mut |b| {
+            out.extend_from_slice(b);
+            if out.len() >= next {
+                next += 1 << 20;
+                progress();
+            }
+        });
+        xxhash_rust::xxh3::xxh3_64(out)
     }
 
     fn write_state(&self, sink: &mut impl FnMut(&[u8])) {
@@ -563,13 +577,25 @@ impl KvStore {
     /// Replaces the state with the one `bytes` encode (as [`KvStore::snapshot`] wrote it). On
     /// any error the state is unchanged. Never panics.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), KvCodecError> {
+        self.restore_with(bytes, &mut || {})
+    }
+
+    /// [`KvStore::restore`], calling `progress` every 4096 keys.
+    pub fn restore_with(
+        &mut self,
+        bytes: &[u8],
+        progress: &mut dyn FnMut(),
+    ) -> Result<(), KvCodecError> {
         let mut r = Reader::new(bytes);
         if r.take(SNAPSHOT_MAGIC.len(), "snapshot magic")? != SNAPSHOT_MAGIC {
             return Err(KvCodecError::BadSnapshot("not a rapax KV snapshot"));
         }
         let mut map = BTreeMap::new();
         let keys = r.u64("key count")?;
-        for _ in 0..keys {
+        for i in 0..keys {
+            if i % 4096 == 4095 {
+                progress();
+            }
             let k = r.bytes("key length", "key")?;
             let v = r.bytes("value length", "value")?;
             if map
@@ -627,12 +653,12 @@ impl super::node::StateMachine for KvStore {
         KvStore::digest(self)
     }
 
-    fn snapshot(&self, out: &mut Vec<u8>) {
-        KvStore::snapshot(self, out)
+    fn snapshot(&self, out: &mut Vec<u8>, progress: &mut dyn FnMut()) -> u64 {
+        KvStore::snapshot_with(self, out, progress)
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        KvStore::restore(self, bytes).map_err(|e| e.to_string())
+    fn restore(&mut self, bytes: &[u8], progress: &mut dyn FnMut()) -> Result<(), String> {
+        KvStore::restore_with(self, bytes, progress).map_err(|e| e.to_string())
     }
 }
 
@@ -1136,6 +1162,49 @@ mod tests {
             s.apply(c);
         }
         s.digest()
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_state_and_garbage_changes_nothing() {
+        let mut s = KvStore::default();
+        for c in &history() {
+            s.apply(c);
+        }
+        let mut bytes = Vec::new();
+        let mut beats = 0;
+        let digest = s.snapshot_with(&mut bytes, &mut || beats += 1);
+        assert_eq!(digest, s.digest(), "the digest is the snapshot's");
+        let mut r = KvStore::default();
+        r.restore(&bytes).unwrap();
+        assert_eq!(r, s);
+        // Every truncation and a flipped magic byte are refused, leaving the state alone.
+        let before = r.clone();
+        for cut in 0..bytes.len() {
+            assert!(r.restore(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert_eq!(r, before);
+        }
+        let mut bad = bytes.clone();
+        bad[0] ^= 1;
+        assert!(r.restore(&bad).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(r.restore(&longer), Err(KvCodecError::TrailingBytes(1))));
+        // Keys out of order are not a snapshot this store wrote.
+        let mut two = KvStore::default();
+        two.apply(&cmd(1, 1, put(b"a", b"1")));
+        two.apply(&cmd(1, 2, put(b"b", b"2")));
+        let mut b2 = Vec::new();
+        two.snapshot(&mut b2);
+        let at = SNAPSHOT_MAGIC.len() + 8;
+        // Swap the two key/value records (4 + 1 + 4 + 1 bytes each).
+        let rec = 10;
+        let (first, second) = (b2[at..at + rec].to_vec(), b2[at + rec..at + 2 * rec].to_vec());
+        b2[at..at + rec].copy_from_slice(&second);
+        b2[at + rec..at + 2 * rec].copy_from_slice(&first);
+        assert!(matches!(
+            KvStore::default().restore(&b2),
+            Err(KvCodecError::BadSnapshot("keys out of order"))
+        ));
     }
 
     #[test]

@@ -57,11 +57,12 @@ pub trait StateMachine {
     /// A digest of the whole state, equal on replicas that applied the same commands.
     fn digest(&self) -> u64;
     /// The whole state, deterministically encoded into `out` (replaced): equal states give
-    /// equal bytes.
-    fn snapshot(&self, out: &mut Vec<u8>);
-    /// Replaces the state with the one a [`StateMachine::snapshot`] encoded. On error the
-    /// state is unchanged.
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), String>;
+    /// equal bytes. Returns the state's digest ([`StateMachine::digest`]). A large state takes a
+    /// while: `progress` is called every megabyte or so (the data plane's heartbeat goes on).
+    fn snapshot(&self, out: &mut Vec<u8>, progress: &mut dyn FnMut()) -> u64;
+    /// Replaces the state with the one a [`StateMachine::snapshot`] encoded, calling
+    /// `progress` now and then. On error the state is unchanged.
+    fn restore(&mut self, bytes: &[u8], progress: &mut dyn FnMut()) -> Result<(), String>;
 }
 
 /// Deliberate protocol bugs that prove the simulator finds them. Only settable with the
@@ -770,7 +771,7 @@ impl<S: StateMachine> Node<S> {
         if self.applied != 0 {
             return Err("the node has applied slots already".into());
         }
-        self.sm.restore(state)?;
+        self.sm.restore(state, &mut || beat(mem))?;
         if self.sm.digest() != d.digest {
             return Err("checkpoint state digest mismatch".into());
         }
@@ -1929,7 +1930,10 @@ impl<S: StateMachine> Node<S> {
             let waiting = match st {
                 Follower::Active => l.next_slot.saturating_sub(l.applied_of[p as usize]) >= cap / 4,
                 Follower::Snapshot(t) if t.stage == TransferStage::Wait => {
-                    if now >= t.since + patience * 16 {
+                    // Installing takes time in proportion to the state: 16 retry periods,
+                    // plus one per 256 KiB.
+                    let allowed = patience * 4 + patience / 4 * (t.data.len() as u64 >> 18);
+                    if now >= t.since + allowed {
                         // It never installed (lost, or the snapshot did not verify there).
                         out.notes.push(Note::FollowerLost {
                             peer: p,
@@ -2114,7 +2118,7 @@ impl<S: StateMachine> Node<S> {
                 // restarted state machine replays from slot 0).
                 let fuo = h.first_undecided.min(h.applied).min(l.next_slot);
                 if fuo < l.log_start || fuo + cap / 2 < l.next_slot {
-                    self.start_transfer(peer, h.first_undecided, out);
+                    self.start_transfer(peer, h.first_undecided, mem, out);
                     return;
                 }
                 l.followers.insert(
@@ -2186,7 +2190,7 @@ impl<S: StateMachine> Node<S> {
         if fuo < l.log_start || fuo + geometry.capacity / 2 < l.next_slot {
             // The log moved on past it while we read.
             let decided = *decided;
-            self.start_transfer(peer, decided, out);
+            self.start_transfer(peer, decided, mem, out);
             return;
         }
         let held = held.clone();
@@ -2275,7 +2279,13 @@ impl<S: StateMachine> Node<S> {
     /// first-undecided index: its log holds entries no further than half a log above it, so the
     /// other half (from `decided + cap/2 + 2` on, circularly) holds only slots it applied; the
     /// snapshot goes there and its acceptor state stays intact.
-    fn start_transfer(&mut self, peer: NodeId, decided: Slot, out: &mut Output) {
+    fn start_transfer(
+        &mut self,
+        peer: NodeId,
+        decided: Slot,
+        mem: &mut impl LocalMemory,
+        out: &mut Output,
+    ) {
         let geometry = self.cfg.geometry;
         let index = self.applied;
         let now = self.now;
@@ -2287,9 +2297,8 @@ impl<S: StateMachine> Node<S> {
             l.followers.insert(peer, Follower::Absent { since: now });
             return;
         }
-        let digest = self.sm.digest();
         let mut data = Vec::new();
-        self.sm.snapshot(&mut data);
+        let digest = self.sm.snapshot(&mut data, &mut || beat(mem));
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -2490,15 +2499,14 @@ impl<S: StateMachine> Node<S> {
             self.applied += 1;
             let every = self.cfg.checkpoint_every;
             if every > 0 && self.applied.is_multiple_of(every) {
-                let digest = self.sm.digest();
+                let mut state = Vec::new();
+                let digest = self.sm.snapshot(&mut state, &mut || beat(mem));
                 mem.set_control_word(CB_CHECKPOINT_INDEX, self.applied);
                 mem.set_control_word(CB_CHECKPOINT_DIGEST, digest);
                 out.notes.push(Note::Checkpoint {
                     index: self.applied,
                     digest,
                 });
-                let mut state = Vec::new();
-                self.sm.snapshot(&mut state);
                 let d = SnapshotDescriptor::new(self.applied, digest, 0, &state);
                 let mut saved = d.encode().to_vec();
                 saved.extend_from_slice(&state);
@@ -2554,7 +2562,7 @@ impl<S: StateMachine> Node<S> {
                 if !d.verifies(&bytes) {
                     Err("checksum mismatch".to_string())
                 } else {
-                    self.sm.restore(&bytes).and_then(|()| {
+                    self.sm.restore(&bytes, &mut || beat(mem)).and_then(|()| {
                         let digest = self.sm.digest();
                         if digest == d.digest {
                             Ok(())
@@ -2689,6 +2697,13 @@ fn entries_in<'a>(
                 _ => None,
             }
         })
+}
+
+/// The data plane's heartbeat, also bumped while a long snapshot or restore runs: encoding a
+/// large state is work, not a stuck data plane.
+fn beat(mem: &mut impl LocalMemory) {
+    let hb = mem.control_word(CB_HEARTBEAT).wrapping_add(1);
+    mem.set_control_word(CB_HEARTBEAT, hb);
 }
 
 /// The most snapshot bytes a state transfer can carry: the part of the entry array a
