@@ -572,7 +572,11 @@ fn wraps_and_rejoins_by_snapshot(profile_name: &str, tag: &str) {
     t.cluster.restart(follower, "dataplane").unwrap();
     // Its counters are stale until the new data plane publishes (its heartbeat restarts).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while t.cluster.counters(follower).is_none_or(|c| c.applied <= left_at) {
+    while t
+        .cluster
+        .counters(follower)
+        .is_none_or(|c| c.applied <= left_at)
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "node {follower} did not come back\n{}",

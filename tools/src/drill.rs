@@ -332,8 +332,15 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
             format!("node {n} {kind} {before} -> {:.1}", *after as f64 / 1024.0)
         })
         .collect();
-    eprintln!("bench: resident memory (MiB) before and after the run: {}", rss.join(", "));
-    if let Some(c) = session.ready().ok().and_then(|l| session.cluster.counters(l)) {
+    eprintln!(
+        "bench: resident memory (MiB) before and after the run: {}",
+        rss.join(", ")
+    );
+    if let Some(c) = session
+        .ready()
+        .ok()
+        .and_then(|l| session.cluster.counters(l))
+    {
         let cap = o.profile.log.capacity_entries;
         eprintln!(
             "bench: the run took slots {commit_before}..{} of a {cap}-entry log ({:.1} laps)",
@@ -761,7 +768,12 @@ pub fn transfer(o: &TransferOptions) -> Result<TransferReport, DrillError> {
     let cluster = &session.cluster;
     let mut c = client(&o.dir)?;
     // The largest value a command may carry (a put's key and framing take the rest).
-    let value_bytes = o.profile.replication.max_command_bytes.saturating_sub(64).max(1);
+    let value_bytes = o
+        .profile
+        .replication
+        .max_command_bytes
+        .saturating_sub(64)
+        .max(1);
     let target = o.state_mb * 1_000_000;
     let per_key = (8 + 16 + value_bytes) as u64;
     let keys = target.div_ceil(per_key);

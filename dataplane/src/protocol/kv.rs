@@ -1188,7 +1188,10 @@ mod tests {
         assert!(r.restore(&bad).is_err());
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(r.restore(&longer), Err(KvCodecError::TrailingBytes(1))));
+        assert!(matches!(
+            r.restore(&longer),
+            Err(KvCodecError::TrailingBytes(1))
+        ));
         // Keys out of order are not a snapshot this store wrote.
         let mut two = KvStore::default();
         two.apply(&cmd(1, 1, put(b"a", b"1")));
@@ -1198,7 +1201,10 @@ mod tests {
         let at = SNAPSHOT_MAGIC.len() + 8;
         // Swap the two key/value records (4 + 1 + 4 + 1 bytes each).
         let rec = 10;
-        let (first, second) = (b2[at..at + rec].to_vec(), b2[at + rec..at + 2 * rec].to_vec());
+        let (first, second) = (
+            b2[at..at + rec].to_vec(),
+            b2[at + rec..at + 2 * rec].to_vec(),
+        );
         b2[at..at + rec].copy_from_slice(&second);
         b2[at + rec..at + 2 * rec].copy_from_slice(&first);
         assert!(matches!(

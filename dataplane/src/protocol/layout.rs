@@ -376,6 +376,17 @@ impl SnapshotDescriptor {
     /// The descriptor of `bytes`, the state below `index` with digest `digest`, placed from
     /// entry index `at`.
     pub fn new(index: Slot, digest: u64, at: u64, bytes: &[u8]) -> SnapshotDescriptor {
+        SnapshotDescriptor::new_with(index, digest, at, bytes, &mut || {})
+    }
+
+    /// [`SnapshotDescriptor::new`], calling `progress` after every megabyte it checksums.
+    pub fn new_with(
+        index: Slot,
+        digest: u64,
+        at: u64,
+        bytes: &[u8],
+        progress: &mut dyn FnMut(),
+    ) -> SnapshotDescriptor {
         let mut d = SnapshotDescriptor {
             index,
             len: bytes.len() as u64,
@@ -383,19 +394,24 @@ impl SnapshotDescriptor {
             at,
             checksum: 0,
         };
-        d.checksum = d.sum(bytes);
+        d.checksum = d.sum(bytes, progress);
         d
     }
 
-    fn sum(&self, bytes: &[u8]) -> u64 {
+    fn sum(&self, bytes: &[u8], progress: &mut dyn FnMut()) -> u64 {
         let mut fields = [0u8; 32];
         put_u64(&mut fields, 0, self.index);
         put_u64(&mut fields, 8, self.len);
         put_u64(&mut fields, 16, self.digest);
         put_u64(&mut fields, 24, self.at);
         let seed = xxh3_64_with_seed(&fields, SNAPSHOT_SEED);
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
+        for piece in bytes.chunks(1 << 20) {
+            h.update(piece);
+            progress();
+        }
         // Never zero: zero means "no snapshot".
-        xxh3_64_with_seed(bytes, seed).max(1)
+        h.digest().max(1)
     }
 
     pub fn encode(&self) -> [u8; SNAPSHOT_DESCRIPTOR_BYTES] {
@@ -424,7 +440,12 @@ impl SnapshotDescriptor {
 
     /// Whether `bytes` are exactly the snapshot this describes.
     pub fn verifies(&self, bytes: &[u8]) -> bool {
-        bytes.len() as u64 == self.len && self.sum(bytes) == self.checksum
+        self.verifies_with(bytes, &mut || {})
+    }
+
+    /// [`SnapshotDescriptor::verifies`], calling `progress` after every megabyte.
+    pub fn verifies_with(&self, bytes: &[u8], progress: &mut dyn FnMut()) -> bool {
+        bytes.len() as u64 == self.len && self.sum(bytes, progress) == self.checksum
     }
 }
 
