@@ -461,7 +461,7 @@ impl Message for Command {
             TAG_SHUTDOWN => (Command::Shutdown, FIELDS_AT),
             TAG_PEER_STATUS => {
                 let flags = m[FIELDS_AT + 9];
-                if flags & !0b111 != 0 {
+                if flags & !0b1111 != 0 {
                     return Err(ChannelError::NonzeroPadding {
                         kind: KIND,
                         offset: FIELDS_AT + 9,
@@ -1182,6 +1182,17 @@ mod tests {
             v.push(Command::StepDown { ballot });
             for leader in [0, 7, 255] {
                 v.push(Command::View { ballot, leader });
+            }
+            // Every combination of the peer status flags.
+            for flags in 0..16u8 {
+                v.push(Command::PeerStatus {
+                    peer: (flags * 3) % 7,
+                    alive: flags & 1 != 0,
+                    read_ok: flags & 2 != 0,
+                    granted: ballot,
+                    amnesiac: flags & 4 != 0,
+                    behind: flags & 8 != 0,
+                });
             }
         }
         v

@@ -35,6 +35,7 @@ use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
 use crate::protocol::layout::{CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_HEARTBEAT};
+use crate::protocol::node::Checkpoint;
 use crate::protocol::node::{
     BadRequest, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind, Start,
 };
@@ -570,35 +571,54 @@ struct Dataplane<P: Plane> {
     shutdown: Arc<AtomicBool>,
     /// Checkpoints go to a writer thread, in order (none is dropped: the one a snapshot
     /// install makes must be the one a restart replays from).
-    checkpoints: std::sync::mpsc::Sender<Vec<u8>>,
+    checkpoints: std::sync::mpsc::Sender<Checkpoint>,
+    /// (index, digest) of each checkpoint the writer kept, for the counters.
+    kept: std::sync::mpsc::Receiver<(u64, u64)>,
 }
 
-/// Keeps the node's checkpoints in `path` (written to a temporary file, then renamed: a crash
-/// leaves the previous one or the new one, and a torn file fails its checksum anyway).
-fn checkpoint_writer(path: PathBuf) -> std::sync::mpsc::Sender<Vec<u8>> {
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+/// Keeps the node's checkpoints in `path`, encoding frozen states here, off the data path
+/// (written to a temporary file, then renamed: a crash leaves the previous one or the new
+/// one, and a torn file fails its checksum anyway). Reports each kept checkpoint's index and
+/// digest back.
+fn checkpoint_writer(
+    path: PathBuf,
+) -> (
+    std::sync::mpsc::Sender<Checkpoint>,
+    std::sync::mpsc::Receiver<(u64, u64)>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<Checkpoint>();
+    let (kept_tx, kept_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("rapax-checkpoint".into())
         .spawn(move || {
+            // Encoding a large state takes a while: only on CPU the agents leave idle.
+            if let Err(e) = rapax_ffi::sched::idle_priority() {
+                eprintln!("rapax-dataplane: the checkpoint writer keeps normal priority: {e}");
+            }
             let tmp = path.with_extension("tmp");
-            while let Ok(mut bytes) = rx.recv() {
+            while let Ok(mut checkpoint) = rx.recv() {
                 // Only the latest matters once it is written.
                 while let Ok(newer) = rx.try_recv() {
-                    bytes = newer;
+                    checkpoint = newer;
                 }
+                let index = checkpoint.index();
+                let (digest, bytes) = checkpoint.into_saved(&mut || {});
                 let kept = write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
-                if let Err(e) = kept {
-                    eprintln!(
+                match kept {
+                    Ok(()) => {
+                        let _ = kept_tx.send((index, digest));
+                    }
+                    Err(e) => eprintln!(
                         "rapax-dataplane: cannot keep the checkpoint {}: {e}",
                         path.display()
-                    );
+                    ),
                 }
             }
         });
     if let Err(e) = spawned {
         eprintln!("rapax-dataplane: no checkpoint writer: {e}");
     }
-    tx
+    (tx, kept_rx)
 }
 
 /// Work-request ids of floor probes; the node's own ids count up from 0 and never reach it.
@@ -799,6 +819,10 @@ impl<P: Plane> Dataplane<P> {
         if let Some(c) = self.out.checkpoint.take() {
             let _ = self.checkpoints.send(c);
         }
+        while let Ok((index, digest)) = self.kept.try_recv() {
+            self.channel.set(Counter::CheckpointIndex, index);
+            self.channel.set(Counter::CheckpointDigest, digest);
+        }
         self.publish();
         work
     }
@@ -982,11 +1006,14 @@ impl<P: Plane> Agent for Dataplane<P> {
         self.turn()
     }
 
-    /// 0: the profile's `leader` placement (leading or standing), 1: `follower_apply`.
+    /// 0: the profile's `leader` placement (leading, or recovering with a majority's grants),
+    /// 1: `follower_apply`. A candidate still asking for grants idles as a follower does: in a
+    /// duel, several candidates spinning on the leader's one core would starve each other's
+    /// heartbeats and keep every one of them suspected.
     fn class(&self) -> usize {
         match self.node.role() {
+            RoleKind::Leader | RoleKind::Recovering | RoleKind::Candidate => 0,
             RoleKind::Follower => 1,
-            _ => 0,
         }
     }
 
@@ -1170,6 +1197,7 @@ fn start_agent<P: Plane + 'static>(
         // Its memory is new: an old checkpoint would describe a state its log does not follow.
         let _ = std::fs::remove_file(&checkpoint);
     }
+    let (checkpoints, kept) = checkpoint_writer(checkpoint);
     let agent = Dataplane {
         plane,
         node,
@@ -1192,7 +1220,8 @@ fn start_agent<P: Plane + 'static>(
         floor_seen: 0,
         probe: None,
         shutdown: Arc::clone(shutdown),
-        checkpoints: checkpoint_writer(checkpoint),
+        checkpoints,
+        kept,
     };
     let follower = profile.agents.follower_apply;
     Ok(AgentRunner::start_with_classes(

@@ -3,6 +3,7 @@
 //!
 //! - [`ibverbs`]: libibverbs and librdmacm (raw bindings in `ibverbs::sys` when built).
 //! - [`dpdk`]: DPDK 22.11 EAL, mempools, ethdev and mbufs (raw bindings in `dpdk::sys`).
+//! - [`sched`]: the calling thread's scheduling class (background work yields to agents).
 //!
 //! Each library is optional: the build script finds it with pkg-config and, when it is absent
 //! (or libclang is), builds a stub whose `available()` is false and whose entry points return
@@ -11,3 +12,4 @@
 
 pub mod dpdk;
 pub mod ibverbs;
+pub mod sched;

@@ -26,6 +26,7 @@
 //!   tag 5 Rejected message (UTF-8 bytes)
 //! ```
 
+use imbl::OrdMap;
 use std::collections::BTreeMap;
 
 use xxhash_rust::xxh3::Xxh3;
@@ -385,7 +386,8 @@ pub enum Applied {
 /// The replicated KV store: the map plus the per-client de-duplication table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Structurally shared: [`KvStore::freeze`] is a copy of the root, not of the keys.
+    map: OrdMap<Vec<u8>, Vec<u8>>,
     /// client id → (last applied sequence, its reply).
     sessions: BTreeMap<u64, (u64, KvReply)>,
     limits: KvLimits,
@@ -394,7 +396,7 @@ pub struct KvStore {
 impl KvStore {
     pub fn new(limits: KvLimits) -> Self {
         KvStore {
-            map: BTreeMap::new(),
+            map: OrdMap::new(),
             sessions: BTreeMap::new(),
             limits,
         }
@@ -540,37 +542,19 @@ impl KvStore {
     /// [`KvStore::snapshot`], calling `progress` every megabyte; returns the digest (the
     /// digest is that of these bytes).
     pub fn snapshot_with(&self, out: &mut Vec<u8>, progress: &mut dyn FnMut()) -> u64 {
-        out.clear();
-        let mut next = 1 << 20;
-        self.write_state(&mut |b| {
-            out.extend_from_slice(b);
-            if out.len() >= next {
-                next += 1 << 20;
-                progress();
-            }
-        });
-        xxhash_rust::xxh3::xxh3_64(out)
+        encode_state(&self.map, &self.sessions, out, progress)
     }
 
     fn write_state(&self, sink: &mut impl FnMut(&[u8])) {
-        let mut scratch = Vec::new();
-        sink(SNAPSHOT_MAGIC);
-        sink(&(self.map.len() as u64).to_le_bytes());
-        for (k, v) in &self.map {
-            scratch.clear();
-            put_bytes(&mut scratch, k);
-            put_bytes(&mut scratch, v);
-            sink(&scratch);
-        }
-        sink(&(self.sessions.len() as u64).to_le_bytes());
-        for (client, (seq, reply)) in &self.sessions {
-            scratch.clear();
-            scratch.extend_from_slice(&client.to_le_bytes());
-            scratch.extend_from_slice(&seq.to_le_bytes());
-            let mut r = Vec::new();
-            reply.encode(&mut r);
-            put_bytes(&mut scratch, &r);
-            sink(&scratch);
+        write_state(&self.map, &self.sessions, sink);
+    }
+
+    /// The state as it is now, to encode later (on another thread): O(1) for the map, whose
+    /// nodes the copy shares until either side changes them.
+    pub fn freeze(&self) -> FrozenKv {
+        FrozenKv {
+            map: self.map.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 
@@ -590,20 +574,19 @@ impl KvStore {
         if r.take(SNAPSHOT_MAGIC.len(), "snapshot magic")? != SNAPSHOT_MAGIC {
             return Err(KvCodecError::BadSnapshot("not a rapax KV snapshot"));
         }
-        let mut map = BTreeMap::new();
+        let mut map = OrdMap::new();
         let keys = r.u64("key count")?;
+        let mut last: Option<&[u8]> = None;
         for i in 0..keys {
             if i % 4096 == 4095 {
                 progress();
             }
             let k = r.bytes("key length", "key")?;
             let v = r.bytes("value length", "value")?;
-            if map
-                .last_key_value()
-                .is_some_and(|(last, _): (&Vec<u8>, _)| last.as_slice() >= k)
-            {
+            if last.is_some_and(|last| last >= k) {
                 return Err(KvCodecError::BadSnapshot("keys out of order"));
             }
+            last = Some(k);
             map.insert(k.to_vec(), v.to_vec());
         }
         let mut sessions = BTreeMap::new();
@@ -624,6 +607,65 @@ impl KvStore {
         self.map = map;
         self.sessions = sessions;
         Ok(())
+    }
+}
+
+/// The encoding of a state (see [`KvStore::snapshot`]).
+fn write_state(
+    map: &OrdMap<Vec<u8>, Vec<u8>>,
+    sessions: &BTreeMap<u64, (u64, KvReply)>,
+    sink: &mut impl FnMut(&[u8]),
+) {
+    let mut scratch = Vec::new();
+    sink(SNAPSHOT_MAGIC);
+    sink(&(map.len() as u64).to_le_bytes());
+    for (k, v) in map {
+        scratch.clear();
+        put_bytes(&mut scratch, k);
+        put_bytes(&mut scratch, v);
+        sink(&scratch);
+    }
+    sink(&(sessions.len() as u64).to_le_bytes());
+    for (client, (seq, reply)) in sessions {
+        scratch.clear();
+        scratch.extend_from_slice(&client.to_le_bytes());
+        scratch.extend_from_slice(&seq.to_le_bytes());
+        let mut r = Vec::new();
+        reply.encode(&mut r);
+        put_bytes(&mut scratch, &r);
+        sink(&scratch);
+    }
+}
+
+/// Encodes `map` and `sessions` into `out`, calling `progress` every megabyte; the digest.
+fn encode_state(
+    map: &OrdMap<Vec<u8>, Vec<u8>>,
+    sessions: &BTreeMap<u64, (u64, KvReply)>,
+    out: &mut Vec<u8>,
+    progress: &mut dyn FnMut(),
+) -> u64 {
+    out.clear();
+    let mut next = 1 << 20;
+    write_state(map, sessions, &mut |b| {
+        out.extend_from_slice(b);
+        if out.len() >= next {
+            next += 1 << 20;
+            progress();
+        }
+    });
+    xxhash_rust::xxh3::xxh3_64(out)
+}
+
+/// A KV state frozen by [`KvStore::freeze`].
+#[derive(Clone, Debug)]
+pub struct FrozenKv {
+    map: OrdMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, (u64, KvReply)>,
+}
+
+impl super::node::FrozenState for FrozenKv {
+    fn encode(&self, out: &mut Vec<u8>, progress: &mut dyn FnMut()) -> u64 {
+        encode_state(&self.map, &self.sessions, out, progress)
     }
 }
 
@@ -659,6 +701,10 @@ impl super::node::StateMachine for KvStore {
 
     fn restore(&mut self, bytes: &[u8], progress: &mut dyn FnMut()) -> Result<(), String> {
         KvStore::restore_with(self, bytes, progress).map_err(|e| e.to_string())
+    }
+
+    fn freeze(&self) -> Box<dyn super::node::FrozenState> {
+        Box::new(KvStore::freeze(self))
     }
 }
 
@@ -1162,6 +1208,34 @@ mod tests {
             s.apply(c);
         }
         s.digest()
+    }
+
+    #[test]
+    fn a_frozen_state_encodes_as_it_was_when_frozen_while_the_store_moves_on() {
+        use crate::protocol::node::FrozenState;
+        let mut s = KvStore::default();
+        let h = history();
+        let (first, rest) = h.split_at(h.len() / 2);
+        for c in first {
+            s.apply(c);
+        }
+        let mut then = Vec::new();
+        let digest_then = s.snapshot_with(&mut then, &mut || {});
+        let frozen = s.freeze();
+        for c in rest {
+            s.apply(c);
+        }
+        s.apply(&cmd(9, 1, put(b"late", b"value")));
+        assert_ne!(s.digest(), digest_then, "the store moved on");
+        // Encoded on another thread, as the daemon's checkpoint writer does.
+        let (digest, bytes) = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            (frozen.encode(&mut out, &mut || {}), out)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(bytes, then);
+        assert_eq!(digest, digest_then);
     }
 
     #[test]

@@ -63,6 +63,93 @@ pub trait StateMachine {
     /// Replaces the state with the one a [`StateMachine::snapshot`] encoded, calling
     /// `progress` now and then. On error the state is unchanged.
     fn restore(&mut self, bytes: &[u8], progress: &mut dyn FnMut()) -> Result<(), String>;
+    /// The state as it is now, to encode later on another thread (a checkpoint is taken off the
+    /// data path). Cheap for a state with structural sharing; it must not wait for the encoding.
+    fn freeze(&self) -> Box<dyn FrozenState>;
+}
+
+/// A restarted node's hold on candidacy ([`Node`]'s `rejoin`).
+#[derive(Clone, Copy, Debug)]
+struct Rejoin {
+    until: u64,
+    commit_at_start: [u8; COMMIT_RECORD_BYTES],
+    /// Our log's first undecided slot at the restart: applying past it means a leader has
+    /// written us slots decided since.
+    end_at_start: Slot,
+}
+
+/// How many candidate time-outs a restarted node waits, at most, for a leader to catch it up
+/// before it may stand itself.
+const REJOIN_TIMEOUTS: u64 = 4;
+
+/// A state frozen by [`StateMachine::freeze`].
+pub trait FrozenState: Send {
+    /// Encodes the state as [`StateMachine::snapshot`] would have when it was frozen; returns
+    /// its digest. `progress` is called every megabyte or so.
+    fn encode(&self, out: &mut Vec<u8>, progress: &mut dyn FnMut()) -> u64;
+}
+
+/// A checkpoint for the driver to keep where a restart that keeps memory finds it (see
+/// [`Node::restore_saved`]); each replaces the one before.
+pub enum Checkpoint {
+    /// The state below `index`, frozen: the driver encodes it, off the data path.
+    Frozen {
+        index: Slot,
+        state: Box<dyn FrozenState>,
+    },
+    /// An installed snapshot's state below `index`, already encoded and verified.
+    Encoded {
+        index: Slot,
+        digest: u64,
+        descriptor: SnapshotDescriptor,
+        state: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Checkpoint::Frozen { index, .. } => write!(f, "Checkpoint::Frozen({index})"),
+            Checkpoint::Encoded { index, digest, .. } => {
+                write!(f, "Checkpoint::Encoded({index}, {digest:016x})")
+            }
+        }
+    }
+}
+
+impl Checkpoint {
+    /// The index below which the checkpoint holds the state.
+    pub fn index(&self) -> Slot {
+        match self {
+            Checkpoint::Frozen { index, .. } | Checkpoint::Encoded { index, .. } => *index,
+        }
+    }
+
+    /// The bytes to keep (descriptor, then state) and the state's digest, encoding a frozen
+    /// state now; `progress` is called every megabyte.
+    pub fn into_saved(self, progress: &mut dyn FnMut()) -> (u64, Vec<u8>) {
+        let (digest, descriptor, state) = match self {
+            Checkpoint::Frozen { index, state } => {
+                let mut bytes = Vec::new();
+                let digest = state.encode(&mut bytes, progress);
+                let d = SnapshotDescriptor::new_with(index, digest, 0, &bytes, progress);
+                (digest, d, bytes)
+            }
+            Checkpoint::Encoded {
+                digest,
+                descriptor,
+                state,
+                ..
+            } => (digest, descriptor, state),
+        };
+        let mut saved = Vec::with_capacity(SNAPSHOT_DESCRIPTOR_BYTES + state.len());
+        saved.extend_from_slice(&descriptor.encode());
+        for piece in state.chunks(1 << 20) {
+            saved.extend_from_slice(piece);
+            progress();
+        }
+        (digest, saved)
+    }
 }
 
 /// Deliberate protocol bugs that prove the simulator finds them. Only settable with the
@@ -332,9 +419,9 @@ pub struct Output {
     pub posts: Vec<Post>,
     pub replies: Vec<ClientReply>,
     pub notes: Vec<Note>,
-    /// A checkpoint to keep where a restart that keeps memory finds it (descriptor, then
-    /// state; see [`Node::restore_saved`]): the driver replaces its previous one.
-    pub checkpoint: Option<Vec<u8>>,
+    /// A checkpoint to keep where a restart that keeps memory finds it: the driver replaces
+    /// its previous one.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl Output {
@@ -645,6 +732,19 @@ pub struct Node<S> {
     peer_amnesiac: [bool; MAX_NODES],
     /// Peers whose state is behind their log (they do not lead).
     peer_behind: [bool; MAX_NODES],
+    /// Restarted: we stand for nothing (and publish ourselves behind) until a leader has
+    /// brought us up to a commit it recorded in our log since the restart, or until the tick
+    /// given here passes with no other live node able to lead (a cluster restarting whole
+    /// needs us). A node back
+    /// from a crash catches up first (seed 004: no suspicion while a replica catches up); its
+    /// own log, however long, may be far behind the cluster's.
+    rejoin: Option<Rejoin>,
+    /// The lowest slot from which our own log holds the chosen entries up to our applied
+    /// index (less what a lap of the log has since overwritten): 0 for a fresh node, the
+    /// snapshot's index after one is installed, the raised floor after a recovering leader
+    /// raised it, unknown (`Slot::MAX`) after memory was lost. Leading, we catch a follower up
+    /// by log from here, not only from the recovered range.
+    log_from: Slot,
     /// What our log said was decided when we started: `first_undecided` never drops below it,
     /// and until we have applied that far we do not lead.
     decided_floor: Slot,
@@ -702,6 +802,8 @@ impl<S: StateMachine> Node<S> {
             ack_due: None,
             peer_amnesiac: [false; MAX_NODES],
             peer_behind: [false; MAX_NODES],
+            rejoin: None,
+            log_from: 0,
             decided_floor: 0,
             raised_floor: 0,
             behind_until: None,
@@ -715,6 +817,15 @@ impl<S: StateMachine> Node<S> {
             sm,
             cfg,
         };
+        if start != Start::Fresh {
+            let mut record = [0u8; COMMIT_RECORD_BYTES];
+            mem.read_log(LOG_COMMIT, &mut record);
+            node.rejoin = Some(Rejoin {
+                until: now + node.cfg.candidate_timeout_ticks * REJOIN_TIMEOUTS,
+                commit_at_start: record,
+                end_at_start: mem.log_word(LOG_FIRST_UNDECIDED),
+            });
+        }
         match start {
             Start::Fresh => {}
             Start::MemoryKept => {
@@ -743,6 +854,7 @@ impl<S: StateMachine> Node<S> {
                 }
             }
             Start::MemoryLost => {
+                node.log_from = Slot::MAX;
                 mem.write_log_owner(LOG_AMNESIAC, &1u64.to_le_bytes());
                 mem.set_control_word(CB_AMNESIAC, CB_FLAG_AMNESIAC);
                 node.grant_floor = None;
@@ -776,6 +888,7 @@ impl<S: StateMachine> Node<S> {
             return Err("checkpoint state digest mismatch".into());
         }
         self.applied = d.index;
+        self.log_from = self.log_from.max(d.index);
         self.known_commit = self.known_commit.max(d.index);
         self.publish_applied(mem);
         Ok(d.index)
@@ -1112,6 +1225,7 @@ impl<S: StateMachine> Node<S> {
         // Publish the flags: the log's amnesiac flag (set by a leader before a state transfer,
         // cleared by one once the log is re-synced) and whether our state is behind.
         self.refresh_decided(mem);
+        self.rejoin_tick(mem);
         let mut flags = 0;
         if mem.log_word(LOG_AMNESIAC) != 0 {
             flags |= CB_FLAG_AMNESIAC;
@@ -1174,15 +1288,46 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// Whether our state machine is behind what our log says is decided (we do not lead).
+    /// Whether our state machine is behind what our log says is decided, or we are rejoining
+    /// after a restart (we do not lead).
     fn is_behind(&self) -> bool {
-        self.applied < self.decided_floor.max(self.raised_floor) || self.behind_until.is_some()
+        self.applied < self.decided_floor.max(self.raised_floor)
+            || self.behind_until.is_some()
+            || self.rejoin.is_some()
+    }
+
+    /// Ends the rejoin hold once a leader has given us slots decided since the restart (a
+    /// commit record, or entries past our old log's end) and we applied all we know to be
+    /// committed, or once its time is up with no other live node able to lead.
+    fn rejoin_tick(&mut self, mem: &impl LocalMemory) {
+        let Some(r) = &self.rejoin else { return };
+        let mut record = [0u8; COMMIT_RECORD_BYTES];
+        mem.read_log(LOG_COMMIT, &mut record);
+        let synced = (record != r.commit_at_start
+            && CommitRecord::decode(&record).is_some_and(|c| self.applied >= c.index))
+            || (self.applied > r.end_at_start && self.applied >= self.known_commit);
+        // Time alone ends the hold only when no live peer could lead instead (the whole
+        // cluster restarting needs us); while one can, it catches us up and we wait for it.
+        let me = self.cfg.id;
+        let another_can_lead = self.cfg.ring.iter().any(|&p| {
+            p != me
+                && self.is_alive(p)
+                && !self.peer_amnesiac[p as usize]
+                && !self.peer_behind[p as usize]
+        });
+        if synced || (self.now >= r.until && !another_can_lead) {
+            self.rejoin = None;
+        }
     }
 
     /// Refreshes the decided floor a recovering leader may have raised in our log (it says
     /// those slots are chosen, not that our log holds them: apply never goes by it).
     fn refresh_decided(&mut self, mem: &impl LocalMemory) {
         self.raised_floor = self.raised_floor.max(mem.log_word(LOG_DECIDED_FLOOR));
+        // Below a raised floor our log may hold entries that were never chosen.
+        if self.raised_floor > self.log_from && self.log_from != Slot::MAX {
+            self.log_from = self.raised_floor;
+        }
     }
 
     /// The first electable node in ring order: alive by pull-score, not amnesiac, and not
@@ -1770,7 +1915,9 @@ impl<S: StateMachine> Node<S> {
             followers,
             queue: VecDeque::new(),
             proposed: VecDeque::new(),
-            log_start: lo,
+            // Below the recovered range our own log still holds chosen entries from
+            // `log_from` on (it applied them), less what the last lap overwrote.
+            log_start: lo.min(self.log_from.max(end.saturating_sub(geometry.capacity))),
             applied_of,
             reading: 0,
             blocked_since: None,
@@ -2499,18 +2646,11 @@ impl<S: StateMachine> Node<S> {
             self.applied += 1;
             let every = self.cfg.checkpoint_every;
             if every > 0 && self.applied.is_multiple_of(every) {
-                let mut state = Vec::new();
-                let digest = self.sm.snapshot(&mut state, &mut || beat(mem));
                 mem.set_control_word(CB_CHECKPOINT_INDEX, self.applied);
-                mem.set_control_word(CB_CHECKPOINT_DIGEST, digest);
-                out.notes.push(Note::Checkpoint {
+                out.checkpoint = Some(Checkpoint::Frozen {
                     index: self.applied,
-                    digest,
+                    state: self.sm.freeze(),
                 });
-                let d = SnapshotDescriptor::new_with(self.applied, digest, 0, &state, &mut || {
-                    beat(mem)
-                });
-                out.checkpoint = Some(with_descriptor(&d, &state, mem));
             }
         }
         self.read_buf = buf;
@@ -2571,11 +2711,17 @@ impl<S: StateMachine> Node<S> {
             match verdict {
                 Ok(()) => {
                     self.applied = d.index;
+                    self.log_from = d.index;
                     self.known_commit = self.known_commit.max(d.index);
                     self.publish_applied(mem);
                     // It is also our checkpoint now: a restart replays our log from here (the
                     // log below was never ours to replay).
-                    out.checkpoint = Some(with_descriptor(&d, &bytes, mem));
+                    out.checkpoint = Some(Checkpoint::Encoded {
+                        index: d.index,
+                        digest: d.digest,
+                        descriptor: d,
+                        state: bytes,
+                    });
                     out.notes.push(Note::Restored {
                         index: d.index,
                         digest: d.digest,
@@ -2694,17 +2840,6 @@ fn entries_in<'a>(
 fn beat(mem: &mut impl LocalMemory) {
     let hb = mem.control_word(CB_HEARTBEAT).wrapping_add(1);
     mem.set_control_word(CB_HEARTBEAT, hb);
-}
-
-/// A kept checkpoint: the descriptor, then the state (copied a megabyte at a time, beating).
-fn with_descriptor(d: &SnapshotDescriptor, state: &[u8], mem: &mut impl LocalMemory) -> Vec<u8> {
-    let mut saved = Vec::with_capacity(SNAPSHOT_DESCRIPTOR_BYTES + state.len());
-    saved.extend_from_slice(&d.encode());
-    for piece in state.chunks(1 << 20) {
-        saved.extend_from_slice(piece);
-        beat(mem);
-    }
-    saved
 }
 
 /// The most snapshot bytes a state transfer can carry: the part of the entry array a

@@ -530,7 +530,11 @@ impl World {
         self.oracle.observe(self.now, &mut self.fabric.mems[i])?;
         let mut out = std::mem::take(&mut self.out);
         if let Some(c) = out.checkpoint.take() {
-            self.saved[node as usize] = Some(c);
+            // The daemon encodes a frozen state on its writer thread; here, at once.
+            let index = c.index();
+            let (digest, saved) = c.into_saved(&mut || {});
+            self.oracle.checkpoint(self.now, node, index, digest)?;
+            self.saved[node as usize] = Some(saved);
         }
         for post in out.posts.iter().cloned() {
             self.fabric.post(self.now, node, post, &mut self.rng);
