@@ -112,6 +112,24 @@ fn assert_linearizable(history: &[HistoryOp], what: &str) {
 
 /// Lets the load run until `n` more operations are acknowledged; the cluster's status is in
 /// the message if it stops answering.
+/// kill -9 of a follower's data plane; returns once the process is gone.
+fn kill_a_followers_dataplane(t: &TestCluster) -> NodeId {
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let follower = *t
+        .cluster
+        .cluster
+        .ring
+        .iter()
+        .find(|&&n| n != leader)
+        .unwrap();
+    let pid = t.cluster.pid(follower, "dataplane").unwrap();
+    assert!(signal(pid, &t.dir, Signal::SIGKILL));
+    while is_ours(pid, &t.dir) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    follower
+}
+
 fn steady(t: &TestCluster, load: &HistoryLoad, n: u64) {
     let before = load.acked.load(std::sync::atomic::Ordering::Relaxed);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -143,20 +161,8 @@ fn faults_with(p: &Profile, tag: &str) {
         steady(&t, &load, 100);
     }
     // kill -9 of a follower's data plane, then its restart.
-    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
-    let follower = *t
-        .cluster
-        .cluster
-        .ring
-        .iter()
-        .find(|&&n| n != leader)
-        .unwrap();
-    let pid = t.cluster.pid(follower, "dataplane").unwrap();
-    assert!(signal(pid, &t.dir, Signal::SIGKILL));
+    let follower = kill_a_followers_dataplane(&t);
     steady(&t, &load, 100); // a majority still commits
-    while is_ours(pid, &t.dir) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
     t.cluster.restart(follower, "dataplane").unwrap();
     t.cluster
         .wait_caught_up(follower, Duration::from_secs(30))
@@ -547,19 +553,7 @@ fn wraps_and_rejoins_by_snapshot(profile_name: &str, tag: &str) {
         }
     };
     until(4 * capacity);
-    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
-    let follower = *t
-        .cluster
-        .cluster
-        .ring
-        .iter()
-        .find(|&&n| n != leader)
-        .unwrap();
-    let pid = t.cluster.pid(follower, "dataplane").unwrap();
-    assert!(signal(pid, &t.dir, Signal::SIGKILL));
-    while is_ours(pid, &t.dir) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let follower = kill_a_followers_dataplane(&t);
     let left_at = applied(follower);
     // Two more laps without it: the log it would need is gone.
     let now = t

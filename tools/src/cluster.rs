@@ -238,10 +238,24 @@ impl LocalCluster {
             cluster,
             channels: Mutex::default(),
         };
+        // Both daemons must be there before any starts: a half-started cluster would be left
+        // running by the error.
+        bin_path("rapax-dataplane")?;
+        bin_path("rapax-control")?;
         let mut procs = Vec::new();
         for &node in &lc.cluster.ring.clone() {
-            procs.push(lc.spawn(node, "dataplane")?);
-            procs.push(lc.spawn(node, "control")?);
+            for kind in ["dataplane", "control"] {
+                match lc.spawn(node, kind) {
+                    Ok(p) => procs.push(p),
+                    Err(e) => {
+                        // Stop what this call started.
+                        for p in &procs {
+                            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         }
         lc.write_pids(&procs)?;
         Ok(lc)
