@@ -556,12 +556,8 @@ fn wraps_and_rejoins_by_snapshot(profile_name: &str, tag: &str) {
     let follower = kill_a_followers_dataplane(&t);
     let left_at = applied(follower);
     // Two more laps without it: the log it would need is gone.
-    let now = t
-        .cluster
-        .leader()
-        .and_then(|l| t.cluster.counters(l))
-        .unwrap()
-        .commit;
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let now = t.cluster.counters(leader).unwrap().commit;
     until(now + 2 * capacity);
     t.cluster.restart(follower, "dataplane").unwrap();
     // Its counters are stale until the new data plane publishes (its heartbeat restarts).

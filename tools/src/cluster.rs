@@ -108,6 +108,11 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
     if matches!(state, Some('Z' | 'X')) {
         return false;
     }
+    if cmdline.is_empty() && state.is_some() {
+        // Exiting: its memory is gone (so is its command line) but its files, sockets
+        // included, are closed only after that. A restart now could not bind its ports.
+        return true;
+    }
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let dir = dir.as_os_str().as_encoded_bytes();
     let daemon = args
