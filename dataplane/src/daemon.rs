@@ -35,9 +35,9 @@ use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
 use crate::protocol::layout::{CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_HEARTBEAT};
-use crate::protocol::node::Checkpoint;
 use crate::protocol::node::{
-    BadRequest, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind, Start,
+    BadRequest, Checkpoint, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind,
+    Start,
 };
 use crate::protocol::{Ballot, NodeId};
 
@@ -208,15 +208,23 @@ pub enum DaemonError {
 /// Writes `bytes` to `path`, created or truncated with mode 0600 (every file of a cluster
 /// directory is private to its owner).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_private_parts(path, &[bytes])
+}
+
+/// [`write_private`] of `parts`, one after the other (no copy to join them first).
+pub fn write_private_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
-        .open(path)?
-        .write_all(bytes)
+        .open(path)?;
+    for part in parts {
+        f.write_all(part)?;
+    }
+    Ok(())
 }
 
 impl From<ProfileError> for DaemonError {
@@ -601,12 +609,12 @@ fn checkpoint_writer(
                 while let Ok(newer) = rx.try_recv() {
                     checkpoint = newer;
                 }
-                let index = checkpoint.index();
-                let (digest, bytes) = checkpoint.into_saved(&mut || {});
-                let kept = write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+                let (d, state) = checkpoint.into_parts(&mut || {});
+                let kept = write_private_parts(&tmp, &[&d.encode(), &state])
+                    .and_then(|()| std::fs::rename(&tmp, &path));
                 match kept {
                     Ok(()) => {
-                        let _ = kept_tx.send((index, digest));
+                        let _ = kept_tx.send((d.index, d.digest));
                     }
                     Err(e) => eprintln!(
                         "rapax-dataplane: cannot keep the checkpoint {}: {e}",
@@ -1006,10 +1014,7 @@ impl<P: Plane> Agent for Dataplane<P> {
         self.turn()
     }
 
-    /// 0: the profile's `leader` placement (leading, or recovering with a majority's grants),
-    /// 1: `follower_apply`. A candidate still asking for grants idles as a follower does: in a
-    /// duel, several candidates spinning on the leader's one core would starve each other's
-    /// heartbeats and keep every one of them suspected.
+    /// 0: the profile's `leader` placement (leading or standing), 1: `follower_apply`.
     fn class(&self) -> usize {
         match self.node.role() {
             RoleKind::Leader | RoleKind::Recovering | RoleKind::Candidate => 0,

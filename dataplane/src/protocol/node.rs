@@ -97,10 +97,8 @@ pub enum Checkpoint {
         index: Slot,
         state: Box<dyn FrozenState>,
     },
-    /// An installed snapshot's state below `index`, already encoded and verified.
+    /// An installed snapshot's state, already encoded and verified against `descriptor`.
     Encoded {
-        index: Slot,
-        digest: u64,
         descriptor: SnapshotDescriptor,
         state: Vec<u8>,
     },
@@ -110,45 +108,27 @@ impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Checkpoint::Frozen { index, .. } => write!(f, "Checkpoint::Frozen({index})"),
-            Checkpoint::Encoded { index, digest, .. } => {
-                write!(f, "Checkpoint::Encoded({index}, {digest:016x})")
+            Checkpoint::Encoded { descriptor: d, .. } => {
+                write!(f, "Checkpoint::Encoded({}, {:016x})", d.index, d.digest)
             }
         }
     }
 }
 
 impl Checkpoint {
-    /// The index below which the checkpoint holds the state.
-    pub fn index(&self) -> Slot {
+    /// The descriptor and the encoded state, encoding a frozen state now; `progress` is
+    /// called every megabyte. What a restart reads ([`Node::restore_saved`]) is the encoded
+    /// descriptor followed by the state.
+    pub fn into_parts(self, progress: &mut dyn FnMut()) -> (SnapshotDescriptor, Vec<u8>) {
         match self {
-            Checkpoint::Frozen { index, .. } | Checkpoint::Encoded { index, .. } => *index,
-        }
-    }
-
-    /// The bytes to keep (descriptor, then state) and the state's digest, encoding a frozen
-    /// state now; `progress` is called every megabyte.
-    pub fn into_saved(self, progress: &mut dyn FnMut()) -> (u64, Vec<u8>) {
-        let (digest, descriptor, state) = match self {
             Checkpoint::Frozen { index, state } => {
                 let mut bytes = Vec::new();
                 let digest = state.encode(&mut bytes, progress);
                 let d = SnapshotDescriptor::new_with(index, digest, 0, &bytes, progress);
-                (digest, d, bytes)
+                (d, bytes)
             }
-            Checkpoint::Encoded {
-                digest,
-                descriptor,
-                state,
-                ..
-            } => (digest, descriptor, state),
-        };
-        let mut saved = Vec::with_capacity(SNAPSHOT_DESCRIPTOR_BYTES + state.len());
-        saved.extend_from_slice(&descriptor.encode());
-        for piece in state.chunks(1 << 20) {
-            saved.extend_from_slice(piece);
-            progress();
+            Checkpoint::Encoded { descriptor, state } => (descriptor, state),
         }
-        (digest, saved)
     }
 }
 
@@ -733,11 +713,10 @@ pub struct Node<S> {
     /// Peers whose state is behind their log (they do not lead).
     peer_behind: [bool; MAX_NODES],
     /// Restarted: we stand for nothing (and publish ourselves behind) until a leader has
-    /// brought us up to a commit it recorded in our log since the restart, or until the tick
-    /// given here passes with no other live node able to lead (a cluster restarting whole
-    /// needs us). A node back
-    /// from a crash catches up first (seed 004: no suspicion while a replica catches up); its
-    /// own log, however long, may be far behind the cluster's.
+    /// caught us up since the restart, or until the tick given here passes with no other live
+    /// node able to lead (a cluster restarting whole needs us). A node back from a crash
+    /// catches up first (seed 004: no suspicion while a replica catches up); its own log,
+    /// however long, may be far behind the cluster's.
     rejoin: Option<Rejoin>,
     /// The lowest slot from which our own log holds the chosen entries up to our applied
     /// index (less what a lap of the log has since overwritten): 0 for a fresh node, the
@@ -1309,12 +1288,11 @@ impl<S: StateMachine> Node<S> {
         // Time alone ends the hold only when no live peer could lead instead (the whole
         // cluster restarting needs us); while one can, it catches us up and we wait for it.
         let me = self.cfg.id;
-        let another_can_lead = self.cfg.ring.iter().any(|&p| {
-            p != me
-                && self.is_alive(p)
-                && !self.peer_amnesiac[p as usize]
-                && !self.peer_behind[p as usize]
-        });
+        let another_can_lead = self
+            .cfg
+            .ring
+            .iter()
+            .any(|&p| p != me && self.peer_electable(p));
         if synced || (self.now >= r.until && !another_can_lead) {
             self.rejoin = None;
         }
@@ -1337,9 +1315,14 @@ impl<S: StateMachine> Node<S> {
             if p == self.cfg.id {
                 self.probe.is_none() && !self.is_behind()
             } else {
-                self.is_alive(p) && !self.peer_amnesiac[p as usize] && !self.peer_behind[p as usize]
+                self.peer_electable(p)
             }
         })
+    }
+
+    /// Whether peer `p` could lead: alive by pull-score, neither amnesiac nor behind.
+    fn peer_electable(&self, p: NodeId) -> bool {
+        self.is_alive(p) && !self.peer_amnesiac[p as usize] && !self.peer_behind[p as usize]
     }
 
     fn role_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
@@ -2717,8 +2700,6 @@ impl<S: StateMachine> Node<S> {
                     // It is also our checkpoint now: a restart replays our log from here (the
                     // log below was never ours to replay).
                     out.checkpoint = Some(Checkpoint::Encoded {
-                        index: d.index,
-                        digest: d.digest,
                         descriptor: d,
                         state: bytes,
                     });

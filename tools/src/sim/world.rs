@@ -531,9 +531,10 @@ impl World {
         let mut out = std::mem::take(&mut self.out);
         if let Some(c) = out.checkpoint.take() {
             // The daemon encodes a frozen state on its writer thread; here, at once.
-            let index = c.index();
-            let (digest, saved) = c.into_saved(&mut || {});
-            self.oracle.checkpoint(self.now, node, index, digest)?;
+            let (d, state) = c.into_parts(&mut || {});
+            self.oracle.checkpoint(self.now, node, d.index, d.digest)?;
+            let mut saved = d.encode().to_vec();
+            saved.extend_from_slice(&state);
             self.saved[node as usize] = Some(saved);
         }
         for post in out.posts.iter().cloned() {
