@@ -332,7 +332,7 @@ pub enum Command {
     Shutdown,
     /// The control plane's view of `peer`: alive by pull-score or not and, when its last
     /// heartbeat read succeeded, the ballot it granted, whether it lost its memory
-    /// (amnesiac) and whether its state is behind its log.
+    /// (amnesiac), whether its state is behind its log and whether it stands or leads.
     PeerStatus {
         peer: u8,
         alive: bool,
@@ -340,6 +340,7 @@ pub enum Command {
         granted: u64,
         amnesiac: bool,
         behind: bool,
+        leading: bool,
     },
 }
 
@@ -422,6 +423,7 @@ impl Message for Command {
                 granted,
                 amnesiac,
                 behind,
+                leading,
             } => {
                 m[0] = TAG_PEER_STATUS;
                 put_u64(&mut m, FIELDS_AT, granted);
@@ -429,7 +431,8 @@ impl Message for Command {
                 m[FIELDS_AT + 9] = u8::from(alive)
                     | u8::from(read_ok) << 1
                     | u8::from(amnesiac) << 2
-                    | u8::from(behind) << 3;
+                    | u8::from(behind) << 3
+                    | u8::from(leading) << 4;
             }
         }
         m
@@ -461,7 +464,7 @@ impl Message for Command {
             TAG_SHUTDOWN => (Command::Shutdown, FIELDS_AT),
             TAG_PEER_STATUS => {
                 let flags = m[FIELDS_AT + 9];
-                if flags & !0b1111 != 0 {
+                if flags & !0b1_1111 != 0 {
                     return Err(ChannelError::NonzeroPadding {
                         kind: KIND,
                         offset: FIELDS_AT + 9,
@@ -475,6 +478,7 @@ impl Message for Command {
                         granted: get_u64(m, FIELDS_AT),
                         amnesiac: flags & 4 != 0,
                         behind: flags & 8 != 0,
+                        leading: flags & 16 != 0,
                     },
                     FIELDS_AT + 10,
                 )
@@ -1184,7 +1188,7 @@ mod tests {
                 v.push(Command::View { ballot, leader });
             }
             // Every combination of the peer status flags.
-            for flags in 0..16u8 {
+            for flags in 0..32u8 {
                 v.push(Command::PeerStatus {
                     peer: (flags * 3) % 7,
                     alive: flags & 1 != 0,
@@ -1192,6 +1196,7 @@ mod tests {
                     granted: ballot,
                     amnesiac: flags & 4 != 0,
                     behind: flags & 8 != 0,
+                    leading: flags & 16 != 0,
                 });
             }
         }

@@ -34,7 +34,7 @@ use crate::fabric::{Completion, LocalMemory, Op, Post, Region};
 use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
-use crate::protocol::layout::{CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_HEARTBEAT};
+use crate::protocol::layout::{CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_HEARTBEAT};
 use crate::protocol::node::{
     BadRequest, Checkpoint, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind,
     Start,
@@ -695,6 +695,15 @@ fn describe_note(note: &Note) -> Option<String> {
         Note::SnapshotRejected { index, reason } => {
             format!("discarded a snapshot below slot {index}: {reason}")
         }
+        Note::ReconfigProposed { slot, membership } => {
+            format!("proposed {membership:?} in slot {slot}")
+        }
+        Note::Reconfigured { slot, membership } => {
+            format!("applied {membership:?} from slot {slot}")
+        }
+        Note::ReconfigAbandoned { epoch, reason } => {
+            format!("gave up the change to epoch {epoch}: {reason}")
+        }
         Note::Proposed { .. }
         | Note::Chosen { .. }
         | Note::Applied { .. }
@@ -720,9 +729,11 @@ impl<P: Plane> Dataplane<P> {
                     granted,
                     amnesiac,
                     behind,
+                    leading,
                 }) => {
                     let flags = if amnesiac { CB_FLAG_AMNESIAC } else { 0 }
-                        | if behind { CB_FLAG_BEHIND } else { 0 };
+                        | if behind { CB_FLAG_BEHIND } else { 0 }
+                        | if leading { CB_FLAG_LEADING } else { 0 };
                     self.node.on_peer_status(
                         now,
                         peer,
@@ -965,6 +976,9 @@ impl<P: Plane> Dataplane<P> {
                 self.channel.set(Counter::CheckpointDigest, digest);
             }
             Note::Applied { .. }
+            | Note::ReconfigProposed { .. }
+            | Note::Reconfigured { .. }
+            | Note::ReconfigAbandoned { .. }
             | Note::Granted { .. }
             | Note::FollowerSynced { .. }
             | Note::FollowerLost { .. } => {}

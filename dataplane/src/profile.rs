@@ -1064,6 +1064,7 @@ impl Profile {
         NodeConfig {
             id,
             ring,
+            spares: Vec::new(),
             geometry,
             window_slots: r.window_slots,
             batch_max_commands: r.batch_max_commands,

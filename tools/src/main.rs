@@ -207,6 +207,8 @@ enum Command {
     ///   rapax sim --seed 1234 --replicas 3 --trace
     ///   rapax sim --seeds 200 --ticks 20000            (longer runs)
     ///   rapax sim --seeds 1000 --inject-bug commit-early   (needs --features inject-bugs)
+    ///   rapax sim --seeds 2000 --replicas 3 --reconfig
+    ///   rapax sim --seeds 1000 --reconfig --inject-bug reconfig-no-intersection
     #[command(verbatim_doc_comment)]
     Sim {
         /// How many seeds to run, starting at --first-seed.
@@ -225,10 +227,16 @@ enum Command {
         #[arg(long, default_value_t = 4000)]
         ticks: u64,
         /// Turn on a deliberate protocol bug, to show the simulator finds it
-        /// (skip-recovery-read, no-revoke, commit-early). Needs a build with
-        /// `--features inject-bugs`.
+        /// (skip-recovery-read, no-revoke, commit-early, sync-ignores-held,
+        /// reconfig-no-intersection). Needs a build with `--features inject-bugs`.
         #[arg(long)]
         inject_bug: Option<String>,
+        /// Add one or two spares and, during the faults, ask the leader for configuration
+        /// changes (a spare replacing an acceptor, add, remove, reorder). Checks, besides the
+        /// rest, one configuration per epoch, that consecutive configurations' majorities meet,
+        /// and that every node ends with the configuration the chosen log makes.
+        #[arg(long)]
+        reconfig: bool,
         /// Stop at the first violation.
         #[arg(long)]
         stop_on_violation: bool,
@@ -499,6 +507,7 @@ fn main() -> ExitCode {
             replicas,
             ticks,
             inject_bug,
+            reconfig,
             stop_on_violation,
             trace,
             jobs,
@@ -528,16 +537,18 @@ fn main() -> ExitCode {
                 ticks,
                 bugs,
                 trace,
+                reconfig,
                 ..RunSpec::seed(s)
             };
             for_each_in_order(range, jobs, spec, |report| {
                 if let Some(v) = &report.violation {
                     rapax::say!(
-                        "VIOLATION seed {} ({} replicas): {v}\n  replay: rapax sim --seed {}{}{} --ticks {ticks}",
+                        "VIOLATION seed {} ({} replicas): {v}\n  replay: rapax sim --seed {}{}{}{} --ticks {ticks}",
                         report.seed,
                         report.replicas,
                         report.seed,
                         replicas.map_or(String::new(), |r| format!(" --replicas {r}")),
+                        if reconfig { " --reconfig" } else { "" },
                         inject_bug
                             .as_deref()
                             .map_or(String::new(), |b| format!(" --inject-bug {b}")),
@@ -562,6 +573,15 @@ fn main() -> ExitCode {
                 summary.max_resume_ticks,
                 started.elapsed().as_secs_f64()
             );
+            if reconfig {
+                rapax::say!(
+                    "sim: reconfiguration: {} changes asked, {} refused (a change in flight, not \
+                     caught up, below a majority), {} configuration entries chosen",
+                    summary.reconfigs_asked,
+                    summary.reconfigs_refused,
+                    summary.reconfigs_chosen
+                );
+            }
             if let Some(s) = summary.first_failing_seed {
                 rapax::say!("sim: first failing seed {s}");
             }

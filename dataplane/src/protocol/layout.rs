@@ -38,6 +38,7 @@
 //! landed has its whole header line, and the checksum catches a partial payload. So a tear never
 //! shows an old value under a new ballot, nor a new value under an old one.
 
+use super::membership::{Membership, MEMBERSHIP_BYTES};
 use super::{Ballot, Slot, MAX_NODES};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -50,7 +51,7 @@ pub const CB_HEARTBEAT: usize = 0;
 pub const CB_APPLIED: usize = 8;
 pub const CB_EPOCH: usize = 16;
 pub const CB_GRANTED_BALLOT: usize = 24;
-/// Flags: [`CB_FLAG_AMNESIAC`], [`CB_FLAG_BEHIND`].
+/// Flags: [`CB_FLAG_AMNESIAC`], [`CB_FLAG_BEHIND`], [`CB_FLAG_LEADING`].
 pub const CB_AMNESIAC: usize = 32;
 /// Its log cannot be trusted (memory lost, or overwritten by a snapshot): it counts in no
 /// recovery quorum and does not lead.
@@ -58,6 +59,10 @@ pub const CB_FLAG_AMNESIAC: u64 = 1;
 /// Its state machine is behind what its log says is decided (restarting, or its log lapped):
 /// it does not lead, but its log counts.
 pub const CB_FLAG_BEHIND: u64 = 2;
+/// It stands for election, recovers or leads. Nodes that take it to be the ring's first
+/// electable node wait for it only while it does (or for a grace period): nodes that applied
+/// different configurations may disagree on the ring's order.
+pub const CB_FLAG_LEADING: u64 = 4;
 /// The applied index of the node's last checkpoint, and the state digest there.
 pub const CB_CHECKPOINT_INDEX: usize = 40;
 pub const CB_CHECKPOINT_DIGEST: usize = 48;
@@ -99,8 +104,8 @@ pub const COMMIT_RECORD_BYTES: usize = 24;
 /// Where a leader installs a state-transfer snapshot: the descriptor in the header, the bytes
 /// over the half of the entry array the receiver no longer needs.
 pub const LOG_SNAPSHOT: usize = LOG_COMMIT + COMMIT_RECORD_BYTES;
-pub const SNAPSHOT_DESCRIPTOR_BYTES: usize = 40;
-pub const LOG_HEADER_BYTES: usize = 2 * LINE_BYTES;
+pub const SNAPSHOT_DESCRIPTOR_BYTES: usize = 40 + MEMBERSHIP_BYTES;
+pub const LOG_HEADER_BYTES: usize = 3 * LINE_BYTES;
 const _: () = assert!(LOG_SNAPSHOT + SNAPSHOT_DESCRIPTOR_BYTES <= LOG_HEADER_BYTES);
 
 // ---- entry ----
@@ -186,6 +191,8 @@ pub enum EntryKind {
     Batch = 1,
     /// A gap filled by a recovering leader.
     Noop = 2,
+    /// A configuration change (an encoded [`Membership`]): it governs the slots after it.
+    Config = 3,
 }
 
 /// A log entry, decoded.
@@ -287,6 +294,7 @@ impl Entry {
         let kind = match kind_byte {
             1 => EntryKind::Batch,
             2 => EntryKind::Noop,
+            3 => EntryKind::Config,
             k => return Err(EntryError::Kind(k)),
         };
         let body_ballot = get_u64(bytes, ENTRY_BODY_BALLOT);
@@ -362,7 +370,8 @@ impl CommitRecord {
 /// A state-transfer snapshot as installed in a receiver's log: the state after applying every
 /// slot below `index`, `len` bytes laid over the entry array (as a ring of bytes) from entry
 /// index `at`, with the state digest and a checksum over the descriptor and the bytes (a torn
-/// or partial transfer never installs).
+/// or partial transfer never installs). It carries the configuration in force at `index`, which
+/// the log below `index` (gone) no longer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotDescriptor {
     pub index: Slot,
@@ -370,13 +379,20 @@ pub struct SnapshotDescriptor {
     pub digest: u64,
     pub at: u64,
     pub checksum: u64,
+    pub membership: Membership,
 }
 
 impl SnapshotDescriptor {
     /// The descriptor of `bytes`, the state below `index` with digest `digest`, placed from
     /// entry index `at`.
-    pub fn new(index: Slot, digest: u64, at: u64, bytes: &[u8]) -> SnapshotDescriptor {
-        SnapshotDescriptor::new_with(index, digest, at, bytes, &mut || {})
+    pub fn new(
+        index: Slot,
+        digest: u64,
+        at: u64,
+        membership: Membership,
+        bytes: &[u8],
+    ) -> SnapshotDescriptor {
+        SnapshotDescriptor::new_with(index, digest, at, membership, bytes, &mut || {})
     }
 
     /// [`SnapshotDescriptor::new`], calling `progress` after every megabyte it checksums.
@@ -384,6 +400,7 @@ impl SnapshotDescriptor {
         index: Slot,
         digest: u64,
         at: u64,
+        membership: Membership,
         bytes: &[u8],
         progress: &mut dyn FnMut(),
     ) -> SnapshotDescriptor {
@@ -393,17 +410,19 @@ impl SnapshotDescriptor {
             digest,
             at,
             checksum: 0,
+            membership,
         };
         d.checksum = d.sum(bytes, progress);
         d
     }
 
     fn sum(&self, bytes: &[u8], progress: &mut dyn FnMut()) -> u64 {
-        let mut fields = [0u8; 32];
+        let mut fields = [0u8; 32 + MEMBERSHIP_BYTES];
         put_u64(&mut fields, 0, self.index);
         put_u64(&mut fields, 8, self.len);
         put_u64(&mut fields, 16, self.digest);
         put_u64(&mut fields, 24, self.at);
+        fields[32..].copy_from_slice(&self.membership.encode());
         let seed = xxh3_64_with_seed(&fields, SNAPSHOT_SEED);
         let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
         for piece in bytes.chunks(1 << 20) {
@@ -421,10 +440,12 @@ impl SnapshotDescriptor {
         put_u64(&mut b, 16, self.digest);
         put_u64(&mut b, 24, self.at);
         put_u64(&mut b, 32, self.checksum);
+        b[40..].copy_from_slice(&self.membership.encode());
         b
     }
 
-    /// The descriptor in `b`, `None` when none was written.
+    /// The descriptor in `b`, `None` when none was written (or its configuration is not a
+    /// well-formed one: the checksum then cannot match either).
     pub fn decode(b: &[u8]) -> Option<SnapshotDescriptor> {
         if b.len() < SNAPSHOT_DESCRIPTOR_BYTES || get_u64(b, 32) == 0 {
             return None;
@@ -435,6 +456,7 @@ impl SnapshotDescriptor {
             digest: get_u64(b, 16),
             at: get_u64(b, 24),
             checksum: get_u64(b, 32),
+            membership: Membership::decode(&b[40..SNAPSHOT_DESCRIPTOR_BYTES])?,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod ballot;
 pub mod election;
 pub mod kv;
 pub mod layout;
+pub mod membership;
 pub mod node;
 pub mod quorum;
 pub mod wordhash;

@@ -45,7 +45,8 @@ use super::wordhash::WordMap;
 
 use super::election::{Election, ElectionAction, ElectionConfig};
 use super::layout::*;
-use super::quorum::{majority, remote_acks_needed};
+use super::membership::{Change, Membership, ReconfigError};
+use super::quorum::majority;
 use super::{Ballot, NodeId, Slot, MAX_NODES};
 use crate::fabric::{Completion, FabricError, LocalMemory, Op, Post, Region};
 
@@ -96,6 +97,8 @@ pub enum Checkpoint {
     Frozen {
         index: Slot,
         state: Box<dyn FrozenState>,
+        /// The configuration in force at `index`.
+        membership: Membership,
     },
     /// An installed snapshot's state, already encoded and verified against `descriptor`.
     Encoded {
@@ -121,10 +124,15 @@ impl Checkpoint {
     /// descriptor followed by the state.
     pub fn into_parts(self, progress: &mut dyn FnMut()) -> (SnapshotDescriptor, Vec<u8>) {
         match self {
-            Checkpoint::Frozen { index, state } => {
+            Checkpoint::Frozen {
+                index,
+                state,
+                membership,
+            } => {
                 let mut bytes = Vec::new();
                 let digest = state.encode(&mut bytes, progress);
-                let d = SnapshotDescriptor::new_with(index, digest, 0, &bytes, progress);
+                let d =
+                    SnapshotDescriptor::new_with(index, digest, 0, membership, &bytes, progress);
                 (d, bytes)
             }
             Checkpoint::Encoded { descriptor, state } => (descriptor, state),
@@ -144,6 +152,8 @@ pub struct Bugs {
     commit_early: bool,
     #[cfg(feature = "inject-bugs")]
     sync_ignores_held: bool,
+    #[cfg(feature = "inject-bugs")]
+    reconfig_no_intersection: bool,
 }
 
 /// The names [`Bugs::parse`] accepts.
@@ -152,6 +162,7 @@ pub const BUG_NAMES: &[&str] = &[
     "no-revoke",
     "commit-early",
     "sync-ignores-held",
+    "reconfig-no-intersection",
 ];
 
 impl Bugs {
@@ -170,6 +181,7 @@ impl Bugs {
                 "skip-recovery-read" => b.skip_recovery_read = true,
                 "no-revoke" => b.no_revoke = true,
                 "sync-ignores-held" => b.sync_ignores_held = true,
+                "reconfig-no-intersection" => b.reconfig_no_intersection = true,
                 _ => b.commit_early = true,
             }
             Ok(b)
@@ -211,14 +223,27 @@ impl Bugs {
         #[cfg(not(feature = "inject-bugs"))]
         false
     }
+
+    /// A replace changes two acceptors in one step (the spare in, the old acceptor out), so a
+    /// majority of the old ring and one of the new can be disjoint.
+    pub fn reconfig_no_intersection(&self) -> bool {
+        #[cfg(feature = "inject-bugs")]
+        return self.reconfig_no_intersection;
+        #[cfg(not(feature = "inject-bugs"))]
+        false
+    }
 }
 
 /// The tuning of one node (from the hardware profile and the cluster file).
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// The acceptors in ring (succession) order.
+    /// The acceptors in ring (succession) order at epoch 0 (the cluster file's ring); log
+    /// entries change it later ([`Membership`]).
     pub ring: Vec<NodeId>,
+    /// The cluster file's other nodes: spares at epoch 0. Every node of `ring` and `spares`
+    /// runs, follows the leader's log and may join the ring.
+    pub spares: Vec<NodeId>,
     pub geometry: LogGeometry,
     /// Most slots in flight (assigned, not yet chosen).
     pub window_slots: u64,
@@ -390,6 +415,21 @@ pub enum Note {
     SnapshotRejected {
         index: Slot,
         reason: String,
+    },
+    /// The leader proposed a configuration change in `slot`.
+    ReconfigProposed {
+        slot: Slot,
+        membership: Membership,
+    },
+    /// This node applied the change in `slot`: `membership` governs the slots after it.
+    Reconfigured {
+        slot: Slot,
+        membership: Membership,
+    },
+    /// The leader dropped the rest of a change (its epochs never come).
+    ReconfigAbandoned {
+        epoch: u64,
+        reason: &'static str,
     },
 }
 
@@ -671,6 +711,14 @@ struct Leader {
     reading: u64,
     /// Since when proposals wait for a follower's apply (log reuse), if they do.
     blocked_since: Option<u64>,
+    /// The configuration that governs the next slot: which acceptors' writes count.
+    conf: Membership,
+    /// A change proposed and not yet chosen (its slot, the configuration it makes): nothing
+    /// is proposed past it until it is chosen.
+    conf_slot: Option<(Slot, Membership)>,
+    /// The steps of a change still to propose, in order, and since when the first waits.
+    changes: VecDeque<Membership>,
+    change_since: u64,
 }
 
 #[derive(Debug)]
@@ -695,6 +743,14 @@ struct Probe {
 /// One cluster member's protocol state.
 pub struct Node<S> {
     cfg: NodeConfig,
+    /// Every node of the cluster file: the ring of epoch 0 and the spares.
+    nodes: Vec<NodeId>,
+    /// The configuration after every slot this node applied.
+    conf: Membership,
+    /// Later configurations a recovery found in the logs it read: a candidate's acks must hold
+    /// a majority of each of them too.
+    /// (Forgotten once applied past their slots.)
+    newer_confs: Vec<(Slot, Membership)>,
     sm: S,
     election: Election,
     now: u64,
@@ -712,6 +768,11 @@ pub struct Node<S> {
     peer_amnesiac: [bool; MAX_NODES],
     /// Peers whose state is behind their log (they do not lead).
     peer_behind: [bool; MAX_NODES],
+    /// Peers that stood or led at their last heartbeat read.
+    peer_leading: [bool; MAX_NODES],
+    /// The node we take to be the ring's first electable one and since when, while it does
+    /// not stand: past a grace period we stand ourselves.
+    deferring: Option<(NodeId, u64)>,
     /// Restarted: we stand for nothing (and publish ourselves behind) until a leader has
     /// caught us up since the restart, or until the tick given here passes with no other live
     /// node able to lead (a cluster restarting whole needs us). A node back from a crash
@@ -754,12 +815,15 @@ impl<S: StateMachine> Node<S> {
         start: Start,
         now: u64,
     ) -> Node<S> {
+        let mut nodes: Vec<NodeId> = cfg.ring.iter().chain(&cfg.spares).copied().collect();
+        nodes.sort_unstable();
+        nodes.dedup();
         assert!(
-            cfg.ring.contains(&cfg.id),
-            "node {} not in its ring",
+            nodes.contains(&cfg.id),
+            "node {} in neither ring nor spares",
             cfg.id
         );
-        assert!(cfg.ring.len() <= MAX_NODES);
+        assert!(nodes.len() <= MAX_NODES && nodes.iter().all(|&n| (n as usize) < MAX_NODES));
         assert!(cfg.window_slots >= 1 && cfg.batch_max_commands >= 1);
         assert!(
             cfg.window_slots <= cfg.geometry.capacity / 4,
@@ -767,9 +831,13 @@ impl<S: StateMachine> Node<S> {
         );
         assert!(cfg.batch_max_bytes <= cfg.geometry.max_payload());
         assert_eq!(mem.id(), cfg.id);
-        let election = Election::new(cfg.id, cfg.ring.clone(), cfg.election.clone());
+        let election = Election::new(cfg.id, nodes.clone(), cfg.election.clone());
+        let conf = Membership::initial(&cfg.ring);
         let granted = Ballot(mem.control_word(CB_GRANTED_BALLOT));
         let mut node = Node {
+            nodes,
+            conf,
+            newer_confs: Vec::new(),
             election,
             now,
             next_wr: 1,
@@ -781,6 +849,8 @@ impl<S: StateMachine> Node<S> {
             ack_due: None,
             peer_amnesiac: [false; MAX_NODES],
             peer_behind: [false; MAX_NODES],
+            peer_leading: [false; MAX_NODES],
+            deferring: None,
             rejoin: None,
             log_from: 0,
             decided_floor: 0,
@@ -867,6 +937,7 @@ impl<S: StateMachine> Node<S> {
             return Err("checkpoint state digest mismatch".into());
         }
         self.applied = d.index;
+        self.conf = d.membership;
         self.log_from = self.log_from.max(d.index);
         self.known_commit = self.known_commit.max(d.index);
         self.publish_applied(mem);
@@ -992,13 +1063,61 @@ impl<S: StateMachine> Node<S> {
         });
     }
 
+    /// Every other node of the cluster: acceptors and spares alike follow the leader's log.
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.cfg.id;
-        self.cfg.ring.iter().copied().filter(move |&p| p != me)
+        self.nodes.iter().copied().filter(move |&p| p != me)
     }
 
     fn n(&self) -> usize {
-        self.cfg.ring.len()
+        self.conf.len()
+    }
+
+    /// Whether the nodes of `set` hold a majority of the configuration we applied and of every
+    /// later one a recovery found.
+    fn covers(&self, set: u64) -> bool {
+        self.conf.is_quorum(set) && self.newer_confs.iter().all(|(_, c)| c.is_quorum(set))
+    }
+
+    /// The configuration after every slot applied (what this node takes the ring to be).
+    pub fn membership(&self) -> Membership {
+        self.conf
+    }
+
+    /// The cluster file's nodes (the ring of epoch 0 and the spares).
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.nodes
+    }
+
+    /// Asks the leader to change the configuration; returns the configurations it will
+    /// propose, one step each. Refused (with the reason) when this node does not lead, when a
+    /// change is in flight, or when the change is invalid ([`Membership::plan`]); a node joining
+    /// the ring must be an active follower (caught up as a learner) already.
+    pub fn reconfigure(&mut self, change: &Change) -> Result<Vec<Membership>, ReconfigError> {
+        let me = self.cfg.id;
+        let one_step = self.cfg.bugs.reconfig_no_intersection();
+        let hint = self.leader_hint();
+        let now = self.now;
+        let Role::Leader(l) = &mut self.role else {
+            return Err(ReconfigError::NotLeader {
+                leader_hint: hint.filter(|&h| h != me),
+            });
+        };
+        if let Some(last) = l.changes.back().or(l.conf_slot.as_ref().map(|(_, c)| c)) {
+            return Err(ReconfigError::InFlight { epoch: last.epoch });
+        }
+        let live = active_followers(&l.followers) | 1 << me;
+        let steps = l.conf.plan(change, &self.nodes, live, one_step)?;
+        for step in &steps {
+            for n in step.ring() {
+                if live & (1 << n) == 0 && !l.conf.contains(*n) {
+                    return Err(ReconfigError::NotCaughtUp(*n));
+                }
+            }
+        }
+        l.changes.extend(steps.iter().copied());
+        l.change_since = now;
+        Ok(steps)
     }
 
     // ---- driving --------------------------------------------------------------------------
@@ -1110,6 +1229,7 @@ impl<S: StateMachine> Node<S> {
         let amnesiac = flags & CB_FLAG_AMNESIAC != 0;
         self.peer_amnesiac[peer as usize] = amnesiac;
         self.peer_behind[peer as usize] = flags & CB_FLAG_BEHIND != 0;
+        self.peer_leading[peer as usize] = flags & CB_FLAG_LEADING != 0;
         self.max_seen = self.max_seen.max(granted);
         if let (Some(p), false) = (&mut self.probe, amnesiac) {
             p.answers.insert(peer, granted);
@@ -1127,7 +1247,7 @@ impl<S: StateMachine> Node<S> {
         read: Option<(Ballot, u64)>,
     ) {
         self.now = now;
-        if peer as usize >= MAX_NODES || peer == self.cfg.id || !self.cfg.ring.contains(&peer) {
+        if peer as usize >= MAX_NODES || peer == self.cfg.id || !self.nodes.contains(&peer) {
             return;
         }
         self.peer_alive[peer as usize] = alive;
@@ -1212,13 +1332,16 @@ impl<S: StateMachine> Node<S> {
         if self.is_behind() {
             flags |= CB_FLAG_BEHIND;
         }
+        if !matches!(self.role, Role::Follower) {
+            flags |= CB_FLAG_LEADING;
+        }
         if mem.control_word(CB_AMNESIAC) != flags {
             mem.set_control_word(CB_AMNESIAC, flags);
         }
         let min_ballot = Ballot(mem.log_word(LOG_MIN_BALLOT));
         self.max_seen = self.max_seen.max(min_ballot);
         let mut best: Option<(NodeId, Ballot)> = None;
-        for &p in &self.cfg.ring {
+        for &p in &self.nodes {
             let r = Ballot(mem.control_word(cb_request(p)));
             if r == Ballot::ZERO || r.node() != p {
                 continue;
@@ -1285,14 +1408,13 @@ impl<S: StateMachine> Node<S> {
         let synced = (record != r.commit_at_start
             && CommitRecord::decode(&record).is_some_and(|c| self.applied >= c.index))
             || (self.applied > r.end_at_start && self.applied >= self.known_commit);
-        // Time alone ends the hold only when no live peer could lead instead (the whole
-        // cluster restarting needs us); while one can, it catches us up and we wait for it.
+        // Time alone ends the hold only when no live peer leads or stands (the whole cluster
+        // restarting needs us); while one does, it catches us up and we wait for it.
         let me = self.cfg.id;
         let another_can_lead = self
-            .cfg
-            .ring
+            .nodes
             .iter()
-            .any(|&p| p != me && self.peer_electable(p));
+            .any(|&p| p != me && self.peer_electable(p) && self.peer_leading[p as usize]);
         if synced || (self.now >= r.until && !another_can_lead) {
             self.rejoin = None;
         }
@@ -1311,7 +1433,7 @@ impl<S: StateMachine> Node<S> {
     /// The first electable node in ring order: alive by pull-score, not amnesiac, and not
     /// behind.
     fn elected(&self) -> Option<NodeId> {
-        self.cfg.ring.iter().copied().find(|&p| {
+        self.conf.ring().iter().copied().find(|&p| {
             if p == self.cfg.id {
                 self.probe.is_none() && !self.is_behind()
             } else {
@@ -1330,12 +1452,39 @@ impl<S: StateMachine> Node<S> {
         match &mut self.role {
             Role::Follower => {
                 let amnesiac = mem.log_word(LOG_AMNESIAC) != 0;
-                if self.now >= self.hold_candidacy_until
-                    && !amnesiac
-                    && self.probe.is_none()
-                    && self.elected() == Some(me)
-                {
-                    self.stand(mem, out);
+                if self.now < self.hold_candidacy_until || amnesiac || self.probe.is_some() {
+                    return;
+                }
+                match self.elected() {
+                    Some(p) if p == me => {
+                        self.deferring = None;
+                        self.stand(mem, out);
+                    }
+                    Some(p) if self.peer_leading[p as usize] => self.deferring = None,
+                    Some(p) => {
+                        // It should lead by our configuration and does not stand: nodes that
+                        // applied different changes can each wait for another. Past a grace
+                        // period, an acceptor that could lead stands itself (recovery then
+                        // reads the latest configuration); past twice that, so does a spare
+                        // (its configuration may be the stale one).
+                        let grace =
+                            self.cfg.candidate_timeout_ticks + 2 * self.cfg.stepdown_holdoff_ticks;
+                        match self.deferring {
+                            Some((q, since)) if q == p => {
+                                let waited = if self.conf.contains(me) {
+                                    grace
+                                } else {
+                                    2 * grace
+                                };
+                                if self.now >= since + waited && !self.is_behind() {
+                                    self.deferring = None;
+                                    self.stand(mem, out);
+                                }
+                            }
+                            _ => self.deferring = Some((p, self.now)),
+                        }
+                    }
+                    None => self.deferring = None,
                 }
             }
             Role::Candidate {
@@ -1345,8 +1494,7 @@ impl<S: StateMachine> Node<S> {
             } => {
                 let (ballot, since, last_request) = (*ballot, *since, *last_request);
                 let acked: Vec<NodeId> = self
-                    .cfg
-                    .ring
+                    .nodes
                     .iter()
                     .copied()
                     .filter(|&p| mem.control_word(cb_ack(p)) == ballot.0)
@@ -1354,8 +1502,8 @@ impl<S: StateMachine> Node<S> {
                 let usable = acked
                     .iter()
                     .filter(|&&p| p == me || !self.peer_amnesiac[p as usize])
-                    .count();
-                if usable >= majority(self.n()) {
+                    .fold(0u64, |m, &p| m | 1 << p);
+                if self.covers(usable) {
                     self.start_recovery(ballot, acked, mem, out);
                 } else if self.now >= since + self.cfg.candidate_timeout_ticks {
                     self.step_down("no majority of acks in time", out);
@@ -1524,8 +1672,10 @@ impl<S: StateMachine> Node<S> {
                                 rec.best.insert(s, (h.ballot, b.to_vec()));
                             }
                         }
-                        let next = from + (bytes.len() / geometry.slot_bytes) as u64;
-                        if any && next < rec.lo + geometry.capacity {
+                        let read = (bytes.len() / geometry.slot_bytes) as u64;
+                        let holds_from = rec.headers.get(&peer).map_or(0, |h| h.applied);
+                        let next = next_tail_read(any, from, read, chunk, holds_from);
+                        if let Some(next) = next.filter(|&n| n < rec.lo + geometry.capacity) {
                             rec.outstanding += 1;
                             let op = read_slots(&geometry, next, chunk);
                             self.post(
@@ -1551,7 +1701,6 @@ impl<S: StateMachine> Node<S> {
     /// Moves recovery to its next phase once the current one has no outstanding operations.
     fn recovery_advance(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let me = self.cfg.id;
-        let n = self.n();
         let geometry = self.cfg.geometry;
         let chunk = self.cfg.read_chunk_slots;
         let skip_read = self.cfg.bugs.skip_recovery_read();
@@ -1563,6 +1712,12 @@ impl<S: StateMachine> Node<S> {
                 return;
             }
             let ballot = rec.ballot;
+            let quorum_set = rec.quorum.iter().fold(0u64, |m, &p| m | 1 << p);
+            let covered = self.conf.is_quorum(quorum_set)
+                && self
+                    .newer_confs
+                    .iter()
+                    .all(|(_, c)| c.is_quorum(quorum_set));
             match rec.phase {
                 RecPhase::Headers => {
                     if let Some(h) = rec.headers.values().find(|h| h.min_ballot >= ballot) {
@@ -1576,7 +1731,13 @@ impl<S: StateMachine> Node<S> {
                         .filter(|(_, h)| !h.amnesiac)
                         .map(|(&p, _)| p)
                         .collect();
-                    if rec.quorum.len() < majority(n) || !rec.quorum.contains(&me) {
+                    let quorum_set = rec.quorum.iter().fold(0u64, |m, &p| m | 1 << p);
+                    let covered = self.conf.is_quorum(quorum_set)
+                        && self
+                            .newer_confs
+                            .iter()
+                            .all(|(_, c)| c.is_quorum(quorum_set));
+                    if !covered || !rec.quorum.contains(&me) {
                         // Some acks came from amnesiac logs: keep standing and wait for more.
                         for (&p, h) in &rec.headers {
                             self.peer_amnesiac[p as usize] = h.amnesiac;
@@ -1635,7 +1796,7 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
                 RecPhase::Promise => {
-                    if rec.quorum.len() < majority(n) {
+                    if !covered {
                         self.step_down("recovery quorum lost", out);
                         return;
                     }
@@ -1656,7 +1817,8 @@ impl<S: StateMachine> Node<S> {
                     }
                     let lo = rec.lo;
                     // Our own log, read locally.
-                    let local = scan_local(mem, &geometry, lo, chunk);
+                    let holds_from = rec.headers.get(&me).map_or(0, |h| h.applied);
+                    let local = scan_local(mem, &geometry, lo, chunk, holds_from);
                     for (s, (held, bytes)) in local {
                         rec.held.entry(me).or_default().insert(s, held);
                         if rec.best.get(&s).is_none_or(|(bb, _)| held.ballot > *bb) {
@@ -1681,7 +1843,7 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
                 RecPhase::Tails => {
-                    if rec.quorum.len() < majority(n) {
+                    if !covered {
                         self.step_down("recovery quorum lost", out);
                         return;
                     }
@@ -1691,6 +1853,46 @@ impl<S: StateMachine> Node<S> {
                         .next_back()
                         .map_or(rec.lo, |&s| s + 1)
                         .max(rec.max_fuo);
+                    if std::env::var_os("DBG_REC").is_some() {
+                        eprintln!("node {me} rec {:?} quorum {:?} lo {} max_fuo {} end {} best {:?} headers {:?}", rec.ballot, rec.quorum, rec.lo, rec.max_fuo, rec.end, rec.best.keys().collect::<Vec<_>>(), rec.headers.iter().map(|(p,h)| (*p, h.first_undecided, h.own_first_undecided, h.amnesiac)).collect::<Vec<_>>());
+                    }
+                    // Configurations past what we applied: the slots after each may have been
+                    // decided by a majority of it, so our quorum must hold a majority of each
+                    // (one step apart, each is found by a majority of the one before).
+                    let applied = self.applied;
+                    let found: Vec<(Slot, Membership)> = rec
+                        .best
+                        .range(applied..)
+                        .filter_map(|(&s, (_, b))| match Entry::decode(b) {
+                            Ok(e) if e.kind == EntryKind::Config => {
+                                Membership::decode(&e.payload).map(|c| (s, c))
+                            }
+                            _ => None,
+                        })
+                        .filter(|(_, c)| c.epoch > self.conf.epoch)
+                        .collect();
+                    let missing: Vec<(Slot, Membership)> = found
+                        .iter()
+                        .copied()
+                        .filter(|(_, c)| !c.is_quorum(quorum_set))
+                        .collect();
+                    if !missing.is_empty() {
+                        // Stand again, asking every node, until the acks hold those majorities.
+                        for c in missing {
+                            if !self.newer_confs.contains(&c) {
+                                self.newer_confs.push(c);
+                            }
+                        }
+                        self.role = Role::Candidate {
+                            ballot,
+                            since: self.now,
+                            last_request: self.now.saturating_sub(self.cfg.retry_ticks),
+                        };
+                        return;
+                    }
+                    let Role::Recovering(rec) = &mut self.role else {
+                        return;
+                    };
                     // Every log keeps its entries within half a log above its first-undecided
                     // index (a state transfer writes the other half). A member that would hold
                     // [lo, end) further above gets its decided floor raised first (every slot
@@ -1734,7 +1936,7 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
                 RecPhase::Raise => {
-                    if rec.quorum.len() < majority(n) {
+                    if !covered {
                         self.step_down("recovery quorum lost", out);
                         return;
                     }
@@ -1830,7 +2032,7 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
                 RecPhase::Rewrite => {
-                    if rec.quorum.len() < majority(n) {
+                    if !covered {
                         self.step_down("recovery quorum lost", out);
                         return;
                     }
@@ -1865,9 +2067,21 @@ impl<S: StateMachine> Node<S> {
     ) {
         let geometry = self.cfg.geometry;
         let mut buf = Vec::new();
+        // The configuration for the slots after the recovered range: the last change in it
+        // (chosen now, like every recovered slot), else the one we applied.
+        let mut conf = self.conf;
         for s in lo..end {
             let h = Entry::check(read_local_slot(mem, &geometry, s, &mut buf))
                 .expect("recovered slot is in our own log");
+            if h.kind == EntryKind::Config && s >= self.applied {
+                let c = Entry::decode(read_local_slot(mem, &geometry, s, &mut buf))
+                    .ok()
+                    .and_then(|e| Membership::decode(&e.payload))
+                    .expect("a recovered configuration decodes");
+                if c.epoch > conf.epoch {
+                    conf = c;
+                }
+            }
             out.notes.push(Note::Chosen {
                 slot: s,
                 ballot,
@@ -1904,7 +2118,12 @@ impl<S: StateMachine> Node<S> {
             applied_of,
             reading: 0,
             blocked_since: None,
+            conf,
+            conf_slot: None,
+            changes: VecDeque::new(),
+            change_since: 0,
         }));
+        self.newer_confs.clear();
         // A no-op opens the new view at once: the view's first commit does not wait for a
         // client, and followers learn the commit index from it.
         let noop = Entry {
@@ -1969,14 +2188,16 @@ impl<S: StateMachine> Node<S> {
             self.post_reconnect(out, p, op, Purpose::SyncHeader { ballot, peer: p });
         }
         self.reuse_tick(out);
+        self.change_tick(mem, out);
         // Propose: batches of queued commands into new slots, within the window and the
-        // reusable part of the log.
+        // reusable part of the log, and never past a change not yet chosen.
         loop {
             let applied = self.applied;
             let Role::Leader(l) = &mut self.role else {
                 return;
             };
             if l.queue.is_empty()
+                || l.conf_slot.is_some()
                 || l.next_slot >= l.commit + self.cfg.window_slots
                 || l.next_slot >= reuse_floor(l, applied) + geometry.capacity / 2
             {
@@ -2012,9 +2233,17 @@ impl<S: StateMachine> Node<S> {
             }
         }
         // Idle: announce the commit index on its own.
+        let applied = self.applied;
+        let in_ring = self.conf.contains(me);
         let Role::Leader(l) = &mut self.role else {
             return;
         };
+        if !in_ring && l.inflight.is_empty() && l.hint_sent >= l.commit && applied >= l.commit {
+            // A change took us out of the ring (a leader need not be an acceptor, but the ring
+            // leads): once everything chosen is announced, the new ring's head takes over.
+            self.step_down("no longer in the ring", out);
+            return;
+        }
         if l.queue.is_empty() && (l.commit > l.hint_sent || now >= l.last_touch + retry) {
             l.hint_sent = l.commit;
             l.last_touch = now;
@@ -2039,6 +2268,60 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// The next step of a change, once nothing else is in flight: every slot proposed before
+    /// it is chosen first (so each slot has one configuration), and an acceptor joins only as
+    /// an active follower (caught up, its permission held). A step that cannot start within
+    /// eight retry periods is dropped with the rest of its change.
+    fn change_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let now = self.now;
+        let patience = 8 * self.cfg.retry_ticks;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let Some(&next) = l.changes.front() else {
+            return;
+        };
+        if l.conf_slot.is_some() || l.next_slot != l.commit {
+            return;
+        }
+        let active = active_followers(&l.followers) | 1 << self.cfg.id;
+        let joining_ready = next
+            .ring()
+            .iter()
+            .all(|&n| l.conf.contains(n) || active & (1 << n) != 0);
+        let room = l.next_slot < reuse_floor(l, self.applied) + self.cfg.geometry.capacity / 2;
+        if !joining_ready || !room {
+            if now >= l.change_since + patience {
+                l.changes.clear();
+                out.notes.push(Note::ReconfigAbandoned {
+                    epoch: next.epoch,
+                    reason: if joining_ready {
+                        "the log had no room for it"
+                    } else {
+                        "a joining node is not an active follower"
+                    },
+                });
+            }
+            return;
+        }
+        l.changes.pop_front();
+        l.change_since = now;
+        let slot = l.next_slot;
+        l.conf_slot = Some((slot, next));
+        let entry = Entry {
+            ballot: l.ballot,
+            slot,
+            commit_hint: l.commit,
+            kind: EntryKind::Config,
+            payload: next.encode().to_vec(),
+        };
+        out.notes.push(Note::ReconfigProposed {
+            slot,
+            membership: next,
+        });
+        self.propose(entry, mem, out);
+    }
+
     /// Log reuse: a slot may be written over only once its node has applied it, so the leader
     /// proposes no further than half a log past the lowest applied index of itself and its
     /// active followers ([`reuse_floor`]). It reads a follower's published applied index when
@@ -2050,7 +2333,7 @@ impl<S: StateMachine> Node<S> {
         let applied = self.applied;
         let now = self.now;
         let patience = 4 * self.cfg.retry_ticks;
-        let n = self.n();
+        let me = self.cfg.id;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -2096,8 +2379,9 @@ impl<S: StateMachine> Node<S> {
                 })
                 .map(|(&p, _)| p)
                 .collect();
-            let active = active_followers(&l.followers).count_ones() as usize;
-            if 1 + active - slow.len() >= majority(n) {
+            let slow_set = slow.iter().fold(0u64, |m, &p| m | 1 << p);
+            let remain = (active_followers(&l.followers) & !slow_set) | 1 << me;
+            if l.conf.is_quorum(remain) {
                 for p in slow {
                     out.notes.push(Note::FollowerLost {
                         peer: p,
@@ -2448,7 +2732,9 @@ impl<S: StateMachine> Node<S> {
             index,
             bytes: data.len(),
         });
-        let descriptor = SnapshotDescriptor::new_with(index, digest, at, &data, &mut || beat(mem));
+        let membership = self.conf;
+        let descriptor =
+            SnapshotDescriptor::new_with(index, digest, at, membership, &data, &mut || beat(mem));
         l.followers.insert(
             peer,
             Follower::Snapshot(Box::new(Transfer {
@@ -2518,16 +2804,20 @@ impl<S: StateMachine> Node<S> {
 
     /// Phase 2B: a slot is chosen with f remote successes; the commit index moves over the
     /// chosen prefix.
+    /// Counts slots chosen in order: a slot is chosen once the leader's copy and the remote
+    /// writes that succeeded hold a majority of the configuration that governs it (spares'
+    /// copies count for nothing). Once a change is chosen, the next slots count by it.
     fn advance_commit(&mut self, out: &mut Output) {
-        let mut need = remote_acks_needed(self.n());
-        if self.cfg.bugs.commit_early() {
-            need = need.saturating_sub(1);
-        }
+        let me = self.cfg.id;
+        let early = self.cfg.bugs.commit_early();
         let Role::Leader(l) = &mut self.role else {
             return;
         };
         while let Some(entry) = l.inflight.first_entry() {
-            if (entry.get().acked_by.count_ones() as usize) < need {
+            let ring = l.conf.mask();
+            let held = (entry.get().acked_by as u64 | 1 << me) & ring;
+            let need = l.conf.majority() - usize::from(early);
+            if (held.count_ones() as usize) < need {
                 break;
             }
             let slot = *entry.key();
@@ -2539,6 +2829,13 @@ impl<S: StateMachine> Node<S> {
                 ballot: l.ballot,
                 value_digest: f.value_digest,
             });
+            if let Some((s, c)) = l.conf_slot {
+                if s == slot {
+                    l.conf = c;
+                    l.conf_slot = None;
+                    l.change_since = self.now;
+                }
+            }
         }
     }
 
@@ -2608,6 +2905,18 @@ impl<S: StateMachine> Node<S> {
                     _ => break,
                 },
             };
+            if entry.kind == EntryKind::Config {
+                match Membership::decode(&entry.payload) {
+                    Some(c) if c.epoch > self.conf.epoch => {
+                        self.conf = c;
+                        out.notes.push(Note::Reconfigured {
+                            slot: s,
+                            membership: c,
+                        });
+                    }
+                    _ => {}
+                }
+            }
             if entry.kind == EntryKind::Batch {
                 let cmds = Batch::decode(&entry.payload).expect("the leader encodes batches");
                 for cmd in cmds {
@@ -2627,12 +2936,16 @@ impl<S: StateMachine> Node<S> {
                 value_digest,
             });
             self.applied += 1;
+            // What a recovery found past this slot either was chosen (and is applied now) or
+            // was written over.
+            self.newer_confs.retain(|(at, _)| *at >= s + 1);
             let every = self.cfg.checkpoint_every;
             if every > 0 && self.applied.is_multiple_of(every) {
                 mem.set_control_word(CB_CHECKPOINT_INDEX, self.applied);
                 out.checkpoint = Some(Checkpoint::Frozen {
                     index: self.applied,
                     state: self.sm.freeze(),
+                    membership: self.conf,
                 });
             }
         }
@@ -2694,6 +3007,8 @@ impl<S: StateMachine> Node<S> {
             match verdict {
                 Ok(()) => {
                     self.applied = d.index;
+                    self.conf = d.membership;
+                    self.newer_confs.retain(|(at, _)| *at >= d.index);
                     self.log_from = d.index;
                     self.known_commit = self.known_commit.max(d.index);
                     self.publish_applied(mem);
@@ -2862,26 +3177,41 @@ fn scan_local(
     geometry: &LogGeometry,
     lo: Slot,
     chunk: u64,
+    holds_from: Slot,
 ) -> Vec<(Slot, (Held, Vec<u8>))> {
     let mut found = Vec::new();
-    let mut from = lo;
+    let mut from = Some(lo);
     let mut bytes = Vec::new();
-    while from < lo + geometry.capacity {
-        let Op::Read { offset, len, .. } = read_slots(geometry, from, chunk) else {
+    while let Some(at) = from.filter(|&f| f < lo + geometry.capacity) {
+        let Op::Read { offset, len, .. } = read_slots(geometry, at, chunk) else {
             unreachable!("read_slots reads")
         };
         bytes.resize(len, 0);
         mem.read_log(offset, &mut bytes);
         let before = found.len();
-        for (s, h, b) in entries_in(&bytes, from, geometry) {
+        for (s, h, b) in entries_in(&bytes, at, geometry) {
             found.push((s, (Held::from(&h), b.to_vec())));
         }
-        if found.len() == before {
-            break;
-        }
-        from += (len / geometry.slot_bytes) as u64;
+        let read = (len / geometry.slot_bytes) as u64;
+        from = next_tail_read(found.len() > before, at, read, chunk, holds_from);
     }
     found
+}
+
+/// Where a recovery's scan of one log goes on after reading `read` slots from `from`: on,
+/// after a chunk that held entries or that the end of the entry array cut short (the rest is
+/// at its start); past the gap below `holds_from` (the log's applied index: a node that
+/// installed a snapshot holds nothing below it, and its entries start there); otherwise the
+/// log ends here.
+fn next_tail_read(any: bool, from: Slot, read: u64, chunk: u64, holds_from: Slot) -> Option<Slot> {
+    let next = from + read;
+    if any || read < chunk {
+        Some(next)
+    } else if next < holds_from {
+        Some(holds_from)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -2895,6 +3225,7 @@ mod tests {
         NodeConfig {
             id,
             ring: (0..n as NodeId).collect(),
+            spares: Vec::new(),
             geometry,
             window_slots: 4,
             batch_max_commands: 4,

@@ -64,6 +64,9 @@ pub struct Summary {
     /// The longest time, over all seeds, from the last heal to the next chosen slot.
     pub max_resume_ticks: u64,
     pub first_failing_seed: Option<u64>,
+    pub reconfigs_asked: u64,
+    pub reconfigs_refused: u64,
+    pub reconfigs_chosen: u64,
 }
 
 impl Summary {
@@ -87,6 +90,9 @@ impl Summary {
         self.ops_acked += r.ops_acked;
         self.chosen_slots += r.chosen_slots;
         self.max_resume_ticks = self.max_resume_ticks.max(r.resume_ticks.unwrap_or(0));
+        self.reconfigs_asked += r.reconfigs_asked;
+        self.reconfigs_refused += r.reconfigs_refused;
+        self.reconfigs_chosen += r.reconfigs_chosen;
     }
 
     /// The one-line summary.

@@ -4,13 +4,17 @@
 //! A value is chosen for a slot once a majority of acceptors has accepted it at one ballot. The
 //! oracle records every acceptance it sees (a valid entry appearing in a log, by a full write or
 //! a ballot re-stamp); acceptance is history, so a node that later loses its memory still counted.
+//!
+//! The majority is of the configuration that governs the slot: the one made by the last chosen
+//! configuration entry below it (the ring of the cluster file below the first). Each chosen change
+//! must be the next epoch, and a majority of it must meet every majority of the one before.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rapax_dataplane::fabric::sim::SimMemory;
 use rapax_dataplane::fabric::LocalMemory;
-use rapax_dataplane::protocol::layout::{Entry, LogGeometry, LOG_HEADER_BYTES};
-use rapax_dataplane::protocol::quorum::majority;
+use rapax_dataplane::protocol::layout::{Entry, EntryKind, LogGeometry, LOG_HEADER_BYTES};
+use rapax_dataplane::protocol::membership::{quorums_intersect, Membership};
 use rapax_dataplane::protocol::{Ballot, NodeId, Slot};
 
 /// A broken invariant, with where and when.
@@ -34,10 +38,17 @@ pub const LEADER_CLAIM: &str = "leader counted a slot chosen that no majority ac
 pub const APPLIED_PREFIX: &str = "applied sequence is a prefix of the chosen log";
 pub const SINGLE_WRITER: &str = "at most one writer per log";
 pub const SNAPSHOT_DIGEST: &str = "state digests agree at equal applied indexes";
+pub const ONE_CONFIG_PER_EPOCH: &str = "one configuration per epoch, epochs one apart";
+pub const CONFIGS_INTERSECT: &str = "quorums of consecutive configurations intersect";
 
 pub struct Oracle {
     geometry: LogGeometry,
-    majority: usize,
+    /// The configuration of epoch 0.
+    initial: Membership,
+    /// Chosen configuration entries: slot → the configuration it makes.
+    confs: BTreeMap<Slot, Membership>,
+    /// (slot, ballot) → the configuration a configuration entry there proposes.
+    proposed_confs: HashMap<(Slot, Ballot), Membership>,
     /// (slot, ballot) → (value digest, acceptors bitmask).
     accepted: HashMap<(Slot, Ballot), (u64, u32)>,
     /// slot → chosen value digest.
@@ -49,10 +60,15 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    pub fn new(nodes: usize, geometry: LogGeometry) -> Oracle {
+    /// An oracle for `nodes` nodes (acceptors and spares), the first `ring` of them the ring
+    /// of epoch 0.
+    pub fn new(nodes: usize, ring: usize, geometry: LogGeometry) -> Oracle {
+        let ring: Vec<NodeId> = (0..ring as NodeId).collect();
         Oracle {
             geometry,
-            majority: majority(nodes),
+            initial: Membership::initial(&ring),
+            confs: BTreeMap::new(),
+            proposed_confs: HashMap::new(),
             accepted: HashMap::new(),
             chosen: HashMap::new(),
             next_apply: vec![0; nodes],
@@ -66,6 +82,21 @@ impl Oracle {
 
     pub fn chosen(&self, slot: Slot) -> Option<u64> {
         self.chosen.get(&slot).copied()
+    }
+
+    /// The configuration that governs `slot`.
+    pub fn governing(&self, slot: Slot) -> Membership {
+        self.confs
+            .range(..slot)
+            .next_back()
+            .map_or(self.initial, |(_, c)| *c)
+    }
+
+    /// The chosen configurations, epoch 0 first.
+    pub fn configurations(&self) -> Vec<Membership> {
+        std::iter::once(self.initial)
+            .chain(self.confs.values().copied())
+            .collect()
     }
 
     /// Looks at what changed in `mem`'s log since the last call.
@@ -99,6 +130,14 @@ impl Oracle {
             if h.slot % g.capacity != i as u64 {
                 continue;
             }
+            if h.kind == EntryKind::Config {
+                if let Some(c) = Entry::decode(&mem.log()[off..off + g.slot_bytes])
+                    .ok()
+                    .and_then(|e| Membership::decode(&e.payload))
+                {
+                    self.proposed_confs.insert((h.slot, h.ballot), c);
+                }
+            }
             self.accept(tick, node, h.slot, h.ballot, h.value_digest)?;
         }
         Ok(())
@@ -112,6 +151,7 @@ impl Oracle {
         ballot: Ballot,
         digest: u64,
     ) -> Result<(), Violation> {
+        let governing = self.governing(slot);
         let rec = self.accepted.entry((slot, ballot)).or_insert((digest, 0));
         if rec.0 != digest {
             return Err(Violation {
@@ -124,10 +164,21 @@ impl Oracle {
             });
         }
         rec.1 |= 1 << node;
-        if rec.1.count_ones() as usize >= self.majority {
+        if std::env::var("DBG_SLOT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(slot)
+        {
+            eprintln!("t{tick} accept slot {slot} ballot {ballot} node {node} digest {digest:016x} set {:#b} gov {governing:?}", rec.1);
+        }
+        let acceptors = u64::from(rec.1);
+        if governing.is_quorum(acceptors) {
             match self.chosen.get(&slot) {
                 None => {
                     self.chosen.insert(slot, digest);
+                    if let Some(c) = self.proposed_confs.get(&(slot, ballot)).copied() {
+                        self.config_chosen(tick, slot, c)?;
+                    }
                 }
                 Some(&d) if d != digest => {
                     return Err(Violation {
@@ -144,6 +195,53 @@ impl Oracle {
             }
         }
         Ok(())
+    }
+
+    /// The configuration entry in `slot` is chosen: it must be the next epoch after the one
+    /// governing it, with quorums meeting that one's.
+    fn config_chosen(&mut self, tick: u64, slot: Slot, c: Membership) -> Result<(), Violation> {
+        let prev = self.governing(slot);
+        if c.epoch != prev.epoch + 1 {
+            return Err(Violation {
+                tick,
+                invariant: ONE_CONFIG_PER_EPOCH,
+                detail: format!("slot {slot} chose {c:?} while {prev:?} governs it"),
+            });
+        }
+        if let Some((&later, d)) = self.confs.range(slot + 1..).next() {
+            return Err(Violation {
+                tick,
+                invariant: ONE_CONFIG_PER_EPOCH,
+                detail: format!("slot {slot} chose {c:?} after slot {later} chose {d:?}"),
+            });
+        }
+        if !quorums_intersect(&prev, &c) {
+            return Err(Violation {
+                tick,
+                invariant: CONFIGS_INTERSECT,
+                detail: format!("slot {slot}: {prev:?} -> {c:?} has disjoint majorities"),
+            });
+        }
+        self.confs.insert(slot, c);
+        Ok(())
+    }
+
+    /// `node` applied the configuration change in `slot`: it must be the chosen one.
+    pub fn reconfigured(
+        &self,
+        tick: u64,
+        node: NodeId,
+        slot: Slot,
+        c: Membership,
+    ) -> Result<(), Violation> {
+        match self.confs.get(&slot) {
+            Some(d) if *d == c => Ok(()),
+            other => Err(Violation {
+                tick,
+                invariant: ONE_CONFIG_PER_EPOCH,
+                detail: format!("node {node} applied {c:?} from slot {slot}; chosen: {other:?}"),
+            }),
+        }
     }
 
     /// A leader claims `slot` chosen with `digest`.
@@ -304,7 +402,7 @@ mod tests {
     #[test]
     fn a_majority_at_one_ballot_chooses() {
         let mut m = mems(3);
-        let mut o = Oracle::new(3, GEO);
+        let mut o = Oracle::new(3, 3, GEO);
         let b = Ballot::new(1, 0);
         put(&mut m[0], 5, b, b"x");
         o.observe(1, &mut m[0]).unwrap();
@@ -318,7 +416,7 @@ mod tests {
     #[test]
     fn acceptances_at_different_ballots_do_not_choose() {
         let mut m = mems(3);
-        let mut o = Oracle::new(3, GEO);
+        let mut o = Oracle::new(3, 3, GEO);
         put(&mut m[0], 1, Ballot::new(1, 0), b"x");
         put(&mut m[1], 1, Ballot::new(2, 1), b"x");
         o.observe(1, &mut m[0]).unwrap();
@@ -333,7 +431,7 @@ mod tests {
     #[test]
     fn a_second_value_chosen_for_a_slot_is_caught() {
         let mut m = mems(3);
-        let mut o = Oracle::new(3, GEO);
+        let mut o = Oracle::new(3, 3, GEO);
         for mem in &mut m[..2] {
             put(mem, 2, Ballot::new(1, 0), b"x");
             o.observe(1, mem).unwrap();
@@ -349,7 +447,7 @@ mod tests {
     #[test]
     fn two_values_at_one_ballot_are_caught() {
         let mut m = mems(3);
-        let mut o = Oracle::new(3, GEO);
+        let mut o = Oracle::new(3, 3, GEO);
         put(&mut m[0], 3, Ballot::new(1, 0), b"x");
         put(&mut m[1], 3, Ballot::new(1, 0), b"y");
         o.observe(1, &mut m[0]).unwrap();
@@ -360,7 +458,7 @@ mod tests {
     #[test]
     fn a_ballot_restamp_counts_as_acceptance() {
         let mut m = mems(3);
-        let mut o = Oracle::new(3, GEO);
+        let mut o = Oracle::new(3, 3, GEO);
         put(&mut m[0], 4, Ballot::new(2, 0), b"x");
         put(&mut m[1], 4, Ballot::new(1, 1), b"x");
         o.observe(1, &mut m[0]).unwrap();
@@ -375,7 +473,7 @@ mod tests {
     #[test]
     fn applying_out_of_order_or_unchosen_is_caught() {
         let mut m = mems(3);
-        let mut o = Oracle::new(3, GEO);
+        let mut o = Oracle::new(3, 3, GEO);
         for mem in &mut m[..2] {
             put(mem, 0, Ballot::new(1, 0), b"a");
             o.observe(1, mem).unwrap();
@@ -396,7 +494,7 @@ mod tests {
     #[test]
     fn two_writers_on_one_log_are_caught() {
         let mut m = mems(3);
-        let mut o = Oracle::new(3, GEO);
+        let mut o = Oracle::new(3, 3, GEO);
         m[0].grant(1, Ballot::new(1, 1));
         o.observe(1, &mut m[0]).unwrap();
         m[0].grant(2, Ballot::new(1, 2));

@@ -12,6 +12,7 @@ use rapax_dataplane::fabric::Completion;
 use rapax_dataplane::protocol::election::ElectionConfig;
 use rapax_dataplane::protocol::kv::{Command, KvLimits, KvOp, KvReply, KvStore};
 use rapax_dataplane::protocol::layout::LogGeometry;
+use rapax_dataplane::protocol::membership::Change;
 use rapax_dataplane::protocol::node::{
     Bugs, ClientError, ClientReply, ClientRequest, Node, NodeConfig, Note, Output, RoleKind, Start,
 };
@@ -35,6 +36,9 @@ pub struct RunSpec {
     pub script: Option<Script>,
     /// Keep every node's notes in [`RunReport::timeline`].
     pub record: bool,
+    /// Spares in the cluster, and configuration changes (replace, add, remove, reorder) asked
+    /// of the leader during the faults.
+    pub reconfig: bool,
 }
 
 impl RunSpec {
@@ -48,6 +52,7 @@ impl RunSpec {
             trace: false,
             script: None,
             record: false,
+            reconfig: false,
         }
     }
 }
@@ -134,6 +139,13 @@ pub struct RunReport {
     pub snapshots_installed: u64,
     /// Ticks from the last heal to the next chosen slot.
     pub resume_ticks: Option<u64>,
+    /// Spares in the cluster (with [`RunSpec::reconfig`]).
+    pub spares: usize,
+    /// Configuration changes asked of a leader, and those it refused.
+    pub reconfigs_asked: u64,
+    pub reconfigs_refused: u64,
+    /// Configuration entries chosen.
+    pub reconfigs_chosen: u64,
     /// Fabric counters: permission errors, lost operations, torn writes...
     pub fabric: SimStats,
     /// Every note of every node, in order (only with [`RunSpec::record`]).
@@ -158,6 +170,10 @@ impl RunReport {
             ops_acked: 0,
             chosen_slots: 0,
             resume_ticks: None,
+            spares: 0,
+            reconfigs_asked: 0,
+            reconfigs_refused: 0,
+            reconfigs_chosen: 0,
             fabric: SimStats::default(),
             timeline: Vec::new(),
         }
@@ -174,7 +190,12 @@ enum MemoryMode {
 /// Knobs drawn per seed (swarm testing): each run explores a different corner.
 #[derive(Clone, Debug)]
 struct Swarm {
+    /// Acceptors at epoch 0 (the ring stays at this size or one more).
     n: usize,
+    /// Acceptors and spares.
+    total: usize,
+    /// Chance per tick of asking the leader for a change (0 without reconfiguration).
+    reconfig_prob: f64,
     clients: usize,
     keys: usize,
     think_max: u64,
@@ -280,8 +301,17 @@ impl World {
             timeout_ticks: rng.gen_range(10..=40),
             fast_fail_prob: rng.gen_range(0.0..=1.0),
         };
+        // Drawn only with reconfiguration, so other runs replay as they always did.
+        let (spares, reconfig_prob) = if spec.reconfig {
+            (rng.gen_range(1..=2usize), rng.gen_range(0.002..=0.01))
+        } else {
+            (0, 0.0)
+        };
+        let total = n + spares;
         let swarm = Swarm {
             n,
+            total,
+            reconfig_prob,
             clients: rng.gen_range(1..=6),
             keys: rng.gen_range(1..=4),
             think_max: rng.gen_range(0..=20),
@@ -319,10 +349,12 @@ impl World {
         let batch_bytes = rng.gen_range(64..=geometry.max_payload());
         let retry = rng.gen_range(10..=40);
         let ring: Vec<NodeId> = (0..n as NodeId).collect();
-        let cfgs: Vec<NodeConfig> = (0..n)
+        let spares: Vec<NodeId> = (n as NodeId..total as NodeId).collect();
+        let cfgs: Vec<NodeConfig> = (0..total)
             .map(|i| NodeConfig {
                 id: i as NodeId,
                 ring: ring.clone(),
+                spares: spares.clone(),
                 geometry,
                 window_slots: window,
                 batch_max_commands: batch_cmds,
@@ -340,8 +372,8 @@ impl World {
                 bugs: spec.bugs,
             })
             .collect();
-        let mut fabric = SimFabric::new(n, geometry.log_bytes(), swarm.fabric.clone());
-        let nodes = (0..n)
+        let mut fabric = SimFabric::new(total, geometry.log_bytes(), swarm.fabric.clone());
+        let nodes = (0..total)
             .map(|i| {
                 Some(Node::new(
                     cfgs[i].clone(),
@@ -356,7 +388,7 @@ impl World {
             .map(|c| Client {
                 id: c as u64 + 1,
                 seq: 0,
-                target: rng.gen_range(0..n) as NodeId,
+                target: rng.gen_range(0..total) as NodeId,
                 next_op_at: rng.gen_range(0..50),
                 waiting: None,
                 max_acked_seq: 0,
@@ -372,20 +404,22 @@ impl World {
             + rtt * 12
             + swarm.fabric.timeout_ticks * 4
             + swarm.client_timeout * 2;
+        let mut report = RunReport::new(spec.seed, n);
+        report.spares = spares.len();
         World {
-            report: RunReport::new(spec.seed, n),
+            report,
             script: spec.script.clone(),
             spec,
             rng,
             now: 0,
             fabric,
-            oracle: Oracle::new(n, geometry),
+            oracle: Oracle::new(total, n, geometry),
             cfgs,
             nodes,
-            saved: vec![None; n],
-            paused: vec![false; n],
-            slow: vec![1; n],
-            inbox: (0..n).map(|_| VecDeque::new()).collect(),
+            saved: vec![None; total],
+            paused: vec![false; total],
+            slow: vec![1; total],
+            inbox: (0..total).map(|_| VecDeque::new()).collect(),
             msgs: BinaryHeap::new(),
             msg_store: HashMap::new(),
             next_msg: 0,
@@ -402,8 +436,9 @@ impl World {
         }
     }
 
+    /// Nodes in the cluster: acceptors and spares.
     fn n(&self) -> usize {
-        self.swarm.n
+        self.swarm.total
     }
 
     fn trace(&self, what: std::fmt::Arguments<'_>) {
@@ -419,6 +454,7 @@ impl World {
             self.report.violation = Some(v);
         }
         self.report.chosen_slots = self.oracle.chosen_count() as u64;
+        self.report.reconfigs_chosen = self.oracle.configurations().len() as u64 - 1;
         self.report.log_wraps = self.report.chosen_slots / self.cfgs[0].geometry.capacity;
         self.report.fabric = self.fabric.stats.clone();
         self.report
@@ -522,7 +558,71 @@ impl World {
             }
         }
         self.clients_tick();
+        self.reconfig_tick();
         self.liveness()
+    }
+
+    /// Now and then during the faults, asks the leader for a change: a spare replacing an
+    /// acceptor (a down one when there is one), a spare joining, an acceptor leaving (the ring
+    /// stays at its first size or one more, so the crash budget holds), or a new order.
+    fn reconfig_tick(&mut self) {
+        if self.swarm.reconfig_prob == 0.0
+            || self.now < 100
+            || self.now >= self.fault_end
+            || !self.rng.gen_bool(self.swarm.reconfig_prob)
+        {
+            return;
+        }
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let l = leader as usize;
+        if self.paused[l] {
+            return;
+        }
+        let node = self.nodes[l].as_ref().expect("the leader is up");
+        let ring = node.membership().ring().to_vec();
+        let spares: Vec<NodeId> = (0..self.n() as NodeId)
+            .filter(|n| !ring.contains(n))
+            .collect();
+        let down: Vec<NodeId> = ring
+            .iter()
+            .copied()
+            .filter(|&n| self.nodes[n as usize].is_none())
+            .collect();
+        let base = self.swarm.n;
+        let change = match self.rng.gen_range(0..4) {
+            0 | 1 if ring.len() == base && !spares.is_empty() => {
+                let new = *spares.choose(&mut self.rng).unwrap();
+                let old = *down
+                    .choose(&mut self.rng)
+                    .unwrap_or_else(|| ring.choose(&mut self.rng).unwrap());
+                Change::Replace { old, new }
+            }
+            2 if ring.len() == base && !spares.is_empty() => {
+                Change::Add(*spares.choose(&mut self.rng).unwrap())
+            }
+            _ if ring.len() > base => {
+                let old = *down
+                    .choose(&mut self.rng)
+                    .unwrap_or_else(|| ring.choose(&mut self.rng).unwrap());
+                Change::Remove(old)
+            }
+            _ => {
+                let mut order = ring.clone();
+                order.shuffle(&mut self.rng);
+                Change::Reorder(order)
+            }
+        };
+        self.report.reconfigs_asked += 1;
+        let node = self.nodes[l].as_mut().expect("the leader is up");
+        match node.reconfigure(&change) {
+            Ok(steps) => self.trace(format_args!("node {leader} takes {change}: {steps:?}")),
+            Err(e) => {
+                self.report.reconfigs_refused += 1;
+                self.trace(format_args!("node {leader} refuses {change}: {e}"));
+            }
+        }
     }
 
     fn drain_output(&mut self, i: usize) -> Result<(), Violation> {
@@ -603,6 +703,15 @@ impl World {
                 )),
                 Note::FollowerSynced { .. } | Note::FollowerLost { .. } | Note::Proposed { .. } => {
                 }
+                Note::Reconfigured { slot, membership } => {
+                    self.oracle.reconfigured(self.now, node, slot, membership)?
+                }
+                Note::ReconfigProposed { slot, membership } => self.trace(format_args!(
+                    "node {node} proposes {membership:?} in slot {slot}"
+                )),
+                Note::ReconfigAbandoned { epoch, reason } => self.trace(format_args!(
+                    "node {node} gives up the change to epoch {epoch}: {reason}"
+                )),
                 Note::Candidate { ballot } => {
                     self.trace(format_args!("node {node} stands at {ballot}"))
                 }
@@ -783,7 +892,7 @@ impl World {
     fn inject(&mut self, fault: Fault) {
         let now = self.now;
         let n = self.n();
-        let f = faults_tolerated(n);
+        let f = faults_tolerated(self.swarm.n);
         let leader = self.current_leader();
         let heal_at = |for_ticks: u64, fault_end: u64, scripted: bool| {
             if scripted {
@@ -1142,10 +1251,22 @@ impl World {
                 ));
             }
         }
-        // Replicas at the same applied index have the same state.
+        // Replicas at the same applied index have the same state, and the configuration the
+        // chosen log makes there.
         let mut by_index: HashMap<u64, (usize, u64)> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
+            let expect = self.oracle.governing(node.applied());
+            if node.membership() != expect {
+                return Err(self.violation(
+                    super::oracle::ONE_CONFIG_PER_EPOCH,
+                    format!(
+                        "node {i} applied {} slots and has {:?}; the chosen log makes {expect:?}",
+                        node.applied(),
+                        node.membership()
+                    ),
+                ));
+            }
             let d = node.state_machine().digest();
             match by_index.get(&node.applied()) {
                 Some(&(j, dj)) if dj != d => {
