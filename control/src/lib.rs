@@ -23,7 +23,8 @@ use rapax_dataplane::fabric::udp::{UdpConfig, UdpFabric};
 use rapax_dataplane::fabric::{Completion, Op, Post, Region};
 use rapax_dataplane::profile::{FabricKind, Profile};
 use rapax_dataplane::protocol::layout::{
-    CB_AMNESIAC, CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_GRANTED_BALLOT, CB_HEARTBEAT,
+    CB_AMNESIAC, CB_EPOCH, CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_GRANTED_BALLOT,
+    CB_HEARTBEAT,
 };
 use rapax_dataplane::protocol::{Ballot, NodeId};
 
@@ -153,6 +154,7 @@ impl Control {
                         word(CB_HEARTBEAT),
                         word(CB_GRANTED_BALLOT),
                         word(CB_AMNESIAC),
+                        word(CB_EPOCH),
                     ))
                 }
                 _ => None,
@@ -166,6 +168,7 @@ impl Control {
                 amnesiac: read.is_some_and(|r| r.2 & CB_FLAG_AMNESIAC != 0),
                 behind: read.is_some_and(|r| r.2 & CB_FLAG_BEHIND != 0),
                 leading: read.is_some_and(|r| r.2 & CB_FLAG_LEADING != 0),
+                epoch: read.map_or(0, |r| r.3),
             };
             if self.link.commands.send(&status).is_err() {
                 self.link.channel.add(Counter::PeerStatusDropped, 1);

@@ -332,7 +332,8 @@ pub enum Command {
     Shutdown,
     /// The control plane's view of `peer`: alive by pull-score or not and, when its last
     /// heartbeat read succeeded, the ballot it granted, whether it lost its memory
-    /// (amnesiac), whether its state is behind its log and whether it stands or leads.
+    /// (amnesiac), whether its state is behind its log, whether it stands or leads, and the
+    /// configuration epoch it applied.
     PeerStatus {
         peer: u8,
         alive: bool,
@@ -341,6 +342,7 @@ pub enum Command {
         amnesiac: bool,
         behind: bool,
         leading: bool,
+        epoch: u64,
     },
 }
 
@@ -424,9 +426,11 @@ impl Message for Command {
                 amnesiac,
                 behind,
                 leading,
+                epoch,
             } => {
                 m[0] = TAG_PEER_STATUS;
                 put_u64(&mut m, FIELDS_AT, granted);
+                put_u64(&mut m, FIELDS_AT + 10, epoch);
                 m[FIELDS_AT + 8] = peer;
                 m[FIELDS_AT + 9] = u8::from(alive)
                     | u8::from(read_ok) << 1
@@ -479,8 +483,9 @@ impl Message for Command {
                         amnesiac: flags & 4 != 0,
                         behind: flags & 8 != 0,
                         leading: flags & 16 != 0,
+                        epoch: get_u64(m, FIELDS_AT + 10),
                     },
-                    FIELDS_AT + 10,
+                    FIELDS_AT + 18,
                 )
             }
             tag => return Err(ChannelError::UnknownTag { kind: KIND, tag }),
@@ -1197,6 +1202,7 @@ mod tests {
                     amnesiac: flags & 4 != 0,
                     behind: flags & 8 != 0,
                     leading: flags & 16 != 0,
+                    epoch: u64::from(flags) << 40 | 7,
                 });
             }
         }

@@ -730,6 +730,7 @@ impl<P: Plane> Dataplane<P> {
                     amnesiac,
                     behind,
                     leading,
+                    epoch,
                 }) => {
                     let flags = if amnesiac { CB_FLAG_AMNESIAC } else { 0 }
                         | if behind { CB_FLAG_BEHIND } else { 0 }
@@ -738,7 +739,7 @@ impl<P: Plane> Dataplane<P> {
                         now,
                         peer,
                         alive,
-                        read_ok.then_some((Ballot(granted), flags)),
+                        read_ok.then_some((Ballot(granted), flags, epoch)),
                     )
                 }
                 Ok(ChannelCommand::Shutdown) => {

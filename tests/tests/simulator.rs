@@ -48,6 +48,55 @@ fn fixed_seed_set_7_replicas() {
     fixed_set(7);
 }
 
+/// The fixed set with spares and configuration changes during the faults (`rapax sim
+/// --reconfig`): on top of everything else, one configuration per epoch, consecutive
+/// configurations' majorities meet, and every node ends with the configuration the chosen log
+/// makes.
+fn fixed_reconfig_set(replicas: usize) {
+    let mut summary = Summary::default();
+    let mut failures = Vec::new();
+    for seed in 1..=FIXED_SEEDS {
+        let r = run_seed(RunSpec {
+            replicas: Some(replicas),
+            reconfig: true,
+            ..RunSpec::seed(seed)
+        });
+        if let Some(v) = &r.violation {
+            failures.push(format!("seed {seed}: {v}"));
+        }
+        summary.add(&r);
+    }
+    println!(
+        "{}; {} changes asked, {} refused, {} configuration entries chosen",
+        summary.line(),
+        summary.reconfigs_asked,
+        summary.reconfigs_refused,
+        summary.reconfigs_chosen
+    );
+    assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
+    assert!(summary.reconfigs_chosen > 2 * FIXED_SEEDS, "{summary:?}");
+    assert!(
+        summary.seeds_leader_crashed > FIXED_SEEDS / 4,
+        "{summary:?}"
+    );
+    assert!(summary.memory_lost_restarts > 0, "{summary:?}");
+}
+
+#[test]
+fn fixed_reconfig_set_3_replicas() {
+    fixed_reconfig_set(3);
+}
+
+#[test]
+fn fixed_reconfig_set_5_replicas() {
+    fixed_reconfig_set(5);
+}
+
+#[test]
+fn fixed_reconfig_set_7_replicas() {
+    fixed_reconfig_set(7);
+}
+
 #[test]
 fn a_seed_replays_identically() {
     for seed in [7, 42, 1234] {
@@ -84,16 +133,19 @@ fn sizes_for(bug: &str) -> &'static [usize] {
     }
 }
 
-/// Each injected bug must be found within 1000 seeds on every cluster size it applies to.
+/// Each injected bug must be found within 1000 seeds on every cluster size it applies to (the
+/// reconfiguration bug in runs with configuration changes).
 #[test]
 fn every_injected_bug_is_found() {
     for &name in BUG_NAMES {
         let bugs = Bugs::parse(name).expect("built with inject-bugs");
+        let reconfig = name.starts_with("reconfig-");
         for &replicas in sizes_for(name) {
             let found = (1..=1000).find_map(|seed| {
                 let r = run_seed(RunSpec {
                     replicas: Some(replicas),
                     bugs,
+                    reconfig,
                     ..RunSpec::seed(seed)
                 });
                 r.violation.map(|v| (seed, v))

@@ -770,6 +770,8 @@ pub struct Node<S> {
     peer_behind: [bool; MAX_NODES],
     /// Peers that stood or led at their last heartbeat read.
     peer_leading: [bool; MAX_NODES],
+    /// The configuration epoch each peer published at its last heartbeat read.
+    peer_epoch: [u64; MAX_NODES],
     /// The node we take to be the ring's first electable one and since when, while it does
     /// not stand: past a grace period we stand ourselves.
     deferring: Option<(NodeId, u64)>,
@@ -850,6 +852,7 @@ impl<S: StateMachine> Node<S> {
             peer_amnesiac: [false; MAX_NODES],
             peer_behind: [false; MAX_NODES],
             peer_leading: [false; MAX_NODES],
+            peer_epoch: [0; MAX_NODES],
             deferring: None,
             rejoin: None,
             log_from: 0,
@@ -1189,7 +1192,8 @@ impl<S: StateMachine> Node<S> {
                     Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
                         let flags = get_u64(b, CB_AMNESIAC);
                         let granted = Ballot(get_u64(b, CB_GRANTED_BALLOT));
-                        self.peer_read(peer, granted, flags);
+                        let epoch = get_u64(b, CB_EPOCH);
+                        self.peer_read(peer, granted, flags, epoch);
                         Some(get_u64(b, CB_HEARTBEAT))
                     }
                     _ => None,
@@ -1225,7 +1229,8 @@ impl<S: StateMachine> Node<S> {
 
     /// What a successful heartbeat read of `peer`'s control block tells: the ballot it granted
     /// (a candidate must stand above it) and whether it lost its memory.
-    fn peer_read(&mut self, peer: NodeId, granted: Ballot, flags: u64) {
+    fn peer_read(&mut self, peer: NodeId, granted: Ballot, flags: u64, epoch: u64) {
+        self.peer_epoch[peer as usize] = epoch;
         let amnesiac = flags & CB_FLAG_AMNESIAC != 0;
         self.peer_amnesiac[peer as usize] = amnesiac;
         self.peer_behind[peer as usize] = flags & CB_FLAG_BEHIND != 0;
@@ -1244,15 +1249,15 @@ impl<S: StateMachine> Node<S> {
         now: u64,
         peer: NodeId,
         alive: bool,
-        read: Option<(Ballot, u64)>,
+        read: Option<(Ballot, u64, u64)>,
     ) {
         self.now = now;
         if peer as usize >= MAX_NODES || peer == self.cfg.id || !self.nodes.contains(&peer) {
             return;
         }
         self.peer_alive[peer as usize] = alive;
-        if let Some((granted, flags)) = read {
-            self.peer_read(peer, granted, flags);
+        if let Some((granted, flags, epoch)) = read {
+            self.peer_read(peer, granted, flags, epoch);
         }
     }
 
@@ -1334,6 +1339,13 @@ impl<S: StateMachine> Node<S> {
         }
         if !matches!(self.role, Role::Follower) {
             flags |= CB_FLAG_LEADING;
+        }
+        let epoch = match &self.role {
+            Role::Leader(l) => l.conf.epoch.max(self.conf.epoch),
+            _ => self.conf.epoch,
+        };
+        if mem.control_word(CB_EPOCH) != epoch {
+            mem.set_control_word(CB_EPOCH, epoch);
         }
         if mem.control_word(CB_AMNESIAC) != flags {
             mem.set_control_word(CB_AMNESIAC, flags);
@@ -1430,12 +1442,20 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// Whether a peer that could lead has applied a later configuration than ours: ours may be
+    /// a ring that no longer is, so we leave leading to those who know better.
+    fn conf_is_stale(&self) -> bool {
+        let epoch = self.conf.epoch;
+        self.peers()
+            .any(|p| self.peer_epoch[p as usize] > epoch && self.peer_electable(p))
+    }
+
     /// The first electable node in ring order: alive by pull-score, not amnesiac, and not
-    /// behind.
+    /// behind (and for ourselves, not holding a configuration older than a peer's).
     fn elected(&self) -> Option<NodeId> {
         self.conf.ring().iter().copied().find(|&p| {
             if p == self.cfg.id {
-                self.probe.is_none() && !self.is_behind()
+                self.probe.is_none() && !self.is_behind() && !self.conf_is_stale()
             } else {
                 self.peer_electable(p)
             }
@@ -1476,7 +1496,10 @@ impl<S: StateMachine> Node<S> {
                                 } else {
                                     2 * grace
                                 };
-                                if self.now >= since + waited && !self.is_behind() {
+                                if self.now >= since + waited
+                                    && !self.is_behind()
+                                    && !self.conf_is_stale()
+                                {
                                     self.deferring = None;
                                     self.stand(mem, out);
                                 }
@@ -1853,9 +1876,6 @@ impl<S: StateMachine> Node<S> {
                         .next_back()
                         .map_or(rec.lo, |&s| s + 1)
                         .max(rec.max_fuo);
-                    if std::env::var_os("DBG_REC").is_some() {
-                        eprintln!("node {me} rec {:?} quorum {:?} lo {} max_fuo {} end {} best {:?} headers {:?}", rec.ballot, rec.quorum, rec.lo, rec.max_fuo, rec.end, rec.best.keys().collect::<Vec<_>>(), rec.headers.iter().map(|(p,h)| (*p, h.first_undecided, h.own_first_undecided, h.amnesiac)).collect::<Vec<_>>());
-                    }
                     // Configurations past what we applied: the slots after each may have been
                     // decided by a majority of it, so our quorum must hold a majority of each
                     // (one step apart, each is found by a majority of the one before).
@@ -2938,7 +2958,7 @@ impl<S: StateMachine> Node<S> {
             self.applied += 1;
             // What a recovery found past this slot either was chosen (and is applied now) or
             // was written over.
-            self.newer_confs.retain(|(at, _)| *at >= s + 1);
+            self.newer_confs.retain(|(at, _)| *at > s);
             let every = self.cfg.checkpoint_every;
             if every > 0 && self.applied.is_multiple_of(every) {
                 mem.set_control_word(CB_CHECKPOINT_INDEX, self.applied);

@@ -164,13 +164,6 @@ impl Oracle {
             });
         }
         rec.1 |= 1 << node;
-        if std::env::var("DBG_SLOT")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            == Some(slot)
-        {
-            eprintln!("t{tick} accept slot {slot} ballot {ballot} node {node} digest {digest:016x} set {:#b} gov {governing:?}", rec.1);
-        }
         let acceptors = u64::from(rec.1);
         if governing.is_quorum(acceptors) {
             match self.chosen.get(&slot) {

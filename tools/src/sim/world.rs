@@ -12,7 +12,7 @@ use rapax_dataplane::fabric::Completion;
 use rapax_dataplane::protocol::election::ElectionConfig;
 use rapax_dataplane::protocol::kv::{Command, KvLimits, KvOp, KvReply, KvStore};
 use rapax_dataplane::protocol::layout::LogGeometry;
-use rapax_dataplane::protocol::membership::Change;
+use rapax_dataplane::protocol::membership::{Change, Membership, ReconfigError};
 use rapax_dataplane::protocol::node::{
     Bugs, ClientError, ClientReply, ClientRequest, Node, NodeConfig, Note, Output, RoleKind, Start,
 };
@@ -89,6 +89,9 @@ pub enum Fault {
         every: u64,
         for_ticks: u64,
     },
+    /// Not a fault: ask the current leader for a configuration change (scripts only; the
+    /// answer is kept in [`RunReport::reconfigs`]).
+    Reconfigure(Change),
 }
 
 /// A scripted fault schedule for a named scenario: (tick, fault). Replaces the random faults.
@@ -146,6 +149,15 @@ pub struct RunReport {
     pub reconfigs_refused: u64,
     /// Configuration entries chosen.
     pub reconfigs_chosen: u64,
+    /// Every change asked (tick, leader asked, change, its answer), with [`RunSpec::record`].
+    pub reconfigs: Vec<(
+        u64,
+        Option<NodeId>,
+        Change,
+        Result<Vec<Membership>, ReconfigError>,
+    )>,
+    /// Each node's configuration at the end (`None`: down).
+    pub final_memberships: Vec<Option<Membership>>,
     /// Fabric counters: permission errors, lost operations, torn writes...
     pub fabric: SimStats,
     /// Every note of every node, in order (only with [`RunSpec::record`]).
@@ -174,6 +186,8 @@ impl RunReport {
             reconfigs_asked: 0,
             reconfigs_refused: 0,
             reconfigs_chosen: 0,
+            reconfigs: Vec::new(),
+            final_memberships: Vec::new(),
             fabric: SimStats::default(),
             timeline: Vec::new(),
         }
@@ -191,7 +205,7 @@ enum MemoryMode {
 #[derive(Clone, Debug)]
 struct Swarm {
     /// Acceptors at epoch 0 (the ring stays at this size or one more).
-    n: usize,
+    acceptors: usize,
     /// Acceptors and spares.
     total: usize,
     /// Chance per tick of asking the leader for a change (0 without reconfiguration).
@@ -309,7 +323,7 @@ impl World {
         };
         let total = n + spares;
         let swarm = Swarm {
-            n,
+            acceptors: n,
             total,
             reconfig_prob,
             clients: rng.gen_range(1..=6),
@@ -455,6 +469,11 @@ impl World {
         }
         self.report.chosen_slots = self.oracle.chosen_count() as u64;
         self.report.reconfigs_chosen = self.oracle.configurations().len() as u64 - 1;
+        self.report.final_memberships = self
+            .nodes
+            .iter()
+            .map(|n| n.as_ref().map(|n| n.membership()))
+            .collect();
         self.report.log_wraps = self.report.chosen_slots / self.cfgs[0].geometry.capacity;
         self.report.fabric = self.fabric.stats.clone();
         self.report
@@ -567,6 +586,7 @@ impl World {
     /// stays at its first size or one more, so the crash budget holds), or a new order.
     fn reconfig_tick(&mut self) {
         if self.swarm.reconfig_prob == 0.0
+            || self.script.is_some()
             || self.now < 100
             || self.now >= self.fault_end
             || !self.rng.gen_bool(self.swarm.reconfig_prob)
@@ -590,7 +610,7 @@ impl World {
             .copied()
             .filter(|&n| self.nodes[n as usize].is_none())
             .collect();
-        let base = self.swarm.n;
+        let base = self.swarm.acceptors;
         let change = match self.rng.gen_range(0..4) {
             0 | 1 if ring.len() == base && !spares.is_empty() => {
                 let new = *spares.choose(&mut self.rng).unwrap();
@@ -614,14 +634,27 @@ impl World {
                 Change::Reorder(order)
             }
         };
+        self.ask_reconfig(Some(leader), change);
+    }
+
+    /// Asks `leader` (none: there is no leader up) for `change` and keeps the answer.
+    fn ask_reconfig(&mut self, leader: Option<NodeId>, change: Change) {
         self.report.reconfigs_asked += 1;
-        let node = self.nodes[l].as_mut().expect("the leader is up");
-        match node.reconfigure(&change) {
-            Ok(steps) => self.trace(format_args!("node {leader} takes {change}: {steps:?}")),
+        let answer = match leader.and_then(|l| self.nodes[l as usize].as_mut()) {
+            Some(node) => node.reconfigure(&change),
+            None => Err(ReconfigError::NotLeader { leader_hint: None }),
+        };
+        match &answer {
+            Ok(steps) => self.trace(format_args!("node {leader:?} takes {change}: {steps:?}")),
             Err(e) => {
                 self.report.reconfigs_refused += 1;
-                self.trace(format_args!("node {leader} refuses {change}: {e}"));
+                self.trace(format_args!("node {leader:?} refuses {change}: {e}"));
             }
+        }
+        if self.spec.record {
+            self.report
+                .reconfigs
+                .push((self.now, leader, change, answer));
         }
     }
 
@@ -892,7 +925,7 @@ impl World {
     fn inject(&mut self, fault: Fault) {
         let now = self.now;
         let n = self.n();
-        let f = faults_tolerated(self.swarm.n);
+        let f = faults_tolerated(self.swarm.acceptors);
         let leader = self.current_leader();
         let heal_at = |for_ticks: u64, fault_end: u64, scripted: bool| {
             if scripted {
@@ -1015,6 +1048,7 @@ impl World {
                 let at = heal_at(for_ticks, self.fault_end, scripted);
                 self.heals.push((at, Heal::Speed { node }));
             }
+            Fault::Reconfigure(change) => self.ask_reconfig(leader, change),
         }
     }
 
@@ -1139,9 +1173,9 @@ impl World {
                 w.redirects += 1;
                 client.target = match leader_hint {
                     Some(h) if h != client.target && w.redirects <= 2 => h,
-                    _ => ((client.target as usize + 1) % self.swarm.n) as NodeId,
+                    _ => ((client.target as usize + 1) % self.swarm.total) as NodeId,
                 };
-                if w.redirects > 2 + self.swarm.n as u32 {
+                if w.redirects > 2 + self.swarm.total as u32 {
                     w.redirects = 0;
                 }
                 self.resend(c);
