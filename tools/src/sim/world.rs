@@ -122,6 +122,15 @@ impl FaultCounts {
     }
 }
 
+/// A change asked of a leader: tick, the leader asked (none: there was none), the change, and
+/// the configurations it will propose or why it refused.
+pub type ReconfigAsked = (
+    u64,
+    Option<NodeId>,
+    Change,
+    Result<Vec<Membership>, ReconfigError>,
+);
+
 /// What one seed's run found.
 #[derive(Clone, Debug)]
 pub struct RunReport {
@@ -150,12 +159,7 @@ pub struct RunReport {
     /// Configuration entries chosen.
     pub reconfigs_chosen: u64,
     /// Every change asked (tick, leader asked, change, its answer), with [`RunSpec::record`].
-    pub reconfigs: Vec<(
-        u64,
-        Option<NodeId>,
-        Change,
-        Result<Vec<Membership>, ReconfigError>,
-    )>,
+    pub reconfigs: Vec<ReconfigAsked>,
     /// Each node's configuration at the end (`None`: down).
     pub final_memberships: Vec<Option<Membership>>,
     /// Fabric counters: permission errors, lost operations, torn writes...
