@@ -26,6 +26,7 @@ use rapax_dataplane::protocol::layout::{
     CB_AMNESIAC, CB_EPOCH, CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_GRANTED_BALLOT,
     CB_HEARTBEAT,
 };
+use rapax_dataplane::protocol::membership::ring_from_word;
 use rapax_dataplane::protocol::{Ballot, NodeId};
 
 use election::{Election, ElectionAction};
@@ -94,7 +95,11 @@ impl Link {
 }
 
 struct Control {
+    /// Every node in succession order: the ring of the data plane's configuration, then the
+    /// others.
     ring: Vec<NodeId>,
+    /// The configuration epoch `ring` follows.
+    epoch: u64,
     election: Election,
     reader: Reader,
     link: Link,
@@ -107,9 +112,29 @@ struct Control {
 }
 
 impl Control {
+    /// Follows the configuration the data plane applied: the succession order (the ring
+    /// first) that names the leader this control plane watches.
+    fn follow_configuration(&mut self) {
+        let c = &self.link.channel;
+        let epoch = c.counter(Counter::Epoch);
+        let len = c.counter(Counter::RingLen);
+        if epoch == self.epoch || len == 0 {
+            return;
+        }
+        let ring = ring_from_word(c.counter(Counter::Ring), len);
+        let mut order = ring.clone();
+        order.extend(self.ring.iter().copied().filter(|n| !ring.contains(n)));
+        if order.len() == self.ring.len() {
+            self.election.set_ring(order.clone());
+            self.ring = order;
+            self.epoch = epoch;
+        }
+    }
+
     fn turn(&mut self) -> usize {
         let now = self.start.elapsed().as_micros() as u64;
         let mut work = 0;
+        self.follow_configuration();
         if self.last_link_check.elapsed() > Duration::from_millis(20) {
             self.last_link_check = Instant::now();
             if inode(&self.link.path) != Some(self.link.inode) {
@@ -295,9 +320,6 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
             cluster: cluster.name.clone(),
         });
     }
-    if !cluster.ring.contains(&me) {
-        return Err(DaemonError::Spare { node: me });
-    }
     println!(
         "rapax-control: node {me} of cluster {:?}, ring {:?}, effective profile:\n{}",
         cluster.name,
@@ -315,9 +337,18 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
             ),
         })?;
     let reader = reader(&profile, &cluster, &dir, me)?;
-    let election = Election::new(me, cluster.ring.clone(), cfg.election.clone());
+    // Every node is watched (spares too: they may join the ring), in succession order: the
+    // ring, then the spares. The order follows the configuration the data plane applies.
+    let order: Vec<NodeId> = cluster
+        .ring
+        .iter()
+        .chain(&cluster.spares)
+        .copied()
+        .collect();
+    let election = Election::new(me, order.clone(), cfg.election.clone());
     let control = Control {
-        ring: cluster.ring.clone(),
+        ring: order,
+        epoch: 0,
         followed: election.leader(),
         election,
         reader,

@@ -211,11 +211,17 @@ pub enum Counter {
     CheckpointIndex = 38,
     /// Data plane: the state digest at that checkpoint.
     CheckpointDigest = 39,
+    /// Data plane: the configuration epoch it applied (a leader: the one it proposes under).
+    Epoch = 40,
+    /// Data plane: that configuration's ring, node ids in 4-bit digits, first in the lowest.
+    Ring = 41,
+    /// Data plane: the ring's length (1..=16).
+    RingLen = 42,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 40] = [
+    pub const ALL: [Counter; 43] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -256,6 +262,9 @@ impl Counter {
         Counter::SnapshotsRejected,
         Counter::CheckpointIndex,
         Counter::CheckpointDigest,
+        Counter::Epoch,
+        Counter::Ring,
+        Counter::RingLen,
     ];
 
     /// The counter's name, for tools.
@@ -301,6 +310,9 @@ impl Counter {
             Counter::SnapshotsRejected => "snapshots_rejected",
             Counter::CheckpointIndex => "checkpoint_index",
             Counter::CheckpointDigest => "checkpoint_digest",
+            Counter::Epoch => "epoch",
+            Counter::Ring => "ring",
+            Counter::RingLen => "ring_len",
         }
     }
 

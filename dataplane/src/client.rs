@@ -18,6 +18,7 @@ use crate::fabric::frame::{Frame, FrameBody, CLIENT_NODE};
 use crate::mailbox::{MailboxClient, MailboxError};
 use crate::profile::FabricKind;
 use crate::protocol::kv::{self, KvCodecError, KvOp, KvReply};
+use crate::protocol::membership::Change;
 use crate::protocol::node::{ClientError, ClientReply, ClientRequest};
 use crate::protocol::NodeId;
 
@@ -115,7 +116,13 @@ impl Client {
     pub fn connect(dir: &Path, options: ClientOptions) -> Result<Client, ConnectError> {
         let cdir = ClusterDir::new(dir);
         let (profile, cluster) = load_config(&cdir, None, None).map_err(Box::new)?;
-        let nodes: Vec<NodeId> = cluster.ring.clone();
+        // Every node: the ring of epoch 0 first, then the spares (which may lead later).
+        let nodes: Vec<NodeId> = cluster
+            .ring
+            .iter()
+            .chain(&cluster.spares)
+            .copied()
+            .collect();
         let transport = match profile.fabric.kind {
             // A local dpdk cluster takes clients through the shm mailbox too.
             FabricKind::Shm | FabricKind::Dpdk | FabricKind::Rdma => Transport::Shm {
@@ -175,6 +182,21 @@ impl Client {
         command.encode(&mut bytes);
         let reply = self.submit(bytes)?;
         KvReply::decode(&reply).map_err(ClientFailure::BadReply)
+    }
+
+    /// Asks the leader for a configuration change: `Ok(Ok(steps))` with the configurations it
+    /// will propose, `Ok(Err(reason))` when it refused the change.
+    pub fn reconfigure(
+        &mut self,
+        change: &Change,
+    ) -> Result<Result<String, String>, ClientFailure> {
+        self.seq += 1;
+        let reply = self.submit(change.request(self.id, self.seq))?;
+        let text = String::from_utf8_lossy(reply.get(1..).unwrap_or_default()).into_owned();
+        Ok(match reply.first() {
+            Some(0) => Ok(text),
+            _ => Err(text),
+        })
     }
 
     /// Sends raw command bytes under the next sequence number (for tests of the node's door:

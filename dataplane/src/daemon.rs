@@ -35,6 +35,7 @@ use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
 use crate::protocol::layout::{CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_HEARTBEAT};
+use crate::protocol::membership::{ring_word, Change, ReconfigError};
 use crate::protocol::node::{
     BadRequest, Checkpoint, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind,
     Start,
@@ -178,8 +179,6 @@ pub enum DaemonError {
     Cluster(Box<ClusterError>),
     #[error("node {node} is not in cluster {cluster:?}")]
     NotAMember { node: NodeId, cluster: String },
-    #[error("node {node} is a spare: spares join the ring by reconfiguration, not yet supported")]
-    Spare { node: NodeId },
     #[error("fabric {0} is not supported by this build (shm, udp and dpdk are)")]
     UnsupportedFabric(&'static str),
     #[error("cluster file: node {node} has no {what}")]
@@ -299,10 +298,8 @@ fn node_config(
             cluster: cluster.name.clone(),
         });
     }
-    if !cluster.ring.contains(&node) {
-        return Err(DaemonError::Spare { node });
-    }
     let mut cfg = profile.node_config(node, cluster.ring.clone(), 1);
+    cfg.spares = cluster.spares.clone();
     cfg.external_election = true;
     Ok(cfg)
 }
@@ -768,6 +765,40 @@ impl<P: Plane> Dataplane<P> {
                     continue;
                 }
             };
+            if let Some((client, seq, change)) = Change::parse_request(&request.command) {
+                // An operator's configuration change: answered at once, never logged as is.
+                let result = match change {
+                    _ if client != request.client || seq != request.seq => {
+                        Err(ClientError::BadRequest(BadRequest::Mismatch))
+                    }
+                    None => Err(ClientError::BadRequest(BadRequest::Malformed)),
+                    Some(change) => match self.node.reconfigure(&change) {
+                        Ok(steps) => {
+                            let mut b = vec![0];
+                            b.extend_from_slice(format!("{steps:?}").as_bytes());
+                            Ok(b)
+                        }
+                        Err(ReconfigError::NotLeader { leader_hint }) => {
+                            Err(ClientError::NotLeader { leader_hint })
+                        }
+                        Err(e) => {
+                            let mut b = vec![1];
+                            b.extend_from_slice(e.to_string().as_bytes());
+                            Ok(b)
+                        }
+                    },
+                };
+                if result.is_err() {
+                    self.channel.add(Counter::ClientBadRequests, 1);
+                }
+                let reply = ClientReply {
+                    client: request.client,
+                    seq: request.seq,
+                    result,
+                };
+                self.plane.answer(route, &reply);
+                continue;
+            }
             if let Err(e) = admit(&request, self.max_command_bytes) {
                 self.channel.add(Counter::ClientBadRequests, 1);
                 let reply = ClientReply {
@@ -1005,6 +1036,10 @@ impl<P: Plane> Dataplane<P> {
             followers |= follower_code(state) << (4 * u64::from(p));
         });
         c.set(Counter::Followers, followers);
+        let m = self.node.membership();
+        c.set(Counter::Epoch, m.epoch);
+        c.set(Counter::Ring, ring_word(m.ring()));
+        c.set(Counter::RingLen, m.len() as u64);
         c.add(Counter::Heartbeat, 1);
         self.plane.publish(c);
         let request = c.counter(Counter::StatsRequest);

@@ -157,11 +157,33 @@ impl LocalCluster {
         replicas: usize,
         dir: &Path,
     ) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::up_spares(profile, replicas, 0, dir)
+    }
+
+    /// [`LocalCluster::up`] with `spares` more nodes outside the ring (learners that the
+    /// leader's ring repair or `rapax reconfig` can make acceptors).
+    pub fn up_spares(
+        profile: &Profile,
+        replicas: usize,
+        spares: usize,
+        dir: &Path,
+    ) -> Result<LocalCluster, ClusterError> {
         if ![1, 3, 5, 7].contains(&replicas) {
             return Err(ClusterError::Replicas(replicas));
         }
+        if replicas + spares > rapax_dataplane::protocol::MAX_NODES {
+            return Err(ClusterError::Replicas(replicas + spares));
+        }
         let base = local_port_base(dir);
-        let mut cluster = ClusterFile::local(replicas, base);
+        let mut cluster = ClusterFile::local(replicas + spares, base);
+        let all = cluster
+            .ring
+            .iter()
+            .chain(&cluster.spares)
+            .copied()
+            .collect::<Vec<_>>();
+        cluster.ring = all[..replicas].to_vec();
+        cluster.spares = all[replicas..].to_vec();
         cluster.name = format!("local-{replicas}-{base}");
         LocalCluster::up_with(profile, cluster, dir, &HashMap::new())
     }
@@ -248,7 +270,7 @@ impl LocalCluster {
         bin_path("rapax-dataplane")?;
         bin_path("rapax-control")?;
         let mut procs = Vec::new();
-        for &node in &lc.cluster.ring.clone() {
+        for node in lc.members() {
             for kind in ["dataplane", "control"] {
                 match lc.spawn(node, kind) {
                     Ok(p) => procs.push(p),
@@ -394,6 +416,9 @@ impl LocalCluster {
         let get = |c| ch.counter(c);
         Some(NodeCounters {
             node,
+            epoch: get(Counter::Epoch),
+            ring: get(Counter::Ring),
+            ring_len: get(Counter::RingLen),
             role: get(Counter::Role),
             ballot: Ballot(get(Counter::Ballot)),
             granted: Ballot(get(Counter::Granted)),
@@ -432,10 +457,8 @@ impl LocalCluster {
     /// The node whose data plane says it leads (and runs), if exactly one does.
     pub fn leader(&self) -> Option<NodeId> {
         let leaders: Vec<NodeId> = self
-            .cluster
-            .ring
-            .iter()
-            .copied()
+            .members()
+            .into_iter()
             .filter(|&n| {
                 self.pid(n, "dataplane")
                     .is_some_and(|p| is_ours(p, &self.dir.dir) && !is_stopped(p))
@@ -443,6 +466,25 @@ impl LocalCluster {
             })
             .collect();
         (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// Every node of the cluster file: the ring of epoch 0, then the spares.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.cluster
+            .ring
+            .iter()
+            .chain(&self.cluster.spares)
+            .copied()
+            .collect()
+    }
+
+    /// The configuration the leader applied (`None`: no leader): epoch and ring.
+    pub fn configuration(&self) -> Option<(u64, Vec<NodeId>)> {
+        let c = self.counters(self.leader()?)?;
+        Some((
+            c.epoch,
+            rapax_dataplane::protocol::membership::ring_from_word(c.ring, c.ring_len),
+        ))
     }
 
     /// Waits until one node leads.
@@ -463,7 +505,7 @@ impl LocalCluster {
     /// of its files exist.
     pub fn wait_running(&self, limit: Duration) -> Result<(), ClusterError> {
         let deadline = Instant::now() + limit;
-        for &n in &self.cluster.ring {
+        for n in self.members() {
             while self.counters(n).is_none_or(|c| c.heartbeat == 0) {
                 if Instant::now() > deadline {
                     return Err(ClusterError::NotRunning {
@@ -558,13 +600,39 @@ impl LocalCluster {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "cluster {:?} ({} fabric, profile {}), ring {:?}, dir {}",
+            "cluster {:?} ({} fabric, profile {}), ring {:?} and spares {:?} at epoch 0, dir {}",
             self.cluster.name,
             self.profile.fabric.kind.as_str(),
             self.profile.name,
             self.cluster.ring,
+            self.cluster.spares,
             self.dir.dir.display()
         );
+        // The configuration: the latest epoch a running data plane applied.
+        let latest = self
+            .members()
+            .into_iter()
+            .filter(|&n| {
+                self.pid(n, "dataplane")
+                    .is_some_and(|p| is_ours(p, &self.dir.dir))
+            })
+            .filter_map(|n| self.counters(n))
+            .filter(|c| c.ring_len > 0)
+            .max_by_key(|c| (c.epoch, c.role == 4));
+        if let Some(c) = latest {
+            let ring = rapax_dataplane::protocol::membership::ring_from_word(c.ring, c.ring_len);
+            let spares: Vec<NodeId> = self
+                .members()
+                .into_iter()
+                .filter(|n| !ring.contains(n))
+                .collect();
+            let _ = writeln!(
+                s,
+                "configuration: epoch {}, ring {ring:?} (succession order), spares {spares:?} \
+                 (as node {} applied it)",
+                c.epoch, c.node
+            );
+        }
         let _ = writeln!(
             s,
             "{:>4}  {:<10}  {:<9}  {:>9}  {:>9}  {:>9}  {:>12}  {:<14}  {:<18}",
@@ -579,14 +647,10 @@ impl LocalCluster {
             "scores"
         );
         // One reading of every node's counters serves the whole table.
-        let all: Vec<NodeCounters> = self
-            .cluster
-            .ring
-            .iter()
-            .filter_map(|&n| self.counters(n))
-            .collect();
+        let members = self.members();
+        let all: Vec<NodeCounters> = members.iter().filter_map(|&n| self.counters(n)).collect();
         let mut live = Vec::new();
-        for &n in &self.cluster.ring {
+        for &n in &members {
             let running = |k| self.pid(n, k).is_some_and(|p| is_ours(p, &self.dir.dir));
             let (dp, cp) = (running("dataplane"), running("control"));
             if dp {
@@ -608,16 +672,12 @@ impl LocalCluster {
             } else {
                 format!("leader {}", c.granted.node())
             };
-            let alive: Vec<String> = self
-                .cluster
-                .ring
+            let alive: Vec<String> = members
                 .iter()
                 .filter(|&&p| c.alive_mask & (1 << p) != 0)
                 .map(|p| p.to_string())
                 .collect();
-            let scores: Vec<String> = self
-                .cluster
-                .ring
+            let scores: Vec<String> = members
                 .iter()
                 .map(|&p| format!("{}", (c.scores >> (8 * u32::from(p))) & 0xff))
                 .collect();
@@ -663,9 +723,7 @@ impl LocalCluster {
         // The leader's view of its followers (a dead leader's last counters say nothing), and
         // what clients got.
         for c in all.iter().filter(|c| c.role == 4 && live.contains(&c.node)) {
-            let view: Vec<String> = self
-                .cluster
-                .ring
+            let view: Vec<String> = members
                 .iter()
                 .filter(|&&p| p != c.node)
                 .map(|&p| {
@@ -744,6 +802,12 @@ impl LocalCluster {
 #[derive(Clone, Copy, Debug)]
 pub struct NodeCounters {
     pub node: NodeId,
+    /// The configuration it applied: epoch, ring ([`ring_word`]) and ring length.
+    ///
+    /// [`ring_word`]: rapax_dataplane::protocol::membership::ring_word
+    pub epoch: u64,
+    pub ring: u64,
+    pub ring_len: u64,
     pub role: u64,
     pub ballot: Ballot,
     pub granted: Ballot,

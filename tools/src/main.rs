@@ -16,6 +16,8 @@ use rapax::drill::{BenchOptions, FailMode, FailoverOptions};
 use rapax_dataplane::client::{Client, ClientOptions};
 use rapax_dataplane::profile::Profile;
 use rapax_dataplane::protocol::kv::{KvOp, KvReply};
+use rapax_dataplane::protocol::membership::Change;
+use rapax_dataplane::protocol::NodeId;
 
 use rapax::sim::{run_seed, RunReport, RunSpec, Summary};
 use rapax_dataplane::protocol::node::Bugs;
@@ -73,10 +75,39 @@ enum Command {
         /// Acceptors: 1, 3, 5 or 7.
         #[arg(long, default_value_t = 3)]
         replicas: usize,
+        /// Spares: nodes outside the ring that follow the log as learners; the leader puts
+        /// one in the place of an acceptor dead for `replace_after_ms` (profile), and
+        /// `rapax reconfig` moves nodes in and out of the ring.
+        #[arg(long, default_value_t = 0)]
+        spares: usize,
         /// The cluster directory (default: `cluster` under the profile's shm directory, or
         /// the temporary directory for udp).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Change the ring of a running cluster: the leader decides the change in its log, one
+    /// acceptor at a time (a replace is two steps), and waits for nothing else to be in flight.
+    ///
+    /// Refused, with the reason: an unknown node, adding a node already in the ring or not yet
+    /// caught up as a learner, removing a node not in the ring or below a majority of live
+    /// acceptors, a reorder that does not name every acceptor once, a change while another is
+    /// in flight. On success it waits until the leader applied the last step and prints the
+    /// new configuration.
+    ///
+    /// Examples:
+    ///   rapax reconfig add 3
+    ///   rapax reconfig remove 1
+    ///   rapax reconfig replace 1 3        (spare 3 takes acceptor 1's place)
+    ///   rapax reconfig reorder 2,0,1      (the succession order; the first live node leads)
+    #[command(verbatim_doc_comment)]
+    Reconfig {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// How long to wait for the change to be applied.
+        #[arg(long, default_value_t = 5000)]
+        wait_ms: u64,
+        #[command(subcommand)]
+        change: ReconfigCommand,
     },
     /// Stop exactly the processes `rapax up` started in --dir (SIGTERM, then SIGKILL).
     Down {
@@ -310,6 +341,21 @@ enum ModeArg {
 }
 
 #[derive(Subcommand)]
+enum ReconfigCommand {
+    /// A spare joins the ring, at its end.
+    Add { node: NodeId },
+    /// An acceptor leaves the ring and becomes a spare.
+    Remove { node: NodeId },
+    /// Spare NEW takes acceptor OLD's place in the ring.
+    Replace { old: NodeId, new: NodeId },
+    /// The acceptors in a new succession order, comma-separated.
+    Reorder {
+        #[arg(value_delimiter = ',', num_args = 1..)]
+        ring: Vec<NodeId>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KvCommand {
     /// Store VALUE under KEY.
     Put { key: String, value: String },
@@ -358,9 +404,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("demo", e),
         },
+        Command::Reconfig {
+            dir,
+            wait_ms,
+            change,
+        } => reconfig(&dir, wait_ms, change),
         Command::Up {
             profile,
             replicas,
+            spares,
             dir,
         } => {
             let profile = match load_profile(&profile) {
@@ -368,12 +420,12 @@ fn main() -> ExitCode {
                 Err(e) => return fail("up", e),
             };
             let dir = dir.unwrap_or_else(|| rapax::cluster::default_dir(&profile));
-            match LocalCluster::up(&profile, replicas, &dir) {
+            match LocalCluster::up_spares(&profile, replicas, spares, &dir) {
                 Ok(c) => match c.wait_leader(Duration::from_secs(20)) {
                     Ok(l) => {
                         rapax::say!(
-                            "rapax up: {} nodes on {} in {}; node {l} leads",
-                            replicas,
+                            "rapax up: {} nodes ({spares} spares) on {} in {}; node {l} leads",
+                            replicas + spares,
                             profile.fabric.kind.as_str(),
                             dir.display()
                         );
@@ -592,6 +644,54 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+    }
+}
+
+fn reconfig(dir: &Path, wait_ms: u64, change: ReconfigCommand) -> ExitCode {
+    let change = match change {
+        ReconfigCommand::Add { node } => Change::Add(node),
+        ReconfigCommand::Remove { node } => Change::Remove(node),
+        ReconfigCommand::Replace { old, new } => Change::Replace { old, new },
+        ReconfigCommand::Reorder { ring } => Change::Reorder(ring),
+    };
+    let cluster = match LocalCluster::open(dir) {
+        Ok(c) => c,
+        Err(e) => return fail("reconfig", format!("no cluster in {}: {e}", dir.display())),
+    };
+    let mut client = match Client::connect(dir, ClientOptions::default()) {
+        Ok(c) => c,
+        Err(e) => return fail("reconfig", format!("cluster in {}: {e}", dir.display())),
+    };
+    let before = cluster.configuration();
+    match client.reconfigure(&change) {
+        Ok(Ok(steps)) => {
+            rapax::say!("rapax reconfig: {change}: the leader proposes {steps}");
+            let target = before.map_or(0, |(e, _)| e)
+                + 1
+                + u64::from(matches!(change, Change::Replace { .. }));
+            let deadline = Instant::now() + Duration::from_millis(wait_ms);
+            loop {
+                match cluster.configuration() {
+                    Some((epoch, ring)) if epoch >= target => {
+                        rapax::say!("rapax reconfig: epoch {epoch}, ring {ring:?}");
+                        return ExitCode::SUCCESS;
+                    }
+                    _ if Instant::now() > deadline => {
+                        return fail(
+                            "reconfig",
+                            format!(
+                                "the leader did not apply epoch {target} within {wait_ms} ms \
+                                 (now: {:?}); see rapax status",
+                                cluster.configuration()
+                            ),
+                        )
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        Ok(Err(why)) => fail("reconfig", format!("{change} refused: {why}")),
+        Err(e) => fail("reconfig", format!("{change}: {e}")),
     }
 }
 

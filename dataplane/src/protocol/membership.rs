@@ -49,6 +49,64 @@ pub enum Change {
     Reorder(Vec<NodeId>),
 }
 
+/// The operation tag of an operator's change request on the client path: `client` (u64),
+/// `seq` (u64), this tag, then [`Change::encode`]. It never reaches the log as a command: the
+/// leader turns it into configuration entries.
+pub const ADMIN_RECONFIG: u8 = 0xc0;
+
+impl Change {
+    /// Appends the change's encoding: a kind byte, then the node ids (a reorder: the count
+    /// first).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Change::Add(n) => out.extend_from_slice(&[1, *n]),
+            Change::Remove(n) => out.extend_from_slice(&[2, *n]),
+            Change::Replace { old, new } => out.extend_from_slice(&[3, *old, *new]),
+            Change::Reorder(r) => {
+                out.extend_from_slice(&[4, r.len() as u8]);
+                out.extend_from_slice(r);
+            }
+        }
+    }
+
+    /// The change in exactly `b`, or `None`.
+    pub fn decode(b: &[u8]) -> Option<Change> {
+        match b {
+            [1, n] => Some(Change::Add(*n)),
+            [2, n] => Some(Change::Remove(*n)),
+            [3, old, new] => Some(Change::Replace {
+                old: *old,
+                new: *new,
+            }),
+            [4, len, rest @ ..] if rest.len() == *len as usize && rest.len() <= MAX_NODES => {
+                Some(Change::Reorder(rest.to_vec()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The request bytes of this change from `client` at `seq`.
+    pub fn request(&self, client: u64, seq: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17 + 2 + MAX_NODES);
+        out.extend_from_slice(&client.to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.push(ADMIN_RECONFIG);
+        self.encode(&mut out);
+        out
+    }
+
+    /// `(client, seq, change)` if `command` is a change request (`Some(None)`: it is one, but
+    /// malformed); `None` if it is not one at all.
+    pub fn parse_request(command: &[u8]) -> Option<(u64, u64, Option<Change>)> {
+        if command.len() < 17 || command[16] != ADMIN_RECONFIG {
+            return None;
+        }
+        let client = u64::from_le_bytes(command[..8].try_into().ok()?);
+        let seq = u64::from_le_bytes(command[8..16].try_into().ok()?);
+        Some((client, seq, Change::decode(&command[17..])))
+    }
+}
+
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -285,6 +343,21 @@ impl Membership {
     }
 }
 
+/// A ring as one word: node ids in 4-bit digits, the first in the lowest (the channel's
+/// [`Counter::Ring`](crate::channel::Counter::Ring)).
+pub fn ring_word(ring: &[NodeId]) -> u64 {
+    ring.iter()
+        .enumerate()
+        .fold(0, |w, (i, &n)| w | u64::from(n & 0xf) << (4 * i))
+}
+
+/// The ring of `len` nodes in `word` ([`ring_word`]).
+pub fn ring_from_word(word: u64, len: u64) -> Vec<NodeId> {
+    (0..len.min(MAX_NODES as u64))
+        .map(|i| ((word >> (4 * i)) & 0xf) as NodeId)
+        .collect()
+}
+
 /// Whether every majority of `a` meets every majority of `b`.
 pub fn quorums_intersect(a: &Membership, b: &Membership) -> bool {
     let (ma, mb) = (a.mask(), b.mask());
@@ -352,6 +425,37 @@ mod tests {
             !quorums_intersect(&a, &bad[0]),
             "{{1, 2}} and {{0, 3}}: {bad:?}"
         );
+    }
+
+    #[test]
+    fn change_requests_round_trip_and_malformed_ones_are_told_apart() {
+        for c in [
+            Change::Add(3),
+            Change::Remove(0),
+            Change::Replace { old: 1, new: 4 },
+            Change::Reorder(vec![2, 0, 1]),
+        ] {
+            assert_eq!(
+                Change::parse_request(&c.request(7, 9)),
+                Some((7, 9, Some(c)))
+            );
+        }
+        let mut bad = Change::Reorder(vec![2, 0, 1]).request(7, 9);
+        bad.pop();
+        assert_eq!(Change::parse_request(&bad), Some((7, 9, None)));
+        assert_eq!(Change::parse_request(&[0; 16]), None, "too short to be one");
+        assert_eq!(Change::parse_request(&[1; 20]), None, "another operation");
+    }
+
+    #[test]
+    fn a_ring_fits_one_word() {
+        for ring in [
+            vec![0],
+            vec![2, 0, 1],
+            (0..16).rev().collect::<Vec<NodeId>>(),
+        ] {
+            assert_eq!(ring_from_word(ring_word(&ring), ring.len() as u64), ring);
+        }
     }
 
     #[test]
