@@ -698,6 +698,9 @@ fn describe_note(note: &Note) -> Option<String> {
         Note::Reconfigured { slot, membership } => {
             format!("applied {membership:?} from slot {slot}")
         }
+        Note::RingRepair { old, new } => {
+            format!("ring repair: spare {new} replaces acceptor {old}, dead too long")
+        }
         Note::ReconfigAbandoned { epoch, reason } => {
             format!("gave up the change to epoch {epoch}: {reason}")
         }
@@ -1009,6 +1012,7 @@ impl<P: Plane> Dataplane<P> {
             }
             Note::Applied { .. }
             | Note::ReconfigProposed { .. }
+            | Note::RingRepair { .. }
             | Note::Reconfigured { .. }
             | Note::ReconfigAbandoned { .. }
             | Note::Granted { .. }

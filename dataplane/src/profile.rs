@@ -575,6 +575,10 @@ pub struct ElectionSection {
     pub candidate_timeout_us: u64,
     /// After stepping down, a node waits this long before it may stand again.
     pub stepdown_holdoff_us: u64,
+    /// Ring repair: the leader replaces an acceptor its control plane has held dead this long
+    /// with a live, caught-up spare (0: never; operators change the ring with `rapax
+    /// reconfig`).
+    pub replace_after_ms: u64,
 }
 
 impl Default for ElectionSection {
@@ -587,6 +591,7 @@ impl Default for ElectionSection {
             retry_us: 2000,
             candidate_timeout_us: 20_000,
             stepdown_holdoff_us: 10_000,
+            replace_after_ms: 0,
         }
     }
 }
@@ -1036,6 +1041,23 @@ impl Profile {
             0,
             MAX_DURATION_US,
         )?;
+        check_range(
+            "election.replace_after_ms",
+            e.replace_after_ms,
+            0,
+            MAX_DURATION_US / 1000,
+        )?;
+        if e.replace_after_ms != 0 && e.replace_after_ms * 1000 < e.candidate_timeout_us {
+            return Err(invalid(
+                "election.replace_after_ms",
+                e.replace_after_ms,
+                format!(
+                    "must be 0 (never) or at least election.candidate_timeout_us ({} us): a \
+                     fail-over must not look like a dead acceptor",
+                    e.candidate_timeout_us
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1079,6 +1101,11 @@ impl Profile {
             retry_ticks: to_ticks(e.retry_us, tick_us),
             candidate_timeout_ticks: to_ticks(e.candidate_timeout_us, tick_us),
             stepdown_holdoff_ticks: to_ticks(e.stepdown_holdoff_us, tick_us),
+            replace_after_ticks: if e.replace_after_ms == 0 {
+                0
+            } else {
+                to_ticks(e.replace_after_ms * 1000, tick_us)
+            },
             apply_scan_slots: scan,
             read_chunk_slots: scan,
             checkpoint_every: self.log.snapshot_every_entries,

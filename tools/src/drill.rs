@@ -842,3 +842,244 @@ pub fn transfer(o: &TransferOptions) -> Result<TransferReport, DrillError> {
         caught_up,
     })
 }
+
+/// Options of `rapax repair`.
+pub struct RepairOptions {
+    pub profile: Profile,
+    pub replicas: usize,
+    pub spares: usize,
+    /// Puts by the bulk client over the whole run (the acceptor dies at 30 % of them).
+    pub ops: u64,
+    pub value_bytes: usize,
+    pub dir: PathBuf,
+}
+
+/// What `rapax repair` measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RepairReport {
+    pub fabric: String,
+    pub replicas: usize,
+    pub spares: usize,
+    pub ops: u64,
+    pub victim: NodeId,
+    pub spare: NodeId,
+    pub replace_after_ms: u64,
+    /// kill -9 of the victim's processes to the leader applying the ring without it.
+    pub repaired_ms: f64,
+    /// Restart of the victim to it following as a caught-up spare.
+    pub rejoined_ms: f64,
+    pub ring_before: Vec<NodeId>,
+    pub ring_after: Vec<NodeId>,
+    pub epoch_after: u64,
+    /// Laps of the log over the whole run.
+    pub laps: f64,
+    pub ops_per_s: f64,
+    pub history_ops: usize,
+    pub linearizable: bool,
+    /// Resident memory (KiB) of every process: (node, kind, after start, after 10 % of the
+    /// ops (the log and the peers' regions touched: a lap or more), at the end).
+    pub rss_kib: Vec<(NodeId, String, u64, u64, u64)>,
+}
+
+/// Waits (up to `limit`) for `f` to hold, polling every few milliseconds.
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<(), DrillError> {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() > deadline {
+            return Err(DrillError::Client(format!("{what} within {limit:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// `rapax repair`: ring repair under load. A cluster with spares runs `ops` puts from a bulk
+/// client; at 30 % of them an acceptor (not the leader) is killed with both its processes; the
+/// leader's ring repair puts a spare in its place after `replace_after_ms`; the victim is
+/// restarted and must rejoin as a caught-up spare. A history load on its own keys runs from
+/// before the kill to after the rejoin and is checked for linearizability.
+pub fn repair(o: &RepairOptions) -> Result<RepairReport, DrillError> {
+    let after = o.profile.election.replace_after_ms;
+    if after == 0 {
+        return Err(DrillError::Client(
+            "the profile's election.replace_after_ms is 0: ring repair is off".into(),
+        ));
+    }
+    if o.spares == 0 {
+        return Err(DrillError::Client(
+            "ring repair needs --spares 1 or more".into(),
+        ));
+    }
+    let cluster = LocalCluster::up_spares(&o.profile, o.replicas, o.spares, &o.dir)?;
+    STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(o.dir.clone());
+    let session = Session {
+        cluster,
+        started: true,
+    };
+    let c = &session.cluster;
+    c.wait_running(Duration::from_secs(30))?;
+    c.wait_leader(Duration::from_secs(30))?;
+    let rss_start = c.rss_kib();
+    // The bulk load: one closed-loop client, puts over a thousand keys.
+    let done = Arc::new(AtomicU64::new(0));
+    let bulk = {
+        let mut client = Client::connect(&o.dir, ClientOptions::default())
+            .map_err(|e| DrillError::Client(e.to_string()))?;
+        let done = Arc::clone(&done);
+        let (ops, bytes) = (o.ops, o.value_bytes);
+        std::thread::spawn(move || -> Result<(), String> {
+            let value = vec![b'v'; bytes];
+            for i in 0..ops {
+                let op = KvOp::Put {
+                    key: format!("b{}", i % 1000).into_bytes(),
+                    value: value.clone(),
+                };
+                client
+                    .execute(op)
+                    .map_err(|e| format!("bulk put {i}: {e}"))?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    let started = Instant::now();
+    let bar = progress_bar(o.ops, "ops");
+    let progress = |bar: &indicatif::ProgressBar| bar.set_position(done.load(Ordering::Relaxed));
+    wait_until(Duration::from_secs(600), "10 % of the bulk load", || {
+        progress(&bar);
+        done.load(Ordering::Relaxed) >= o.ops / 10
+    })?;
+    let rss_warm = c.rss_kib();
+    wait_until(Duration::from_secs(600), "30 % of the bulk load", || {
+        progress(&bar);
+        done.load(Ordering::Relaxed) >= o.ops * 3 / 10
+    })?;
+    let history = HistoryLoad::start(&o.dir, 2)?;
+    std::thread::sleep(Duration::from_millis(50));
+    let mut before = None;
+    wait_until(Duration::from_secs(30), "a leader before the kill", || {
+        before = c.leader().zip(c.configuration());
+        before.is_some()
+    })?;
+    let (leader, (epoch_before, ring_before)) = before.expect("waited for it");
+    let victim = *ring_before
+        .iter()
+        .find(|&&n| n != leader)
+        .expect("a ring of three has a follower");
+    let killed = Instant::now();
+    for kind in ["dataplane", "control"] {
+        if let Some(pid) = c.pid(victim, kind) {
+            signal(pid, &o.dir, Signal::SIGKILL);
+        }
+    }
+    let mut ring_after = Vec::new();
+    let mut epoch_after = 0;
+    wait_until(
+        Duration::from_millis(after + 30_000),
+        "the leader's ring repair",
+        || {
+            progress(&bar);
+            match c.configuration() {
+                Some((e, r)) if e > epoch_before && !r.contains(&victim) => {
+                    ring_after = r;
+                    epoch_after = e;
+                    true
+                }
+                _ => false,
+            }
+        },
+    )?;
+    let repaired = killed.elapsed();
+    let spare = *ring_after
+        .iter()
+        .find(|n| !ring_before.contains(n))
+        .expect("a spare joined");
+    // The victim comes back: memory kept (its shm region survives), state from its log.
+    let restarted = Instant::now();
+    c.restart(victim, "dataplane")?;
+    c.restart(victim, "control")?;
+    wait_until(
+        Duration::from_secs(60),
+        "the victim following as a spare",
+        || {
+            progress(&bar);
+            let Some(v) = c.counters(victim) else {
+                return false;
+            };
+            let Some(l) = c.leader().and_then(|l| c.counters(l)) else {
+                return false;
+            };
+            let ring = rapax_dataplane::protocol::membership::ring_from_word(v.ring, v.ring_len);
+            v.heartbeat > 0
+                && v.epoch == l.epoch
+                && !ring.contains(&victim)
+                && v.applied >= l.commit
+        },
+    )?;
+    let rejoined = restarted.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut ops, _) = history.finish();
+    // A final read of every history key: a lost acknowledged write fails the check.
+    let mut reader = Client::connect(&o.dir, ClientOptions::default())
+        .map_err(|e| DrillError::Client(e.to_string()))?;
+    for k in 0..5 {
+        let op = KvOp::Get {
+            key: format!("h{k}").into_bytes(),
+        };
+        let invoke = monotonic_ns();
+        let r = reader
+            .execute(op.clone())
+            .map_err(|e| DrillError::Client(format!("final read: {e}")))?;
+        ops.push(HistoryOp {
+            client: reader.id(),
+            op,
+            invoke,
+            response: Some((monotonic_ns(), r)),
+        });
+    }
+    let linearizable = check_kv_history(&ops).is_linearizable();
+    let bulk = bulk
+        .join()
+        .map_err(|_| DrillError::Client("bulk client panicked".into()))?;
+    bar.finish_and_clear();
+    bulk.map_err(DrillError::Client)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let commit = c
+        .leader()
+        .and_then(|l| c.counters(l))
+        .map_or(0, |x| x.commit);
+    let rss_end = c.rss_kib();
+    let rss_kib = rss_start
+        .iter()
+        .map(|(n, k, a)| {
+            let at = |v: &[(NodeId, String, u64)]| {
+                v.iter()
+                    .find(|(m, j, _)| m == n && j == k)
+                    .map_or(0, |x| x.2)
+            };
+            (*n, k.clone(), *a, at(&rss_warm), at(&rss_end))
+        })
+        .collect();
+    Ok(RepairReport {
+        fabric: o.profile.fabric.kind.as_str().to_string(),
+        replicas: o.replicas,
+        spares: o.spares,
+        ops: o.ops,
+        victim,
+        spare,
+        replace_after_ms: after,
+        repaired_ms: repaired.as_secs_f64() * 1e3,
+        rejoined_ms: rejoined.as_secs_f64() * 1e3,
+        ring_before,
+        ring_after,
+        epoch_after,
+        laps: commit as f64 / o.profile.log.capacity_entries as f64,
+        ops_per_s: o.ops as f64 / elapsed,
+        history_ops: ops.len(),
+        linearizable,
+        rss_kib,
+    })
+}

@@ -9,8 +9,8 @@
 //! Each step changes one acceptor (add or remove) or only the order, so any majority of one
 //! configuration meets any majority of the next ([`quorums_intersect`]): a recovering leader that
 //! reads a majority of the configuration it knows finds the next one's entry, reads a majority
-//! of that one in turn, and so on. A replace is two steps: the spare joins right behind the
-//! acceptor it replaces, then that acceptor leaves.
+//! of that one in turn, and so on. A replace is two steps: the spare joins at the end of the
+//! ring, then the acceptor it replaces leaves.
 //!
 //! [`EntryKind::Config`]: crate::protocol::layout::EntryKind::Config
 
@@ -43,7 +43,8 @@ pub enum Change {
     Add(NodeId),
     /// An acceptor leaves the ring and becomes a spare.
     Remove(NodeId),
-    /// A spare takes an acceptor's place in the ring (two steps: add behind it, remove it).
+    /// A spare takes an acceptor's place in the ring (two steps: the spare joins at the end,
+    /// the acceptor leaves).
     Replace { old: NodeId, new: NodeId },
     /// The same acceptors in a new succession order.
     Reorder(Vec<NodeId>),
@@ -317,9 +318,10 @@ impl Membership {
                         max: MAX_NODES,
                     });
                 }
-                let at = ring.iter().position(|&n| n == *old).expect("in ring");
+                // The spare joins at the end of the succession order: a live newcomer ahead of
+                // the leader would take the lead at once.
                 let mut grown = ring.to_vec();
-                grown.insert(at + 1, *new);
+                grown.push(*new);
                 let shrunk = removal(*old, &grown)?;
                 Ok(vec![
                     Membership::new(e + 1, &grown),
@@ -417,8 +419,8 @@ mod tests {
         }
         let replace = Change::Replace { old: 1, new: 3 };
         let steps = a.plan(&replace, &nodes, live, false).unwrap();
-        assert_eq!(steps[0].ring(), &[0, 1, 3, 2]);
-        assert_eq!(steps[1].ring(), &[0, 3, 2]);
+        assert_eq!(steps[0].ring(), &[0, 1, 2, 3]);
+        assert_eq!(steps[1].ring(), &[0, 2, 3]);
         let bad = a.plan(&replace, &nodes, live, true).unwrap();
         assert_eq!(bad.len(), 1);
         assert!(

@@ -260,6 +260,9 @@ pub struct NodeConfig {
     pub candidate_timeout_ticks: u64,
     /// After stepping down, a node waits this long before it may stand again.
     pub stepdown_holdoff_ticks: u64,
+    /// Ring repair: a leader replaces an acceptor held dead this long with a live, active
+    /// spare (0: never).
+    pub replace_after_ticks: u64,
     /// Slots the apply agent scans ahead for commit hints per tick.
     pub apply_scan_slots: u64,
     /// Slots per read when recovery or catch-up reads a log.
@@ -425,6 +428,11 @@ pub enum Note {
     Reconfigured {
         slot: Slot,
         membership: Membership,
+    },
+    /// The leader's ring repair: spare `new` takes the place of `old`, dead too long.
+    RingRepair {
+        old: NodeId,
+        new: NodeId,
     },
     /// The leader dropped the rest of a change (its epochs never come).
     ReconfigAbandoned {
@@ -772,6 +780,9 @@ pub struct Node<S> {
     peer_leading: [bool; MAX_NODES],
     /// The configuration epoch each peer published at its last heartbeat read.
     peer_epoch: [u64; MAX_NODES],
+    /// Since when each peer has been held dead (for ring repair; kept across leader changes,
+    /// so a new leader does not start the count again).
+    dead_since: [Option<u64>; MAX_NODES],
     /// The node we take to be the ring's first electable one and since when, while it does
     /// not stand: past a grace period we stand ourselves.
     deferring: Option<(NodeId, u64)>,
@@ -853,6 +864,7 @@ impl<S: StateMachine> Node<S> {
             peer_behind: [false; MAX_NODES],
             peer_leading: [false; MAX_NODES],
             peer_epoch: [0; MAX_NODES],
+            dead_since: [None; MAX_NODES],
             deferring: None,
             rejoin: None,
             log_from: 0,
@@ -1469,6 +1481,14 @@ impl<S: StateMachine> Node<S> {
 
     fn role_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let me = self.cfg.id;
+        for p in 0..self.nodes.len() {
+            let n = self.nodes[p];
+            if n == me || self.is_alive(n) {
+                self.dead_since[n as usize] = None;
+            } else {
+                self.dead_since[n as usize].get_or_insert(self.now);
+            }
+        }
         match &mut self.role {
             Role::Follower => {
                 let amnesiac = mem.log_word(LOG_AMNESIAC) != 0;
@@ -2208,6 +2228,7 @@ impl<S: StateMachine> Node<S> {
             self.post_reconnect(out, p, op, Purpose::SyncHeader { ballot, peer: p });
         }
         self.reuse_tick(out);
+        self.repair_tick(out);
         self.change_tick(mem, out);
         // Propose: batches of queued commands into new slots, within the window and the
         // reusable part of the log, and never past a change not yet chosen.
@@ -2285,6 +2306,41 @@ impl<S: StateMachine> Node<S> {
                 };
                 self.post(out, p, op, Purpose::Meta { ballot, peer: p });
             }
+        }
+    }
+
+    /// Ring repair: an acceptor held dead for `replace_after_ticks` is replaced by a live
+    /// spare that is an active follower (caught up), when no other change is in flight and
+    /// the change leaves a live majority.
+    fn repair_tick(&mut self, out: &mut Output) {
+        let after = self.cfg.replace_after_ticks;
+        if after == 0 {
+            return;
+        }
+        let me = self.cfg.id;
+        let now = self.now;
+        let alive: Vec<bool> = (0..MAX_NODES as NodeId).map(|p| self.is_alive(p)).collect();
+        let dead_since = self.dead_since;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let overdue =
+            l.conf.ring().iter().copied().find(|&p| {
+                p != me && dead_since[p as usize].is_some_and(|since| now >= since + after)
+            });
+        let Some(old) = overdue else { return };
+        if l.conf_slot.is_some() || !l.changes.is_empty() {
+            return;
+        }
+        let spare = self.nodes.iter().copied().find(|&s| {
+            !l.conf.contains(s)
+                && alive[s as usize]
+                && matches!(l.followers.get(&s), Some(Follower::Active))
+        });
+        let Some(new) = spare else { return };
+        let change = Change::Replace { old, new };
+        if self.reconfigure(&change).is_ok() {
+            out.notes.push(Note::RingRepair { old, new });
         }
     }
 
@@ -3260,6 +3316,7 @@ mod tests {
             retry_ticks: 10,
             candidate_timeout_ticks: 40,
             stepdown_holdoff_ticks: 5,
+            replace_after_ticks: 0,
             apply_scan_slots: 16,
             checkpoint_every: 0,
             snapshot_chunk_bytes: 1024,

@@ -67,6 +67,7 @@ pub struct Summary {
     pub reconfigs_asked: u64,
     pub reconfigs_refused: u64,
     pub reconfigs_chosen: u64,
+    pub ring_repairs: u64,
 }
 
 impl Summary {
@@ -93,6 +94,7 @@ impl Summary {
         self.reconfigs_asked += r.reconfigs_asked;
         self.reconfigs_refused += r.reconfigs_refused;
         self.reconfigs_chosen += r.reconfigs_chosen;
+        self.ring_repairs += r.ring_repairs;
     }
 
     /// The one-line summary.

@@ -158,6 +158,8 @@ pub struct RunReport {
     pub reconfigs_refused: u64,
     /// Configuration entries chosen.
     pub reconfigs_chosen: u64,
+    /// Ring repairs the leaders started (a spare for an acceptor dead too long).
+    pub ring_repairs: u64,
     /// Every change asked (tick, leader asked, change, its answer), with [`RunSpec::record`].
     pub reconfigs: Vec<ReconfigAsked>,
     /// Each node's configuration at the end (`None`: down).
@@ -190,6 +192,7 @@ impl RunReport {
             reconfigs_asked: 0,
             reconfigs_refused: 0,
             reconfigs_chosen: 0,
+            ring_repairs: 0,
             reconfigs: Vec::new(),
             final_memberships: Vec::new(),
             fabric: SimStats::default(),
@@ -320,10 +323,14 @@ impl World {
             fast_fail_prob: rng.gen_range(0.0..=1.0),
         };
         // Drawn only with reconfiguration, so other runs replay as they always did.
-        let (spares, reconfig_prob) = if spec.reconfig {
-            (rng.gen_range(1..=2usize), rng.gen_range(0.002..=0.01))
+        let (spares, reconfig_prob, replace_after) = if spec.reconfig {
+            (
+                rng.gen_range(1..=2usize),
+                rng.gen_range(0.002..=0.01),
+                *[0u64, 150, 300].choose(&mut rng).unwrap(),
+            )
         } else {
-            (0, 0.0)
+            (0, 0.0, 0)
         };
         let total = n + spares;
         let swarm = Swarm {
@@ -382,6 +389,7 @@ impl World {
                 retry_ticks: retry,
                 candidate_timeout_ticks: retry * 4,
                 stepdown_holdoff_ticks: read_period * (u64::from(score_cap) + 2),
+                replace_after_ticks: replace_after,
                 apply_scan_slots: 64,
                 read_chunk_slots: 64,
                 checkpoint_every,
@@ -746,6 +754,12 @@ impl World {
                 Note::ReconfigProposed { slot, membership } => self.trace(format_args!(
                     "node {node} proposes {membership:?} in slot {slot}"
                 )),
+                Note::RingRepair { old, new } => {
+                    self.report.ring_repairs += 1;
+                    self.trace(format_args!(
+                        "node {node} repairs the ring: {new} replaces {old}"
+                    ))
+                }
                 Note::ReconfigAbandoned { epoch, reason } => self.trace(format_args!(
                     "node {node} gives up the change to epoch {epoch}: {reason}"
                 )),
