@@ -574,9 +574,10 @@ struct Dataplane<P: Plane> {
     floor_seen: u64,
     probe: Option<FloorProbe>,
     shutdown: Arc<AtomicBool>,
-    /// Checkpoints go to a writer thread, in order (none is dropped: the one a snapshot
-    /// install makes must be the one a restart replays from).
-    checkpoints: std::sync::mpsc::Sender<Checkpoint>,
+    /// Checkpoints go to a writer thread through one slot: a newer one replaces one not yet
+    /// taken (a restart replays from the latest kept), so a writer that gets little CPU holds
+    /// at most one frozen state back, not a queue of them.
+    checkpoints: CheckpointSlot,
     /// (index, digest) of each checkpoint the writer kept, for the counters.
     kept: std::sync::mpsc::Receiver<(u64, u64)>,
 }
@@ -585,13 +586,9 @@ struct Dataplane<P: Plane> {
 /// (written to a temporary file, then renamed: a crash leaves the previous one or the new
 /// one, and a torn file fails its checksum anyway). Reports each kept checkpoint's index and
 /// digest back.
-fn checkpoint_writer(
-    path: PathBuf,
-) -> (
-    std::sync::mpsc::Sender<Checkpoint>,
-    std::sync::mpsc::Receiver<(u64, u64)>,
-) {
-    let (tx, rx) = std::sync::mpsc::channel::<Checkpoint>();
+fn checkpoint_writer(path: PathBuf) -> (CheckpointSlot, std::sync::mpsc::Receiver<(u64, u64)>) {
+    let slot = CheckpointSlot::default();
+    let rx = slot.clone();
     let (kept_tx, kept_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("rapax-checkpoint".into())
@@ -601,11 +598,7 @@ fn checkpoint_writer(
                 eprintln!("rapax-dataplane: the checkpoint writer keeps normal priority: {e}");
             }
             let tmp = path.with_extension("tmp");
-            while let Ok(mut checkpoint) = rx.recv() {
-                // Only the latest matters once it is written.
-                while let Ok(newer) = rx.try_recv() {
-                    checkpoint = newer;
-                }
+            while let Some(checkpoint) = rx.take() {
                 let (d, state) = checkpoint.into_parts(&mut || {});
                 let kept = write_private_parts(&tmp, &[&d.encode(), &state])
                     .and_then(|()| std::fs::rename(&tmp, &path));
@@ -623,7 +616,52 @@ fn checkpoint_writer(
     if let Err(e) = spawned {
         eprintln!("rapax-dataplane: no checkpoint writer: {e}");
     }
-    (tx, kept_rx)
+    (slot, kept_rx)
+}
+
+/// The one-checkpoint hand-off from the data plane to its writer: `put` replaces what the
+/// writer has not taken yet; `take` waits for one (`None` once closed).
+#[derive(Clone, Default)]
+struct CheckpointSlot {
+    inner: Arc<(
+        std::sync::Mutex<(Option<Checkpoint>, bool)>,
+        std::sync::Condvar,
+    )>,
+}
+
+impl CheckpointSlot {
+    fn put(&self, c: Checkpoint) {
+        let (m, cv) = &*self.inner;
+        m.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(c);
+        cv.notify_one();
+    }
+
+    fn take(&self) -> Option<Checkpoint> {
+        let (m, cv) = &*self.inner;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(c) = g.0.take() {
+                return Some(c);
+            }
+            if g.1 {
+                return None;
+            }
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        let (m, cv) = &*self.inner;
+        m.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        cv.notify_all();
+    }
+}
+
+impl<P: Plane> Drop for Dataplane<P> {
+    fn drop(&mut self) {
+        // The writer keeps what it was given last, then ends.
+        self.checkpoints.close();
+    }
 }
 
 /// Work-request ids of floor probes; the node's own ids count up from 0 and never reach it.
@@ -871,7 +909,7 @@ impl<P: Plane> Dataplane<P> {
         self.out.notes = notes;
         self.out.notes.clear();
         if let Some(c) = self.out.checkpoint.take() {
-            let _ = self.checkpoints.send(c);
+            self.checkpoints.put(c);
         }
         while let Ok((index, digest)) = self.kept.try_recv() {
             self.channel.set(Counter::CheckpointIndex, index);

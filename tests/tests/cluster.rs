@@ -619,3 +619,39 @@ fn shm_cluster_wraps_its_log_and_a_returning_follower_rejoins_by_snapshot() {
 fn udp_cluster_wraps_its_log_and_a_returning_follower_rejoins_by_snapshot() {
     wraps_and_rejoins_by_snapshot("udp-local.toml", "wrap-udp");
 }
+
+/// Ring repair with real processes: 3 acceptors and a spare on shm; an acceptor killed under
+/// load (both its processes) is replaced by the spare once dead for `replace_after_ms`, comes
+/// back as a caught-up spare, and the history stays linearizable.
+#[test]
+fn shm_ring_repair_replaces_a_dead_acceptor_with_the_spare() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut p = profile("shm-local.toml");
+    p.log.capacity_entries = 1024;
+    p.log.snapshot_every_entries = 256;
+    // A calmer detector: four nodes' processes share two cores here.
+    p.election.read_period_us = 1000;
+    let dir = Path::new("/dev/shm/rapax-test").join(format!("repair-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = rapax::drill::repair(&rapax::drill::RepairOptions {
+        profile: p,
+        replicas: 3,
+        spares: 1,
+        ops: 20_000,
+        value_bytes: 64,
+        dir: dir.clone(),
+    })
+    .unwrap_or_else(|e| panic!("repair drill: {e}"));
+    assert!(r.linearizable, "{r:?}");
+    assert!(!r.ring_after.contains(&r.victim), "{r:?}");
+    assert!(
+        r.ring_after.contains(&r.spare) && !r.ring_before.contains(&r.spare),
+        "{r:?}"
+    );
+    assert_eq!(r.ring_after.len(), r.ring_before.len(), "{r:?}");
+    assert!(r.epoch_after >= 2, "a replace is two steps: {r:?}");
+    assert!(r.laps > 2.0, "the run reused its log: {r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
