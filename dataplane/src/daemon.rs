@@ -623,21 +623,25 @@ fn checkpoint_writer(path: PathBuf) -> (CheckpointSlot, std::sync::mpsc::Receive
 /// writer has not taken yet; `take` waits for one (`None` once closed).
 #[derive(Clone, Default)]
 struct CheckpointSlot {
-    inner: Arc<(
-        std::sync::Mutex<(Option<Checkpoint>, bool)>,
-        std::sync::Condvar,
-    )>,
+    inner: Arc<SlotInner>,
+}
+
+/// The pending checkpoint and whether the slot is closed, with the writer's wake-up.
+#[derive(Default)]
+struct SlotInner {
+    state: std::sync::Mutex<(Option<Checkpoint>, bool)>,
+    ready: std::sync::Condvar,
 }
 
 impl CheckpointSlot {
     fn put(&self, c: Checkpoint) {
-        let (m, cv) = &*self.inner;
+        let (m, cv) = (&self.inner.state, &self.inner.ready);
         m.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(c);
         cv.notify_one();
     }
 
     fn take(&self) -> Option<Checkpoint> {
-        let (m, cv) = &*self.inner;
+        let (m, cv) = (&self.inner.state, &self.inner.ready);
         let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(c) = g.0.take() {
@@ -651,7 +655,7 @@ impl CheckpointSlot {
     }
 
     fn close(&self) {
-        let (m, cv) = &*self.inner;
+        let (m, cv) = (&self.inner.state, &self.inner.ready);
         m.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
         cv.notify_all();
     }
