@@ -402,6 +402,51 @@ fn the_leader_crashes_between_the_two_steps_of_a_replace() {
 }
 
 #[test]
+fn the_leaders_ring_repair_puts_a_spare_in_a_dead_acceptors_place() {
+    for seed in 1..=20 {
+        let r = run_seed(RunSpec {
+            replicas: Some(3),
+            ticks: 3000,
+            script: Some(vec![(
+                500,
+                Fault::Crash {
+                    node: Target::Node(2),
+                    memory_lost: seed % 2 == 1,
+                    for_ticks: 1000,
+                },
+            )]),
+            record: true,
+            reconfig: true,
+            replace_after_ticks: Some(200),
+            ..RunSpec::seed(seed)
+        });
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        assert!(r.ring_repairs >= 1, "seed {seed}: no repair");
+        // Every node ends with a ring of three without node 2 (back as a spare) but with a
+        // spare in its place.
+        for (n, m) in r.final_memberships.iter().enumerate() {
+            let m = m.unwrap_or_else(|| panic!("seed {seed}: node {n} down at the end"));
+            assert_eq!(m.len(), 3, "seed {seed} node {n}: {m:?}");
+            assert!(!m.contains(2), "seed {seed} node {n}: {m:?}");
+            assert!(
+                m.ring().iter().any(|&a| a >= 3),
+                "seed {seed} node {n}: {m:?}"
+            );
+        }
+        let repaired_at = r
+            .timeline
+            .iter()
+            .find(|e| matches!(e.note, Note::RingRepair { old: 2, .. }))
+            .map(|e| e.tick)
+            .expect("a repair note");
+        assert!(
+            repaired_at >= 700,
+            "seed {seed}: repaired at {repaired_at}, before 200 ticks dead"
+        );
+    }
+}
+
+#[test]
 fn invalid_changes_are_refused_with_the_reason() {
     let r = run_reconfig(
         3,

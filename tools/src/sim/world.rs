@@ -39,6 +39,9 @@ pub struct RunSpec {
     /// Spares in the cluster, and configuration changes (replace, add, remove, reorder) asked
     /// of the leader during the faults.
     pub reconfig: bool,
+    /// The leaders' ring repair (`replace_after_ticks`): `None` draws it in runs with
+    /// reconfiguration (off, 150 or 300 ticks); scripted runs have it off unless set here.
+    pub replace_after_ticks: Option<u64>,
 }
 
 impl RunSpec {
@@ -53,6 +56,7 @@ impl RunSpec {
             script: None,
             record: false,
             reconfig: false,
+            replace_after_ticks: None,
         }
     }
 }
@@ -331,6 +335,11 @@ impl World {
             )
         } else {
             (0, 0.0, 0)
+        };
+        let replace_after = match (spec.replace_after_ticks, &spec.script) {
+            (Some(t), _) => t,
+            (None, Some(_)) => 0,
+            (None, None) => replace_after,
         };
         let total = n + spares;
         let swarm = Swarm {
