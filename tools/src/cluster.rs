@@ -915,7 +915,10 @@ fn clean(dir: &ClusterDir) {
 /// directories do not collide.
 fn local_port_base(dir: &Path) -> u16 {
     let h = xxhash_rust::xxh3::xxh3_64(dir.as_os_str().as_encoded_bytes());
-    20_000 + (h % 150) as u16 * 256
+    // 48 blocks of 256 from 20000: all below 32768, where Linux's ephemeral range starts
+    // (`net.ipv4.ip_local_port_range`, 32768-60999 by default), so no socket bound to an
+    // ephemeral port can take a node's port between a kill and its restart.
+    20_000 + (h % 48) as u16 * 256
 }
 
 /// Stops the processes recorded in `dir` that are still ours; returns how many were.
