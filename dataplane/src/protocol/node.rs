@@ -1091,7 +1091,7 @@ impl<S: StateMachine> Node<S> {
     /// Whether the nodes of `set` hold a majority of the configuration we applied and of every
     /// later one a recovery found.
     fn covers(&self, set: u64) -> bool {
-        self.conf.is_quorum(set) && self.newer_confs.iter().all(|(_, c)| c.is_quorum(set))
+        covered_by(&self.conf, &self.newer_confs, set)
     }
 
     /// The configuration after every slot applied (what this node takes the ring to be).
@@ -1755,12 +1755,8 @@ impl<S: StateMachine> Node<S> {
                 return;
             }
             let ballot = rec.ballot;
-            let quorum_set = rec.quorum.iter().fold(0u64, |m, &p| m | 1 << p);
-            let covered = self.conf.is_quorum(quorum_set)
-                && self
-                    .newer_confs
-                    .iter()
-                    .all(|(_, c)| c.is_quorum(quorum_set));
+            let quorum_set = node_set(&rec.quorum);
+            let covered = covered_by(&self.conf, &self.newer_confs, quorum_set);
             match rec.phase {
                 RecPhase::Headers => {
                     if let Some(h) = rec.headers.values().find(|h| h.min_ballot >= ballot) {
@@ -1774,12 +1770,8 @@ impl<S: StateMachine> Node<S> {
                         .filter(|(_, h)| !h.amnesiac)
                         .map(|(&p, _)| p)
                         .collect();
-                    let quorum_set = rec.quorum.iter().fold(0u64, |m, &p| m | 1 << p);
-                    let covered = self.conf.is_quorum(quorum_set)
-                        && self
-                            .newer_confs
-                            .iter()
-                            .all(|(_, c)| c.is_quorum(quorum_set));
+                    let quorum_set = node_set(&rec.quorum);
+                    let covered = covered_by(&self.conf, &self.newer_confs, quorum_set);
                     if !covered || !rec.quorum.contains(&me) {
                         // Some acks came from amnesiac logs: keep standing and wait for more.
                         for (&p, h) in &rec.headers {
@@ -3107,6 +3099,16 @@ impl<S: StateMachine> Node<S> {
         }
         mem.write_log_owner(LOG_SNAPSHOT, &[0u8; SNAPSHOT_DESCRIPTOR_BYTES]);
     }
+}
+
+/// The nodes of `nodes` as a bit set.
+fn node_set(nodes: &[NodeId]) -> u64 {
+    nodes.iter().fold(0, |m, &p| m | 1 << p)
+}
+
+/// Whether `set` holds a majority of `conf` and of every configuration in `newer`.
+fn covered_by(conf: &Membership, newer: &[(Slot, Membership)], set: u64) -> bool {
+    conf.is_quorum(set) && newer.iter().all(|(_, c)| c.is_quorum(set))
 }
 
 /// The lowest applied index of the leader (`applied`) and its active followers: no slot below
