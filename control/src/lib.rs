@@ -339,12 +339,7 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
     let reader = reader(&profile, &cluster, &dir, me)?;
     // Every node is watched (spares too: they may join the ring), in succession order: the
     // ring, then the spares. The order follows the configuration the data plane applies.
-    let order: Vec<NodeId> = cluster
-        .ring
-        .iter()
-        .chain(&cluster.spares)
-        .copied()
-        .collect();
+    let order = cluster.succession();
     let election = Election::new(me, order.clone(), cfg.election.clone());
     let control = Control {
         ring: order,

@@ -117,12 +117,7 @@ impl Client {
         let cdir = ClusterDir::new(dir);
         let (profile, cluster) = load_config(&cdir, None, None).map_err(Box::new)?;
         // Every node: the ring of epoch 0 first, then the spares (which may lead later).
-        let nodes: Vec<NodeId> = cluster
-            .ring
-            .iter()
-            .chain(&cluster.spares)
-            .copied()
-            .collect();
+        let nodes = cluster.succession();
         let transport = match profile.fabric.kind {
             // A local dpdk cluster takes clients through the shm mailbox too.
             FabricKind::Shm | FabricKind::Dpdk | FabricKind::Rdma => Transport::Shm {

@@ -1311,6 +1311,11 @@ impl ClusterFile {
         xxhash_rust::xxh3::xxh3_64(self.name.as_bytes())
     }
 
+    /// Every node in succession order at epoch 0: the ring, then the spares.
+    pub fn succession(&self) -> Vec<NodeId> {
+        self.ring.iter().chain(&self.spares).copied().collect()
+    }
+
     /// How many node ids a fabric must map: one past the highest id.
     pub fn node_slots(&self) -> usize {
         self.nodes

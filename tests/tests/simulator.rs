@@ -7,12 +7,15 @@ use rapax_dataplane::protocol::node::{Bugs, BUG_NAMES};
 /// Seeds per cluster size in the fixed set (the full runs are `rapax sim --seeds 2000`).
 const FIXED_SEEDS: u64 = 300;
 
-fn fixed_set(replicas: usize) {
+/// Runs the fixed seeds on `replicas` (with spares and configuration changes when
+/// `reconfig`), fails on any violation, and returns the totals for the coverage checks.
+fn run_fixed_set(replicas: usize, reconfig: bool) -> Summary {
     let mut summary = Summary::default();
     let mut failures = Vec::new();
     for seed in 1..=FIXED_SEEDS {
         let r = run_seed(RunSpec {
             replicas: Some(replicas),
+            reconfig,
             ..RunSpec::seed(seed)
         });
         if let Some(v) = &r.violation {
@@ -20,8 +23,19 @@ fn fixed_set(replicas: usize) {
         }
         summary.add(&r);
     }
-    println!("{}", summary.line());
+    println!(
+        "{}; {} changes asked, {} refused, {} configuration entries chosen",
+        summary.line(),
+        summary.reconfigs_asked,
+        summary.reconfigs_refused,
+        summary.reconfigs_chosen
+    );
     assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
+    summary
+}
+
+fn fixed_set(replicas: usize) {
+    let summary = run_fixed_set(replicas, false);
     // The set must actually exercise what it claims to.
     assert!(
         summary.seeds_leader_crashed > FIXED_SEEDS / 4,
@@ -53,27 +67,7 @@ fn fixed_seed_set_7_replicas() {
 /// configurations' majorities meet, and every node ends with the configuration the chosen log
 /// makes.
 fn fixed_reconfig_set(replicas: usize) {
-    let mut summary = Summary::default();
-    let mut failures = Vec::new();
-    for seed in 1..=FIXED_SEEDS {
-        let r = run_seed(RunSpec {
-            replicas: Some(replicas),
-            reconfig: true,
-            ..RunSpec::seed(seed)
-        });
-        if let Some(v) = &r.violation {
-            failures.push(format!("seed {seed}: {v}"));
-        }
-        summary.add(&r);
-    }
-    println!(
-        "{}; {} changes asked, {} refused, {} configuration entries chosen",
-        summary.line(),
-        summary.reconfigs_asked,
-        summary.reconfigs_refused,
-        summary.reconfigs_chosen
-    );
-    assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
+    let summary = run_fixed_set(replicas, true);
     assert!(summary.reconfigs_chosen > 2 * FIXED_SEEDS, "{summary:?}");
     assert!(
         summary.seeds_leader_crashed > FIXED_SEEDS / 4,

@@ -176,12 +176,7 @@ impl LocalCluster {
         }
         let base = local_port_base(dir);
         let mut cluster = ClusterFile::local(replicas + spares, base);
-        let all = cluster
-            .ring
-            .iter()
-            .chain(&cluster.spares)
-            .copied()
-            .collect::<Vec<_>>();
+        let all = cluster.succession();
         cluster.ring = all[..replicas].to_vec();
         cluster.spares = all[replicas..].to_vec();
         cluster.name = format!("local-{replicas}-{base}");
@@ -470,12 +465,7 @@ impl LocalCluster {
 
     /// Every node of the cluster file: the ring of epoch 0, then the spares.
     pub fn members(&self) -> Vec<NodeId> {
-        self.cluster
-            .ring
-            .iter()
-            .chain(&self.cluster.spares)
-            .copied()
-            .collect()
+        self.cluster.succession()
     }
 
     /// The configuration the leader applied (`None`: no leader): epoch and ring.

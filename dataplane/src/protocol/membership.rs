@@ -273,21 +273,26 @@ impl Membership {
             }
             Ok(rest)
         };
+        // A joining node goes to the end of the succession order: a live newcomer ahead of the
+        // leader would take the lead at once.
+        let joined = |node: NodeId| -> Result<Vec<NodeId>, ReconfigError> {
+            if ring.len() == MAX_NODES {
+                return Err(ReconfigError::RingFull {
+                    len: ring.len() + 1,
+                    max: MAX_NODES,
+                });
+            }
+            let mut r = ring.to_vec();
+            r.push(node);
+            Ok(r)
+        };
         match change {
             Change::Add(n) => {
                 known(*n)?;
                 if self.contains(*n) {
                     return Err(ReconfigError::AlreadyInRing(*n));
                 }
-                if ring.len() == MAX_NODES {
-                    return Err(ReconfigError::RingFull {
-                        len: ring.len() + 1,
-                        max: MAX_NODES,
-                    });
-                }
-                let mut r = ring.to_vec();
-                r.push(*n);
-                Ok(vec![Membership::new(e + 1, &r)])
+                Ok(vec![Membership::new(e + 1, &joined(*n)?)])
             }
             Change::Remove(n) => {
                 known(*n)?;
@@ -312,16 +317,7 @@ impl Membership {
                         .collect();
                     return Ok(vec![Membership::new(e + 1, &r)]);
                 }
-                if ring.len() == MAX_NODES {
-                    return Err(ReconfigError::RingFull {
-                        len: ring.len() + 1,
-                        max: MAX_NODES,
-                    });
-                }
-                // The spare joins at the end of the succession order: a live newcomer ahead of
-                // the leader would take the lead at once.
-                let mut grown = ring.to_vec();
-                grown.push(*new);
+                let grown = joined(*new)?;
                 let shrunk = removal(*old, &grown)?;
                 Ok(vec![
                     Membership::new(e + 1, &grown),

@@ -1099,11 +1099,6 @@ impl<S: StateMachine> Node<S> {
         self.conf
     }
 
-    /// The cluster file's nodes (the ring of epoch 0 and the spares).
-    pub fn nodes(&self) -> &[NodeId] {
-        &self.nodes
-    }
-
     /// Asks the leader to change the configuration; returns the configurations it will
     /// propose, one step each. Refused (with the reason) when this node does not lead, when a
     /// change is in flight, or when the change is invalid ([`Membership::plan`]); a node joining
@@ -1481,14 +1476,7 @@ impl<S: StateMachine> Node<S> {
 
     fn role_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let me = self.cfg.id;
-        for p in 0..self.nodes.len() {
-            let n = self.nodes[p];
-            if n == me || self.is_alive(n) {
-                self.dead_since[n as usize] = None;
-            } else {
-                self.dead_since[n as usize].get_or_insert(self.now);
-            }
-        }
+        self.track_deaths();
         match &mut self.role {
             Role::Follower => {
                 let amnesiac = mem.log_word(LOG_AMNESIAC) != 0;
@@ -2301,6 +2289,23 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// For ring repair (only when it is on): since when each node has been held dead, kept
+    /// by every node so a new leader does not start the count again.
+    fn track_deaths(&mut self) {
+        if self.cfg.replace_after_ticks == 0 {
+            return;
+        }
+        let me = self.cfg.id;
+        for i in 0..self.nodes.len() {
+            let n = self.nodes[i];
+            if n == me || self.is_alive(n) {
+                self.dead_since[n as usize] = None;
+            } else {
+                self.dead_since[n as usize].get_or_insert(self.now);
+            }
+        }
+    }
+
     /// Ring repair: an acceptor held dead for `replace_after_ticks` is replaced by a live
     /// spare that is an active follower (caught up), when no other change is in flight and
     /// the change leaves a live majority.
@@ -2311,22 +2316,19 @@ impl<S: StateMachine> Node<S> {
         }
         let me = self.cfg.id;
         let now = self.now;
-        let alive: Vec<bool> = (0..MAX_NODES as NodeId).map(|p| self.is_alive(p)).collect();
-        let dead_since = self.dead_since;
-        let Role::Leader(l) = &mut self.role else {
+        let Role::Leader(l) = &self.role else {
             return;
         };
-        let overdue =
-            l.conf.ring().iter().copied().find(|&p| {
-                p != me && dead_since[p as usize].is_some_and(|since| now >= since + after)
-            });
-        let Some(old) = overdue else { return };
         if l.conf_slot.is_some() || !l.changes.is_empty() {
             return;
         }
+        let overdue = l.conf.ring().iter().copied().find(|&p| {
+            p != me && self.dead_since[p as usize].is_some_and(|since| now >= since + after)
+        });
+        let Some(old) = overdue else { return };
         let spare = self.nodes.iter().copied().find(|&s| {
             !l.conf.contains(s)
-                && alive[s as usize]
+                && self.is_alive(s)
                 && matches!(l.followers.get(&s), Some(Follower::Active))
         });
         let Some(new) = spare else { return };
@@ -2447,8 +2449,7 @@ impl<S: StateMachine> Node<S> {
                 })
                 .map(|(&p, _)| p)
                 .collect();
-            let slow_set = slow.iter().fold(0u64, |m, &p| m | 1 << p);
-            let remain = (active_followers(&l.followers) & !slow_set) | 1 << me;
+            let remain = (active_followers(&l.followers) & !node_set(&slow)) | 1 << me;
             if l.conf.is_quorum(remain) {
                 for p in slow {
                     out.notes.push(Note::FollowerLost {
@@ -2870,11 +2871,10 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// Phase 2B: a slot is chosen with f remote successes; the commit index moves over the
-    /// chosen prefix.
-    /// Counts slots chosen in order: a slot is chosen once the leader's copy and the remote
-    /// writes that succeeded hold a majority of the configuration that governs it (spares'
-    /// copies count for nothing). Once a change is chosen, the next slots count by it.
+    /// Phase 2B: counts slots chosen in order, moving the commit index over them. A slot is
+    /// chosen once the leader's copy and the remote writes that succeeded hold a majority of
+    /// the configuration that governs it (spares' copies count for nothing). Once a change is
+    /// chosen, the next slots count by it.
     fn advance_commit(&mut self, out: &mut Output) {
         let me = self.cfg.id;
         let early = self.cfg.bugs.commit_early();
