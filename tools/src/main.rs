@@ -202,7 +202,7 @@ enum Command {
     /// them an acceptor (not the leader) is killed with both its processes; the leader puts a
     /// spare in its place once it has been dead for the profile's election.replace_after_ms;
     /// the victim is restarted and must rejoin as a caught-up spare. Reports the time to the
-    /// repair and to the rejoin, the laps of the log, resident memory at start and end, and
+    /// repair and to the rejoin, the laps of the log, resident memory after the start, after 10 % of the ops and at the end, and
     /// whether the history of a second load (from before the kill to after the rejoin, with
     /// a final read of every key) is linearizable.
     ///
