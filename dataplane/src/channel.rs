@@ -217,11 +217,14 @@ pub enum Counter {
     Ring = 41,
     /// Data plane: the ring's length (1..=16).
     RingLen = 42,
+    /// Data plane: 1 while it has lost its memory and no leader has re-synced it (it counts
+    /// in no quorum yet), else 0.
+    Amnesiac = 43,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 43] = [
+    pub const ALL: [Counter; 44] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -265,6 +268,7 @@ impl Counter {
         Counter::Epoch,
         Counter::Ring,
         Counter::RingLen,
+        Counter::Amnesiac,
     ];
 
     /// The counter's name, for tools.
@@ -313,6 +317,7 @@ impl Counter {
             Counter::Epoch => "epoch",
             Counter::Ring => "ring",
             Counter::RingLen => "ring_len",
+            Counter::Amnesiac => "amnesiac",
         }
     }
 

@@ -1086,6 +1086,8 @@ impl<P: Plane> Dataplane<P> {
         c.set(Counter::Epoch, m.epoch);
         c.set(Counter::Ring, ring_word(m.ring()));
         c.set(Counter::RingLen, m.len() as u64);
+        let amnesiac = self.node.is_amnesiac(self.plane.mem());
+        c.set(Counter::Amnesiac, u64::from(amnesiac));
         c.add(Counter::Heartbeat, 1);
         self.plane.publish(c);
         let request = c.counter(Counter::StatsRequest);

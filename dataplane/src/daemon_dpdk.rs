@@ -158,6 +158,8 @@ pub(super) fn open(
                         .port_by_name(&format!("net_memif{p}"))
                         .map_err(crate::fabric::dpdk::DpdkError::from)?,
                     peer: Some(p),
+                    // This node dials the peers below it (`eal_args`: the lower id serves).
+                    redial: p < me,
                 })
             })
             .collect::<Result<Vec<_>, DaemonError>>()?
@@ -165,6 +167,7 @@ pub(super) fn open(
         vec![DpdkPortSpec {
             port_id: d.port,
             peer: None,
+            redial: false,
         }]
     };
     // With loss recovery an operation must outlive several resends of a lost frame (go-back-N

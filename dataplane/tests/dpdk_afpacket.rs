@@ -64,6 +64,7 @@ fn af_packet_mesh(env: &'static ProcessDpdk) -> Mesh {
             vec![DpdkPortSpec {
                 port_id,
                 peer: None,
+                redial: false,
             }]
         })
         .collect()

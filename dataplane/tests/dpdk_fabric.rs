@@ -48,10 +48,12 @@ fn mesh_queues(eal: &Eal, n: NodeId, queues: u16) -> Mesh {
             ports[i as usize].push(DpdkPortSpec {
                 port_id: pi,
                 peer: Some(j),
+                redial: false,
             });
             ports[j as usize].push(DpdkPortSpec {
                 port_id: pj,
                 peer: Some(i),
+                redial: false,
             });
         }
     }

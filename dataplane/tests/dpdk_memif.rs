@@ -94,6 +94,7 @@ fn memif_mesh(env: &'static ProcessDpdk) -> Mesh {
         mesh[me as usize].push(DpdkPortSpec {
             port_id,
             peer: Some(peer),
+            redial: me > peer,
         });
     }
     mesh

@@ -5,6 +5,7 @@
 
 #include <rte_config.h>
 #include <rte_eal.h>
+#include <rte_alarm.h>
 #include <rte_errno.h>
 #include <rte_lcore.h>
 #include <rte_ethdev.h>

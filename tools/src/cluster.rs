@@ -47,7 +47,9 @@ pub enum ClusterError {
     NoLeader(Duration),
     #[error("node {node}'s data plane did not start within {waited:?}")]
     NotRunning { node: NodeId, waited: Duration },
-    #[error("node {node} did not apply up to {target} in time")]
+    #[error(
+        "node {node} did not catch up in time (apply up to {target} and be re-synced by a leader)"
+    )]
     NotCaughtUp { node: NodeId, target: u64 },
 }
 
@@ -101,12 +103,14 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    // A zombie (killed, not yet reaped by its parent) does not run.
+    // A zombie (killed, not yet reaped by its parent) does not run, once all its threads have
+    // gone: the main thread shows as a zombie while the others still exit, and the process's
+    // files, sockets included, close only with the last of them.
     let state = u64::try_from(pid)
         .ok()
         .and_then(rapax_dataplane::fabric::shm::proc_state);
     if matches!(state, Some('Z' | 'X')) {
-        return false;
+        return threads_exiting(pid);
     }
     if cmdline.is_empty() && state.is_some() {
         // Exiting: its memory is gone (so is its command line) but its files, sockets
@@ -119,6 +123,21 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
         .first()
         .is_some_and(|a| a.ends_with(b"rapax-dataplane") || a.ends_with(b"rapax-control"));
     daemon && args.windows(2).any(|w| w[0] == b"--dir" && w[1] == dir)
+}
+
+/// Whether any thread of `pid` other than a zombie is still there.
+fn threads_exiting(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        !matches!(state, None | Some("Z" | "X" | "x"))
+    })
 }
 
 /// A local cluster: its directory, configuration and processes.
@@ -414,6 +433,7 @@ impl LocalCluster {
             epoch: get(Counter::Epoch),
             ring: get(Counter::Ring),
             ring_len: get(Counter::RingLen),
+            amnesiac: get(Counter::Amnesiac) != 0,
             role: get(Counter::Role),
             ballot: Ballot(get(Counter::Ballot)),
             granted: Ballot(get(Counter::Granted)),
@@ -509,8 +529,9 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Waits until `node` has applied everything the leader had committed when called (a
-    /// restarted node has caught up; one that lost its memory counts as an acceptor again).
+    /// Waits until `node` has applied everything the leader had committed when called and no
+    /// longer counts as amnesiac (a restarted node has caught up; one that lost its memory
+    /// counts in quorums again: until then, losing one more node stops the cluster).
     pub fn wait_caught_up(&self, node: NodeId, limit: Duration) -> Result<(), ClusterError> {
         let deadline = Instant::now() + limit;
         let target = loop {
@@ -522,7 +543,10 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        while self.counters(node).is_none_or(|c| c.applied < target) {
+        while self
+            .counters(node)
+            .is_none_or(|c| c.applied < target || c.amnesiac)
+        {
             if Instant::now() > deadline {
                 return Err(ClusterError::NotCaughtUp { node, target });
             }
@@ -798,6 +822,8 @@ pub struct NodeCounters {
     pub epoch: u64,
     pub ring: u64,
     pub ring_len: u64,
+    /// Lost its memory and not yet re-synced by a leader: it counts in no quorum.
+    pub amnesiac: bool,
     pub role: u64,
     pub ballot: Ballot,
     pub granted: Ballot,

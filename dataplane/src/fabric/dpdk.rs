@@ -92,6 +92,10 @@ pub struct DpdkPortSpec {
     /// The one peer reached through this port (memif, ring pairs), or `None` for a port shared
     /// by all peers (a NIC).
     pub peer: Option<NodeId>,
+    /// Restart the port when its link stays down: a memif client, which dials its server only
+    /// when it starts (see [`DpdkLink`]'s link watch). A memif server, a ring pair or a NIC
+    /// needs no restart.
+    pub redial: bool,
 }
 
 /// Who a node is, its ports and whom it talks to.
@@ -158,11 +162,20 @@ impl LinkQueues {
 struct LinkPort<'pool> {
     port: Port<'pool>,
     peer: Option<NodeId>,
+    redial: bool,
     /// Consecutive link checks that found the link down.
     down_checks: u32,
 }
 
 impl LinkPort<'_> {
+    /// Takes in a finished restart, then whether the port is started.
+    fn ready(&mut self) -> bool {
+        if self.port.restart_pending() {
+            let _ = self.port.settle();
+        }
+        self.port.is_started()
+    }
+
     /// Started, and its link up (for memif: its peer connected).
     fn is_up(&self) -> bool {
         self.port.is_started() && self.port.link_up().unwrap_or(false)
@@ -253,6 +266,7 @@ impl<'pool> DpdkLink<'pool> {
             opened.push(LinkPort {
                 port,
                 peer: spec.peer,
+                redial: spec.redial,
                 down_checks: 0,
             });
         }
@@ -314,15 +328,21 @@ impl<'pool> DpdkLink<'pool> {
             .map_or(self.shared, |&(_, i)| i)
     }
 
-    /// The link watch, run from idle receive polls: a dedicated port (a point-to-point link
-    /// such as memif) whose link has been down for [`LINK_DOWN_CHECKS`] checks
-    /// [`LINK_CHECK_EVERY`] apart is stopped and started again.
+    /// The link watch, run from idle receive polls: a port to redial (a memif client) whose
+    /// link has been down for [`LINK_DOWN_CHECKS`] checks [`LINK_CHECK_EVERY`] apart is
+    /// stopped and started again, on the EAL's interrupt thread.
     ///
     /// A memif client connects to its server only when its port starts, and never again after a
     /// disconnect: without the watch, a server that restarts (a node killed and restarted), or
     /// that refused the client because its own port was not started yet (nodes starting
-    /// together), would leave the pair cut for ever. Restarting a server port whose client is
-    /// gone does nothing but clear its state; it accepts the next client either way.
+    /// together), would leave the pair cut for ever. A server port is left alone: its driver
+    /// clears a gone client's state and accepts the next one by itself, and a stop in the middle
+    /// of a client's handshake would only break it.
+    ///
+    /// The restart runs on the interrupt thread because memif's control channel runs there: a
+    /// stop from this thread while a control callback ran freed the channel under it and killed
+    /// the process (a restarted server, stopped by its own watch while its first client
+    /// connected). See [`Port::restart_on_interrupt_thread`].
     fn watch_links(&mut self) {
         self.idle_polls += 1;
         if self.idle_polls < LINK_CHECK_POLLS {
@@ -334,7 +354,11 @@ impl<'pool> DpdkLink<'pool> {
             return;
         }
         self.next_link_check = now + LINK_CHECK_EVERY;
-        for p in self.ports.iter_mut().filter(|p| p.peer.is_some()) {
+        for p in self.ports.iter_mut().filter(|p| p.redial) {
+            p.ready();
+            if p.port.restart_pending() {
+                continue;
+            }
             if p.is_up() {
                 p.down_checks = 0;
                 continue;
@@ -345,8 +369,7 @@ impl<'pool> DpdkLink<'pool> {
                 self.stats.link_restarts += 1;
                 // A start that fails (a memif server not there yet) is retried at a later check;
                 // the port stays stopped until then and sends nothing.
-                let _ = p.port.stop();
-                let _ = p.port.start();
+                let _ = p.port.restart_on_interrupt_thread();
             }
         }
     }
@@ -361,7 +384,7 @@ impl<'pool> DpdkLink<'pool> {
         for k in 0..n * usize::from(q) {
             let flat = self.rx_port * usize::from(q) + usize::from(self.rx_queue) + k;
             let (i, queue) = ((flat / usize::from(q)) % n, (flat % usize::from(q)) as u16);
-            if !self.ports[i].port.is_started() {
+            if !self.ports[i].ready() {
                 continue;
             }
             if self.ports[i].port.rx_burst(queue, &mut self.rx) > 0 {
@@ -621,6 +644,7 @@ pub fn ring_pair_floor_ns(
             &[DpdkPortSpec {
                 port_id,
                 peer: Some(1),
+                redial: false,
             }],
             &[(1, peer_mac)],
             LinkQueues::single(256),

@@ -77,7 +77,7 @@ impl RdmaNet {
         cluster_id: u64,
         peers: &[(NodeId, SocketAddr)],
     ) -> std::io::Result<RdmaNet> {
-        let socket = UdpSocket::bind(addr)?;
+        let socket = crate::fabric::udp::bind_port(addr)?;
         socket.set_nonblocking(true)?;
         Ok(RdmaNet {
             socket,

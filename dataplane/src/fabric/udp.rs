@@ -184,13 +184,40 @@ impl DatagramLink for UdpLink {
     }
 }
 
+/// How long [`bind_port`] retries an address in use.
+pub const BIND_RETRY: Duration = Duration::from_secs(3);
+
+/// Binds a daemon's configured port, retrying for [`BIND_RETRY`] while it is in use.
+///
+/// A daemon restarted right after its predecessor was killed can find the port still held: a
+/// killed process closes its sockets only when its last thread has gone, after its main thread
+/// already shows as exited. Another owner keeps the port past the retries and the error says
+/// so.
+pub fn bind_port(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let give_up = Instant::now() + BIND_RETRY;
+    loop {
+        match UdpSocket::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{addr} is in use (still after {BIND_RETRY:?}): {e}"),
+                ));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One node's end of the `udp` fabric: the shared frame layer over a [`UdpLink`].
 pub type UdpFabric = FrameFabric<UdpLink>;
 
 impl FrameFabric<UdpLink> {
-    /// Binds `addr` and sets up the fabric of `config.me` on it.
+    /// Binds `addr` (see [`bind_port`]) and sets up the fabric of `config.me` on it.
     pub fn bind(addr: SocketAddr, config: UdpConfig) -> Result<UdpFabric, UdpError> {
-        UdpFabric::new(UdpSocket::bind(addr)?, config)
+        UdpFabric::new(bind_port(addr)?, config)
     }
 
     /// Sets up the fabric of `config.me` on a bound socket (made non-blocking).

@@ -2,9 +2,9 @@
 
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_void};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use super::sys;
 use super::{Error, MacAddr, Result};
@@ -523,8 +523,41 @@ pub struct Port<'pool> {
     rx_queues: u16,
     tx_queues: u16,
     started: bool,
+    /// A restart handed to the EAL's interrupt thread and not yet taken in by
+    /// [`Port::settle`].
+    restart: Option<Box<Restart>>,
     _pool: PhantomData<&'pool PktMbufPool>,
     _not_sync: PhantomData<*const ()>,
+}
+
+/// A stop and start of a port run by the EAL's interrupt thread
+/// ([`Port::restart_on_interrupt_thread`]).
+struct Restart {
+    port: u16,
+    /// Whether the port was started (so the alarm stops it first).
+    stop: bool,
+    /// [`RESTART_PENDING`] until the alarm has run, then `rte_eth_dev_start`'s return code.
+    rc: AtomicI32,
+}
+
+/// [`Restart::rc`] before the alarm has run.
+const RESTART_PENDING: i32 = i32::MIN;
+
+/// The alarm callback of [`Port::restart_on_interrupt_thread`], run by the EAL's interrupt
+/// thread.
+unsafe extern "C" fn run_restart(arg: *mut c_void) {
+    // SAFETY: `arg` is the `Restart` that the port keeps boxed until it has seen `rc` set or
+    // has cancelled the alarm (which waits for a running callback), so it is alive here; the
+    // port's own thread does not use the port meanwhile (it counts as stopped).
+    let r = unsafe { &*(arg as *const Restart) };
+    if r.stop {
+        // SAFETY: the port is started (`stop`) and no other thread uses it.
+        unsafe { sys::rte_eth_dev_stop(r.port) };
+    }
+    // SAFETY: the port is configured with its queues set up, stopped, and used by no other
+    // thread.
+    let rc = unsafe { sys::rte_eth_dev_start(r.port) };
+    r.rc.store(rc, Ordering::Release);
 }
 
 // SAFETY: DPDK ports may be driven from any thread (EAL-created or not) as long as one queue is
@@ -582,6 +615,7 @@ impl<'pool> Port<'pool> {
             rx_queues: config.rx_queues,
             tx_queues: config.tx_queues,
             started: false,
+            restart: None,
             _pool: PhantomData,
             _not_sync: PhantomData,
         };
@@ -645,6 +679,51 @@ impl<'pool> Port<'pool> {
     /// Whether the port is started (by [`Port::start`], not stopped since).
     pub fn is_started(&self) -> bool {
         self.started
+    }
+
+    /// Stops the port (if started) and starts it again on the EAL's interrupt thread, by an
+    /// alarm (`rte_eal_alarm_set`), and returns at once. Until [`Port::settle`] takes in the
+    /// outcome, the port counts as stopped and must not be polled.
+    ///
+    /// Drivers such as memif run their control channel on that thread; a stop from another
+    /// thread while one of its callbacks runs frees the channel under it (DPDK 22.11's memif
+    /// then dereferences a NULL channel and the process dies). On the interrupt thread the two
+    /// cannot overlap. Does nothing if a restart is already pending.
+    pub fn restart_on_interrupt_thread(&mut self) -> Result<()> {
+        if self.restart.is_some() {
+            return Ok(());
+        }
+        let restart = Box::new(Restart {
+            port: self.id,
+            stop: self.started,
+            rc: AtomicI32::new(RESTART_PENDING),
+        });
+        let arg = &*restart as *const Restart as *mut c_void;
+        // SAFETY: the callback matches the alarm's signature; `arg` points into the box, which
+        // stays put and alive until the outcome is taken in or the alarm cancelled (Drop).
+        check("rte_eal_alarm_set", unsafe {
+            sys::rte_eal_alarm_set(1, Some(run_restart), arg)
+        })?;
+        self.started = false;
+        self.restart = Some(restart);
+        Ok(())
+    }
+
+    /// Takes in the outcome of a pending [`Port::restart_on_interrupt_thread`] once it has
+    /// run: `None` while it is pending or if there is none, else whether the port started.
+    pub fn settle(&mut self) -> Option<Result<()>> {
+        let rc = self.restart.as_ref()?.rc.load(Ordering::Acquire);
+        if rc == RESTART_PENDING {
+            return None;
+        }
+        self.restart = None;
+        self.started = rc >= 0;
+        Some(check("rte_eth_dev_start", rc).map(drop))
+    }
+
+    /// Whether a restart on the interrupt thread is pending.
+    pub fn restart_pending(&self) -> bool {
+        self.restart.is_some()
     }
 
     /// Whether the port's link is up now (`rte_eth_link_get_nowait`): for a memif port, whether
@@ -724,6 +803,18 @@ const CLOSE_AFTER_STOP: std::time::Duration = std::time::Duration::from_millis(5
 
 impl Drop for Port<'_> {
     fn drop(&mut self) {
+        if let Some(restart) = self.restart.take() {
+            let arg = &*restart as *const Restart as *mut c_void;
+            // SAFETY: same callback and argument as set; the cancel waits for a callback that
+            // is running on the interrupt thread, so the box outlives every use of it.
+            unsafe { sys::rte_eal_alarm_cancel(Some(run_restart), arg) };
+            let rc = restart.rc.load(Ordering::Acquire);
+            self.started = if rc == RESTART_PENDING {
+                restart.stop
+            } else {
+                rc >= 0
+            };
+        }
         if self.started {
             // SAFETY: the port is started; stopping returns the queues' mbufs to the pool,
             // which is still alive (the port borrows it).

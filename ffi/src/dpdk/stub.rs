@@ -270,6 +270,21 @@ impl<'pool> Port<'pool> {
         match self.never {}
     }
 
+    /// Stops and starts the port on the EAL's interrupt thread.
+    pub fn restart_on_interrupt_thread(&mut self) -> Result<()> {
+        match self.never {}
+    }
+
+    /// Takes in a pending restart's outcome.
+    pub fn settle(&mut self) -> Option<Result<()>> {
+        match self.never {}
+    }
+
+    /// Whether a restart is pending.
+    pub fn restart_pending(&self) -> bool {
+        match self.never {}
+    }
+
     /// Whether the port's link is up.
     pub fn link_up(&self) -> Result<bool> {
         match self.never {}
