@@ -24,12 +24,12 @@ use rapax_dataplane::fabric::{Completion, Op, Post, Region};
 use rapax_dataplane::profile::{FabricKind, Profile};
 use rapax_dataplane::protocol::layout::{
     CB_AMNESIAC, CB_EPOCH, CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_GRANTED_BALLOT,
-    CB_HEARTBEAT,
+    CB_HEARTBEAT, CB_PID,
 };
 use rapax_dataplane::protocol::membership::ring_from_word;
 use rapax_dataplane::protocol::{Ballot, NodeId};
 
-use election::{Election, ElectionAction};
+use election::{Election, ElectionAction, PeerProcess};
 pub use rapax_dataplane::protocol::election;
 
 /// Where a control plane finds its configuration.
@@ -109,6 +109,50 @@ struct Control {
     actions: Vec<ElectionAction>,
     followed: Option<NodeId>,
     last_link_check: Instant,
+    /// shm with `election.runnable_grace_us`: the process-table check of peers whose heartbeat
+    /// did not move.
+    processes: Option<ProcessTable>,
+}
+
+/// On shm every peer's data plane runs on this host, so a heartbeat that did not move can be
+/// told apart: a process that runs was preempted (a 2-core host, a kernel thread), one that is
+/// gone is dead. The first is excused for `grace` after its counter last moved; the second
+/// fails at once. A stopped process (SIGSTOP) is not excused.
+struct ProcessTable {
+    grace: Duration,
+    /// Per peer: the last heartbeat counter seen and when it changed.
+    moved: [(u64, Instant); rapax_dataplane::protocol::MAX_NODES],
+}
+
+impl ProcessTable {
+    fn new(grace: Duration) -> ProcessTable {
+        ProcessTable {
+            grace,
+            moved: [(0, Instant::now()); rapax_dataplane::protocol::MAX_NODES],
+        }
+    }
+
+    /// What to tell the election of `peer`, whose read found `heartbeat` and `pid`.
+    fn judge(&mut self, peer: NodeId, heartbeat: u64, pid: u64) -> PeerProcess {
+        let (last, at) = &mut self.moved[usize::from(peer)];
+        if *last != heartbeat {
+            *last = heartbeat;
+            *at = Instant::now();
+            return PeerProcess::Unknown;
+        }
+        if pid == 0 {
+            return PeerProcess::Unknown;
+        }
+        if rapax_dataplane::fabric::shm::proc_gone(pid) {
+            return PeerProcess::Gone;
+        }
+        match rapax_dataplane::fabric::shm::proc_state(pid) {
+            None | Some('Z' | 'X' | 'x') => PeerProcess::Gone,
+            Some('T' | 't') => PeerProcess::Unknown,
+            Some(_) if at.elapsed() < self.grace => PeerProcess::Running,
+            Some(_) => PeerProcess::Unknown,
+        }
+    }
 }
 
 impl Control {
@@ -159,7 +203,7 @@ impl Control {
                 op: Op::Read {
                     region: Region::Control,
                     offset: 0,
-                    len: CB_AMNESIAC + 8,
+                    len: CB_PID + 8,
                 },
                 reconnect: false,
                 ballot: Ballot::ZERO,
@@ -172,7 +216,7 @@ impl Control {
                 continue;
             };
             let read = match &c.result {
-                Ok(Some(b)) if b.len() >= CB_AMNESIAC + 8 => {
+                Ok(Some(b)) if b.len() >= CB_PID + 8 => {
                     let word =
                         |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
                     Some((
@@ -180,11 +224,17 @@ impl Control {
                         word(CB_GRANTED_BALLOT),
                         word(CB_AMNESIAC),
                         word(CB_EPOCH),
+                        word(CB_PID),
                     ))
                 }
                 _ => None,
             };
-            self.election.on_read(peer, token, read.map(|r| r.0));
+            let process = match (&mut self.processes, read) {
+                (Some(t), Some(r)) => t.judge(peer, r.0, r.4),
+                _ => PeerProcess::Unknown,
+            };
+            self.election
+                .on_read_seen(peer, token, read.map(|r| r.0), process);
             let status = Command::PeerStatus {
                 peer,
                 alive: self.election.is_alive(peer),
@@ -353,6 +403,9 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
         pending: std::collections::HashMap::new(),
         actions: Vec::new(),
         last_link_check: Instant::now(),
+        processes: (profile.fabric.kind == FabricKind::Shm
+            && profile.election.runnable_grace_us > 0)
+            .then(|| ProcessTable::new(Duration::from_micros(profile.election.runnable_grace_us))),
     };
     let spec = profile.agents.election;
     let runner = AgentRunner::start(

@@ -34,7 +34,9 @@ use crate::fabric::{Completion, LocalMemory, Op, Post, Region};
 use crate::mailbox::{mailbox_path, MailboxError, MailboxServer, MAX_SLOTS};
 use crate::profile::{ClusterError, ClusterFile, FabricKind, Profile, ProfileError};
 use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
-use crate::protocol::layout::{CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_HEARTBEAT};
+use crate::protocol::layout::{
+    CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_HEARTBEAT, CB_PID,
+};
 use crate::protocol::membership::{ring_word, Change, ReconfigError};
 use crate::protocol::node::{
     BadRequest, Checkpoint, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind,
@@ -1086,6 +1088,10 @@ impl<P: Plane> Dataplane<P> {
         c.set(Counter::Epoch, m.epoch);
         c.set(Counter::Ring, ring_word(m.ring()));
         c.set(Counter::RingLen, m.len() as u64);
+        let pid = u64::from(std::process::id());
+        if self.plane.mem().control_word(CB_PID) != pid {
+            self.plane.mem().set_control_word(CB_PID, pid);
+        }
         let amnesiac = self.node.is_amnesiac(self.plane.mem());
         c.set(Counter::Amnesiac, u64::from(amnesiac));
         c.add(Counter::Heartbeat, 1);
@@ -1112,11 +1118,16 @@ impl<P: Plane> Agent for Dataplane<P> {
         self.turn()
     }
 
-    /// 0: the profile's `leader` placement (leading or standing), 1: `follower_apply`.
+    /// 0: the profile's `leader` placement (leading, or recovering the log to lead), 1:
+    /// `follower_apply` (following, or standing: waiting for grants is no fast path).
+    ///
+    /// A candidate does not take the leader's core: when several stand at once they would all
+    /// spin on that one core, each preempting the others for a scheduler slice, and each would
+    /// see the others' heartbeats stop, suspect them and stand again, for ever.
     fn class(&self) -> usize {
         match self.node.role() {
-            RoleKind::Leader | RoleKind::Recovering | RoleKind::Candidate => 0,
-            RoleKind::Follower => 1,
+            RoleKind::Leader | RoleKind::Recovering => 0,
+            RoleKind::Candidate | RoleKind::Follower => 1,
         }
     }
 

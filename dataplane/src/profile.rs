@@ -579,6 +579,11 @@ pub struct ElectionSection {
     /// with a live, caught-up spare (0: never; operators change the ring with `rapax
     /// reconfig`).
     pub replace_after_ms: u64,
+    /// shm only: how long a peer whose data plane process runs (the host's process table says
+    /// so: preempted, not dead) may leave its heartbeat unchanged before the misses count
+    /// against it; a peer whose process has gone fails at the first read that finds it so
+    /// (0: heartbeats alone decide).
+    pub runnable_grace_us: u64,
 }
 
 impl Default for ElectionSection {
@@ -592,6 +597,7 @@ impl Default for ElectionSection {
             candidate_timeout_us: 20_000,
             stepdown_holdoff_us: 10_000,
             replace_after_ms: 0,
+            runnable_grace_us: 0,
         }
     }
 }
@@ -1047,6 +1053,23 @@ impl Profile {
             0,
             MAX_DURATION_US / 1000,
         )?;
+        check_range(
+            "election.runnable_grace_us",
+            e.runnable_grace_us,
+            0,
+            MAX_DURATION_US,
+        )?;
+        if e.runnable_grace_us != 0 && self.fabric.kind != FabricKind::Shm {
+            return Err(invalid(
+                "election.runnable_grace_us",
+                e.runnable_grace_us,
+                format!(
+                    "applies to the shm fabric only (this profile's is {}): elsewhere a peer's \
+                     process is on another host; set it to 0",
+                    self.fabric.kind.as_str()
+                ),
+            ));
+        }
         if e.replace_after_ms != 0 && e.replace_after_ms * 1000 < e.candidate_timeout_us {
             return Err(invalid(
                 "election.replace_after_ms",

@@ -417,6 +417,25 @@ pub fn proc_state(pid: u64) -> Option<char> {
         .next()
 }
 
+/// Whether process `pid` is gone or on its way out: no such process, a zombie, or exiting (the
+/// kernel's `PF_EXITING` in `/proc/PID/stat`'s flags: killed, tearing its memory down, its
+/// state letter still `R` or `D` for a few milliseconds).
+pub fn proc_gone(pid: u64) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // After the ')' of the command name: state (field 3), then ppid, pgrp, session, tty_nr,
+    // tpgid, flags (field 9).
+    let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+    let state = fields.next().and_then(|f| f.chars().next());
+    let flags = fields
+        .nth(5)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    matches!(state, None | Some('Z' | 'X' | 'x')) || flags & PF_EXITING != 0
+}
+
 fn writer_state(pid: u64) -> WriterState {
     match proc_state(pid) {
         None | Some('Z' | 'X' | 'x') => WriterState::Gone,

@@ -16,6 +16,18 @@
 
 use super::{NodeId, MAX_NODES};
 
+/// What the host's process table says of a peer's data plane whose heartbeat did not move
+/// ([`Election::on_read_seen`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerProcess {
+    /// Not known (another host), or stopped: the unchanged counter counts against it.
+    Unknown,
+    /// The process runs (preempted, not dead): the unchanged counter is excused.
+    Running,
+    /// The process is gone: the peer fails at once.
+    Gone,
+}
+
 /// The tuning of pull-score election (from the hardware profile).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElectionConfig {
@@ -200,6 +212,20 @@ impl Election {
     /// peer only records its counter (there is nothing to compare it with). Then the alive flag
     /// follows the hysteresis thresholds.
     pub fn on_read(&mut self, peer: NodeId, token: u64, counter: Option<u64>) {
+        self.on_read_seen(peer, token, counter, PeerProcess::Unknown);
+    }
+
+    /// [`Election::on_read`] with what the host's process table says of the peer's data plane
+    /// (the caller looks only where the peer runs on this host, and only when its counter did
+    /// not move): [`PeerProcess::Running`] excuses an unchanged counter (the process was
+    /// preempted, not dead: the score stays), [`PeerProcess::Gone`] fails the peer at once.
+    pub fn on_read_seen(
+        &mut self,
+        peer: NodeId,
+        token: u64,
+        counter: Option<u64>,
+        process: PeerProcess,
+    ) {
         let cfg = &self.cfg;
         let Some(state) = self
             .peers
@@ -219,7 +245,11 @@ impl Election {
                 state.last_counter = Some(c);
                 state.score = state.score.saturating_add(1).min(cfg.score_cap);
             }
-            (Some(_), Some(_)) => state.score = state.score.saturating_sub(1),
+            (Some(_), Some(_)) => match process {
+                PeerProcess::Running => {}
+                PeerProcess::Gone => state.score = 0,
+                PeerProcess::Unknown => state.score = state.score.saturating_sub(1),
+            },
         }
         if state.alive && state.score <= cfg.fail_threshold {
             state.alive = false;
@@ -710,6 +740,46 @@ mod tests {
             h.round(&[(3, Fail), (1, Fail)]);
         }
         assert_eq!(h.e.leader(), None);
+    }
+
+    #[test]
+    fn a_running_process_excuses_a_stall_and_a_gone_one_fails_at_once() {
+        let mut e = Election::new(0, vec![0, 1, 2], cfg());
+        let mut out = Vec::new();
+        let mut now = 0;
+        let mut read = |e: &mut Election, peer: NodeId, counter: u64, process: PeerProcess| {
+            out.clear();
+            e.tick(now, &mut out);
+            now += e.config().read_period_ticks;
+            for a in &out {
+                let ElectionAction::ReadHeartbeat { peer: p, token } = *a;
+                let c = if p == peer { counter } else { 100 + now };
+                let process = if p == peer {
+                    process
+                } else {
+                    PeerProcess::Unknown
+                };
+                e.on_read_seen(p, token, Some(c), process);
+            }
+        };
+        // A baseline, then many unchanged counters from a running process: still alive.
+        for _ in 0..20 {
+            read(&mut e, 1, 7, PeerProcess::Running);
+        }
+        assert!(e.is_alive(1));
+        assert_eq!(e.score(1), cfg().recover_threshold);
+        // The same stalls without the process table: it fails after the usual drops.
+        for _ in 0..(cfg().recover_threshold - cfg().fail_threshold) {
+            assert!(e.is_alive(1));
+            read(&mut e, 1, 7, PeerProcess::Unknown);
+        }
+        assert!(!e.is_alive(1));
+        // Node 2's process goes: one read fails it.
+        assert!(e.is_alive(2));
+        read(&mut e, 2, 5, PeerProcess::Unknown);
+        read(&mut e, 2, 5, PeerProcess::Gone);
+        assert!(!e.is_alive(2));
+        assert_eq!(e.score(2), 0);
     }
 
     #[test]

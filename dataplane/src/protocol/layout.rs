@@ -12,6 +12,8 @@
 //! | 16 | configuration epoch | owner |
 //! | 24 | granted ballot (the ballot holding write permission on the owner's log) | owner |
 //! | 32 | amnesiac flag (1: restarted with memory lost, not yet re-synced) | owner |
+//! | 40, 48 | last checkpoint's applied index and state digest | owner |
+//! | 56 | the owner's data plane process id (shm: the readers' process-table check) | owner |
 //! | 64 + 8j | permission request of node j (a ballot) | node j |
 //! | 192 + 8j | permission ack for node j (the ballot the owner granted j) | node j's peers |
 //!
@@ -66,6 +68,10 @@ pub const CB_FLAG_LEADING: u64 = 4;
 /// The applied index of the node's last checkpoint, and the state digest there.
 pub const CB_CHECKPOINT_INDEX: usize = 40;
 pub const CB_CHECKPOINT_DIGEST: usize = 48;
+/// The owner's data plane process id: on shm, a reader whose heartbeat read found the counter
+/// unchanged asks the process table whether that process still runs
+/// (`election.runnable_grace_us`).
+pub const CB_PID: usize = 56;
 pub const CB_REQUESTS: usize = 64;
 pub const CB_ACKS: usize = CB_REQUESTS + 8 * MAX_NODES;
 /// Size of the control block region.
