@@ -1682,12 +1682,17 @@ impl<S: StateMachine> Node<S> {
             }
             Purpose::RecPromise { .. } | Purpose::RecWrite { .. } => {
                 rec.outstanding -= 1;
+                beat(mem);
                 if !ok {
                     rec.quorum.retain(|&q| q != peer);
                 }
             }
             Purpose::RecTail { from, .. } => {
                 rec.outstanding -= 1;
+                // A recovery may read up to half a log from each member (one far behind is in
+                // the quorum), possibly all in one turn of the data plane: that is work, not a
+                // stuck node.
+                beat(mem);
                 match result {
                     Ok(Some(bytes)) => {
                         if lapped(&bytes, from, &geometry) {
@@ -3251,7 +3256,7 @@ impl From<&EntryHeader> for Held {
 /// The valid entries of our own log from `lo` on, chunk by chunk up to the first chunk without
 /// one: the same rule as the remote reads of recovery.
 fn scan_local(
-    mem: &impl LocalMemory,
+    mem: &mut impl LocalMemory,
     geometry: &LogGeometry,
     lo: Slot,
     chunk: u64,
@@ -3266,6 +3271,7 @@ fn scan_local(
         };
         bytes.resize(len, 0);
         mem.read_log(offset, &mut bytes);
+        beat(mem);
         let before = found.len();
         for (s, h, b) in entries_in(&bytes, at, geometry) {
             found.push((s, (Held::from(&h), b.to_vec())));
