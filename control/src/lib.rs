@@ -143,12 +143,10 @@ impl ProcessTable {
         if pid == 0 {
             return PeerProcess::Unknown;
         }
-        if rapax_dataplane::fabric::shm::proc_gone(pid) {
-            return PeerProcess::Gone;
-        }
-        match rapax_dataplane::fabric::shm::proc_state(pid) {
-            None | Some('Z' | 'X' | 'x') => PeerProcess::Gone,
-            Some('T' | 't') => PeerProcess::Unknown,
+        match rapax_dataplane::fabric::shm::proc_stat(pid) {
+            None => PeerProcess::Gone,
+            Some(s) if s.exiting || matches!(s.state, 'Z' | 'X' | 'x') => PeerProcess::Gone,
+            Some(s) if matches!(s.state, 'T' | 't') => PeerProcess::Unknown,
             Some(_) if at.elapsed() < self.grace => PeerProcess::Running,
             Some(_) => PeerProcess::Unknown,
         }

@@ -1088,10 +1088,6 @@ impl<P: Plane> Dataplane<P> {
         c.set(Counter::Epoch, m.epoch);
         c.set(Counter::Ring, ring_word(m.ring()));
         c.set(Counter::RingLen, m.len() as u64);
-        let pid = u64::from(std::process::id());
-        if self.plane.mem().control_word(CB_PID) != pid {
-            self.plane.mem().set_control_word(CB_PID, pid);
-        }
         let amnesiac = self.node.is_amnesiac(self.plane.mem());
         c.set(Counter::Amnesiac, u64::from(amnesiac));
         c.add(Counter::Heartbeat, 1);
@@ -1312,6 +1308,10 @@ fn start_agent<P: Plane + 'static>(
         let _ = std::fs::remove_file(&checkpoint);
     }
     let (checkpoints, kept) = checkpoint_writer(checkpoint);
+    // For the shm readers' process-table check; nothing else writes this word.
+    plane
+        .mem()
+        .set_control_word(CB_PID, u64::from(std::process::id()));
     let agent = Dataplane {
         plane,
         node,

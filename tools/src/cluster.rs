@@ -131,12 +131,13 @@ fn threads_exiting(pid: i32) -> bool {
         return false;
     };
     tasks.filter_map(Result::ok).any(|t| {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next());
-        !matches!(state, None | Some("Z" | "X" | "x"))
+        // A thread's id names it under /proc as a process id does.
+        let state = t
+            .file_name()
+            .to_str()
+            .and_then(|tid| tid.parse().ok())
+            .and_then(rapax_dataplane::fabric::shm::proc_state);
+        !matches!(state, None | Some('Z' | 'X' | 'x'))
     })
 }
 

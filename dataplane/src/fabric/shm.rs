@@ -404,36 +404,37 @@ enum WriterState {
     Running,
 }
 
-/// The state letter of process `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped, `t` traced,
-/// `Z` zombie, ...), or `None` when it cannot be read (the process is gone).
-pub fn proc_state(pid: u64) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold anything: the state follows the last ')'.
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
+/// What `/proc/PID/stat` says of a process (or a thread, by its id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// The state letter: `R`, `S`, `T` stopped, `t` traced, `Z` zombie, ...
+    pub state: char,
+    /// The kernel's `PF_EXITING` flag: killed and tearing its memory down, while its state
+    /// letter may still read `R` or `D` for a few milliseconds.
+    pub exiting: bool,
 }
 
-/// Whether process `pid` is gone or on its way out: no such process, a zombie, or exiting (the
-/// kernel's `PF_EXITING` in `/proc/PID/stat`'s flags: killed, tearing its memory down, its
-/// state letter still `R` or `D` for a few milliseconds).
-pub fn proc_gone(pid: u64) -> bool {
+/// [`ProcStat`] of process `pid`, or `None` when it cannot be read (the process is gone).
+pub fn proc_stat(pid: u64) -> Option<ProcStat> {
     const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // After the ')' of the command name: state (field 3), then ppid, pgrp, session, tty_nr,
-    // tpgid, flags (field 9).
-    let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-    let state = fields.next().and_then(|f| f.chars().next());
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything: after the last ')' come the
+    // state (field 3), then ppid, pgrp, session, tty_nr, tpgid, flags (field 9).
+    let mut fields = stat.rsplit(')').next()?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
     let flags = fields
         .nth(5)
         .and_then(|f| f.parse::<u64>().ok())
         .unwrap_or(0);
-    matches!(state, None | Some('Z' | 'X' | 'x')) || flags & PF_EXITING != 0
+    Some(ProcStat {
+        state,
+        exiting: flags & PF_EXITING != 0,
+    })
+}
+
+/// The state letter of process `pid` ([`ProcStat::state`]), or `None` when it is gone.
+pub fn proc_state(pid: u64) -> Option<char> {
+    proc_stat(pid).map(|s| s.state)
 }
 
 fn writer_state(pid: u64) -> WriterState {
