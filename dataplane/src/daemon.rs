@@ -452,7 +452,7 @@ impl Plane for ShmPlane {
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) {
-        out.extend(self.fabric.poll());
+        self.fabric.poll_into(out);
     }
 
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
@@ -582,6 +582,10 @@ struct Dataplane<P: Plane> {
     checkpoints: CheckpointSlot,
     /// (index, digest) of each checkpoint the writer kept, for the counters.
     kept: std::sync::mpsc::Receiver<(u64, u64)>,
+    /// The microsecond of the last control-half tick.
+    control_ticked: u64,
+    /// Replication samples recorded this turn, added to the channel's counter in `publish`.
+    samples_unpublished: u64,
 }
 
 /// Keeps the node's checkpoints in `path`, encoding frozen states here, off the data path
@@ -866,7 +870,14 @@ impl<P: Plane> Dataplane<P> {
                 .on_client_request(now, request, self.plane.mem(), &mut self.out);
         }
         self.inbox = inbox;
-        self.node.tick(now, self.plane.mem(), &mut self.out);
+        // The control half (grants, candidacy, the amnesia probe) acts on time-outs and on
+        // words peers write into this node's memory: once per microsecond is soon enough, and
+        // leaves the turns in between to the fast path.
+        if now != self.control_ticked {
+            self.control_ticked = now;
+            self.node.tick_control(now, self.plane.mem(), &mut self.out);
+        }
+        self.node.tick_data(now, self.plane.mem(), &mut self.out);
         self.probe_tick();
         let mut completed = false;
         loop {
@@ -909,8 +920,9 @@ impl<P: Plane> Dataplane<P> {
             }
         }
         let notes = std::mem::take(&mut self.out.notes);
+        let mut clock = None;
         for note in &notes {
-            self.note(note);
+            self.note(note, &mut clock);
         }
         self.out.notes = notes;
         self.out.notes.clear();
@@ -1000,7 +1012,9 @@ impl<P: Plane> Dataplane<P> {
         }
     }
 
-    fn note(&mut self, note: &Note) {
+    /// Acts on one note of this turn; `clock` is the turn's end time, read once when a note
+    /// needs it (every note of the turn happened before it).
+    fn note(&mut self, note: &Note, clock: &mut Option<u64>) {
         if self.notes_logged < MAX_LOGGED_NOTES {
             if let Some(line) = describe_note(note) {
                 self.notes_logged += 1;
@@ -1017,15 +1031,18 @@ impl<P: Plane> Dataplane<P> {
             Note::Proposed { slot } => {
                 // Stamped before its writes were posted (`stamp_proposed`); one made while
                 // settling, whose writes go out next turn, is stamped now.
-                self.stamp(slot, monotonic_ns());
+                if self.proposed[(slot & mask) as usize].0 != slot {
+                    let t = *clock.get_or_insert_with(monotonic_ns);
+                    self.stamp(slot, t);
+                }
             }
             Note::Chosen { slot, .. } => {
                 let (s, t) = self.proposed[(slot & mask) as usize];
-                let now = monotonic_ns();
+                let now = *clock.get_or_insert_with(monotonic_ns);
                 if s == slot && t != 0 {
                     self.proposed[(slot & mask) as usize] = (0, 0);
                     let _ = self.replication.record(now.saturating_sub(t).max(1));
-                    self.channel.add(Counter::ReplicationSamples, 1);
+                    self.samples_unpublished += 1;
                 }
                 if self.awaiting_first_commit {
                     self.awaiting_first_commit = false;
@@ -1091,6 +1108,10 @@ impl<P: Plane> Dataplane<P> {
         let amnesiac = self.node.is_amnesiac(self.plane.mem());
         c.set(Counter::Amnesiac, u64::from(amnesiac));
         c.add(Counter::Heartbeat, 1);
+        if self.samples_unpublished != 0 {
+            c.add(Counter::ReplicationSamples, self.samples_unpublished);
+            self.samples_unpublished = 0;
+        }
         self.plane.publish(c);
         let request = c.counter(Counter::StatsRequest);
         if request != self.stats_done {
@@ -1336,6 +1357,8 @@ fn start_agent<P: Plane + 'static>(
         shutdown: Arc::clone(shutdown),
         checkpoints,
         kept,
+        control_ticked: u64::MAX,
+        samples_unpublished: 0,
     };
     let follower = profile.agents.follower_apply;
     Ok(AgentRunner::start_with_classes(

@@ -2,16 +2,19 @@
 //! directory) with one slot per attached client.
 //!
 //! A client claims a free slot (its owner word goes from 0 to the client's pid; a slot whose
-//! owner process is gone is taken over), writes a request frame into the slot, publishes the
-//! request's post number, and rings the doorbell (one bit per slot in one word). The data plane
-//! swaps the doorbell to zero, reads each rung slot's frame (and re-reads the post number, so a
-//! frame being overwritten is skipped; the new post rings again), and later writes the reply
-//! frame and echoes the post number. The frames are the `udp` fabric's client frames
-//! ([`crate::fabric::frame`]), checksummed, so a torn or malformed request is caught and counted.
+//! owner process is gone is taken over) and marks it active (one bit per slot in one word).
+//! To send, it writes a request frame into the slot and then publishes the request's post
+//! number. The data plane watches the post word of every active slot; when one moves it reads
+//! the frame (and re-reads the post number, so a frame being overwritten is skipped: the new
+//! post shows on the next look), and later writes the reply frame and echoes the post number.
+//! The frames are the `udp` fabric's client frames ([`crate::fabric::frame`]), checksummed, so a
+//! torn or malformed request is caught and counted.
 //!
-//! Request and reply cross between cores as one cache-line transfer each way: a client that
-//! polls its reply word and a data plane that polls the doorbell see each other's writes as soon
-//! as the line moves.
+//! Each direction costs one cache-line transfer before the data moves: the post number, the
+//! length and the first bytes of the frame share a line, the rest of the frame follows in the
+//! next lines (fetched together, not one after another), and an unchanged slot costs the data
+//! plane a read of a line its own cache holds. A slot whose client let go (owner 0) leaves the
+//! active set.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,21 +24,25 @@ use std::sync::atomic::Ordering;
 use crate::fabric::shm::process_alive;
 use crate::mapped::MappedFile;
 
-const MAGIC: u64 = 0x7261_7061_785f_6d62; // "rapax_mb"
+const MAGIC: u64 = 0x7261_7061_785f_6d63; // "rapax_mc"
 const HDR_MAGIC: usize = 0;
 const HDR_SLOTS: usize = 8;
 const HDR_AREA: usize = 16;
 const HDR_SERVER_PID: usize = 24;
-const DOORBELL: usize = 64;
+/// One bit per slot whose client has attached; a line of its own.
+const ACTIVE: usize = 64;
 const SLOTS_AT: usize = 128;
+// The request half of a slot: owner, post number, length, then the frame.
 const SLOT_OWNER: usize = 0;
 const SLOT_REQ_POST: usize = 8;
 const SLOT_REQ_LEN: usize = 16;
-const SLOT_REP_POST: usize = 64;
-const SLOT_REP_LEN: usize = 72;
-const SLOT_AREAS: usize = 128;
+const SLOT_REQ_AREA: usize = 24;
+// The reply half, from the first line after the request area: post, length, frame.
+const REP_POST: usize = 0;
+const REP_LEN: usize = 8;
+const REP_AREA: usize = 16;
 
-/// Most client slots per node (one doorbell word).
+/// Most client slots per node (one active-set word).
 pub const MAX_SLOTS: usize = 64;
 
 /// Errors of the shared-memory client ingress.
@@ -59,8 +66,13 @@ pub fn mailbox_path(dir: &Path, node: u8) -> PathBuf {
     dir.join(format!("node-{node}.mailbox"))
 }
 
+/// Where a slot's reply half starts, from the slot's start.
+fn reply_at(area: usize) -> usize {
+    (SLOT_REQ_AREA + area).next_multiple_of(64)
+}
+
 fn slot_bytes(area: usize) -> usize {
-    SLOTS_AT.max(SLOT_AREAS + 2 * area)
+    reply_at(area) + (REP_AREA + area).next_multiple_of(64)
 }
 
 fn open_mapped(path: &Path, create_len: Option<u64>) -> Result<MappedFile, MailboxError> {
@@ -118,12 +130,14 @@ impl MailboxServer {
         let mut pending = 0u64;
         for (k, t) in taken.iter_mut().enumerate() {
             let at = SLOTS_AT + k * slot_bytes(area);
-            *t = map.word(at + SLOT_REP_POST).load(Ordering::SeqCst);
+            *t = map
+                .word(at + reply_at(area) + REP_POST)
+                .load(Ordering::SeqCst);
             if map.word(at + SLOT_REQ_POST).load(Ordering::SeqCst) != *t {
                 pending |= 1 << k;
             }
         }
-        map.word(DOORBELL).fetch_or(pending, Ordering::SeqCst);
+        map.word(ACTIVE).fetch_or(pending, Ordering::SeqCst);
         Ok(MailboxServer {
             map,
             slots,
@@ -145,26 +159,26 @@ impl MailboxServer {
     /// Takes every request posted since the last call: `f(slot, frame bytes)`; returns how many.
     /// A request whose length is out of bounds is passed as an empty frame (it fails to decode).
     pub fn poll(&mut self, mut f: impl FnMut(usize, &[u8])) -> usize {
-        if self.map.word(DOORBELL).load(Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        let mut bell = self.map.word(DOORBELL).swap(0, Ordering::AcqRel);
+        let mut active = self.map.word(ACTIVE).load(Ordering::Acquire);
         let mut n = 0;
-        while bell != 0 {
-            let k = bell.trailing_zeros() as usize;
-            bell &= bell - 1;
+        while active != 0 {
+            let k = active.trailing_zeros() as usize;
+            active &= active - 1;
             if k >= self.slots {
                 continue;
             }
             let at = self.slot_at(k);
             let post = self.map.word(at + SLOT_REQ_POST).load(Ordering::Acquire);
             if post == self.taken[k] {
+                if self.map.word(at + SLOT_OWNER).load(Ordering::Relaxed) == 0 {
+                    self.retire(k);
+                }
                 continue;
             }
             let len = self.map.word(at + SLOT_REQ_LEN).load(Ordering::Acquire) as usize;
             let len = if len <= self.area { len } else { 0 };
             let mut buf = std::mem::take(&mut self.buf);
-            self.map.load(at + SLOT_AREAS, &mut buf[..len]);
+            self.map.load(at + SLOT_REQ_AREA, &mut buf[..len]);
             if self.map.word(at + SLOT_REQ_POST).load(Ordering::Acquire) == post {
                 self.taken[k] = post;
                 f(k, &buf[..len]);
@@ -175,18 +189,34 @@ impl MailboxServer {
         n
     }
 
+    /// Takes slot `k`, whose client let go, out of the active set, unless a new client claimed
+    /// it meanwhile: the claimer sets its bit after its claim and this re-reads the owner after
+    /// clearing it (both sequentially consistent), so one of the two sees the other.
+    fn retire(&self, k: usize) {
+        let bit = 1u64 << k;
+        self.map.word(ACTIVE).fetch_and(!bit, Ordering::SeqCst);
+        if self
+            .map
+            .word(self.slot_at(k) + SLOT_OWNER)
+            .load(Ordering::SeqCst)
+            != 0
+        {
+            self.map.word(ACTIVE).fetch_or(bit, Ordering::SeqCst);
+        }
+    }
+
     /// Answers the request last taken from `slot` with `frame` (dropped if it does not fit).
     pub fn reply(&self, slot: usize, frame: &[u8]) -> bool {
         if slot >= self.slots || frame.len() > self.area {
             return false;
         }
-        let at = self.slot_at(slot);
-        self.map.store(at + SLOT_AREAS + self.area, frame);
+        let at = self.slot_at(slot) + reply_at(self.area);
+        self.map.store(at + REP_AREA, frame);
         self.map
-            .word(at + SLOT_REP_LEN)
+            .word(at + REP_LEN)
             .store(frame.len() as u64, Ordering::Release);
         self.map
-            .word(at + SLOT_REP_POST)
+            .word(at + REP_POST)
             .store(self.taken[slot], Ordering::Release);
         true
     }
@@ -229,6 +259,7 @@ impl MailboxClient {
                     .is_ok()
             {
                 let post = map.word(at + SLOT_REQ_POST).load(Ordering::SeqCst);
+                map.word(ACTIVE).fetch_or(1 << k, Ordering::SeqCst);
                 return Ok(MailboxClient {
                     map,
                     path: path.to_path_buf(),
@@ -273,34 +304,37 @@ impl MailboxClient {
         }
         let at = self.at();
         self.post += 1;
-        self.map.store(at + SLOT_AREAS, frame);
+        self.map.store(at + SLOT_REQ_AREA, frame);
         self.map
             .word(at + SLOT_REQ_LEN)
             .store(frame.len() as u64, Ordering::Release);
         self.map
             .word(at + SLOT_REQ_POST)
             .store(self.post, Ordering::Release);
-        self.map
-            .word(DOORBELL)
-            .fetch_or(1 << self.slot, Ordering::AcqRel);
+        // Back into the active set if the data plane retired the slot between our claim and
+        // now (it saw the previous owner's release).
+        let bit = 1u64 << self.slot;
+        if self.map.word(ACTIVE).load(Ordering::SeqCst) & bit == 0 {
+            self.map.word(ACTIVE).fetch_or(bit, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     /// The reply to the last request, copied into `out`, once it has arrived.
     pub fn try_recv(&self, out: &mut Vec<u8>) -> bool {
-        let at = self.at();
-        if self.map.word(at + SLOT_REP_POST).load(Ordering::Acquire) != self.post {
+        let at = self.at() + reply_at(self.area);
+        if self.map.word(at + REP_POST).load(Ordering::Acquire) != self.post {
             return false;
         }
-        let len = self.map.word(at + SLOT_REP_LEN).load(Ordering::Acquire) as usize;
+        let len = self.map.word(at + REP_LEN).load(Ordering::Acquire) as usize;
         if len > self.area {
             return false;
         }
         out.resize(len, 0);
-        self.map.load(at + SLOT_AREAS + self.area, out);
+        self.map.load(at + REP_AREA, out);
         // The reply may have been overwritten by the answer to a later post of ours: impossible,
         // we post only after this one; but check the post again for a torn copy.
-        self.map.word(at + SLOT_REP_POST).load(Ordering::Acquire) == self.post
+        self.map.word(at + REP_POST).load(Ordering::Acquire) == self.post
     }
 }
 
@@ -411,6 +445,39 @@ mod tests {
         server.reply(a.slot, b"ok");
         let mut out = Vec::new();
         assert!(a.try_recv(&mut out));
+    }
+
+    #[test]
+    fn a_released_slot_leaves_the_active_set_and_a_new_client_rejoins_it() {
+        let d = dir();
+        let path = d.path().join("m");
+        let mut server = MailboxServer::create(&path, 2, 64).unwrap();
+        let active = |s: &MailboxServer| s.map.word(ACTIVE).load(Ordering::SeqCst);
+        let mut a = MailboxClient::open(&path).unwrap();
+        let slot = a.slot;
+        assert_eq!(active(&server), 1 << slot, "a claim makes the slot active");
+        a.send(b"one").unwrap();
+        assert_eq!(server.poll(|_, _| {}), 1);
+        assert!(server.reply(slot, b"ok"));
+        drop(a);
+        assert_eq!(server.poll(|_, _| panic!("no request")), 0);
+        assert_eq!(active(&server), 0, "the released slot was retired");
+        let mut b = MailboxClient::open(&path).unwrap();
+        assert_eq!(b.slot, slot);
+        // A retire that raced with the claim (it read the old owner's 0): the send puts the
+        // slot back.
+        server
+            .map
+            .word(ACTIVE)
+            .fetch_and(!(1 << slot), Ordering::SeqCst);
+        b.send(b"two").unwrap();
+        let mut got = Vec::new();
+        assert_eq!(server.poll(|_, f| got.push(f.to_vec())), 1);
+        assert_eq!(got, vec![b"two".to_vec()]);
+        assert!(server.reply(slot, b"ok2"));
+        let mut out = Vec::new();
+        assert!(b.try_recv(&mut out));
+        assert_eq!(out, b"ok2");
     }
 
     #[test]

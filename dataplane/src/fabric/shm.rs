@@ -274,6 +274,12 @@ impl ShmFabric {
         std::mem::take(&mut self.completions)
     }
 
+    /// Moves the completions of everything posted so far to the end of `out` (the data plane's
+    /// turn: both vectors keep their allocations).
+    pub fn poll_into(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.completions);
+    }
+
     fn execute(&self, post: &Post) -> Result<Option<Vec<u8>>, FabricError> {
         let me = self.me;
         let Some(t) = self.regions.get(post.target as usize) else {
