@@ -1,8 +1,14 @@
-//! The calling thread's scheduling class.
+//! The calling thread's scheduling class, and process-wide memory barriers.
 //!
 //! Background work next to poll-mode agents (a checkpoint encoded and written while the data
 //! plane runs) must only use CPU the agents leave idle: on a host with fewer cores than agents,
 //! a busy background thread would otherwise delay heartbeats past the failure detector.
+//!
+//! `membarrier(2)` lets a rare operation pay for the ordering a frequent one needs: a fast path
+//! that orders a store before a later load with only a compiler barrier, and a slow path that
+//! calls [`membarrier_global_expedited`], which makes every running thread of every registered
+//! process execute a full memory barrier before it returns (the shm fabric's write guard and
+//! its `revoke`).
 
 /// Moves the calling thread (only it) to `SCHED_IDLE`: it runs only when no other thread of
 /// normal priority wants the CPU. An error when the kernel refuses.
@@ -18,8 +24,59 @@ pub fn idle_priority() -> std::io::Result<()> {
     }
 }
 
+const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
+
+fn membarrier(cmd: libc::c_long) -> std::io::Result<libc::c_long> {
+    // SAFETY: membarrier takes three integers (command, flags 0, cpu id 0) and touches no
+    // memory of ours; an unknown or unsupported command fails with an errno.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            cmd,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Registers this process for [`membarrier_global_expedited`]: from now on, a caller of it in
+/// any process waits until every thread of this one that runs has executed a full memory
+/// barrier. An error when the kernel has no expedited global barrier (before Linux 4.16).
+pub fn membarrier_register_global_expedited() -> std::io::Result<()> {
+    let supported = membarrier(MEMBARRIER_CMD_QUERY)?;
+    let need = MEMBARRIER_CMD_GLOBAL_EXPEDITED | MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED;
+    if supported & need != need {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED).map(|_| ())
+}
+
+/// Returns once every running thread of every process registered with
+/// [`membarrier_register_global_expedited`] (and the caller) has executed a full memory
+/// barrier: a store such a thread made before its last barrier-free load is visible now. A
+/// thread that is not running passed a barrier when it was switched out.
+pub fn membarrier_global_expedited() -> std::io::Result<()> {
+    membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_expedited_global_barrier_registers_and_runs() {
+        // Kernels since 4.16 have it; the shm fabric falls back to fenced guards without it.
+        match super::membarrier_register_global_expedited() {
+            Ok(()) => super::membarrier_global_expedited().unwrap(),
+            Err(e) => println!("no expedited global membarrier here: {e}"),
+        }
+    }
+
     #[test]
     fn a_thread_can_go_idle_priority_without_touching_its_siblings() {
         let before = policy();

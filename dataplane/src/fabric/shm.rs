@@ -7,9 +7,16 @@
 //!   per writer, and per-writer connection-error bits;
 //! - a writer raises its guard (its pid), then checks the holder; if it may write it copies and
 //!   lowers the guard (release); `revoke` clears the holder, then waits until the revoked writer's
-//!   guard is down (or its process is gone). Both sides use sequentially consistent operations,
-//!   so either the writer sees the cleared holder or `revoke` sees the raised guard: revocation
-//!   is complete when `revoke` returns (contract point 3);
+//!   guard is down (or its process is gone). Either the writer sees the cleared holder or
+//!   `revoke` sees the raised guard: revocation is complete when `revoke` returns (contract
+//!   point 3). The store-then-load order this needs on the writer's side is paid by `revoke`:
+//!   writer processes register for `membarrier(2)`'s expedited global barrier, raise the guard
+//!   with a plain store and only a compiler barrier before the holder check, and `revoke` runs
+//!   the barrier after clearing the holder, so every running writer's raised guard is visible
+//!   before it looks (a stopped writer passed a barrier when it was switched out). A guard store
+//!   with a full fence, on every write, would wait for the previous copy's cache lines to reach
+//!   this core: one cross-core transfer per follower per command. Without the barrier (a kernel
+//!   before 4.16) writers fence every guard, as sequentially consistent stores;
 //! - a writer stopped (SIGSTOP, a debugger) with its guard raised would hold `revoke` for as
 //!   long as it stays stopped, which is the whole time a paused old leader is deposed. The shm
 //!   analogue of a NIC flushing a queue pair is to fence it: a writer that stays stopped with
@@ -138,6 +145,12 @@ pub struct ShmFabric {
     completions: Vec<Completion>,
     fenced: u64,
     last_fenced: Option<(NodeId, u64)>,
+    /// Guards raised without a fence (this process is registered for the expedited global
+    /// membarrier that `revoke` runs).
+    light_guards: bool,
+    /// The log's slot size: a log write is followed by a prefetch of the same span one slot
+    /// further, where the leader's next entry goes.
+    slot_bytes: usize,
 }
 
 /// How long `revoke` lets a writer stay stopped with a write in flight before fencing it.
@@ -171,6 +184,8 @@ impl ShmFabric {
             completions: Vec::new(),
             fenced: 0,
             last_fenced: None,
+            light_guards: rapax_ffi::sched::membarrier_register_global_expedited().is_ok(),
+            slot_bytes: geometry.slot_bytes,
         };
         for (n, m) in fabric.regions.iter().enumerate() {
             if m.word(HDR_MAGIC).load(Ordering::SeqCst) != MAGIC
@@ -211,6 +226,8 @@ impl ShmFabric {
             completions: Vec::new(),
             fenced: 0,
             last_fenced: None,
+            light_guards: false,
+            slot_bytes: geometry.slot_bytes,
         })
     }
 
@@ -333,14 +350,26 @@ impl ShmFabric {
                 if self.broken(t, bit) {
                     return Err(self.broken_error(t, bit));
                 }
-                guarded_write(t, me, self.pid, post.ballot, LOG_AT + offset, bytes).inspect_err(
-                    |_| {
+                let light = self.light_guards;
+                guarded_write(t, me, self.pid, light, post.ballot, LOG_AT + offset, bytes)
+                    .inspect_err(|_| {
                         // A refused write breaks the connection, as on an RC queue pair.
                         t.word(RIGHTS_ERROR_BITS).fetch_or(bit, Ordering::SeqCst);
-                    },
-                )?;
+                    })?;
+                self.prefetch_next(t, *offset, bytes.len());
                 Ok(None)
             }
+        }
+    }
+
+    /// Prefetches the span a log write at `offset` of `len` bytes covers, one slot further
+    /// (where a leader's next entry goes), unless that runs past the log's end: the next copy
+    /// then finds its lines in this core's cache instead of missing on each (a log laps far
+    /// beyond the caches, so they come from memory).
+    fn prefetch_next(&self, t: &Mapped, offset: usize, len: usize) {
+        let next = offset + self.slot_bytes;
+        if next + len <= t.log_bytes {
+            t.prefetch(LOG_AT + next, len);
         }
     }
 
@@ -369,17 +398,29 @@ fn region_span(t: &Mapped, region: Region) -> (usize, usize) {
 }
 
 /// The write path under the target's rights: raise our guard, check the holder, copy, lower.
+/// `light`: the guard is raised without a fence (the process is registered for the barrier
+/// `revoke` runs; module docs).
 fn guarded_write(
     t: &Mapped,
     writer: NodeId,
     pid: u64,
+    light: bool,
     ballot: Ballot,
     at: usize,
     bytes: &[u8],
 ) -> Result<(), FabricError> {
     let guard = t.word(RIGHTS_GUARDS + 8 * writer as usize);
-    guard.store(pid, Ordering::SeqCst);
-    if t.word(RIGHTS_HOLDER).load(Ordering::SeqCst) != ballot.0 || ballot == Ballot::ZERO {
+    let holder = if light {
+        guard.store(pid, Ordering::Relaxed);
+        // Keeps the compiler from moving the check above the raise; the processor's order is
+        // `revoke`'s membarrier.
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        t.word(RIGHTS_HOLDER).load(Ordering::Relaxed)
+    } else {
+        guard.store(pid, Ordering::SeqCst);
+        t.word(RIGHTS_HOLDER).load(Ordering::SeqCst)
+    };
+    if holder != ballot.0 || ballot == Ballot::ZERO {
         guard.store(0, Ordering::SeqCst);
         return Err(FabricError::Permission);
     }
@@ -529,10 +570,13 @@ impl LocalMemory for ShmFabric {
             self.own(),
             self.me,
             self.pid,
+            self.light_guards,
             ballot,
             LOG_AT + offset,
             bytes,
-        )
+        )?;
+        self.prefetch_next(self.own(), offset, bytes.len());
+        Ok(())
     }
 
     fn grant(&mut self, peer: NodeId, ballot: Ballot) {
@@ -555,6 +599,10 @@ impl LocalMemory for ShmFabric {
         if current != 0 && Ballot(current).node() == peer {
             holder.store(0, Ordering::SeqCst);
         }
+        // Every running writer that raised its guard without a fence has it visible now (module
+        // docs). Writers of a kernel without the barrier could not register, and fence their
+        // guards themselves.
+        let _ = rapax_ffi::sched::membarrier_global_expedited();
         // Wait out a write of `peer` that checked the holder before we cleared it.
         let guard = own.word(RIGHTS_GUARDS + 8 * peer as usize);
         let mut stopped_since: Option<Instant> = None;
