@@ -127,7 +127,8 @@ pub struct Full;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Counter {
-    /// Incremented by the data plane's main loop: a stuck data plane stops it.
+    /// Incremented by the data plane as it publishes its counters (once per microsecond of its
+    /// turns at most): a stuck data plane stops it.
     Heartbeat = 0,
     /// Log entries applied to the state machine.
     Applied = 1,

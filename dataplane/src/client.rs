@@ -14,12 +14,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::daemon::{load_config, ClusterDir, DaemonError};
-use crate::fabric::frame::{Frame, FrameBody, CLIENT_NODE};
+use crate::fabric::frame::{Frame, FrameBody, FrameError, CLIENT_NODE};
 use crate::mailbox::{MailboxClient, MailboxError};
 use crate::profile::FabricKind;
 use crate::protocol::kv::{self, KvCodecError, KvOp, KvReply};
 use crate::protocol::membership::Change;
-use crate::protocol::node::{ClientError, ClientReply, ClientRequest};
+use crate::protocol::node::{ClientError, ClientReply};
 use crate::protocol::NodeId;
 
 /// Why a command did not get an answer.
@@ -211,21 +211,40 @@ impl Client {
     }
 
     fn submit(&mut self, command: Vec<u8>) -> Result<Vec<u8>, ClientFailure> {
-        let request = ClientRequest {
-            client: self.id,
-            seq: self.seq,
-            command,
+        let (client, seq) = (self.id, self.seq);
+        // One frame for every try: only its destination changes between them. No clock is
+        // read while the first try is answered within its spin (the common case).
+        let mut frame = Frame {
+            src: CLIENT_NODE,
+            dst: self.nodes[self.leader],
+            cluster_id: self.cluster_id,
+            body: FrameBody::ClientRequest {
+                client,
+                seq,
+                command,
+            },
         };
-        let started = Instant::now();
+        if let Err(FrameError::TooLarge { bytes, max }) = frame.check_size() {
+            // No node could take it: say so now instead of timing out.
+            return Err(ClientFailure::Refused(ClientError::TooLarge { bytes, max }));
+        }
+        let mut started: Option<Instant> = None;
         loop {
-            if started.elapsed() > self.options.command_timeout {
-                return Err(ClientFailure::Timeout {
-                    seq: self.seq,
-                    waited: started.elapsed(),
-                });
+            if let Some(started) = started {
+                if started.elapsed() > self.options.command_timeout {
+                    return Err(ClientFailure::Timeout {
+                        seq,
+                        waited: started.elapsed(),
+                    });
+                }
             }
             let target = self.leader;
-            match self.attempt(target, &request) {
+            frame.dst = self.nodes[target];
+            let reply = self.attempt(target, &frame, client, seq);
+            // The command's clock starts at its first try (read after it, so a first try
+            // answered at once reads none).
+            started.get_or_insert_with(Instant::now);
+            match reply {
                 Some(reply) => match reply.result {
                     Ok(bytes) => return Ok(bytes),
                     Err(ClientError::NotLeader { leader_hint }) => {
@@ -257,12 +276,11 @@ impl Client {
     }
 
     /// One try at node index `i`: its reply, or `None` on time-out or an unreachable node.
-    fn attempt(&mut self, i: usize, request: &ClientRequest) -> Option<ClientReply> {
+    fn attempt(&mut self, i: usize, frame: &Frame, client: u64, seq: u64) -> Option<ClientReply> {
         let node = self.nodes[i];
-        let frame = Frame::client_request(CLIENT_NODE, node, self.cluster_id, request).ok()?;
         self.frame.clear();
         frame.encode(&mut self.frame).ok()?;
-        let deadline = Instant::now() + self.options.attempt_timeout;
+        let attempt_timeout = self.options.attempt_timeout;
         match &mut self.transport {
             Transport::Shm { dir, boxes, spin } => {
                 if boxes[i].is_none() {
@@ -273,12 +291,13 @@ impl Client {
                     return None;
                 }
                 // Spin while an answer is due within microseconds, then yield, then sleep in
-                // short steps: a client waiting out a fail-over must not starve the nodes.
-                let sent = Instant::now();
+                // short steps: a client waiting out a fail-over must not starve the nodes. The
+                // clock is first read after 256 empty polls.
+                let mut sent: Option<Instant> = None;
                 let mut polls = 0u32;
                 loop {
                     if mb.try_recv(&mut self.reply) {
-                        return decode_reply(&self.reply, self.cluster_id, request);
+                        return decode_reply(&self.reply, self.cluster_id, client, seq);
                     }
                     polls += 1;
                     if polls < 256 {
@@ -286,8 +305,9 @@ impl Client {
                         continue;
                     }
                     polls = 0;
+                    let sent = *sent.get_or_insert_with(Instant::now);
                     let waited = sent.elapsed();
-                    if Instant::now() > deadline || !mb.server_alive() {
+                    if waited > attempt_timeout || !mb.server_alive() {
                         return None;
                     }
                     if waited < *spin {
@@ -302,6 +322,7 @@ impl Client {
                 }
             }
             Transport::Udp { socket, nodes } => {
+                let deadline = Instant::now() + attempt_timeout;
                 socket.send_to(&self.frame, nodes[i]).ok()?;
                 let mut buf = vec![0u8; crate::fabric::frame::MAX_FRAME_BYTES];
                 loop {
@@ -324,7 +345,7 @@ impl Client {
                     if from != nodes[i] {
                         continue;
                     }
-                    if let Some(r) = decode_reply(&buf[..n], self.cluster_id, request) {
+                    if let Some(r) = decode_reply(&buf[..n], self.cluster_id, client, seq) {
                         return Some(r);
                     }
                 }
@@ -335,7 +356,7 @@ impl Client {
 
 /// The reply in `bytes` if it answers `request` (a refusal of an undecodable request, sent with
 /// client and sequence 0, answers it too).
-fn decode_reply(bytes: &[u8], cluster_id: u64, request: &ClientRequest) -> Option<ClientReply> {
+fn decode_reply(bytes: &[u8], cluster_id: u64, client: u64, seq: u64) -> Option<ClientReply> {
     let frame = Frame::decode(bytes).ok()?;
     if !frame.is_addressed_to(cluster_id, CLIENT_NODE) {
         return None;
@@ -344,7 +365,7 @@ fn decode_reply(bytes: &[u8], cluster_id: u64, request: &ClientRequest) -> Optio
         return None;
     }
     let reply = frame.body.into_client_reply()?;
-    let ours = reply.client == request.client && reply.seq == request.seq;
+    let ours = reply.client == client && reply.seq == seq;
     let door = reply.client == 0 && reply.seq == 0 && reply.result.is_err();
     (ours || door).then_some(reply)
 }

@@ -103,6 +103,8 @@ pub struct MailboxServer {
     area: usize,
     /// The post number last taken from each slot.
     taken: Vec<u64>,
+    /// The length of the last request taken from each slot.
+    last_len: Vec<usize>,
     buf: Vec<u8>,
 }
 
@@ -142,6 +144,7 @@ impl MailboxServer {
             map,
             slots,
             area,
+            last_len: vec![0; taken.len()],
             taken,
             buf: vec![0; area],
         })
@@ -173,6 +176,10 @@ impl MailboxServer {
                 if self.map.word(at + SLOT_OWNER).load(Ordering::Relaxed) == 0 {
                     self.retire(k);
                 }
+                // Keep asking for the lines the slot's last request used: when the client
+                // writes the next one, they come with its first line, not after it.
+                self.map
+                    .prefetch(at + 64, self.last_len[k].saturating_sub(64 - SLOT_REQ_AREA));
                 continue;
             }
             let len = self.map.word(at + SLOT_REQ_LEN).load(Ordering::Acquire) as usize;
@@ -181,6 +188,7 @@ impl MailboxServer {
             self.map.load(at + SLOT_REQ_AREA, &mut buf[..len]);
             if self.map.word(at + SLOT_REQ_POST).load(Ordering::Acquire) == post {
                 self.taken[k] = post;
+                self.last_len[k] = len;
                 f(k, &buf[..len]);
                 n += 1;
             }
@@ -230,6 +238,8 @@ pub struct MailboxClient {
     area: usize,
     pid: u64,
     post: u64,
+    /// The length of the last reply (the lines to ask for while waiting for the next).
+    last_reply: std::cell::Cell<usize>,
 }
 
 impl MailboxClient {
@@ -267,6 +277,7 @@ impl MailboxClient {
                     area,
                     pid,
                     post,
+                    last_reply: std::cell::Cell::new(0),
                 });
             }
         }
@@ -324,12 +335,17 @@ impl MailboxClient {
     pub fn try_recv(&self, out: &mut Vec<u8>) -> bool {
         let at = self.at() + reply_at(self.area);
         if self.map.word(at + REP_POST).load(Ordering::Acquire) != self.post {
+            // Keep asking for the lines past the first that the last reply used: they then
+            // arrive with the first line of this one, not after it.
+            self.map
+                .prefetch(at + 64, self.last_reply.get().saturating_sub(64 - REP_AREA));
             return false;
         }
         let len = self.map.word(at + REP_LEN).load(Ordering::Acquire) as usize;
         if len > self.area {
             return false;
         }
+        self.last_reply.set(len);
         out.resize(len, 0);
         self.map.load(at + REP_AREA, out);
         // The reply may have been overwritten by the answer to a later post of ours: impossible,

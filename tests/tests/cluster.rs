@@ -324,10 +324,18 @@ fn bad_client_input_gets_clear_errors_and_loses_nothing() {
         Err(ClientFailure::Refused(ClientError::TooLarge { max, .. })) => assert_eq!(max, limit),
         other => panic!("oversize command: {other:?}"),
     }
+    // Over what any frame can carry: refused by the client itself (it used to time out).
+    let huge = "x".repeat(rapax_dataplane::fabric::frame::MAX_FRAME_BYTES);
+    match put(&mut c, "huge", &huge) {
+        Err(ClientFailure::Refused(ClientError::TooLarge { bytes, max })) => {
+            assert!(bytes > max, "{bytes} over {max}")
+        }
+        other => panic!("command over the frame size: {other:?}"),
+    }
     // An unknown operation, and bytes that are no command at all.
     let mut unknown = Vec::new();
     unknown.extend_from_slice(&c.id().to_le_bytes());
-    unknown.extend_from_slice(&3u64.to_le_bytes()); // the sequence number it will be sent with
+    unknown.extend_from_slice(&4u64.to_le_bytes()); // the sequence number it will be sent with
     unknown.push(99);
     match c.execute_raw(unknown) {
         Err(ClientFailure::Refused(ClientError::BadRequest(BadRequest::UnknownOperation))) => {}
