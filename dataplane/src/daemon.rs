@@ -894,6 +894,7 @@ impl<P: Plane> Dataplane<P> {
                 break;
             }
             completed = true;
+            let from = self.out.notes.len();
             for c in self.completions.drain(..) {
                 work += 1;
                 if c.wr_id & PROBE_WR != 0 {
@@ -907,6 +908,7 @@ impl<P: Plane> Dataplane<P> {
                 self.node
                     .on_completion(now, c, self.plane.mem(), &mut self.out);
             }
+            self.stamp_chosen(from);
         }
         if completed {
             // Answer what those completions chose in this turn, not the next.
@@ -1006,6 +1008,26 @@ impl<P: Plane> Dataplane<P> {
             if let Note::Proposed { slot } = self.out.notes[i] {
                 let t = *now.get_or_insert_with(monotonic_ns);
                 self.stamp(slot, t);
+            }
+        }
+    }
+
+    /// Records the replication latency of the slots the completions just taken chose (notes
+    /// from index `from` on), as they are chosen: applying them and answering their clients,
+    /// later in the turn, is not replication.
+    fn stamp_chosen(&mut self, from: usize) {
+        let mask = self.proposed.len() as u64 - 1;
+        let mut end = None;
+        for i in from..self.out.notes.len() {
+            if let Note::Chosen { slot, .. } = self.out.notes[i] {
+                let at = (slot & mask) as usize;
+                let (s, t) = self.proposed[at];
+                if s == slot && t != 0 {
+                    let end = *end.get_or_insert_with(monotonic_ns);
+                    self.proposed[at] = (0, 0);
+                    let _ = self.replication.record(end.saturating_sub(t).max(1));
+                    self.samples_unpublished += 1;
+                }
             }
         }
     }
