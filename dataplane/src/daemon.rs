@@ -328,7 +328,7 @@ trait Plane: Send {
     /// Client requests received, each with its route; a frame that does not decode comes as
     /// the reason to refuse it. Returns how many.
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize;
-    fn answer(&mut self, route: Route, reply: &ClientReply);
+    fn answer(&mut self, route: Route, reply: ClientReply);
     /// Waits at most `d` for work (the data plane's backoff park).
     fn park(&mut self, d: Duration) {
         std::thread::sleep(d);
@@ -374,9 +374,9 @@ impl MailboxDoor {
     }
 
     /// Answers a client in its mailbox slot.
-    fn answer(&mut self, route: Route, reply: &ClientReply) {
+    fn answer(&mut self, route: Route, reply: ClientReply) {
         let Route::Slot(slot) = route else { return };
-        if let Ok(f) = Frame::client_reply(self.node, CLIENT_NODE, self.cluster_id, reply) {
+        if let Ok(f) = Frame::client_reply_owned(self.node, CLIENT_NODE, self.cluster_id, reply) {
             self.frame.clear();
             if f.encode(&mut self.frame).is_ok() {
                 self.mailbox.reply(slot, &self.frame);
@@ -459,7 +459,7 @@ impl Plane for ShmPlane {
         self.door.ingress(sink)
     }
 
-    fn answer(&mut self, route: Route, reply: &ClientReply) {
+    fn answer(&mut self, route: Route, reply: ClientReply) {
         self.door.answer(route, reply);
     }
 
@@ -509,9 +509,9 @@ impl Plane for UdpPlane {
         sink.len() - before
     }
 
-    fn answer(&mut self, route: Route, reply: &ClientReply) {
+    fn answer(&mut self, route: Route, reply: ClientReply) {
         if let Route::Addr(addr) = route {
-            self.fabric.reply_client(reply, addr);
+            self.fabric.reply_client(&reply, addr);
         }
     }
 
@@ -538,8 +538,8 @@ fn admit(request: &ClientRequest, max_command_bytes: usize) -> Result<(), Client
             max: max_command_bytes,
         });
     }
-    match kv::Command::decode(&request.command) {
-        Ok(c) if c.client == request.client && c.seq == request.seq => Ok(()),
+    match kv::Command::check(&request.command) {
+        Ok((client, seq)) if client == request.client && seq == request.seq => Ok(()),
         Ok(_) => Err(ClientError::BadRequest(BadRequest::Mismatch)),
         Err(KvCodecError::UnknownOpTag(_)) => {
             Err(ClientError::BadRequest(BadRequest::UnknownOperation))
@@ -814,7 +814,7 @@ impl<P: Plane> Dataplane<P> {
                         seq: 0,
                         result: Err(ClientError::BadRequest(why)),
                     };
-                    self.plane.answer(route, &reply);
+                    self.plane.answer(route, reply);
                     continue;
                 }
             };
@@ -849,7 +849,7 @@ impl<P: Plane> Dataplane<P> {
                     seq: request.seq,
                     result,
                 };
-                self.plane.answer(route, &reply);
+                self.plane.answer(route, reply);
                 continue;
             }
             if let Err(e) = admit(&request, self.max_command_bytes) {
@@ -859,7 +859,7 @@ impl<P: Plane> Dataplane<P> {
                     seq: request.seq,
                     result: Err(e),
                 };
-                self.plane.answer(route, &reply);
+                self.plane.answer(route, reply);
                 continue;
             }
             if self.routes.len() >= MAX_ROUTES {
@@ -920,7 +920,7 @@ impl<P: Plane> Dataplane<P> {
                 self.channel.add(Counter::ClientRejected, 1);
             }
             if let Some(route) = self.routes.remove(&(reply.client, reply.seq)) {
-                self.plane.answer(route, &reply);
+                self.plane.answer(route, reply);
             }
         }
         let notes = std::mem::take(&mut self.out.notes);

@@ -69,7 +69,7 @@ impl Plane for DpdkPlane {
         self.door.ingress(sink)
     }
 
-    fn answer(&mut self, route: Route, reply: &ClientReply) {
+    fn answer(&mut self, route: Route, reply: ClientReply) {
         self.door.answer(route, reply);
     }
 

@@ -63,7 +63,7 @@ impl Plane for RdmaPlane {
         self.door.ingress(sink)
     }
 
-    fn answer(&mut self, route: Route, reply: &ClientReply) {
+    fn answer(&mut self, route: Route, reply: ClientReply) {
         self.door.answer(route, reply);
     }
 

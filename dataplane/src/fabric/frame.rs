@@ -454,6 +454,21 @@ impl Frame {
         Frame::checked(src, dst, cluster_id, body)
     }
 
+    /// [`Frame::client_reply`], taking the reply (its result is moved, not copied).
+    pub fn client_reply_owned(
+        src: NodeId,
+        dst: NodeId,
+        cluster_id: u64,
+        reply: ClientReply,
+    ) -> Result<Frame, FrameError> {
+        let body = FrameBody::ClientReply {
+            client: reply.client,
+            seq: reply.seq,
+            result: reply.result.map_err(ClientErrorCode::from),
+        };
+        Frame::checked(src, dst, cluster_id, body)
+    }
+
     /// The frame carrying node `src`'s reply to a client.
     pub fn client_reply(
         src: NodeId,
@@ -461,12 +476,7 @@ impl Frame {
         cluster_id: u64,
         reply: &ClientReply,
     ) -> Result<Frame, FrameError> {
-        let body = FrameBody::ClientReply {
-            client: reply.client,
-            seq: reply.seq,
-            result: reply.result.clone().map_err(ClientErrorCode::from),
-        };
-        Frame::checked(src, dst, cluster_id, body)
+        Frame::client_reply_owned(src, dst, cluster_id, reply.clone())
     }
 
     fn checked(

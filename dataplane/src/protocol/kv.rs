@@ -271,34 +271,76 @@ impl Command {
 
     /// Decode exactly one command occupying all of `buf`. Never panics.
     pub fn decode(buf: &[u8]) -> Result<Command, KvCodecError> {
+        let (client, seq, op) = Self::parse(buf)?;
+        let op = match op {
+            OpRef::Put { key, value } => KvOp::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            },
+            OpRef::Get { key } => KvOp::Get { key: key.to_vec() },
+            OpRef::Delete { key } => KvOp::Delete { key: key.to_vec() },
+            OpRef::Cas { key, expected, new } => KvOp::Cas {
+                key: key.to_vec(),
+                expected: expected.map(<[u8]>::to_vec),
+                new: new.to_vec(),
+            },
+        };
+        Ok(Command { client, seq, op })
+    }
+
+    /// The client and sequence number of the command occupying all of `buf`, checked as
+    /// [`Command::decode`] checks it, without copying its keys and values (the data plane's
+    /// door). Never panics.
+    pub fn check(buf: &[u8]) -> Result<(u64, u64), KvCodecError> {
+        Self::parse(buf).map(|(client, seq, _)| (client, seq))
+    }
+
+    fn parse(buf: &[u8]) -> Result<(u64, u64, OpRef<'_>), KvCodecError> {
         let mut r = Reader::new(buf);
         let client = r.u64("client")?;
         let seq = r.u64("seq")?;
         let op = match r.u8("op tag")? {
             OP_PUT => {
-                let key = r.bytes("key length", "key")?.to_vec();
-                let value = r.bytes("value length", "value")?.to_vec();
-                KvOp::Put { key, value }
+                let key = r.bytes("key length", "key")?;
+                let value = r.bytes("value length", "value")?;
+                OpRef::Put { key, value }
             }
-            OP_GET => KvOp::Get {
-                key: r.bytes("key length", "key")?.to_vec(),
+            OP_GET => OpRef::Get {
+                key: r.bytes("key length", "key")?,
             },
-            OP_DELETE => KvOp::Delete {
-                key: r.bytes("key length", "key")?.to_vec(),
+            OP_DELETE => OpRef::Delete {
+                key: r.bytes("key length", "key")?,
             },
             OP_CAS => {
-                let key = r.bytes("key length", "key")?.to_vec();
-                let expected = r
-                    .opt_bytes("expected flag", "expected length", "expected")?
-                    .map(<[u8]>::to_vec);
-                let new = r.bytes("new length", "new")?.to_vec();
-                KvOp::Cas { key, expected, new }
+                let key = r.bytes("key length", "key")?;
+                let expected = r.opt_bytes("expected flag", "expected length", "expected")?;
+                let new = r.bytes("new length", "new")?;
+                OpRef::Cas { key, expected, new }
             }
             tag => return Err(KvCodecError::UnknownOpTag(tag)),
         };
         r.finish()?;
-        Ok(Command { client, seq, op })
+        Ok((client, seq, op))
     }
+}
+
+/// A decoded operation borrowing its keys and values from the encoded command.
+enum OpRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Get {
+        key: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: &'a [u8],
+    },
 }
 
 impl KvReply {
@@ -988,7 +1030,17 @@ mod tests {
                 }
                 b
             };
-            if let Ok(c) = Command::decode(&buf) {
+            let decoded = Command::decode(&buf);
+            // The door's check agrees with decoding on every input, success or error.
+            assert_eq!(
+                Command::check(&buf),
+                decoded
+                    .as_ref()
+                    .map(|c| (c.client, c.seq))
+                    .map_err(Clone::clone),
+                "check and decode disagree on {buf:?}"
+            );
+            if let Ok(c) = decoded {
                 assert_eq!(encoded(&c, Command::encode), buf, "non-canonical");
             }
             if let Ok(r) = KvReply::decode(&buf) {
