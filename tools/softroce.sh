@@ -356,6 +356,8 @@ default_lane() {
     local rapax=target/release/rapax
     [ -x "$rapax" ] || die "$rapax missing: run cargo build --release --bins on the host first"
     mkdir -p target/lanes
+    echo "== rapax preflight on the soft-RoCE profile"
+    "$rapax" preflight --profile hw-profiles/soft-roce.toml --replicas 3
     echo "== rapax bench on rdma (soft-RoCE), 3 replicas"
     "$rapax" bench --profile hw-profiles/soft-roce.toml --replicas 3 --ops 2000 \
         --dir /tmp/rapax-rdma-bench --json target/lanes/rdma-bench.json

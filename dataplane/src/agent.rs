@@ -312,7 +312,8 @@ impl AgentCounters {
 }
 
 /// Core ids in Linux's cpulist form: `0-3,8,10-11`.
-fn cpulist(ids: &[usize]) -> String {
+/// Core ids in cpulist form (`0-3,8`), as the kernel prints them.
+pub fn cpulist(ids: &[usize]) -> String {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();

@@ -5,6 +5,7 @@ pub mod drill;
 pub mod floor;
 pub mod lincheck;
 pub mod netlab;
+pub mod preflight;
 pub mod report;
 pub mod sim;
 

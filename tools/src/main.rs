@@ -169,6 +169,23 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Checks this host against a hardware profile before nodes are started on it: the cores
+    /// the profile pins agents to, spinning agents without a core of their own, the
+    /// clocksource, and per fabric the shm directory (tmpfs, room for every node's region),
+    /// the UDP address, the RDMA device (present, port active, GID index, MTU) or DPDK
+    /// (bindings, hugepages, the memif directory). Each check says PASS, WARN or FAIL and what
+    /// to change; the exit status is 1 when one fails.
+    ///
+    /// Example:
+    ///   rapax preflight --profile hw-profiles/mlx5-cx6.toml --replicas 3
+    #[command(verbatim_doc_comment)]
+    Preflight {
+        #[arg(long, default_value = "hw-profiles/shm-local.toml")]
+        profile: PathBuf,
+        /// Nodes that will run on this host (a local cluster: all of them; one per host: 1).
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+    },
     /// Fail-over drill: under steady client load, K times take the leader's data plane out
     /// (kill -9, or SIGSTOP then SIGCONT once a new leader commits), measure detection,
     /// handover and kill-to-first-commit, and bring the victim back as a follower. The client
@@ -481,6 +498,31 @@ fn main() -> ExitCode {
             Err(e) => fail("status", format!("no cluster in {}: {e}", dir.display())),
         },
         Command::Kv { dir, op } => kv(&dir, op),
+        Command::Preflight {
+            profile: path,
+            replicas,
+        } => {
+            let profile = match load_profile(&path) {
+                Ok(p) => p,
+                Err(e) => return fail("preflight", e),
+            };
+            println!(
+                "preflight: profile {} ({}), fabric {}, {replicas} node(s) on this host",
+                profile.name,
+                path.display(),
+                profile.fabric.kind.as_str()
+            );
+            let checks = rapax::preflight::run(&profile, replicas.max(1));
+            print!("{}", rapax::preflight::render(&checks));
+            if checks
+                .iter()
+                .any(|c| c.verdict == rapax::preflight::Verdict::Fail)
+            {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Bench {
             profile,
             replicas,

@@ -86,6 +86,11 @@ impl std::ops::Deref for Mapped {
     }
 }
 
+/// The size of one node's region file (rights area, control block, log) for `geometry`.
+pub fn region_bytes(geometry: &LogGeometry) -> u64 {
+    (LOG_AT + geometry.log_bytes()) as u64
+}
+
 fn region_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("node-{node}.region"))
 }
