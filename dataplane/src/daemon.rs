@@ -582,10 +582,9 @@ struct Dataplane<P: Plane> {
     checkpoints: CheckpointSlot,
     /// (index, digest) of each checkpoint the writer kept, for the counters.
     kept: std::sync::mpsc::Receiver<(u64, u64)>,
-    /// The microsecond of the last control-half tick.
-    control_ticked: u64,
-    /// The microsecond of the last `publish`.
-    published: u64,
+    /// The microsecond of the turn clock the last turn ran in: the control half of the tick
+    /// and `publish` run once per microsecond.
+    last_us: u64,
     /// Replication samples recorded this turn, added to the channel's counter in `publish`.
     samples_unpublished: u64,
 }
@@ -768,6 +767,8 @@ impl<P: Plane> Dataplane<P> {
 
     fn turn(&mut self) -> usize {
         let now = self.now_us();
+        let new_us = now != self.last_us;
+        self.last_us = now;
         let mut work = 0;
         while let Some(m) = self.commands.recv() {
             work += 1;
@@ -875,8 +876,7 @@ impl<P: Plane> Dataplane<P> {
         // The control half (grants, candidacy, the amnesia probe) acts on time-outs and on
         // words peers write into this node's memory: once per microsecond is soon enough, and
         // leaves the turns in between to the fast path.
-        if now != self.control_ticked {
-            self.control_ticked = now;
+        if new_us {
             self.node.tick_control(now, self.plane.mem(), &mut self.out);
         }
         self.node.tick_data(now, self.plane.mem(), &mut self.out);
@@ -935,8 +935,7 @@ impl<P: Plane> Dataplane<P> {
         }
         // Counters for tools and the control plane: once per microsecond of the turn clock is
         // as fresh as any reader needs, and leaves the turns in between to the fast path.
-        if now != self.published {
-            self.published = now;
+        if new_us {
             while let Ok((index, digest)) = self.kept.try_recv() {
                 self.channel.set(Counter::CheckpointIndex, index);
                 self.channel.set(Counter::CheckpointDigest, digest);
@@ -1003,11 +1002,10 @@ impl<P: Plane> Dataplane<P> {
     /// fabrics whose writes complete inside the post (shm's copies, and rxe's loopback), a stamp
     /// taken after posting would leave the replication round trip out of its own latency.
     fn stamp_proposed(&mut self) {
-        let mut now = None;
+        let mut clock = None;
         for i in 0..self.out.notes.len() {
             if let Note::Proposed { slot } = self.out.notes[i] {
-                let t = *now.get_or_insert_with(monotonic_ns);
-                self.stamp(slot, t);
+                self.stamp(slot, &mut clock);
             }
         }
     }
@@ -1016,28 +1014,35 @@ impl<P: Plane> Dataplane<P> {
     /// from index `from` on), as they are chosen: applying them and answering their clients,
     /// later in the turn, is not replication.
     fn stamp_chosen(&mut self, from: usize) {
-        let mask = self.proposed.len() as u64 - 1;
-        let mut end = None;
+        let mut clock = None;
         for i in from..self.out.notes.len() {
             if let Note::Chosen { slot, .. } = self.out.notes[i] {
-                let at = (slot & mask) as usize;
-                let (s, t) = self.proposed[at];
-                if s == slot && t != 0 {
-                    let end = *end.get_or_insert_with(monotonic_ns);
-                    self.proposed[at] = (0, 0);
-                    let _ = self.replication.record(end.saturating_sub(t).max(1));
-                    self.samples_unpublished += 1;
-                }
+                self.record_chosen(slot, &mut clock);
             }
         }
     }
 
-    /// Stamps `slot`'s proposal at `t` unless it is stamped already.
-    fn stamp(&mut self, slot: u64, t: u64) {
+    /// Stamps `slot`'s proposal with `clock` (read now if it was not yet) unless it is
+    /// stamped already.
+    fn stamp(&mut self, slot: u64, clock: &mut Option<u64>) {
         let mask = self.proposed.len() as u64 - 1;
         let at = &mut self.proposed[(slot & mask) as usize];
         if at.0 != slot {
-            *at = (slot, t);
+            *at = (slot, *clock.get_or_insert_with(monotonic_ns));
+        }
+    }
+
+    /// Records `slot`'s replication latency, from its stamp to `clock` (read now if it was not
+    /// yet), unless it has none or was recorded already.
+    fn record_chosen(&mut self, slot: u64, clock: &mut Option<u64>) {
+        let mask = self.proposed.len() as u64 - 1;
+        let at = (slot & mask) as usize;
+        let (s, t) = self.proposed[at];
+        if s == slot && t != 0 {
+            let end = *clock.get_or_insert_with(monotonic_ns);
+            self.proposed[at] = (0, 0);
+            let _ = self.replication.record(end.saturating_sub(t).max(1));
+            self.samples_unpublished += 1;
         }
     }
 
@@ -1055,26 +1060,19 @@ impl<P: Plane> Dataplane<P> {
                 }
             }
         }
-        let mask = self.proposed.len() as u64 - 1;
         match *note {
             Note::Proposed { slot } => {
                 // Stamped before its writes were posted (`stamp_proposed`); one made while
                 // settling, whose writes go out next turn, is stamped now.
-                if self.proposed[(slot & mask) as usize].0 != slot {
-                    let t = *clock.get_or_insert_with(monotonic_ns);
-                    self.stamp(slot, t);
-                }
+                self.stamp(slot, clock);
             }
             Note::Chosen { slot, .. } => {
-                let (s, t) = self.proposed[(slot & mask) as usize];
-                let now = *clock.get_or_insert_with(monotonic_ns);
-                if s == slot && t != 0 {
-                    self.proposed[(slot & mask) as usize] = (0, 0);
-                    let _ = self.replication.record(now.saturating_sub(t).max(1));
-                    self.samples_unpublished += 1;
-                }
+                // Recorded as the completions were taken (`stamp_chosen`), unless chosen
+                // elsewhere (a one-node cluster chooses as it proposes).
+                self.record_chosen(slot, clock);
                 if self.awaiting_first_commit {
                     self.awaiting_first_commit = false;
+                    let now = *clock.get_or_insert_with(monotonic_ns);
                     self.channel.set(Counter::FirstCommitAtNs, now);
                 }
             }
@@ -1386,8 +1384,7 @@ fn start_agent<P: Plane + 'static>(
         shutdown: Arc::clone(shutdown),
         checkpoints,
         kept,
-        control_ticked: u64::MAX,
-        published: u64::MAX,
+        last_us: u64::MAX,
         samples_unpublished: 0,
     };
     let follower = profile.agents.follower_apply;

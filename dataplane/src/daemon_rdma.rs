@@ -18,7 +18,6 @@ use crate::fabric::udp::UdpFabric;
 use crate::fabric::{Completion, LocalMemory, Post};
 use crate::mailbox::MailboxServer;
 use crate::profile::{ClusterFile, Profile};
-use crate::protocol::layout::CB_HEARTBEAT;
 use crate::protocol::node::{BadRequest, ClientReply, ClientRequest};
 use crate::protocol::NodeId;
 
@@ -59,8 +58,7 @@ impl Plane for RdmaPlane {
             self.posts_unchecked = 0;
             let now = Instant::now();
             if now >= self.next_control_poll {
-                let beat = self.fabric.control_word(CB_HEARTBEAT).wrapping_add(1);
-                self.fabric.set_control_word(CB_HEARTBEAT, beat);
+                crate::protocol::node::beat(&mut self.fabric);
                 self.serve_control(now);
             }
         }

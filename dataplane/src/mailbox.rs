@@ -71,6 +71,14 @@ fn reply_at(area: usize) -> usize {
     (SLOT_REQ_AREA + area).next_multiple_of(64)
 }
 
+/// Keeps asking for the lines past the first of a half (request or reply) at `at` whose frame
+/// starts `area_at` bytes in, as far as a frame of `len` bytes (the last one) reached: while a
+/// reader polls the half's first line, the rest of the next frame then arrives with it, not
+/// one transfer after another.
+fn prefetch_rest(map: &MappedFile, at: usize, area_at: usize, len: usize) {
+    map.prefetch(at + 64, len.saturating_sub(64 - area_at));
+}
+
 fn slot_bytes(area: usize) -> usize {
     reply_at(area) + (REP_AREA + area).next_multiple_of(64)
 }
@@ -176,10 +184,8 @@ impl MailboxServer {
                 if self.map.word(at + SLOT_OWNER).load(Ordering::Relaxed) == 0 {
                     self.retire(k);
                 }
-                // Keep asking for the lines the slot's last request used: when the client
-                // writes the next one, they come with its first line, not after it.
-                self.map
-                    .prefetch(at + 64, self.last_len[k].saturating_sub(64 - SLOT_REQ_AREA));
+                // When the client writes its next request, its lines come with the first.
+                prefetch_rest(&self.map, at, SLOT_REQ_AREA, self.last_len[k]);
                 continue;
             }
             let len = self.map.word(at + SLOT_REQ_LEN).load(Ordering::Acquire) as usize;
@@ -335,10 +341,8 @@ impl MailboxClient {
     pub fn try_recv(&self, out: &mut Vec<u8>) -> bool {
         let at = self.at() + reply_at(self.area);
         if self.map.word(at + REP_POST).load(Ordering::Acquire) != self.post {
-            // Keep asking for the lines past the first that the last reply used: they then
-            // arrive with the first line of this one, not after it.
-            self.map
-                .prefetch(at + 64, self.last_reply.get().saturating_sub(64 - REP_AREA));
+            // When the data plane writes the reply, its lines come with the first.
+            prefetch_rest(&self.map, at, REP_AREA, self.last_reply.get());
             return false;
         }
         let len = self.map.word(at + REP_LEN).load(Ordering::Acquire) as usize;

@@ -40,6 +40,15 @@ pub struct Check {
     pub detail: String,
 }
 
+/// `Pass` when `ok`, else `otherwise`.
+fn pass_if(ok: bool, otherwise: Verdict) -> Verdict {
+    if ok {
+        Verdict::Pass
+    } else {
+        otherwise
+    }
+}
+
 fn check(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Check {
     Check {
         name,
@@ -258,7 +267,7 @@ fn shm_checks(profile: &Profile, replicas: usize) -> Vec<Check> {
             let tmpfs = fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC;
             out.push(check(
                 "shm directory",
-                if tmpfs { Verdict::Pass } else { Verdict::Warn },
+                pass_if(tmpfs, Verdict::Warn),
                 if tmpfs {
                     format!("{} on tmpfs", dir.display())
                 } else {
@@ -272,11 +281,7 @@ fn shm_checks(profile: &Profile, replicas: usize) -> Vec<Check> {
             let free = fs.blocks_available() * fs.block_size() as u64;
             out.push(check(
                 "shm space",
-                if free >= need {
-                    Verdict::Pass
-                } else {
-                    Verdict::Fail
-                },
+                pass_if(free >= need, Verdict::Fail),
                 format!(
                     "{replicas} regions of {} MiB need {} MiB, {} MiB free in {}{}",
                     (need / replicas.max(1) as u64) >> 20,
@@ -386,11 +391,7 @@ fn rdma_checks(profile: &Profile) -> Vec<Check> {
         Ok(p) => {
             out.push(check(
                 "rdma port",
-                if p.active {
-                    Verdict::Pass
-                } else {
-                    Verdict::Fail
-                },
+                pass_if(p.active, Verdict::Fail),
                 format!(
                     "port {} {}{}",
                     r.port,
@@ -405,11 +406,7 @@ fn rdma_checks(profile: &Profile) -> Vec<Check> {
             let active = ibverbs::mtu_bytes(p.active_mtu);
             out.push(check(
                 "rdma mtu",
-                if r.mtu <= active {
-                    Verdict::Pass
-                } else {
-                    Verdict::Warn
-                },
+                pass_if(r.mtu <= active, Verdict::Warn),
                 format!(
                     "profile mtu {} B, port's active MTU {active} B{}",
                     r.mtu,
@@ -426,11 +423,7 @@ fn rdma_checks(profile: &Profile) -> Vec<Check> {
                     .is_ok_and(|g| g.0 != [0; 16]);
             out.push(check(
                 "rdma gid",
-                if gid_ok || !p.ethernet {
-                    Verdict::Pass
-                } else {
-                    Verdict::Fail
-                },
+                pass_if(gid_ok || !p.ethernet, Verdict::Fail),
                 if gid_ok {
                     format!("GID index {} is set", r.gid_index)
                 } else if !p.ethernet {
@@ -466,11 +459,7 @@ fn dpdk_checks(profile: &Profile) -> Vec<Check> {
         let free = hugepages_free();
         out.push(check(
             "hugepages",
-            if free.unwrap_or(0) > 0 {
-                Verdict::Pass
-            } else {
-                Verdict::Fail
-            },
+            pass_if(free.unwrap_or(0) > 0, Verdict::Fail),
             match free {
                 Some(n) if n > 0 => format!("{n} free hugepages"),
                 Some(_) => "the EAL needs hugepages and none are free: echo 512 > \
@@ -492,11 +481,7 @@ fn dpdk_checks(profile: &Profile) -> Vec<Check> {
         });
         out.push(check(
             "memif directory",
-            if writable {
-                Verdict::Pass
-            } else {
-                Verdict::Fail
-            },
+            pass_if(writable, Verdict::Fail),
             format!(
                 "{}{}",
                 dir.display(),

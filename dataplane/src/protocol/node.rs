@@ -1171,8 +1171,7 @@ impl<S: StateMachine> Node<S> {
     pub fn tick_data(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
         self.now = now;
         // The data plane's heartbeat: a stuck data plane stops it.
-        let hb = mem.control_word(CB_HEARTBEAT).wrapping_add(1);
-        mem.set_control_word(CB_HEARTBEAT, hb);
+        beat(mem);
         self.leader_tick(mem, out);
         self.apply(mem, out);
     }
@@ -3237,9 +3236,10 @@ fn entries_in<'a>(
         })
 }
 
-/// The data plane's heartbeat, also bumped while a long snapshot or restore runs: encoding a
-/// large state is work, not a stuck data plane.
-fn beat(mem: &mut impl LocalMemory) {
+/// The data plane's heartbeat, bumped every turn, and also while a long snapshot, restore or
+/// recovery runs (and, on rdma, during a long burst of posts): that is work, not a stuck data
+/// plane.
+pub(crate) fn beat(mem: &mut impl LocalMemory) {
     let hb = mem.control_word(CB_HEARTBEAT).wrapping_add(1);
     mem.set_control_word(CB_HEARTBEAT, hb);
 }
