@@ -18,7 +18,7 @@ use crate::fabric::frame::{Frame, FrameBody, FrameError, CLIENT_NODE};
 use crate::mailbox::{MailboxClient, MailboxError};
 use crate::profile::FabricKind;
 use crate::protocol::kv::{self, KvCodecError, KvOp, KvReply};
-use crate::protocol::membership::Change;
+use crate::protocol::membership::{Change, ChangeAnswer};
 use crate::protocol::node::{ClientError, ClientReply};
 use crate::protocol::NodeId;
 
@@ -33,6 +33,8 @@ pub enum ClientFailure {
     Refused(ClientError),
     #[error("reply does not decode: {0}")]
     BadReply(KvCodecError),
+    #[error("the answer to a configuration change does not decode ({0} bytes)")]
+    BadChangeAnswer(usize),
 }
 
 /// Why a client could not be set up.
@@ -188,19 +190,12 @@ impl Client {
         KvReply::decode(&reply).map_err(ClientFailure::BadReply)
     }
 
-    /// Asks the leader for a configuration change: `Ok(Ok(steps))` with the configurations it
-    /// will propose, `Ok(Err(reason))` when it refused the change.
-    pub fn reconfigure(
-        &mut self,
-        change: &Change,
-    ) -> Result<Result<String, String>, ClientFailure> {
+    /// Asks the leader for a configuration change: the configurations it will propose, in
+    /// order, or why it refused the change.
+    pub fn reconfigure(&mut self, change: &Change) -> Result<ChangeAnswer, ClientFailure> {
         self.seq += 1;
         let reply = self.submit(change.request(self.id, self.seq))?;
-        let text = String::from_utf8_lossy(reply.get(1..).unwrap_or_default()).into_owned();
-        Ok(match reply.first() {
-            Some(0) => Ok(text),
-            _ => Err(text),
-        })
+        ChangeAnswer::decode(&reply).ok_or(ClientFailure::BadChangeAnswer(reply.len()))
     }
 
     /// Sends raw command bytes under the next sequence number (for tests of the node's door:

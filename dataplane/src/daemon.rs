@@ -37,7 +37,7 @@ use crate::protocol::kv::{self, KvCodecError, KvLimits, KvStore};
 use crate::protocol::layout::{
     CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_HEARTBEAT, CB_PID,
 };
-use crate::protocol::membership::{ring_word, Change, ReconfigError};
+use crate::protocol::membership::{ring_word, Change, ChangeAnswer, ReconfigError};
 use crate::protocol::node::{
     BadRequest, Checkpoint, ClientError, ClientReply, ClientRequest, Node, Note, Output, RoleKind,
     Start,
@@ -827,19 +827,11 @@ impl<P: Plane> Dataplane<P> {
                     }
                     None => Err(ClientError::BadRequest(BadRequest::Malformed)),
                     Some(change) => match self.node.reconfigure(&change) {
-                        Ok(steps) => {
-                            let mut b = vec![0];
-                            b.extend_from_slice(format!("{steps:?}").as_bytes());
-                            Ok(b)
-                        }
+                        Ok(steps) => Ok(ChangeAnswer::Proposed(steps).encode()),
                         Err(ReconfigError::NotLeader { leader_hint }) => {
                             Err(ClientError::NotLeader { leader_hint })
                         }
-                        Err(e) => {
-                            let mut b = vec![1];
-                            b.extend_from_slice(e.to_string().as_bytes());
-                            Ok(b)
-                        }
+                        Err(e) => Ok(ChangeAnswer::Refused(e.to_string()).encode()),
                     },
                 };
                 if result.is_err() {

@@ -663,3 +663,79 @@ fn shm_ring_repair_replaces_a_dead_acceptor_with_the_spare() {
     assert!(r.laps > 2.0, "the run reused its log: {r:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `rapax reconfig` as an operator runs it, against a shm cluster with a spare: a replace is
+/// proposed as two configurations and the command returns once the last is in force; a change
+/// the leader refuses (a node already in the ring) fails with the leader's reason and changes
+/// nothing; the cluster keeps serving across both.
+#[test]
+fn rapax_reconfig_replaces_an_acceptor_and_reports_a_refusal() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut p = profile("shm-local.toml");
+    // A calmer detector: four nodes' processes share two cores here.
+    p.election.read_period_us = 1000;
+    let dir = Path::new("/dev/shm/rapax-test").join(format!("reconfig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = LocalCluster::up_spares(&p, 3, 1, &dir).unwrap_or_else(|e| panic!("up: {e}"));
+    let t = TestCluster::from(cluster, dir);
+    let rapax = rapax::cluster::bin_path("rapax").expect("the rapax binary");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&rapax)
+            .arg("reconfig")
+            .arg("--dir")
+            .arg(&t.dir)
+            .args(["--wait-ms", "20000"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("rapax runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (epoch_before, ring_before) = t.cluster.configuration().expect("a configuration");
+    assert_eq!(ring_before, vec![0, 1, 2]);
+    let mut c = t.client();
+    c.execute(KvOp::Put {
+        key: b"k".to_vec(),
+        value: b"before".to_vec(),
+    })
+    .expect("put before");
+
+    let (ok, text) = run(&["add", "1"]);
+    assert!(!ok, "adding an acceptor again must fail: {text}");
+    assert!(
+        text.contains("refused"),
+        "the leader's reason is shown: {text}"
+    );
+    assert_eq!(
+        t.cluster.configuration(),
+        Some((epoch_before, ring_before.clone())),
+        "a refused change changes nothing"
+    );
+
+    let (ok, text) = run(&["replace", "1", "3"]);
+    assert!(ok, "replace: {text}\n{}", t.cluster.status());
+    let want_epoch = epoch_before + 2;
+    assert!(
+        text.contains(&format!("epoch {}", epoch_before + 1))
+            && text.contains(&format!("epoch {want_epoch}")),
+        "both steps are listed: {text}"
+    );
+    let (epoch, ring) = t.cluster.configuration().expect("a configuration");
+    assert!(epoch >= want_epoch, "{text}");
+    assert!(
+        ring.contains(&3) && !ring.contains(&1),
+        "ring {ring:?}: {text}"
+    );
+    assert_eq!(
+        c.execute(KvOp::Get { key: b"k".to_vec() })
+            .expect("get after"),
+        KvReply::Value(Some(b"before".to_vec()))
+    );
+}

@@ -16,7 +16,7 @@ use rapax::drill::{BenchOptions, FailMode, FailoverOptions};
 use rapax_dataplane::client::{Client, ClientOptions};
 use rapax_dataplane::profile::Profile;
 use rapax_dataplane::protocol::kv::{KvOp, KvReply};
-use rapax_dataplane::protocol::membership::Change;
+use rapax_dataplane::protocol::membership::{Change, ChangeAnswer};
 use rapax_dataplane::protocol::NodeId;
 
 use rapax::sim::{run_seed, RunReport, RunSpec, Summary};
@@ -825,24 +825,23 @@ fn reconfig(dir: &Path, wait_ms: u64, change: ReconfigCommand) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail("reconfig", format!("cluster in {}: {e}", dir.display())),
     };
-    let before = cluster.configuration();
     match client.reconfigure(&change) {
-        Ok(Ok(steps)) => {
-            rapax::say!("rapax reconfig: {change}: the leader proposes {steps}");
+        Ok(ChangeAnswer::Proposed(steps)) => {
+            let listed: Vec<String> = steps.iter().map(|m| format!("{m:?}")).collect();
+            rapax::say!(
+                "rapax reconfig: {change}: the leader proposes {}",
+                listed.join(", then ")
+            );
             // The leader's last step is the configuration to wait for; the epoch a node
             // showed before the request may lag the leader's.
-            let (target, want) = last_step(&steps).unwrap_or_else(|| {
-                let epoch = before.as_ref().map_or(0, |(e, _)| *e)
-                    + 1
-                    + u64::from(matches!(change, Change::Replace { .. }));
-                (epoch, None)
-            });
+            let Some(want) = steps.last() else {
+                return fail("reconfig", format!("{change}: the leader proposed no step"));
+            };
+            let (target, want) = (want.epoch, want.ring().to_vec());
             let deadline = Instant::now() + Duration::from_millis(wait_ms);
             loop {
                 match cluster.configuration() {
-                    Some((epoch, ring))
-                        if epoch == target && want.as_ref().is_some_and(|w| *w != ring) =>
-                    {
+                    Some((epoch, ring)) if epoch == target && ring != want => {
                         return fail(
                             "reconfig",
                             format!(
@@ -870,26 +869,9 @@ fn reconfig(dir: &Path, wait_ms: u64, change: ReconfigCommand) -> ExitCode {
                 }
             }
         }
-        Ok(Err(why)) => fail("reconfig", format!("{change} refused: {why}")),
+        Ok(ChangeAnswer::Refused(why)) => fail("reconfig", format!("{change} refused: {why}")),
         Err(e) => fail("reconfig", format!("{change}: {e}")),
     }
-}
-
-/// The last "epoch N ring [a, b, ...]" of a leader's reconfiguration answer.
-fn last_step(steps: &str) -> Option<(u64, Option<Vec<NodeId>>)> {
-    let at = steps.rfind("epoch ")?;
-    let rest = &steps[at + "epoch ".len()..];
-    let (epoch, rest) = rest.split_once(' ')?;
-    let epoch = epoch.parse().ok()?;
-    let ring = rest
-        .strip_prefix("ring [")
-        .and_then(|r| r.split_once(']'))
-        .and_then(|(list, _)| {
-            list.split(',')
-                .map(|n| n.trim().parse::<NodeId>().ok())
-                .collect::<Option<Vec<_>>>()
-        });
-    Some((epoch, ring))
 }
 
 fn kv(dir: &Path, op: KvCommand) -> ExitCode {
@@ -1035,22 +1017,4 @@ fn demo(profile: &Path, ops: u64, plot: &Path, dir: Option<PathBuf>) -> Result<(
     drop(session);
     rapax::say!("demo: cluster stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::last_step;
-
-    #[test]
-    fn the_last_step_of_a_leaders_answer_is_parsed() {
-        assert_eq!(
-            last_step("[epoch 3 ring [0, 1, 2]]"),
-            Some((3, Some(vec![0, 1, 2])))
-        );
-        assert_eq!(
-            last_step("[epoch 4 ring [0, 1, 2, 3], epoch 5 ring [0, 2, 3]]"),
-            Some((5, Some(vec![0, 2, 3])))
-        );
-        assert_eq!(last_step("no steps"), None);
-    }
 }

@@ -367,6 +367,54 @@ pub fn quorums_intersect(a: &Membership, b: &Membership) -> bool {
     a.majority().saturating_sub(only_a) + b.majority().saturating_sub(only_b) > both
 }
 
+/// A leader's answer to an operator's configuration change, as it travels back in a client
+/// reply: the configurations it proposes, in order (a replace is two), or why it refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeAnswer {
+    Proposed(Vec<Membership>),
+    Refused(String),
+}
+
+const ANSWER_PROPOSED: u8 = 0;
+const ANSWER_REFUSED: u8 = 1;
+
+impl ChangeAnswer {
+    /// `[0, n, n configurations]` or `[1, reason in UTF-8]`.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ChangeAnswer::Proposed(steps) => {
+                let mut out = Vec::with_capacity(2 + steps.len() * MEMBERSHIP_BYTES);
+                out.push(ANSWER_PROPOSED);
+                out.push(u8::try_from(steps.len()).expect("a change has a step or two"));
+                for m in steps {
+                    out.extend_from_slice(&m.encode());
+                }
+                out
+            }
+            ChangeAnswer::Refused(why) => {
+                let mut out = vec![ANSWER_REFUSED];
+                out.extend_from_slice(why.as_bytes());
+                out
+            }
+        }
+    }
+
+    /// The answer in exactly `b`, or `None` (a proposal must hold well-formed configurations).
+    pub fn decode(b: &[u8]) -> Option<ChangeAnswer> {
+        match b {
+            [ANSWER_PROPOSED, n, rest @ ..] if rest.len() == *n as usize * MEMBERSHIP_BYTES => rest
+                .chunks_exact(MEMBERSHIP_BYTES)
+                .map(Membership::decode)
+                .collect::<Option<Vec<_>>>()
+                .map(ChangeAnswer::Proposed),
+            [ANSWER_REFUSED, why @ ..] => Some(ChangeAnswer::Refused(
+                String::from_utf8_lossy(why).into_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +491,27 @@ mod tests {
         assert_eq!(Change::parse_request(&bad), Some((7, 9, None)));
         assert_eq!(Change::parse_request(&[0; 16]), None, "too short to be one");
         assert_eq!(Change::parse_request(&[1; 20]), None, "another operation");
+    }
+
+    #[test]
+    fn change_answers_round_trip_and_garbage_is_refused() {
+        let steps = vec![m(4, &[0, 1, 2, 3]), m(5, &[0, 2, 3])];
+        for a in [
+            ChangeAnswer::Proposed(steps.clone()),
+            ChangeAnswer::Refused("a change is in flight".into()),
+        ] {
+            assert_eq!(ChangeAnswer::decode(&a.encode()), Some(a));
+        }
+        let good = ChangeAnswer::Proposed(steps).encode();
+        assert_eq!(ChangeAnswer::decode(&good[..good.len() - 1]), None, "cut");
+        let mut bad = good.clone();
+        bad[1] = 3;
+        assert_eq!(ChangeAnswer::decode(&bad), None, "count beyond the bytes");
+        let mut bad = good.clone();
+        bad[2 + 8] = 0;
+        assert_eq!(ChangeAnswer::decode(&bad), None, "an empty ring");
+        assert_eq!(ChangeAnswer::decode(&[]), None);
+        assert_eq!(ChangeAnswer::decode(&[7, 1]), None, "unknown kind");
     }
 
     #[test]
