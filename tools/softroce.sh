@@ -2,7 +2,7 @@
 # The soft-RoCE lane: runs RDMA verbs code over rxe (the kernel's software RoCE v2 driver) on a
 # machine whose own kernel has no RDMA and no KVM. It boots a stock Debian kernel in a qemu (TCG)
 # VM with virtme-ng, which shows the host's root filesystem inside the VM, loads rdma_rxe there,
-# adds rxe0 on the VM's loopback interface and runs a command in the repository root.
+# adds rxe0 on a dummy netdev of the VM (10.77.0.1) and runs a command in the repository root.
 #
 #   tools/softroce.sh --setup-only      install what the lane needs (idempotent, fast when done)
 #   tools/softroce.sh -- CMD ARGS...    setup, then run CMD inside the VM; exits with CMD's status
@@ -22,7 +22,8 @@
 #   RAPAX_SOFTROCE_CPUS       VM vCPUs (default 2)
 #
 # Inside the VM, CMD sees RAPAX_SOFTROCE_DEVICE (rxe0), RAPAX_SOFTROCE_GID_INDEX (the RoCE v2
-# GID index of 127.0.0.1 on rxe0) and RAPAX_SOFTROCE_IP (127.0.0.1), and RAPAX_SOFTROCE_GUEST=1.
+# GID index of 10.77.0.1 on rxe0), RAPAX_SOFTROCE_IP and RAPAX_RDMA_CM_ADDR (10.77.0.1), and
+# RAPAX_SOFTROCE_GUEST=1.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -234,20 +235,34 @@ gid_index_for_ipv4() {
 
 guest_uptime() { cut -d' ' -f1 /proc/uptime; }
 
+# The netdev rxe0 sits on in the guest, and its address (hw-profiles/soft-roce.toml's
+# gid_index is this address's GID).
+RDMA_NETDEV=rapax0
+RDMA_IP=10.77.0.1
+
 guest_rdma_up() {
     echo "== softroce (guest): up $(guest_uptime) s, loading rdma_rxe"
     ip link set lo up
     modprobe rdma_rxe
-    echo "== softroce (guest): up $(guest_uptime) s, adding rxe0 on lo"
-    rdma link add rxe0 type rxe netdev lo
+    # rxe sits on a dummy netdev with an address of its own, not on lo: rdma_cm resolves
+    # addresses and routes only through a netdev that is not loopback (on lo,
+    # rdma_resolve_route fails with ENODEV). Traffic to that address never leaves the host:
+    # rxe loops a packet back when its destination MAC is its own.
+    echo "== softroce (guest): up $(guest_uptime) s, adding rxe0 on $RDMA_NETDEV ($RDMA_IP)"
+    ip link add "$RDMA_NETDEV" type dummy
+    ip addr add "$RDMA_IP/24" dev "$RDMA_NETDEV"
+    ip link set "$RDMA_NETDEV" up
+    rdma link add rxe0 type rxe netdev "$RDMA_NETDEV"
     # The GID table is filled from the netdev's addresses asynchronously.
     local _
     for _ in $(seq 50); do
-        RAPAX_SOFTROCE_GID_INDEX="$(gid_index_for_ipv4 rxe0 127.0.0.1)" && break
+        RAPAX_SOFTROCE_GID_INDEX="$(gid_index_for_ipv4 rxe0 "$RDMA_IP")" && break
         sleep 0.1
     done
-    [ -n "${RAPAX_SOFTROCE_GID_INDEX:-}" ] || { echo "softroce: no RoCE v2 GID for 127.0.0.1 on rxe0" >&2; return 1; }
-    export RAPAX_SOFTROCE_DEVICE=rxe0 RAPAX_SOFTROCE_IP=127.0.0.1 RAPAX_SOFTROCE_GID_INDEX
+    [ -n "${RAPAX_SOFTROCE_GID_INDEX:-}" ] || { echo "softroce: no RoCE v2 GID for $RDMA_IP on rxe0" >&2; return 1; }
+    export RAPAX_SOFTROCE_DEVICE=rxe0 RAPAX_SOFTROCE_IP="$RDMA_IP" RAPAX_SOFTROCE_GID_INDEX
+    # The rdma_cm test of the verbs wrappers connects on this address.
+    export RAPAX_RDMA_CM_ADDR="$RDMA_IP"
     export RAPAX_SOFTROCE_GUEST=1
 
     echo "== softroce (guest): kernel $(uname -r), $(nproc) vCPUs, clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown), up $(guest_uptime) s"
@@ -264,7 +279,7 @@ guest_rdma_up() {
         while IFS=: read -r path gid; do
             echo "  ${path##*/}  $gid  $(cat "$sys/gid_attrs/types/${path##*/}" 2>/dev/null)"
         done
-    echo "== using rxe0 GID index $RAPAX_SOFTROCE_GID_INDEX (RoCE v2, 127.0.0.1)"
+    echo "== using rxe0 GID index $RAPAX_SOFTROCE_GID_INDEX (RoCE v2, $RDMA_IP)"
 }
 
 guest_main() {
@@ -293,7 +308,7 @@ guest_main() {
 # The default lane (runs inside the VM, in the repository root)
 
 # ib_write_lat server and client in the same VM, both on rxe0: the client connects to the
-# server's TCP port (18515) on 127.0.0.1 to swap QP numbers, then RDMA-writes over RoCE v2.
+# server's TCP port (18515) on 10.77.0.1 to swap QP numbers, then RDMA-writes over RoCE v2.
 # perftest turns cycles into microseconds with a clock rate it measures at start against
 # gettimeofday; under TCG on a busy host that fit can fail ("Correlation coefficient r^2 < 0.9"),
 # and then it prints inf for every figure and still exits 0. Such a run is tried again.
@@ -326,7 +341,7 @@ ib_write_lat_pair() {
     local try rc
     for try in 1 2 3; do
         echo "== ib_write_lat -d $RAPAX_SOFTROCE_DEVICE -x $RAPAX_SOFTROCE_GID_INDEX -s 64 -n 1000" \
-            "(server and client on rxe0 over lo), try $try"
+            "(server and client on rxe0), try $try"
         rc=0
         ib_write_lat_once || rc=$?
         [ "$rc" -eq 3 ] || return "$rc"

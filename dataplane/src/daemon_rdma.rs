@@ -1,5 +1,6 @@
 //! The `rdma` data plane of the daemon: the data mesh over RC queue pairs ([`RdmaFabric`], one
-//! node per process, connections made through the handshake on the node's `rdma_addr`), the
+//! node per process, connections made through rdma_cm, or the UDP handshake, on the node's
+//! `rdma_addr`), the
 //! control mesh's heartbeat reads over the node's UDP socket (`udp_addr`, as on `udp` and
 //! `dpdk`: the control plane is a separate process with no queue pairs of its own), and clients
 //! through the shm mailbox (a local cluster).
@@ -12,12 +13,14 @@ use std::time::{Duration, Instant};
 use super::{ClusterDir, DaemonError, MailboxDoor, Plane, Route};
 use crate::channel::{Channel, Counter};
 use crate::fabric::nic::NicMemory;
+use crate::fabric::rdma::cm_net::CmNet;
 use crate::fabric::rdma::net::RdmaNet;
+use crate::fabric::rdma::{Handshake, RdmaError};
 use crate::fabric::rdma::{RdmaFabric, RdmaSettings};
 use crate::fabric::udp::UdpFabric;
 use crate::fabric::{Completion, LocalMemory, Post};
 use crate::mailbox::MailboxServer;
-use crate::profile::{ClusterFile, Profile};
+use crate::profile::{ClusterFile, Profile, RdmaConnect};
 use crate::protocol::node::{BadRequest, ClientReply, ClientRequest};
 use crate::protocol::NodeId;
 
@@ -131,9 +134,21 @@ pub(super) fn open(
         .map(|p| Ok((p, rdma_addr(p)?)))
         .collect::<Result<Vec<_>, DaemonError>>()?;
     let at = rdma_addr(me)?;
-    let net = RdmaNet::bind(at, me, cluster.cluster_id(), &peers).map_err(super::io_err(
-        format!("bind the rdma handshake socket {at}"),
-    ))?;
+    let net = match r.connect {
+        RdmaConnect::Cm => Handshake::Cm(Box::new(
+            CmNet::bind(at, me, cluster.cluster_id(), &peers).map_err(|e| {
+                DaemonError::Rdma(RdmaError::Verbs {
+                    what: "rdma_cm listener on rdma_addr (an address of the RDMA netdev)",
+                    source: e,
+                })
+            })?,
+        )),
+        RdmaConnect::Udp => {
+            Handshake::Udp(RdmaNet::bind(at, me, cluster.cluster_id(), &peers).map_err(
+                super::io_err(format!("bind the rdma handshake socket {at}")),
+            )?)
+        }
+    };
     let fabric = RdmaFabric::open_node(
         &settings,
         me,

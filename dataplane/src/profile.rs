@@ -356,6 +356,22 @@ pub struct RdmaFabric {
     /// Retransmissions on ACK time-out before a work request fails (0..=7).
     #[serde(default = "default_retry_count")]
     pub retry_count: u8,
+    /// How daemons connect their queue pairs to peers' (see [`RdmaConnect`]).
+    #[serde(default)]
+    pub connect: RdmaConnect,
+}
+
+/// How the daemons of an rdma cluster connect their queue pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RdmaConnect {
+    /// rdma_cm on the device: each node's `rdma_addr` is an IP address of its RDMA netdev, whose
+    /// address and route rdma_cm resolves; the exchange rides in the connect's private data.
+    #[default]
+    Cm,
+    /// Two UDP datagrams on `rdma_addr` through the kernel's network stack, for a netdev rdma_cm
+    /// cannot route over (rxe on the loopback interface).
+    Udp,
 }
 
 fn default_rdma_port() -> u8 {

@@ -43,6 +43,8 @@ pub enum ClusterError {
         fabric: String,
         why: String,
     },
+    #[error("profile {profile:?}: no address for local rdma nodes to listen on: {why}")]
+    RdmaAddress { profile: String, why: String },
     #[error("no leader within {0:?}")]
     NoLeader(Duration),
     #[error("node {node}'s data plane did not start within {waited:?}")]
@@ -219,19 +221,22 @@ impl LocalCluster {
             }
         }
         if profile.fabric.kind == FabricKind::Rdma {
-            // Local rdma nodes shake hands on loopback ports next to their UDP ones.
-            for n in &mut cluster.nodes {
-                if n.rdma_addr.is_none() {
-                    let udp = n.udp_socket_addr().expect("a local node has a udp_addr");
-                    n.rdma_addr = Some(format!("{}:{}", udp.ip(), udp.port() + 192));
-                }
-            }
             if !rapax_dataplane::fabric::rdma::available() {
                 return Err(ClusterError::NotBuilt {
                     profile: profile.name.clone(),
                     fabric: "rdma".into(),
                     why: "rdma-core (libibverbs, librdmacm) not found at build time".into(),
                 });
+            }
+            let ip = local_rdma_ip(profile)?;
+            // Local rdma nodes listen on ports next to their UDP ones, at the address rdma_cm
+            // reaches the device by (or on loopback, for the UDP handshake).
+            for n in &mut cluster.nodes {
+                if n.rdma_addr.is_none() {
+                    let udp = n.udp_socket_addr().expect("a local node has a udp_addr");
+                    let ip = ip.unwrap_or(udp.ip());
+                    n.rdma_addr = Some(std::net::SocketAddr::new(ip, udp.port() + 192).to_string());
+                }
             }
         }
         if !matches!(
@@ -965,4 +970,32 @@ pub fn down(dir: &Path) -> usize {
 /// Sends `signal` to `pid` if it is one of ours.
 pub fn signal(pid: i32, dir: &Path, signal: Signal) -> bool {
     is_ours(pid, dir) && kill(Pid::from_raw(pid), signal).is_ok()
+}
+
+/// Where local nodes of an rdma profile listen: with rdma_cm, the address of the profile's GID
+/// (the RDMA netdev's); with the UDP handshake, `None` (loopback).
+fn local_rdma_ip(profile: &Profile) -> Result<Option<std::net::IpAddr>, ClusterError> {
+    use rapax_dataplane::fabric::rdma::{gid_ip, RdmaSettings};
+    use rapax_dataplane::profile::RdmaConnect;
+    let r = profile
+        .fabric
+        .rdma
+        .as_ref()
+        .expect("a validated rdma profile has [fabric.rdma]");
+    if r.connect == RdmaConnect::Udp {
+        return Ok(None);
+    }
+    let rdma = |why: String| ClusterError::RdmaAddress {
+        profile: profile.name.clone(),
+        why,
+    };
+    match gid_ip(&RdmaSettings::from_profile(r)) {
+        Ok(Some(ip)) => Ok(Some(ip)),
+        Ok(None) => Err(rdma(format!(
+            "GID {} of {} port {} is no IP address for rdma_cm to reach (set rdma_addr in a \
+             cluster file, pick the GID index of the netdev's address, or connect = \"udp\")",
+            r.gid_index, r.device, r.port
+        ))),
+        Err(e) => Err(rdma(e.to_string())),
+    }
 }

@@ -97,9 +97,72 @@ use crate::protocol::{Ballot, NodeId};
 #[path = "rdma_net.rs"]
 pub mod net;
 
+#[path = "rdma_cm_net.rs"]
+pub mod cm_net;
+
+/// How a daemon's fabric connects to peers in other processes.
+pub enum Handshake {
+    /// Two UDP datagrams on the nodes' `rdma_addr` ([`net::RdmaNet`]).
+    Udp(net::RdmaNet),
+    /// rdma_cm on the RDMA device, the exchange in the connect's private data
+    /// ([`cm_net::CmNet`]).
+    Cm(Box<cm_net::CmNet>),
+}
+
+impl Handshake {
+    fn request(&mut self, key: LinkKey, initiator: &Endpoint) -> u64 {
+        match self {
+            Handshake::Udp(n) => n.request(key, initiator),
+            Handshake::Cm(n) => n.request(key, initiator),
+        }
+    }
+
+    fn serve(&mut self, wiring: &Mutex<Wiring>, answers: &mut Vec<net::Answer>) {
+        match self {
+            Handshake::Udp(n) => n.serve(wiring, answers),
+            Handshake::Cm(n) => n.serve(wiring, answers),
+        }
+    }
+
+    fn stats(&self) -> &net::NetStats {
+        match self {
+            Handshake::Udp(n) => n.stats(),
+            Handshake::Cm(n) => n.stats(),
+        }
+    }
+
+    /// How long a poster waits for the owner's answer before its posts fail.
+    fn connect_timeout(&self) -> Duration {
+        match self {
+            Handshake::Udp(_) => net::CONNECT_TIMEOUT,
+            Handshake::Cm(_) => cm_net::CONNECT_TIMEOUT,
+        }
+    }
+}
+
 /// Whether the rdma-core bindings were built (without them every device open fails).
 pub fn available() -> bool {
     rapax_ffi::ibverbs::available()
+}
+
+/// The IP address of the profile's GID (`fabric.rdma.gid_index` on its device and port): a
+/// RoCE GID is its netdev's address (IPv4-mapped for IPv4), which is where rdma_cm reaches this
+/// node. `None` when the GID is no routable address (InfiniBand, or a link-local one).
+pub fn gid_ip(settings: &RdmaSettings) -> Result<Option<std::net::IpAddr>, RdmaError> {
+    let ctx = Context::open(&settings.device).map_err(|e| RdmaError::NoDevice {
+        device: settings.device.clone(),
+        why: e.to_string(),
+    })?;
+    let gid = ctx
+        .query_gid(settings.port, i32::from(settings.gid_index))
+        .map_err(verbs("ibv_query_gid"))?;
+    let v6 = std::net::Ipv6Addr::from(gid.0);
+    Ok(match v6.to_ipv4_mapped() {
+        Some(v4) if !v4.is_unspecified() => Some(v4.into()),
+        Some(_) => None,
+        None if v6.is_unspecified() || v6.segments()[0] & 0xffc0 == 0xfe80 => None,
+        None => Some(v6.into()),
+    })
 }
 
 /// Errors setting up the rdma fabric.
@@ -682,7 +745,7 @@ pub struct RdmaFabric {
     log: Arc<Buffer>,
     log_bytes: usize,
     /// The handshake with peers in other processes (`None`: every peer is in this process).
-    net: Option<net::RdmaNet>,
+    net: Option<Handshake>,
     /// Connections to peers in other processes waiting for the owner's answer.
     connecting: HashMap<LinkKey, Connecting>,
     answers: Vec<net::Answer>,
@@ -833,7 +896,7 @@ impl RdmaFabric {
         dev: &Arc<Device>,
         wiring: &Arc<Mutex<Wiring>>,
         own: OwnParts,
-        net: Option<net::RdmaNet>,
+        net: Option<Handshake>,
     ) -> RdmaFabric {
         RdmaFabric {
             me,
@@ -860,13 +923,13 @@ impl RdmaFabric {
 
     /// Node `me` of a cluster of `nodes` in this process alone (a daemon): opens the device,
     /// allocates and registers its own control block and log, and connects to its peers through
-    /// `net` (the handshake over UDP, [`net::RdmaNet`]) on first use.
+    /// `net` (rdma_cm, or the handshake over UDP) on first use.
     pub fn open_node(
         settings: &RdmaSettings,
         me: NodeId,
         nodes: usize,
         geometry: &LogGeometry,
-        net: net::RdmaNet,
+        net: Handshake,
     ) -> Result<RdmaFabric, RdmaError> {
         let dev = Arc::new(Device::open(settings)?);
         let (owner, own) = alloc_owner(&dev, settings, nodes, geometry.log_bytes())?;
@@ -910,7 +973,8 @@ impl RdmaFabric {
 
     /// Work requests posted and not completed yet.
     pub fn outstanding(&self) -> usize {
-        self.pending.len() - self.free.len()
+        let waiting: usize = self.connecting.values().map(|c| c.queued.len()).sum();
+        self.pending.len() - self.free.len() + waiting
     }
 
     fn finish(&mut self, wr_id: u64, result: Result<Option<Vec<u8>>, FabricError>) {
@@ -1055,10 +1119,14 @@ impl RdmaFabric {
         if self.connecting.is_empty() {
             return;
         }
+        let timeout = self
+            .net
+            .as_ref()
+            .map_or(net::CONNECT_TIMEOUT, Handshake::connect_timeout);
         let late: Vec<LinkKey> = self
             .connecting
             .iter()
-            .filter(|(_, c)| c.since.elapsed() >= net::CONNECT_TIMEOUT)
+            .filter(|(_, c)| c.since.elapsed() >= timeout)
             .map(|(k, _)| *k)
             .collect();
         for k in late {
@@ -1071,7 +1139,7 @@ impl RdmaFabric {
 
     /// The handshake endpoint's counters (a daemon's fabric only).
     pub fn net_stats(&self) -> Option<&net::NetStats> {
-        self.net.as_ref().map(|n| n.stats())
+        self.net.as_ref().map(Handshake::stats)
     }
 
     /// Posts `post`; its completion comes from [`RdmaFabric::poll`]. Never blocks for long: a
@@ -1719,6 +1787,187 @@ mod tests {
             s.device,
             t.elapsed()
         );
+    }
+
+    /// The address rdma_cm tests listen on (`RAPAX_RDMA_CM_ADDR`, an address of the RDMA
+    /// netdev; the soft-RoCE lane sets it), or why they skip.
+    fn cm_ip() -> Result<std::net::IpAddr, String> {
+        let v = std::env::var("RAPAX_RDMA_CM_ADDR").map_err(|_| {
+            "RAPAX_RDMA_CM_ADDR is not set (rdma_cm needs an address of the RDMA netdev)"
+        })?;
+        v.parse()
+            .map_err(|e| format!("RAPAX_RDMA_CM_ADDR {v:?}: {e}"))
+    }
+
+    /// `n` nodes opened each as a daemon opens its own (a device context and memory of its own,
+    /// only its responders in its wiring), connected through rdma_cm listeners on `ip` (fresh
+    /// ports on every call), with the listeners' addresses.
+    fn cm_nodes(
+        s: &RdmaSettings,
+        ip: std::net::IpAddr,
+        n: usize,
+        cluster_id: u64,
+    ) -> (Vec<RdmaFabric>, Vec<std::net::SocketAddr>) {
+        static ROUND: AtomicU64 = AtomicU64::new(0);
+        let round = ROUND.fetch_add(1, Ordering::Relaxed) % 30;
+        let base = 20_000 + (u64::from(std::process::id()) % 400) * 100 + round * 3;
+        let addrs: Vec<std::net::SocketAddr> = (0..n as u64)
+            .map(|id| std::net::SocketAddr::new(ip, (base + id) as u16))
+            .collect();
+        let nodes = (0..n as NodeId)
+            .map(|me| {
+                let peers: Vec<(NodeId, std::net::SocketAddr)> = (0..n as NodeId)
+                    .filter(|&p| p != me)
+                    .map(|p| (p, addrs[p as usize]))
+                    .collect();
+                let net = cm_net::CmNet::bind(addrs[me as usize], me, cluster_id, &peers)
+                    .expect("an rdma_cm listener on RAPAX_RDMA_CM_ADDR");
+                RdmaFabric::open_node(s, me, n, &GEO, Handshake::Cm(Box::new(net)))
+                    .expect("a node on the device")
+            })
+            .collect();
+        (nodes, addrs)
+    }
+
+    /// The contract suite between nodes opened as the daemons open them and connected as the
+    /// daemons connect: through rdma_cm, the exchange in the connect's private data.
+    #[test]
+    fn the_contract_holds_over_rdma_cm_connections() {
+        let s = device_or_skip!("the_contract_holds_over_rdma_cm_connections");
+        let ip = match cm_ip() {
+            Ok(ip) => ip,
+            Err(why) => {
+                return println!("skipped the_contract_holds_over_rdma_cm_connections: {why}")
+            }
+        };
+        let t = Instant::now();
+        let mut runs = 0;
+        contract::run_all(&mut || {
+            runs += 1;
+            Box::new(RdmaHarness {
+                nodes: cm_nodes(&s, ip, 3, 77).0,
+            })
+        });
+        // One more round by hand, to read the owner's counters afterwards: node 1 writes node
+        // 0's log under a grant, node 2 reads it back.
+        let (mut nodes, _) = cm_nodes(&s, ip, 3, 77);
+        let ballot = Ballot::new(4, 1);
+        nodes[0].grant(1, ballot);
+        for (src, op) in [
+            (
+                1,
+                Op::Write {
+                    region: Region::Log,
+                    offset: 64,
+                    bytes: vec![7; 64],
+                },
+            ),
+            (
+                2,
+                Op::Read {
+                    region: Region::Log,
+                    offset: 64,
+                    len: 64,
+                },
+            ),
+        ] {
+            nodes[src].post(Post {
+                wr_id: 1,
+                target: 0,
+                op,
+                reconnect: false,
+                ballot,
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let done = loop {
+                let mut got = Vec::new();
+                for n in nodes.iter_mut() {
+                    got.extend(n.poll());
+                }
+                if let Some(c) = got.pop() {
+                    break c;
+                }
+                assert!(Instant::now() < deadline, "no completion over rdma_cm");
+            };
+            match src {
+                1 => assert_eq!(done.result, Ok(None), "the granted write"),
+                _ => assert_eq!(done.result, Ok(Some(vec![7; 64])), "the read of it"),
+            }
+        }
+        let accepted = nodes[0].net_stats().expect("a daemon's fabric").accepted;
+        assert!(accepted >= 2, "node 0 accepted both peers through rdma_cm");
+        println!(
+            "contract suite over rdma_cm ({}, {ip}): {runs} harnesses passed in {:?}; node 0 \
+             then accepted {accepted} connections",
+            s.device,
+            t.elapsed()
+        );
+    }
+
+    /// Connect requests that are not a member's exchange (garbage, another cluster's) are
+    /// rejected by the owner and counted, and the poster sees the refusal.
+    #[test]
+    fn rdma_cm_requests_that_are_no_exchange_are_rejected_and_counted() {
+        const NAME: &str = "rdma_cm_requests_that_are_no_exchange_are_rejected_and_counted";
+        let s = device_or_skip!("rdma_cm_requests_that_are_no_exchange_are_rejected_and_counted");
+        let ip = match cm_ip() {
+            Ok(ip) => ip,
+            Err(why) => return println!("skipped {NAME}: {why}"),
+        };
+        let (mut nodes, addrs) = cm_nodes(&s, ip, 2, 77);
+        let mut stranger = ibverbs::CmExchange::new(None).expect("an rdma_cm channel");
+        let key = LinkKey {
+            src: 1,
+            dst: 0,
+            lane: Lane::Control,
+        };
+        let endpoint = Endpoint {
+            qp_num: 1,
+            psn: 1,
+            lid: 0,
+            gid: Gid::default(),
+        };
+        let mut other_cluster = Vec::new();
+        other_cluster.extend_from_slice(&[1, key.src, key.dst, 0]);
+        other_cluster.extend_from_slice(&78u64.to_le_bytes());
+        other_cluster.extend_from_slice(&0u64.to_le_bytes());
+        other_cluster.extend_from_slice(&endpoint.qp_num.to_le_bytes());
+        other_cluster.extend_from_slice(&endpoint.psn.to_le_bytes());
+        other_cluster.extend_from_slice(&endpoint.lid.to_le_bytes());
+        other_cluster.extend_from_slice(&endpoint.gid.0);
+        // Distinct QP numbers: the owner's CM takes a second request with the same one from
+        // the same device for a stale duplicate and refuses it itself.
+        let mut tokens: Vec<_> = [vec![0xEE; 9], other_cluster]
+            .iter()
+            .zip(1u32..)
+            .map(|(data, qp_num)| {
+                stranger
+                    .connect(addrs[0], qp_num, data, 2000)
+                    .expect("connect starts")
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut events = Vec::new();
+        while !tokens.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the owner never answered: {events:?}"
+            );
+            for n in nodes.iter_mut() {
+                n.poll();
+            }
+            stranger.poll(&mut events);
+            for e in events.drain(..) {
+                match e {
+                    ibverbs::CmExchangeEvent::Failed { token, .. } => {
+                        tokens.retain(|t| *t != token)
+                    }
+                    other => panic!("a stranger's request must be refused, got {other:?}"),
+                }
+            }
+        }
+        let stats = nodes[0].net_stats().expect("a daemon's fabric");
+        assert_eq!((stats.malformed, stats.accepted), (2, 0), "{stats:?}");
     }
 
     /// The same with writes above the inline threshold (staged, DMA-read by the HCA) and an

@@ -470,3 +470,357 @@ impl CmId {
         post_recv_raw(qp, wr_id, local)
     }
 }
+
+/// One connection attempt or connection of a [`CmExchange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CmToken(u64);
+
+/// What a [`CmExchange`] reports from its event channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmExchangeEvent {
+    /// A peer asks to connect: the address it comes from and its private data. Answer with
+    /// [`CmExchange::accept`] or [`CmExchange::reject`].
+    Request {
+        token: CmToken,
+        peer: Option<std::net::IpAddr>,
+        data: Vec<u8>,
+    },
+    /// The peer accepted our [`CmExchange::connect`]: its private data. The connection is
+    /// established (the exchange sent the ready-to-use message).
+    Accepted { token: CmToken, data: Vec<u8> },
+    /// Our attempt failed: the address or route did not resolve, the peer rejected it (no
+    /// listener there, or the application refused), or it timed out.
+    Failed { token: CmToken, why: String },
+    /// The peer closed a connection (its process ended, or it reconnected).
+    Closed { token: CmToken },
+}
+
+/// Where an id of a [`CmExchange`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Resolving,
+    Routing,
+    Connecting,
+    /// A peer's request waiting for accept or reject.
+    Requested,
+    Connected,
+}
+
+struct Slot {
+    id: CmId,
+    stage: Stage,
+    /// What `connect` sends once the route is resolved.
+    qp_num: u32,
+    data: Vec<u8>,
+    timeout_ms: i32,
+}
+
+/// Connection set-up through librdmacm for queue pairs the caller drives itself: one
+/// non-blocking event channel, an optional listener, and the ids of every attempt and
+/// connection, each named by a [`CmToken`]. The caller brings its queue pairs up from what the
+/// two sides exchange as private data (at most [`CmExchange::REQUEST_DATA_MAX`] bytes with a
+/// request, [`CmExchange::ACCEPT_DATA_MAX`] with an accept); rdma_cm resolves the peer's address
+/// and route on the RDMA device, carries the exchange, and reports refusals and closed
+/// connections. [`CmExchange::poll`] never blocks.
+pub struct CmExchange {
+    channel: EventChannel,
+    _listener: Option<CmId>,
+    slots: std::collections::HashMap<CmToken, Slot>,
+    by_id: std::collections::HashMap<usize, CmToken>,
+    next: u64,
+}
+
+impl CmExchange {
+    /// Private data a connect request carries (rdma_cm's limit for RC over IB/RoCE).
+    pub const REQUEST_DATA_MAX: usize = 56;
+    /// Private data an accept carries.
+    pub const ACCEPT_DATA_MAX: usize = 196;
+
+    /// An exchange that takes connect requests on `listen` (an address of the RDMA netdev), or
+    /// only makes them (`None`).
+    pub fn new(listen: Option<SocketAddr>) -> Result<CmExchange> {
+        let channel = EventChannel::new()?;
+        // SAFETY: the channel is live; `fd` is its file descriptor, which stays open while the
+        // channel lives; fcntl only changes its status flags.
+        let rc = unsafe {
+            let fd = channel.inner.ch.as_ref().fd;
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)
+            }
+        };
+        check("fcntl(rdma_cm channel, O_NONBLOCK)", rc)?;
+        let listener = match listen {
+            Some(addr) => {
+                let mut id = channel.create_id(PortSpace::Tcp)?;
+                id.bind_addr(addr)?;
+                id.listen(64)?;
+                Some(id)
+            }
+            None => None,
+        };
+        Ok(CmExchange {
+            channel,
+            _listener: listener,
+            slots: std::collections::HashMap::new(),
+            by_id: std::collections::HashMap::new(),
+            next: 0,
+        })
+    }
+
+    fn insert(&mut self, id: CmId, stage: Stage) -> CmToken {
+        self.next += 1;
+        let token = CmToken(self.next);
+        self.by_id.insert(id.id.as_ptr() as usize, token);
+        self.slots.insert(
+            token,
+            Slot {
+                id,
+                stage,
+                qp_num: 0,
+                data: Vec::new(),
+                timeout_ms: 0,
+            },
+        );
+        token
+    }
+
+    /// Starts connecting to `dst` for the queue pair `qp_num`, sending `data` with the request;
+    /// the outcome comes from [`CmExchange::poll`] as `Accepted` or `Failed`.
+    pub fn connect(
+        &mut self,
+        dst: SocketAddr,
+        qp_num: u32,
+        data: &[u8],
+        timeout_ms: i32,
+    ) -> Result<CmToken> {
+        if data.len() > Self::REQUEST_DATA_MAX {
+            return Err(Error::InvalidArgument(
+                "rdma_cm request private data over 56 bytes",
+            ));
+        }
+        let id = self.channel.create_id(PortSpace::Tcp)?;
+        let mut dst_raw = raw_sockaddr(dst);
+        // SAFETY: the id is live; `dst_raw` is a valid sockaddr (see bind_addr) that outlives
+        // the call, which copies it.
+        let rc = unsafe {
+            sys::rdma_resolve_addr(
+                id.id.as_ptr(),
+                ptr::null_mut(),
+                (&mut dst_raw as *mut RawSockAddr).cast(),
+                timeout_ms,
+            )
+        };
+        check("rdma_resolve_addr", rc)?;
+        let token = self.insert(id, Stage::Resolving);
+        let slot = self.slots.get_mut(&token).expect("inserted above");
+        slot.qp_num = qp_num;
+        slot.data = data.to_vec();
+        slot.timeout_ms = timeout_ms;
+        Ok(token)
+    }
+
+    /// Accepts the request `token` for the queue pair `qp_num`, answering with `data`.
+    pub fn accept(&mut self, token: CmToken, qp_num: u32, data: &[u8]) -> Result<()> {
+        if data.len() > Self::ACCEPT_DATA_MAX {
+            return Err(Error::InvalidArgument(
+                "rdma_cm accept private data over 196 bytes",
+            ));
+        }
+        let slot = self
+            .slots
+            .get_mut(&token)
+            .filter(|s| s.stage == Stage::Requested)
+            .ok_or(Error::InvalidArgument("no such pending rdma_cm request"))?;
+        let mut raw = conn_param(qp_num, data);
+        // SAFETY: the id is live and came from a connect request; `raw` and the private data
+        // it points to outlive the call, which copies them.
+        let rc = unsafe { sys::rdma_accept(slot.id.id.as_ptr(), &mut raw) };
+        check("rdma_accept", rc)?;
+        slot.stage = Stage::Connected;
+        slot.id.connected = true;
+        Ok(())
+    }
+
+    /// Refuses the request `token` (the peer sees `Failed`).
+    pub fn reject(&mut self, token: CmToken) {
+        if let Some(slot) = self.slots.get(&token) {
+            // SAFETY: the id is live and came from a connect request; no private data.
+            unsafe { sys::rdma_reject(slot.id.id.as_ptr(), ptr::null(), 0) };
+        }
+        self.forget(token);
+    }
+
+    /// Ends the attempt or connection `token` (a connected peer sees `Closed`).
+    pub fn close(&mut self, token: CmToken) {
+        self.forget(token);
+    }
+
+    fn forget(&mut self, token: CmToken) {
+        if let Some(slot) = self.slots.remove(&token) {
+            self.by_id.remove(&(slot.id.id.as_ptr() as usize));
+        }
+    }
+
+    /// Attempts and connections held (listener not counted).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no attempt or connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Takes every event waiting on the channel, moves attempts along (route resolution,
+    /// connect, the ready-to-use message) and appends what the caller must know to `out`.
+    pub fn poll(&mut self, out: &mut Vec<CmExchangeEvent>) {
+        loop {
+            let mut event: *mut sys::rdma_cm_event = ptr::null_mut();
+            // SAFETY: the channel is live and non-blocking; `event` is a valid out-pointer.
+            let rc = unsafe { sys::rdma_get_cm_event(self.channel.inner.ch.as_ptr(), &mut event) };
+            let Some(event) = NonNull::new(event).filter(|_| rc == 0) else {
+                return; // EAGAIN: nothing more now (other errors: the same, try later)
+            };
+            // SAFETY: the event is valid until acknowledged below; its fields, and its private
+            // data (valid for `private_data_len` bytes when not NULL), are copied first.
+            let (kind, status, id, listen_id, data) = unsafe {
+                let e = event.as_ref();
+                let conn = e.param.conn;
+                let data = if conn.private_data.is_null() || conn.private_data_len == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(
+                        conn.private_data.cast::<u8>(),
+                        usize::from(conn.private_data_len),
+                    )
+                    .to_vec()
+                };
+                (e.event, e.status, e.id, e.listen_id, data)
+            };
+            // SAFETY: acknowledged exactly once; nothing of it is used afterwards.
+            unsafe { sys::rdma_ack_cm_event(event.as_ptr()) };
+            let Some(id) = NonNull::new(id) else {
+                continue;
+            };
+            if kind == sys::RDMA_CM_EVENT_CONNECT_REQUEST && !listen_id.is_null() {
+                let request = CmId {
+                    id,
+                    channel: self.channel.inner.clone(),
+                    qp: None,
+                    connected: false,
+                };
+                // SAFETY: the new id is live; rdma_get_peer_addr returns a pointer into it.
+                let peer = unsafe { peer_ip(sys::rdma_get_peer_addr(id.as_ptr())) };
+                let token = self.insert(request, Stage::Requested);
+                out.push(CmExchangeEvent::Request { token, peer, data });
+                continue;
+            }
+            let Some(&token) = self.by_id.get(&(id.as_ptr() as usize)) else {
+                continue; // an id already closed, or the listener's own
+            };
+            self.advance(token, kind, status, data, out);
+        }
+    }
+
+    fn advance(
+        &mut self,
+        token: CmToken,
+        kind: sys::rdma_cm_event_type,
+        status: i32,
+        data: Vec<u8>,
+        out: &mut Vec<CmExchangeEvent>,
+    ) {
+        let slot = self.slots.get_mut(&token).expect("indexed by by_id");
+        let id = slot.id.id.as_ptr();
+        let step = match (slot.stage, kind) {
+            (Stage::Resolving, sys::RDMA_CM_EVENT_ADDR_RESOLVED) => {
+                slot.stage = Stage::Routing;
+                // SAFETY: the id is live and its address resolved.
+                check("rdma_resolve_route", unsafe {
+                    sys::rdma_resolve_route(id, slot.timeout_ms)
+                })
+            }
+            (Stage::Routing, sys::RDMA_CM_EVENT_ROUTE_RESOLVED) => {
+                slot.stage = Stage::Connecting;
+                let mut raw = conn_param(slot.qp_num, &slot.data);
+                // SAFETY: the id is live with its route resolved; `raw` and the private data it
+                // points to (in the slot) outlive the call, which copies them.
+                check("rdma_connect", unsafe { sys::rdma_connect(id, &mut raw) })
+            }
+            (Stage::Connecting, sys::RDMA_CM_EVENT_CONNECT_RESPONSE) => {
+                // SAFETY: the id is live and the peer's reply arrived: send ready-to-use.
+                match check("rdma_establish", unsafe { sys::rdma_establish(id) }) {
+                    Ok(()) => {
+                        slot.stage = Stage::Connected;
+                        slot.id.connected = true;
+                        out.push(CmExchangeEvent::Accepted { token, data });
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Stage::Connected, sys::RDMA_CM_EVENT_ESTABLISHED) => return,
+            (Stage::Connected, sys::RDMA_CM_EVENT_DISCONNECTED) => {
+                slot.id.connected = false;
+                self.forget(token);
+                out.push(CmExchangeEvent::Closed { token });
+                return;
+            }
+            (Stage::Connected, _) => return,
+            (_, other) => Err(Error::UnexpectedEvent {
+                expected: "the next step of a connect",
+                got: event_name(other),
+                status,
+            }),
+        };
+        if let Err(e) = step {
+            self.forget(token);
+            out.push(CmExchangeEvent::Failed {
+                token,
+                why: e.to_string(),
+            });
+        }
+    }
+}
+
+fn conn_param(qp_num: u32, data: &[u8]) -> sys::rdma_conn_param {
+    sys::rdma_conn_param {
+        private_data: data.as_ptr().cast(),
+        private_data_len: u8::try_from(data.len()).expect("private data checked against its limit"),
+        responder_resources: 1,
+        initiator_depth: 1,
+        retry_count: 7,
+        rnr_retry_count: 7,
+        qp_num,
+        ..Default::default()
+    }
+}
+
+/// The IP address in a sockaddr librdmacm filled (`None` for NULL or another family).
+///
+/// # Safety
+///
+/// `sa` is NULL or points to a sockaddr whose family field tells its real size.
+unsafe fn peer_ip(sa: *const sys::sockaddr) -> Option<std::net::IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's guarantee: the family field is readable, and the struct is as long
+    // as that family's.
+    unsafe {
+        match u32::from((*sa).sa_family) {
+            f if f == sys::AF_INET => {
+                let v4 = &*sa.cast::<sys::sockaddr_in>();
+                Some(std::net::IpAddr::from(v4.sin_addr.s_addr.to_ne_bytes()))
+            }
+            f if f == sys::AF_INET6 => {
+                let v6 = &*sa.cast::<sys::sockaddr_in6>();
+                Some(std::net::IpAddr::from(v6.sin6_addr.__in6_u.__u6_addr8))
+            }
+            _ => None,
+        }
+    }
+}

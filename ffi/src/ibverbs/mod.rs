@@ -31,7 +31,9 @@ mod cm;
 #[cfg(rapax_rdma)]
 mod verbs;
 #[cfg(rapax_rdma)]
-pub use cm::{CmEvent, CmId, ConnParams, EventChannel, PortSpace};
+pub use cm::{
+    CmEvent, CmExchange, CmExchangeEvent, CmId, CmToken, ConnParams, EventChannel, PortSpace,
+};
 #[cfg(rapax_rdma)]
 pub use verbs::*;
 

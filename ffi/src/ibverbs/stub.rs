@@ -235,3 +235,77 @@ impl QueuePair<Rts> {
         match self.0 {}
     }
 }
+
+/// One connection attempt or connection of a [`CmExchange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CmToken(u64);
+
+/// What a [`CmExchange`] reports (as in a build with rdma-core).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmExchangeEvent {
+    Request {
+        token: CmToken,
+        peer: Option<std::net::IpAddr>,
+        data: Vec<u8>,
+    },
+    Accepted {
+        token: CmToken,
+        data: Vec<u8>,
+    },
+    Failed {
+        token: CmToken,
+        why: String,
+    },
+    Closed {
+        token: CmToken,
+    },
+}
+
+/// Connection set-up through librdmacm. None can exist in this build.
+pub struct CmExchange(Never);
+
+impl CmExchange {
+    /// Private data a connect request carries.
+    pub const REQUEST_DATA_MAX: usize = 56;
+    /// Private data an accept carries.
+    pub const ACCEPT_DATA_MAX: usize = 196;
+
+    /// Always [`Error::NotBuilt`] in this build.
+    pub fn new(_listen: Option<std::net::SocketAddr>) -> Result<CmExchange> {
+        Err(Error::NotBuilt(ABSENT))
+    }
+    /// Unreachable.
+    pub fn connect(
+        &mut self,
+        _dst: std::net::SocketAddr,
+        _qp_num: u32,
+        _data: &[u8],
+        _timeout_ms: i32,
+    ) -> Result<CmToken> {
+        match self.0 {}
+    }
+    /// Unreachable.
+    pub fn accept(&mut self, _token: CmToken, _qp_num: u32, _data: &[u8]) -> Result<()> {
+        match self.0 {}
+    }
+    /// Unreachable.
+    pub fn reject(&mut self, _token: CmToken) {
+        match self.0 {}
+    }
+    /// Unreachable.
+    pub fn close(&mut self, _token: CmToken) {
+        match self.0 {}
+    }
+    /// Unreachable.
+    pub fn len(&self) -> usize {
+        match self.0 {}
+    }
+    /// Unreachable.
+    pub fn is_empty(&self) -> bool {
+        match self.0 {}
+    }
+    /// Unreachable.
+    pub fn poll(&mut self, _out: &mut Vec<CmExchangeEvent>) {
+        match self.0 {}
+    }
+}
