@@ -1683,6 +1683,21 @@ mod tests {
         assert!(matches!(err, ProfileError::Parse { .. }), "{err}");
         let err = Profile::from_toml_str("[fabric]\nkind = \"shm\"\n").unwrap_err();
         assert!(err.to_string().contains("missing field `name`"), "{err}");
+        let rdma = "name = \"t\"\n[fabric]\nkind = \"rdma\"\n[fabric.rdma]\ndevice = \"rxe0\"\n";
+        let p = Profile::from_toml_str(rdma).expect("the rdma minimum parses");
+        assert_eq!(
+            p.fabric.rdma.unwrap().connect,
+            RdmaConnect::Cm,
+            "rdma_cm by default"
+        );
+        let p = Profile::from_toml_str(&format!("{rdma}connect = \"udp\"\n")).unwrap();
+        assert_eq!(p.fabric.rdma.unwrap().connect, RdmaConnect::Udp);
+        let err = Profile::from_toml_str(&format!("{rdma}connect = \"ib\"\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ib") && msg.contains("cm") && msg.contains("line"),
+            "{msg}"
+        );
     }
 
     #[test]

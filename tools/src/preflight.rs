@@ -439,6 +439,41 @@ fn rdma_checks(profile: &Profile) -> Vec<Check> {
         }
         Err(e) => out.push(check("rdma port", Verdict::Fail, e.to_string())),
     }
+    if r.connect == rapax_dataplane::profile::RdmaConnect::Cm {
+        let ip = ctx
+            .query_gid(r.port, r.gid_index as i32)
+            .ok()
+            .and_then(|g| rapax_dataplane::fabric::rdma::gid_to_ip(&g));
+        out.push(match ip {
+            Some(ip) if ip.is_loopback() => check(
+                "rdma_cm",
+                Verdict::Fail,
+                format!(
+                    "GID {} is {ip}, a loopback address: rdma_cm cannot route over lo; put \
+                     {} on another netdev (a dummy one will do on one host) or set connect = \
+                     \"udp\"",
+                    r.gid_index, r.device
+                ),
+            ),
+            Some(ip) => check(
+                "rdma_cm",
+                Verdict::Pass,
+                format!(
+                    "connections by rdma_cm; local nodes listen on {ip} (GID {})",
+                    r.gid_index
+                ),
+            ),
+            None => check(
+                "rdma_cm",
+                Verdict::Warn,
+                format!(
+                    "GID {} is no IP address: local clusters cannot place their listeners; \
+                     give each node an rdma_addr on its RDMA netdev in the cluster file",
+                    r.gid_index
+                ),
+            ),
+        });
+    }
     out
 }
 

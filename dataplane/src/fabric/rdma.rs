@@ -73,8 +73,11 @@
 //! [`RdmaCluster::open`] wires every node of a cluster in one process on one device (the contract
 //! suite, benches): connections are made on first use by exchanging queue-pair numbers, PSNs and
 //! GIDs in memory ([`Wiring::accept`] is the owner's half of that exchange). Between processes
-//! the same exchange has to travel between the daemons (rdma_cm with the (node, ballot) in the
-//! private data is the plan); that is not built yet.
+//! ([`RdmaFabric::open_node`], one node per daemon) the same exchange travels through a
+//! [`Handshake`]: rdma_cm on the device, the exchange in the connect request's and the accept's
+//! private data ([`cm_net`], the default), or two UDP datagrams ([`net`], for a netdev rdma_cm
+//! cannot route over, such as rxe on loopback). Either way the owner decides the rights of its
+//! responder from its own grant state, never from the exchange.
 
 use std::alloc::Layout;
 use std::collections::HashMap;
@@ -156,13 +159,19 @@ pub fn gid_ip(settings: &RdmaSettings) -> Result<Option<std::net::IpAddr>, RdmaE
     let gid = ctx
         .query_gid(settings.port, i32::from(settings.gid_index))
         .map_err(verbs("ibv_query_gid"))?;
+    Ok(gid_to_ip(&gid))
+}
+
+/// The IP address a RoCE GID stands for (IPv4-mapped for IPv4), or `None` for an empty or
+/// link-local GID.
+pub fn gid_to_ip(gid: &Gid) -> Option<std::net::IpAddr> {
     let v6 = std::net::Ipv6Addr::from(gid.0);
-    Ok(match v6.to_ipv4_mapped() {
+    match v6.to_ipv4_mapped() {
         Some(v4) if !v4.is_unspecified() => Some(v4.into()),
         Some(_) => None,
         None if v6.is_unspecified() || v6.segments()[0] & 0xffc0 == 0xfe80 => None,
         None => Some(v6.into()),
-    })
+    }
 }
 
 /// Errors setting up the rdma fabric.
@@ -579,6 +588,26 @@ impl Wiring {
         key: LinkKey,
         initiator: Endpoint,
     ) -> Result<(Endpoint, Remotes), RdmaError> {
+        self.accept_on(key, initiator, true)
+    }
+
+    /// [`Wiring::accept`] on a new responder queue pair, never a reset one: the RDMA CM takes a
+    /// queue-pair number it saw in a connection still in its time-wait for a stale connection
+    /// and refuses the new one.
+    fn accept_fresh(
+        &mut self,
+        key: LinkKey,
+        initiator: Endpoint,
+    ) -> Result<(Endpoint, Remotes), RdmaError> {
+        self.accept_on(key, initiator, false)
+    }
+
+    fn accept_on(
+        &mut self,
+        key: LinkKey,
+        initiator: Endpoint,
+        reuse: bool,
+    ) -> Result<(Endpoint, Remotes), RdmaError> {
         let remotes = match key.lane {
             Lane::Control => {
                 let c = self.node(key.dst).control[key.src as usize]
@@ -599,8 +628,8 @@ impl Wiring {
             ),
         };
         let qp = match self.responders.remove(&key).and_then(|r| r.qp) {
-            Some(qp) => qp.into_reset().ok(),
-            None => None,
+            Some(qp) if reuse => qp.into_reset().ok(),
+            _ => None,
         };
         let qp = match qp {
             Some(qp) => qp,
@@ -1045,9 +1074,12 @@ impl RdmaFabric {
     /// Starts the handshake of `key` with its owner in another process (`qp`: an initiator to
     /// reuse, reset), with `post` as the first one waiting for it.
     fn start_connect(&mut self, key: LinkKey, qp: Option<QueuePair<Reset>>, post: Post) {
+        // Over rdma_cm every attempt gets a new initiator: the CM refuses a queue-pair number it
+        // still holds in a time-wait as a stale connection.
+        let reuse = !matches!(self.net, Some(Handshake::Cm(_)));
         let qp = match qp {
-            Some(qp) => qp,
-            None => match QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps) {
+            Some(qp) if reuse => qp,
+            _ => match QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps) {
                 Ok(qp) => qp,
                 Err(_) => return self.finish(post.wr_id, Err(FabricError::Unreachable)),
             },
@@ -2072,10 +2104,24 @@ mod tests {
     #[test]
     fn the_fallback_cycle_revokes_and_reconnect_restores() {
         let s = device_or_skip!("the_fallback_cycle_revokes_and_reconnect_restores");
+        fallback_cycle(RdmaCluster::open(&s, 3, &GEO).unwrap());
+    }
+
+    /// The same between nodes connected through rdma_cm: every reconnect (of the revoked
+    /// ballot's lane, and of the new ballot's) is a new rdma_cm connection.
+    #[test]
+    fn the_fallback_cycle_revokes_and_reconnect_restores_over_rdma_cm() {
+        const NAME: &str = "the_fallback_cycle_revokes_and_reconnect_restores_over_rdma_cm";
+        let s = device_or_skip!("the_fallback_cycle_revokes_and_reconnect_restores_over_rdma_cm");
+        match cm_ip() {
+            Ok(ip) => fallback_cycle(cm_nodes(&s, ip, 3, 77).0),
+            Err(why) => println!("skipped {NAME}: {why}"),
+        }
+    }
+
+    fn fallback_cycle(nodes: Vec<RdmaFabric>) {
         let (b1, b2) = (Ballot::new(1, 1), Ballot::new(2, 1));
-        let mut h = RdmaHarness {
-            nodes: RdmaCluster::open(&s, 3, &GEO).unwrap(),
-        };
+        let mut h = RdmaHarness { nodes };
         let write = |wr_id: u64, ballot, reconnect| Post {
             wr_id,
             target: 0,
@@ -2240,6 +2286,18 @@ mod tests {
         assert_eq!(done[0].result, Ok(Some(pattern[..64].to_vec())));
         assert_eq!(done[1].result, Ok(Some(pattern[64..4064].to_vec())));
         assert_eq!(done[2].result, Ok(Some(pattern.clone())));
+    }
+
+    #[test]
+    fn gids_map_to_the_addresses_rdma_cm_reaches() {
+        let mut v4 = [0u8; 16];
+        v4[10..].copy_from_slice(&[0xff, 0xff, 10, 77, 0, 1]);
+        assert_eq!(gid_to_ip(&Gid(v4)), Some("10.77.0.1".parse().unwrap()));
+        let v6: std::net::Ipv6Addr = "fd00::7".parse().unwrap();
+        assert_eq!(gid_to_ip(&Gid(v6.octets())), Some(v6.into()));
+        let ll: std::net::Ipv6Addr = "fe80::3cf8:7eff:fe8b:a41f".parse().unwrap();
+        assert_eq!(gid_to_ip(&Gid(ll.octets())), None, "link-local");
+        assert_eq!(gid_to_ip(&Gid::default()), None, "empty");
     }
 
     /// The floor: 64-byte RDMA WRITE round trips (inline), printed as percentiles.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rapax_ffi::ibverbs::{CmExchange, CmExchangeEvent, CmToken, Endpoint, Gid, RemoteAddr};
 
-use super::net::{Answer, NetStats};
+use super::net::{put_remotes, remotes_from, Answer, NetStats};
 use super::{Lane, LinkKey, Remotes, Wiring};
 use crate::protocol::{Ballot, NodeId, MAX_NODES};
 
@@ -189,7 +189,7 @@ impl CmNet {
         let accepted = {
             let mut w = wiring.lock().expect("no panic while wiring");
             if w.owns(key.dst) {
-                w.accept(key, initiator).ok()
+                w.accept_fresh(key, initiator).ok()
             } else {
                 None
             }
@@ -238,16 +238,7 @@ fn encode_accept(e: &Endpoint, r: &Remotes) -> Vec<u8> {
     let mut m = Vec::with_capacity(ACCEPT_BYTES);
     m.push(VERSION);
     put_endpoint(&mut m, e);
-    let zero = RemoteAddr { addr: 0, rkey: 0 };
-    let (which, addrs) = match *r {
-        Remotes::Control { read, request, ack } => (0u8, [read, request, ack]),
-        Remotes::Log(log) => (1, [log, zero, zero]),
-    };
-    m.push(which);
-    for a in addrs {
-        m.extend_from_slice(&a.addr.to_le_bytes());
-        m.extend_from_slice(&a.rkey.to_le_bytes());
-    }
+    put_remotes(&mut m, r);
     debug_assert_eq!(m.len(), ACCEPT_BYTES);
     m
 }
@@ -313,19 +304,11 @@ fn decode_accept(b: &[u8]) -> Option<(Endpoint, Remotes)> {
     }
     let endpoint = f.endpoint()?;
     let which = f.u8()?;
-    let (a, b2, c) = (f.addr()?, f.addr()?, f.addr()?);
+    let addrs = [f.addr()?, f.addr()?, f.addr()?];
     if f.0.iter().any(|&x| x != 0) {
         return None;
     }
-    let remotes = match which {
-        0 => Remotes::Control {
-            read: a,
-            request: b2,
-            ack: c,
-        },
-        1 => Remotes::Log(a),
-        _ => return None,
-    };
+    let remotes = remotes_from(which, addrs)?;
     Some((endpoint, remotes))
 }
 

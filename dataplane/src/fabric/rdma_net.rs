@@ -230,22 +230,31 @@ fn put_addr(m: &mut Vec<u8>, a: RemoteAddr) {
     m.extend_from_slice(&a.rkey.to_le_bytes());
 }
 
-fn put_remotes(m: &mut Vec<u8>, r: &Remotes) {
-    match *r {
-        Remotes::Control { read, request, ack } => {
-            m.push(0);
-            put_addr(m, read);
-            put_addr(m, request);
-            put_addr(m, ack);
-        }
-        Remotes::Log(log) => {
-            m.push(1);
-            put_addr(m, log);
-            put_addr(m, RemoteAddr { addr: 0, rkey: 0 });
-            put_addr(m, RemoteAddr { addr: 0, rkey: 0 });
-        }
+/// A peer's regions as both exchanges carry them: which (0 control, 1 log), then three (address,
+/// key) pairs, 37 bytes.
+pub(super) fn put_remotes(m: &mut Vec<u8>, r: &Remotes) {
+    let zero = RemoteAddr { addr: 0, rkey: 0 };
+    let (which, addrs) = match *r {
+        Remotes::Control { read, request, ack } => (0u8, [read, request, ack]),
+        Remotes::Log(log) => (1, [log, zero, zero]),
+    };
+    m.push(which);
+    for a in addrs {
+        put_addr(m, a);
     }
-    debug_assert_eq!(m.len(), ANSWER_BYTES);
+}
+
+/// The regions `put_remotes` wrote as `which` and three addresses.
+pub(super) fn remotes_from(which: u8, [a, b, c]: [RemoteAddr; 3]) -> Option<Remotes> {
+    match which {
+        0 => Some(Remotes::Control {
+            read: a,
+            request: b,
+            ack: c,
+        }),
+        1 => Some(Remotes::Log(a)),
+        _ => None,
+    }
 }
 
 /// A decoded handshake datagram.
@@ -324,16 +333,7 @@ impl Message {
         };
         let remotes = if kind == KIND_ANSWER {
             let which = r.u8()?;
-            let (a, b2, c) = (r.addr()?, r.addr()?, r.addr()?);
-            Some(match which {
-                0 => Remotes::Control {
-                    read: a,
-                    request: b2,
-                    ack: c,
-                },
-                1 => Remotes::Log(a),
-                _ => return None,
-            })
+            Some(remotes_from(which, [r.addr()?, r.addr()?, r.addr()?])?)
         } else {
             None
         };
