@@ -1,8 +1,10 @@
 //! rapax control plane: the `rapax-control` process of one node.
 //!
 //! It reads every peer's heartbeat counter over its own endpoints (the control mesh: on `shm` a
-//! read-only view of the peers' regions, on `udp` its own socket, which peers' data planes accept
-//! for control-block reads only), keeps the pull-score election ([`election::Election`]), and
+//! read-only view of the peers' regions; on `rdma` with rdma_cm, RDMA READs on queue pairs of its
+//! own, which the peers' data planes accept as read-only watch lanes; on `udp`, `dpdk` and `rdma`
+//! with the UDP handshake, its own socket, which peers' data planes accept for control-block
+//! reads only), keeps the pull-score election ([`election::Election`]), and
 //! tells its data plane each peer's verdict over the shared-memory channel
 //! ([`rapax_dataplane::channel`]). It never touches the fast path. The permission handover runs
 //! in the data plane's node core on the verdicts it receives (the node's grant and candidacy
@@ -18,10 +20,12 @@ use rapax_dataplane::agent::{Agent, AgentRunner, IdleStrategy};
 use rapax_dataplane::channel::{Channel, Command, CommandSender, Counter, EventReceiver};
 use rapax_dataplane::daemon::{load_config, monotonic_ns, ClusterDir, DaemonError};
 use rapax_dataplane::fabric::nic::NicMemory;
+use rapax_dataplane::fabric::rdma::cm_net::CmNet;
+use rapax_dataplane::fabric::rdma::{Handshake, RdmaError, RdmaFabric, RdmaSettings};
 use rapax_dataplane::fabric::shm::ShmFabric;
 use rapax_dataplane::fabric::udp::{UdpConfig, UdpFabric};
 use rapax_dataplane::fabric::{Completion, Op, Post, Region};
-use rapax_dataplane::profile::{FabricKind, Profile};
+use rapax_dataplane::profile::{FabricKind, Profile, RdmaConnect};
 use rapax_dataplane::protocol::layout::{
     CB_AMNESIAC, CB_EPOCH, CB_FLAG_AMNESIAC, CB_FLAG_BEHIND, CB_FLAG_LEADING, CB_GRANTED_BALLOT,
     CB_HEARTBEAT, CB_PID,
@@ -45,6 +49,7 @@ pub struct ControlOptions {
 enum Reader {
     Shm(ShmFabric),
     Udp(Box<UdpFabric>, Box<NicMemory>),
+    Rdma(Box<RdmaFabric>),
 }
 
 impl Reader {
@@ -52,6 +57,7 @@ impl Reader {
         match self {
             Reader::Shm(f) => f.post(post),
             Reader::Udp(f, _) => f.post(post, Instant::now()),
+            Reader::Rdma(f) => f.post(post),
         }
     }
 
@@ -59,6 +65,7 @@ impl Reader {
         match self {
             Reader::Shm(f) => f.poll(),
             Reader::Udp(f, mem) => f.poll(mem, Instant::now()),
+            Reader::Rdma(f) => f.poll(),
         }
     }
 }
@@ -324,8 +331,46 @@ fn reader(
                 None => Err(last.expect("an error").into()),
             }
         }
-        // On dpdk too the control mesh is UDP: the data plane serves heartbeat reads on its
-        // `udp_addr` (the DPDK port belongs to the data plane's process).
+        // On rdma with rdma_cm the control mesh is RDMA: READs of the peers' control blocks on
+        // watch lanes of this process's own queue pairs, which the owners open for reading only.
+        FabricKind::Rdma
+            if profile
+                .fabric
+                .rdma
+                .as_ref()
+                .is_some_and(|r| r.connect == RdmaConnect::Cm) =>
+        {
+            let r = profile.fabric.rdma.as_ref().expect("checked above");
+            let peers = cluster
+                .nodes
+                .iter()
+                .filter(|n| n.id != me)
+                .map(|n| {
+                    n.rdma_socket_addr()
+                        .map(|a| (n.id, a))
+                        .ok_or(DaemonError::MissingAddress {
+                            node: n.id,
+                            what: "rdma_addr",
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let net = CmNet::connector(me, cluster.cluster_id(), &peers).map_err(|e| {
+                DaemonError::Rdma(RdmaError::Verbs {
+                    what: "rdma_cm event channel of the control mesh",
+                    source: e,
+                })
+            })?;
+            let fabric = RdmaFabric::open_watcher(
+                &RdmaSettings::from_profile(r),
+                me,
+                n,
+                Handshake::Cm(Box::new(net)),
+            )?;
+            Ok(Reader::Rdma(Box::new(fabric)))
+        }
+        // On dpdk (and rdma with the UDP handshake) the control mesh is UDP: the data plane
+        // serves heartbeat reads on its `udp_addr` (the port belongs to the data plane's
+        // process).
         FabricKind::Udp | FabricKind::Dpdk | FabricKind::Rdma => {
             let node = cluster.node(me).expect("member");
             let addr = node

@@ -68,7 +68,7 @@ impl Plane for RdmaPlane {
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) {
-        out.extend(self.fabric.poll());
+        self.fabric.poll_into(out);
         let now = Instant::now();
         if now >= self.next_control_poll {
             self.serve_control(now);

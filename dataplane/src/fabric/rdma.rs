@@ -120,10 +120,17 @@ impl Handshake {
         }
     }
 
-    fn serve(&mut self, wiring: &Mutex<Wiring>, answers: &mut Vec<net::Answer>) {
+    /// Serves the endpoint: answers to our requests go to `answers`, our connections whose
+    /// owner closed its end to `closed` (rdma_cm only: UDP has no connections to close).
+    fn serve(
+        &mut self,
+        wiring: &Mutex<Wiring>,
+        answers: &mut Vec<net::Answer>,
+        closed: &mut Vec<LinkKey>,
+    ) {
         match self {
             Handshake::Udp(n) => n.serve(wiring, answers),
-            Handshake::Cm(n) => n.serve(wiring, answers),
+            Handshake::Cm(n) => n.serve(wiring, answers, closed),
         }
     }
 
@@ -451,8 +458,14 @@ impl Registered {
 /// Which connection between two nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Lane {
+    /// The poster's data plane to the owner's control block: reads, and writes of its own
+    /// request and ack words.
     Control,
+    /// The poster's data plane to the owner's log, for one ballot.
     Data(Ballot),
+    /// The poster's control plane to the owner's control block: heartbeat reads only (the
+    /// control mesh, a process of its own).
+    Watch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -567,6 +580,7 @@ impl Wiring {
             Lane::Control => {
                 AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ | AccessFlags::REMOTE_WRITE
             }
+            Lane::Watch => AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ,
             Lane::Data(ballot) => {
                 let granted = self.node(key.dst).holder == Some(ballot) && ballot.node() == key.src;
                 let base = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_READ;
@@ -609,7 +623,7 @@ impl Wiring {
         reuse: bool,
     ) -> Result<(Endpoint, Remotes), RdmaError> {
         let remotes = match key.lane {
-            Lane::Control => {
+            Lane::Control | Lane::Watch => {
                 let c = self.node(key.dst).control[key.src as usize]
                     .as_ref()
                     .expect("every peer has control access");
@@ -636,7 +650,9 @@ impl Wiring {
             None => {
                 let node = self.node(key.dst);
                 let pd = match key.lane {
-                    Lane::Control => &node.control[key.src as usize].as_ref().unwrap().pd,
+                    Lane::Control | Lane::Watch => {
+                        &node.control[key.src as usize].as_ref().unwrap().pd
+                    }
                     Lane::Data(_) => &node.pd,
                 };
                 QueuePair::create_rc(pd, &node.cq, &node.cq, self.dev.caps)
@@ -778,7 +794,13 @@ pub struct RdmaFabric {
     /// Connections to peers in other processes waiting for the owner's answer.
     connecting: HashMap<LinkKey, Connecting>,
     answers: Vec<net::Answer>,
+    /// Our connections whose owner closed its end (rdma_cm), taken from the handshake.
+    closed: Vec<LinkKey>,
+    /// Connections flushed because their owner closed its end.
+    closed_flushes: u64,
     next_serve: Instant,
+    /// The lane control-block operations take: `Control` (a data plane), `Watch` (a watcher).
+    control_lane: Lane,
 }
 
 /// How often a daemon's fabric looks at its handshake socket when it waits for no answer.
@@ -946,7 +968,10 @@ impl RdmaFabric {
             net,
             connecting: HashMap::new(),
             answers: Vec::new(),
+            closed: Vec::new(),
+            closed_flushes: 0,
             next_serve: Instant::now(),
+            control_lane: Lane::Control,
         }
     }
 
@@ -973,6 +998,31 @@ impl RdmaFabric {
             own,
             Some(net),
         ))
+    }
+
+    /// A watcher of node `me` (its control plane, a process of its own): reads the members'
+    /// control blocks over `net` on lanes of its own ([`Lane::Watch`]: the owners give them
+    /// remote read and nothing else), and owns no memory anyone can reach. Its log and control
+    /// block exist only to satisfy [`LocalMemory`]; log operations are refused.
+    pub fn open_watcher(
+        settings: &RdmaSettings,
+        me: NodeId,
+        nodes: usize,
+        net: Handshake,
+    ) -> Result<RdmaFabric, RdmaError> {
+        let dev = Arc::new(Device::open(settings)?);
+        let (_unreachable, own) = alloc_owner(&dev, settings, nodes, 64)?;
+        let shared: Vec<Option<NodeShared>> = (0..nodes).map(|_| None).collect();
+        let wiring = Arc::new(Mutex::new(Wiring::new(&dev, shared)));
+        let mut f = RdmaFabric::assemble(me, nodes, &dev, &wiring, own, Some(net));
+        f.control_lane = Lane::Watch;
+        Ok(f)
+    }
+
+    /// Connections flushed at once because their owner closed its rdma_cm end (its process
+    /// ended), instead of waiting out the transport's retries.
+    pub fn closed_flushes(&self) -> u64 {
+        self.closed_flushes
     }
     fn wiring(&self) -> MutexGuard<'_, Wiring> {
         self.wiring.lock().expect("no panic while wiring")
@@ -1110,7 +1160,24 @@ impl RdmaFabric {
             return;
         };
         let mut answers = std::mem::take(&mut self.answers);
-        net.serve(&self.wiring, &mut answers);
+        let mut closed = std::mem::take(&mut self.closed);
+        net.serve(&self.wiring, &mut answers, &mut closed);
+        for key in closed.drain(..) {
+            // The owner's end is gone (its process ended): fail what is in flight now, by a
+            // flush, instead of after the transport's retries; posts then reconnect as after
+            // any failure.
+            if let Some(conn) = self.conns.get_mut(&key) {
+                if conn.broken.is_none() {
+                    if let Some(Qp::Rts(qp)) = conn.qp.as_mut() {
+                        if qp.flush().is_ok() {
+                            conn.broken = Some(FabricError::Unreachable);
+                            self.closed_flushes += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.closed = closed;
         for a in answers.drain(..) {
             let matches = self
                 .connecting
@@ -1181,11 +1248,15 @@ impl RdmaFabric {
             return self.finish(post.wr_id, Err(FabricError::Unreachable));
         }
         let region = post.op.region();
+        if self.control_lane == Lane::Watch && region == Region::Log {
+            // A watcher (a control plane) reads control blocks and nothing else.
+            return self.finish(post.wr_id, Err(FabricError::Permission));
+        }
         let key = LinkKey {
             src: self.me,
             dst: post.target,
             lane: match region {
-                Region::Control => Lane::Control,
+                Region::Control => self.control_lane,
                 Region::Log => Lane::Data(post.ballot),
             },
         };
@@ -1217,7 +1288,7 @@ impl RdmaFabric {
             }
             Some(Some(err)) => {
                 // Control connections heal on their own; data connections on request.
-                if !(post.reconnect || key.lane == Lane::Control) {
+                if !(post.reconnect || matches!(key.lane, Lane::Control | Lane::Watch)) {
                     return self.finish(post.wr_id, Err(err));
                 }
                 if remote {
@@ -1406,7 +1477,15 @@ impl RdmaFabric {
 
     /// The completions of everything finished so far (polls the device once).
     pub fn poll(&mut self) -> Vec<Completion> {
-        // The handshake socket costs a system call per look: every `SERVE_EVERY` (peers'
+        let mut out = Vec::new();
+        self.poll_into(&mut out);
+        out
+    }
+
+    /// [`RdmaFabric::poll`] appending to `out`: no allocation once `out` and the fabric's own
+    /// completion buffer have grown to a turn's worth (the data plane's loop).
+    pub fn poll_into(&mut self, out: &mut Vec<Completion>) {
+        // The handshake endpoint costs a system call per look: every `SERVE_EVERY` (peers'
         // requests wait that long at most), or at every poll while one of ours is under way.
         let now = Instant::now();
         if self.net.is_some() && (now >= self.next_serve || !self.connecting.is_empty()) {
@@ -1414,7 +1493,7 @@ impl RdmaFabric {
             self.serve_handshakes();
         }
         self.poll_device();
-        std::mem::take(&mut self.completions)
+        out.append(&mut self.completions);
     }
 }
 
@@ -1712,6 +1791,7 @@ pub fn write_floor_ns(
 mod tests {
     use super::*;
     use crate::fabric::contract::{self, ContractHarness};
+    use crate::protocol::layout::CB_HEARTBEAT;
 
     const GEO: LogGeometry = LogGeometry {
         capacity: 64,
@@ -1934,6 +2014,113 @@ mod tests {
             s.device,
             t.elapsed()
         );
+    }
+
+    /// Polls every fabric until `want` of `watcher`'s completions arrived (a hang guard of 20 s).
+    fn completions_of(
+        watcher: &mut RdmaFabric,
+        others: &mut [RdmaFabric],
+        want: usize,
+    ) -> Vec<Completion> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while got.len() < want {
+            assert!(Instant::now() < deadline, "no completion: {got:?}");
+            for n in others.iter_mut() {
+                n.poll();
+            }
+            got.extend(watcher.poll());
+        }
+        got
+    }
+
+    /// A control plane's watcher reads a member's control block over rdma_cm on a lane the
+    /// owner opens for reading only: its writes there are refused by the owner's queue pair, log
+    /// operations by the watcher itself; when the owner's process ends (its rdma_cm end closes),
+    /// the watcher's connection is flushed at once and the next read fails as unreachable.
+    #[test]
+    fn a_watcher_reads_control_blocks_only_and_sees_an_owner_go() {
+        const NAME: &str = "a_watcher_reads_control_blocks_only_and_sees_an_owner_go";
+        let s = device_or_skip!("a_watcher_reads_control_blocks_only_and_sees_an_owner_go");
+        let ip = match cm_ip() {
+            Ok(ip) => ip,
+            Err(why) => return println!("skipped {NAME}: {why}"),
+        };
+        let (mut nodes, addrs) = cm_nodes(&s, ip, 2, 77);
+        nodes[0].set_control_word(CB_HEARTBEAT, 4242);
+        let peers = [(0, addrs[0])];
+        let net = cm_net::CmNet::connector(1, 77, &peers).expect("an rdma_cm channel");
+        let mut watcher =
+            RdmaFabric::open_watcher(&s, 1, 2, Handshake::Cm(Box::new(net))).expect("a watcher");
+        let read = |wr_id| Post {
+            wr_id,
+            target: 0,
+            op: Op::Read {
+                region: Region::Control,
+                offset: CB_HEARTBEAT,
+                len: 8,
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        };
+        watcher.post(read(1));
+        let c = completions_of(&mut watcher, &mut nodes, 1);
+        assert_eq!(c[0].result, Ok(Some(4242u64.to_le_bytes().to_vec())));
+        assert!(nodes[0].net_stats().unwrap().accepted >= 1);
+        // Its own request word: writable on a data plane's control lane, not on a watch lane.
+        watcher.post(Post {
+            wr_id: 2,
+            target: 0,
+            op: Op::Write {
+                region: Region::Control,
+                offset: cb_request(1),
+                bytes: vec![1; 8],
+            },
+            reconnect: false,
+            ballot: Ballot::ZERO,
+        });
+        watcher.post(Post {
+            wr_id: 3,
+            target: 0,
+            op: Op::Read {
+                region: Region::Log,
+                offset: 0,
+                len: 64,
+            },
+            reconnect: false,
+            ballot: Ballot::new(1, 1),
+        });
+        let mut c = completions_of(&mut watcher, &mut nodes, 2);
+        c.sort_by_key(|c| c.wr_id);
+        assert_eq!(
+            c[0].result,
+            Err(FabricError::Permission),
+            "write on a watch lane"
+        );
+        assert_eq!(
+            c[1].result,
+            Err(FabricError::Permission),
+            "log read by a watcher"
+        );
+        assert_eq!(nodes[0].control_word(cb_request(1)), 0, "nothing landed");
+        // The lane healed after the refusal: reads work again.
+        watcher.post(read(4));
+        let c = completions_of(&mut watcher, &mut nodes, 1);
+        assert_eq!(c[0].result, Ok(Some(4242u64.to_le_bytes().to_vec())));
+        // The owner goes: its rdma_cm ends close, the watcher flushes its connection.
+        let gone = nodes.remove(0);
+        drop(gone);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while watcher.closed_flushes() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the watcher never saw the owner go"
+            );
+            watcher.poll();
+        }
+        watcher.post(read(5));
+        let c = completions_of(&mut watcher, &mut nodes, 1);
+        assert_eq!(c[0].result, Err(FabricError::Unreachable));
     }
 
     /// Connect requests that are not a member's exchange (garbage, another cluster's) are

@@ -63,8 +63,26 @@ impl CmNet {
         cluster_id: u64,
         peers: &[(NodeId, SocketAddr)],
     ) -> Result<CmNet, rapax_ffi::ibverbs::Error> {
+        CmNet::new(Some(addr), me, cluster_id, peers)
+    }
+
+    /// An endpoint that only connects (node `me`'s control plane: it owns no memory peers use).
+    pub fn connector(
+        me: NodeId,
+        cluster_id: u64,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> Result<CmNet, rapax_ffi::ibverbs::Error> {
+        CmNet::new(None, me, cluster_id, peers)
+    }
+
+    fn new(
+        listen: Option<SocketAddr>,
+        me: NodeId,
+        cluster_id: u64,
+        peers: &[(NodeId, SocketAddr)],
+    ) -> Result<CmNet, rapax_ffi::ibverbs::Error> {
         Ok(CmNet {
-            cm: CmExchange::new(Some(addr))?,
+            cm: CmExchange::new(listen)?,
             me,
             cluster_id,
             peers: peers.iter().copied().collect(),
@@ -120,9 +138,14 @@ impl CmNet {
     }
 
     /// Takes every rdma_cm event waiting: accepts (or rejects) peers' requests for this node's
-    /// memory through `wiring` (the owner's half), and hands the outcome of our own attempts to
-    /// `answers`.
-    pub(super) fn serve(&mut self, wiring: &Mutex<Wiring>, answers: &mut Vec<Answer>) {
+    /// memory through `wiring` (the owner's half), hands the outcome of our own attempts to
+    /// `answers` and our connections whose owner closed its end to `closed`.
+    pub(super) fn serve(
+        &mut self,
+        wiring: &Mutex<Wiring>,
+        answers: &mut Vec<Answer>,
+        closed: &mut Vec<LinkKey>,
+    ) {
         answers.append(&mut self.early);
         let mut events = std::mem::take(&mut self.events);
         self.cm.poll(&mut events);
@@ -158,6 +181,7 @@ impl CmNet {
                     if let Some((key, _)) = self.mine.remove(&token) {
                         if self.by_key.get(&key) == Some(&token) {
                             self.by_key.remove(&key);
+                            closed.push(key);
                         }
                     }
                     self.theirs.retain(|_, t| *t != token);
@@ -225,6 +249,7 @@ fn encode_request(key: LinkKey, cluster_id: u64, e: &Endpoint) -> Vec<u8> {
     let (lane, ballot) = match key.lane {
         Lane::Control => (0u8, 0u64),
         Lane::Data(b) => (1, b.0),
+        Lane::Watch => (2, 0),
     };
     m.extend_from_slice(&[VERSION, key.src, key.dst, lane]);
     m.extend_from_slice(&cluster_id.to_le_bytes());
@@ -287,6 +312,7 @@ fn decode_request(b: &[u8]) -> Option<(LinkKey, u64, Endpoint)> {
     let lane = match (lane, ballot) {
         (0, 0) => Lane::Control,
         (1, b) if b != 0 => Lane::Data(Ballot(b)),
+        (2, 0) => Lane::Watch,
         _ => return None,
     };
     let endpoint = f.endpoint()?;

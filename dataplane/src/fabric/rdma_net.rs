@@ -213,6 +213,7 @@ fn header(m: &mut Vec<u8>, kind: u8, key: LinkKey, cluster_id: u64, nonce: u64, 
     let (lane, ballot) = match key.lane {
         Lane::Control => (0u8, 0u64),
         Lane::Data(b) => (1, b.0),
+        Lane::Watch => (2, 0),
     };
     m.push(lane);
     m.extend_from_slice(&[0; 7]);
@@ -320,6 +321,7 @@ impl Message {
         let lane = match lane {
             0 => Lane::Control,
             1 if ballot != 0 => Lane::Data(Ballot(ballot)),
+            2 if ballot == 0 => Lane::Watch,
             _ => return None,
         };
         let endpoint = Endpoint {

@@ -200,6 +200,11 @@ impl QueuePair<Rtr> {
 }
 
 impl QueuePair<Rts> {
+    /// Moves the queue pair to the error state (unreachable).
+    pub fn flush(&mut self) -> Result<()> {
+        match self.0 {}
+    }
+
     /// Changes the rights peers have through this queue pair (unreachable).
     pub fn set_access_flags(&mut self, _access: AccessFlags) -> Result<()> {
         match self.0 {}

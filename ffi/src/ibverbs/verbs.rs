@@ -743,6 +743,16 @@ impl<S: ReceiveState> QueuePair<S> {
 }
 
 impl QueuePair<Rts> {
+    /// Moves the queue pair to the error state: every outstanding work request completes with
+    /// a flush error, and later posts fail. Only [`QueuePair::reset`] brings it back.
+    pub fn flush(&mut self) -> Result<()> {
+        let mut attr = sys::ibv_qp_attr {
+            qp_state: sys::IBV_QPS_ERR,
+            ..Default::default()
+        };
+        self.modify(&mut attr, sys::IBV_QP_STATE, "ibv_modify_qp(ERR)")
+    }
+
     /// Changes the rights peers have through this queue pair, in RTS (`ibv_modify_qp` with
     /// `IBV_QP_ACCESS_FLAGS`). With [`AccessFlags::NONE`] later RDMA WRITEs and READs from the
     /// peer fail at the responder with a remote access or invalid-request error.
