@@ -50,10 +50,13 @@ impl Plane for RdmaPlane {
 
     /// A long burst of posts (a restarted follower caught up: a thousand writes in one turn,
     /// each a system call, tens of milliseconds under emulation) is work, not a stuck node:
-    /// every 32 posts, once the control endpoint is due, the burst beats the heartbeat and
-    /// answers the members' heartbeat reads. Without it the other members' control planes saw
-    /// a leader busy catching a node up as failed, stood, deposed it and caught the node up
-    /// themselves, in turn, for twenty seconds (soft-RoCE lane).
+    /// every 32 posts, once the control endpoint is due, the burst beats the heartbeat, answers
+    /// the members' heartbeat reads (over UDP) and serves connection requests (rdma_cm: a
+    /// control plane reconnecting its watch lane). Without it the other members' control
+    /// planes saw a leader busy catching a node up as failed, stood, deposed it and caught the
+    /// node up themselves, in turn, for twenty seconds (soft-RoCE lane; with the RDMA control
+    /// mesh the reads need no CPU of ours, but a watch lane broken by an earlier restart could
+    /// not come back until the burst ended, and it never did).
     fn post(&mut self, post: Post) {
         self.fabric.post(post);
         self.posts_unchecked += 1;
@@ -63,6 +66,7 @@ impl Plane for RdmaPlane {
             if now >= self.next_control_poll {
                 crate::protocol::node::beat(&mut self.fabric);
                 self.serve_control(now);
+                self.fabric.serve_connections();
             }
         }
     }

@@ -1152,6 +1152,16 @@ impl RdmaFabric {
         );
     }
 
+    /// Serves the handshake endpoint now (see [`RdmaFabric::serve_handshakes`]): for a daemon
+    /// in a long burst of posts, which polls no completions meanwhile, so that peers' connection
+    /// requests (a control plane's watch lane among them) are not left waiting until it ends.
+    pub fn serve_connections(&mut self) {
+        if self.net.is_some() {
+            self.next_serve = Instant::now() + SERVE_EVERY;
+            self.serve_handshakes();
+        }
+    }
+
     /// Serves the handshake endpoint: answers peers' requests for our memory, completes our
     /// connections whose answer came (their waiting posts go out), and fails those whose owner
     /// did not answer in time.
