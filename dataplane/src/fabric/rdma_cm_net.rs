@@ -340,16 +340,8 @@ fn decode_accept(b: &[u8]) -> Option<(Endpoint, Remotes)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::net::tests::endpoint;
     use super::*;
-
-    fn endpoint() -> Endpoint {
-        Endpoint {
-            qp_num: 0x12_3456,
-            psn: 0xab_cdef,
-            lid: 7,
-            gid: Gid([9; 16]),
-        }
-    }
 
     #[test]
     fn private_data_round_trips_and_garbage_is_refused() {

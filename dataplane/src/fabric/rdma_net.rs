@@ -354,10 +354,11 @@ impl Message {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn endpoint() -> Endpoint {
+    /// An endpoint with every field set (the exchanges' tests share it).
+    pub(in crate::fabric::rdma) fn endpoint() -> Endpoint {
         Endpoint {
             qp_num: 0x12_3456,
             psn: 0xab_cdef,
