@@ -342,18 +342,11 @@ fn reader(
         {
             let r = profile.fabric.rdma.as_ref().expect("checked above");
             let peers = cluster
-                .nodes
-                .iter()
-                .filter(|n| n.id != me)
-                .map(|n| {
-                    n.rdma_socket_addr()
-                        .map(|a| (n.id, a))
-                        .ok_or(DaemonError::MissingAddress {
-                            node: n.id,
-                            what: "rdma_addr",
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+                .rdma_peers(me)
+                .map_err(|node| DaemonError::MissingAddress {
+                    node,
+                    what: "rdma_addr",
+                })?;
             let net = CmNet::connector(me, cluster.cluster_id(), &peers).map_err(|e| {
                 DaemonError::Rdma(RdmaError::Verbs {
                     what: "rdma_cm event channel of the control mesh",

@@ -121,23 +121,15 @@ pub(super) fn open(
         .as_ref()
         .ok_or(DaemonError::UnsupportedFabric("rdma without [fabric.rdma]"))?;
     let settings = RdmaSettings::from_profile(r);
-    let rdma_addr = |n: NodeId| {
-        cluster
-            .node(n)
-            .and_then(|x| x.rdma_socket_addr())
-            .ok_or(DaemonError::MissingAddress {
-                node: n,
-                what: "rdma_addr",
-            })
+    let missing = |node| DaemonError::MissingAddress {
+        node,
+        what: "rdma_addr",
     };
-    let peers = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&p| p != me)
-        .map(|p| Ok((p, rdma_addr(p)?)))
-        .collect::<Result<Vec<_>, DaemonError>>()?;
-    let at = rdma_addr(me)?;
+    let peers = cluster.rdma_peers(me).map_err(missing)?;
+    let at = cluster
+        .node(me)
+        .and_then(|x| x.rdma_socket_addr())
+        .ok_or(missing(me))?;
     let net = match r.connect {
         RdmaConnect::Cm => Handshake::Cm(Box::new(
             CmNet::bind(at, me, cluster.cluster_id(), &peers).map_err(|e| {

@@ -1373,6 +1373,15 @@ impl ClusterFile {
             .collect()
     }
 
+    /// Every member but `me` with its `rdma_addr`, or the first member that has none.
+    pub fn rdma_peers(&self, me: NodeId) -> Result<Vec<(NodeId, SocketAddr)>, NodeId> {
+        self.nodes
+            .iter()
+            .filter(|p| p.id != me)
+            .map(|p| p.rdma_socket_addr().map(|a| (p.id, a)).ok_or(p.id))
+            .collect()
+    }
+
     /// The node with this id.
     pub fn node(&self, id: NodeId) -> Option<&ClusterNode> {
         self.nodes.iter().find(|n| n.id == id)
