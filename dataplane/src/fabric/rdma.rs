@@ -1156,8 +1156,12 @@ impl RdmaFabric {
     /// in a long burst of posts, which polls no completions meanwhile, so that peers' connection
     /// requests (a control plane's watch lane among them) are not left waiting until it ends.
     pub fn serve_connections(&mut self) {
+        self.serve_connections_at(Instant::now());
+    }
+
+    fn serve_connections_at(&mut self, now: Instant) {
         if self.net.is_some() {
-            self.next_serve = Instant::now() + SERVE_EVERY;
+            self.next_serve = now + SERVE_EVERY;
             self.serve_handshakes();
         }
     }
@@ -1498,9 +1502,8 @@ impl RdmaFabric {
         // The handshake endpoint costs a system call per look: every `SERVE_EVERY` (peers'
         // requests wait that long at most), or at every poll while one of ours is under way.
         let now = Instant::now();
-        if self.net.is_some() && (now >= self.next_serve || !self.connecting.is_empty()) {
-            self.next_serve = now + SERVE_EVERY;
-            self.serve_handshakes();
+        if now >= self.next_serve || !self.connecting.is_empty() {
+            self.serve_connections_at(now);
         }
         self.poll_device();
         out.append(&mut self.completions);

@@ -166,10 +166,7 @@ impl CmNet {
                     answers.push(Answer { key, nonce, result });
                 }
                 CmExchangeEvent::Failed { token, .. } => {
-                    if let Some((key, nonce)) = self.mine.remove(&token) {
-                        if self.by_key.get(&key) == Some(&token) {
-                            self.by_key.remove(&key);
-                        }
+                    if let Some((key, nonce, _)) = self.forget_mine(token) {
                         answers.push(Answer {
                             key,
                             nonce,
@@ -178,17 +175,25 @@ impl CmNet {
                     }
                 }
                 CmExchangeEvent::Closed { token } => {
-                    if let Some((key, _)) = self.mine.remove(&token) {
-                        if self.by_key.get(&key) == Some(&token) {
-                            self.by_key.remove(&key);
-                            closed.push(key);
-                        }
+                    if let Some((key, _, true)) = self.forget_mine(token) {
+                        closed.push(key);
                     }
                     self.theirs.retain(|_, t| *t != token);
                 }
             }
         }
         self.events = events;
+    }
+
+    /// Forgets our attempt or connection `token`: its key and nonce, and whether it was still
+    /// the key's current one.
+    fn forget_mine(&mut self, token: CmToken) -> Option<(LinkKey, u64, bool)> {
+        let (key, nonce) = self.mine.remove(&token)?;
+        let current = self.by_key.get(&key) == Some(&token);
+        if current {
+            self.by_key.remove(&key);
+        }
+        Some((key, nonce, current))
     }
 
     fn on_request(
