@@ -1,12 +1,13 @@
 //! The `rdma` data plane of the daemon: the data mesh over RC queue pairs ([`RdmaFabric`], one
 //! node per process, connections made through rdma_cm, or the UDP handshake, on the node's
-//! `rdma_addr`), the
-//! control mesh's heartbeat reads over the node's UDP socket (`udp_addr`, as on `udp` and
-//! `dpdk`: the control plane is a separate process with no queue pairs of its own), and clients
-//! through the shm mailbox (a local cluster).
+//! `rdma_addr`), and clients through the shm mailbox (a local cluster).
 //!
-//! The control endpoint answers from a copy of the node's control block taken just before each
-//! poll of it, so the control plane reads what the peers' data planes read over RDMA.
+//! The control mesh: with rdma_cm the members' control planes read this node's control block
+//! with RDMA READs on watch lanes of their own, which need nothing of this process but to accept
+//! their connections. With the UDP handshake they read it over UDP, and this plane answers on
+//! its `udp_addr` (as on `udp` and `dpdk`) from a copy of its control block taken just before
+//! each poll of that endpoint, so the control plane reads what the peers' data planes read over
+//! RDMA.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,9 @@ use crate::protocol::NodeId;
 
 pub(super) struct RdmaPlane {
     fabric: RdmaFabric,
-    /// Serves control-block reads of the members' control planes; posts nothing.
-    control: UdpFabric,
+    /// Serves control-block reads of the members' control planes over UDP (with the UDP
+    /// handshake only); posts nothing.
+    control: Option<UdpFabric>,
     /// The control block as the control endpoint serves it (no log).
     mirror: NicMemory,
     door: MailboxDoor,
@@ -96,18 +98,21 @@ impl Plane for RdmaPlane {
 }
 
 impl RdmaPlane {
-    /// Answers the heartbeat reads waiting at the control endpoint from a fresh copy of the
-    /// control block.
+    /// Answers the heartbeat reads waiting at the control endpoint (if there is one) from a
+    /// fresh copy of the control block.
     fn serve_control(&mut self, now: Instant) {
         self.next_control_poll = now + CONTROL_POLL_EVERY;
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
         self.fabric.read_control(0, self.mirror.control_mut());
         self.discard.clear();
-        self.discard
-            .extend(self.control.poll(&mut self.mirror, now));
+        self.discard.extend(control.poll(&mut self.mirror, now));
     }
 }
 
-/// Opens the device and node `me`'s memory, the handshake and control endpoints, the mailbox.
+/// Opens the device and node `me`'s memory, the handshake endpoint (and, with the UDP
+/// handshake, the control endpoint), the mailbox.
 pub(super) fn open(
     profile: &Profile,
     cluster: &ClusterFile,
@@ -152,8 +157,18 @@ pub(super) fn open(
         &profile.geometry(),
         net,
     )?;
-    let period = Duration::from_micros(profile.election.read_period_us);
-    let control = super::control_endpoint(cluster, me, (period * 2).max(Duration::from_millis(1)))?;
+    let control = match r.connect {
+        // The control planes read over RDMA: nothing to answer here.
+        RdmaConnect::Cm => None,
+        RdmaConnect::Udp => {
+            let period = Duration::from_micros(profile.election.read_period_us);
+            Some(super::control_endpoint(
+                cluster,
+                me,
+                (period * 2).max(Duration::from_millis(1)),
+            )?)
+        }
+    };
     let mailbox = MailboxServer::create(&dir.mailbox(me), super::MAX_SLOTS, mailbox_bytes)?;
     Ok(RdmaPlane {
         fabric,

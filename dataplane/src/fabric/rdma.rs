@@ -1011,7 +1011,8 @@ impl RdmaFabric {
         net: Handshake,
     ) -> Result<RdmaFabric, RdmaError> {
         let dev = Arc::new(Device::open(settings)?);
-        let (_unreachable, own) = alloc_owner(&dev, settings, nodes, 64)?;
+        // No peer ever reaches a watcher's memory: no control-block regions for them.
+        let (_unreachable, own) = alloc_owner(&dev, settings, 0, 64)?;
         let shared: Vec<Option<NodeShared>> = (0..nodes).map(|_| None).collect();
         let wiring = Arc::new(Mutex::new(Wiring::new(&dev, shared)));
         let mut f = RdmaFabric::assemble(me, nodes, &dev, &wiring, own, Some(net));
