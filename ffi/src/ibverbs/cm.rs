@@ -664,16 +664,6 @@ impl CmExchange {
         }
     }
 
-    /// Attempts and connections held (listener not counted).
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether no attempt or connection is held.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// Takes every event waiting on the channel, moves attempts along (route resolution,
     /// connect, the ready-to-use message) and appends what the caller must know to `out`.
     pub fn poll(&mut self, out: &mut Vec<CmExchangeEvent>) {

@@ -302,14 +302,6 @@ impl CmExchange {
         match self.0 {}
     }
     /// Unreachable.
-    pub fn len(&self) -> usize {
-        match self.0 {}
-    }
-    /// Unreachable.
-    pub fn is_empty(&self) -> bool {
-        match self.0 {}
-    }
-    /// Unreachable.
     pub fn poll(&mut self, _out: &mut Vec<CmExchangeEvent>) {
         match self.0 {}
     }
