@@ -230,8 +230,9 @@ impl IdleStrategy {
     }
 
     /// The strategy of one agent of a profile (`[agents.NAME].idle`).
+    /// `backoff` is the profile's `[backoff]` table; the agent's own `backoff` fields override it.
     pub fn for_agent(spec: &AgentSpec, backoff: &Backoff) -> IdleStrategy {
-        IdleStrategy::from_profile(spec.idle, backoff)
+        IdleStrategy::from_profile(spec.idle, &spec.backoff(backoff))
     }
 
     pub fn kind(&self) -> IdleKind {
@@ -817,12 +818,27 @@ mod tests {
             let spec = AgentSpec {
                 core: None,
                 idle: kind,
+                backoff: None,
             };
             assert_eq!(
                 IdleStrategy::for_agent(&spec, &backoff),
                 IdleStrategy::from_profile(kind, &backoff)
             );
         }
+        // An agent's own backoff fields replace the table's; the rest are the table's.
+        let spec = AgentSpec {
+            core: None,
+            idle: IdleKind::Backoff,
+            backoff: Some(crate::profile::BackoffOverride {
+                yields: Some(10),
+                max_park_us: Some(900),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            IdleStrategy::for_agent(&spec, &backoff),
+            IdleStrategy::Backoff(BackoffIdle::new(7, 10, us(20), us(900)))
+        );
         // The profile's default is backoff with the default table.
         let d = Backoff::default();
         assert_eq!(

@@ -143,6 +143,22 @@ where
     Ok(())
 }
 
+/// Checks one set of `backoff` settings, naming its fields under `table`.
+fn check_backoff(table: &str, b: &Backoff) -> Result<(), ProfileError> {
+    check_range(&format!("{table}.spins"), b.spins, 0, 1 << 20)?;
+    check_range(&format!("{table}.yields"), b.yields, 0, 1 << 20)?;
+    check_range(&format!("{table}.min_park_us"), b.min_park_us, 1, 1_000_000)?;
+    check_range(&format!("{table}.max_park_us"), b.max_park_us, 1, 1_000_000)?;
+    if b.min_park_us > b.max_park_us {
+        return Err(invalid(
+            format!("{table}.min_park_us"),
+            b.min_park_us,
+            format!("must not exceed {table}.max_park_us ({})", b.max_park_us),
+        ));
+    }
+    Ok(())
+}
+
 fn check_power_of_two(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), ProfileError> {
     if !v.is_power_of_two() {
         return Err(invalid(field, v, "must be a power of two"));
@@ -470,6 +486,34 @@ pub struct AgentSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub core: Option<usize>,
     pub idle: IdleKind,
+    /// This agent's own `backoff` settings (only with `idle = "backoff"`); absent: the
+    /// `[backoff]` table's. A timer-driven agent (the control plane's, which reads every
+    /// `read_period_us`) can park early while the pollers of the same node keep yielding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffOverride>,
+}
+
+impl AgentSpec {
+    /// The `backoff` settings this agent runs with: `table` (the profile's `[backoff]`) with
+    /// this agent's own fields put over it.
+    pub fn backoff(&self, table: &Backoff) -> Backoff {
+        self.backoff.map_or(*table, |o| table.with(&o))
+    }
+}
+
+/// `[agents.NAME].backoff`: the fields of [`Backoff`] an agent sets for itself; every field
+/// left out is the `[backoff]` table's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spins: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yields: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_park_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_park_us: Option<u64>,
 }
 
 /// `[agents]`: every thread of a node and where it runs.
@@ -510,6 +554,18 @@ pub struct Backoff {
     /// First park; each further idle pass doubles it up to `max_park_us`.
     pub min_park_us: u64,
     pub max_park_us: u64,
+}
+
+impl Backoff {
+    /// These settings with `o`'s fields put over them.
+    pub fn with(self, o: &BackoffOverride) -> Backoff {
+        Backoff {
+            spins: o.spins.unwrap_or(self.spins),
+            yields: o.yields.unwrap_or(self.yields),
+            min_park_us: o.min_park_us.unwrap_or(self.min_park_us),
+            max_park_us: o.max_park_us.unwrap_or(self.max_park_us),
+        }
+    }
 }
 
 impl Default for Backoff {
@@ -872,17 +928,20 @@ impl Profile {
     }
 
     fn validate_backoff(&self) -> Result<(), ProfileError> {
-        let b = &self.backoff;
-        check_range("backoff.spins", b.spins, 0, 1 << 20)?;
-        check_range("backoff.yields", b.yields, 0, 1 << 20)?;
-        check_range("backoff.min_park_us", b.min_park_us, 1, 1_000_000)?;
-        check_range("backoff.max_park_us", b.max_park_us, 1, 1_000_000)?;
-        if b.min_park_us > b.max_park_us {
-            return Err(invalid(
-                "backoff.min_park_us",
-                b.min_park_us,
-                format!("must not exceed backoff.max_park_us ({})", b.max_park_us),
-            ));
+        check_backoff("backoff", &self.backoff)?;
+        for (name, spec) in self.agents.all() {
+            if spec.backoff.is_none() {
+                continue;
+            }
+            let table = format!("agents.{name}.backoff");
+            if spec.idle != IdleKind::Backoff {
+                return Err(invalid(
+                    format!("agents.{name}.idle"),
+                    quoted(spec.idle.as_str()),
+                    format!("must be \"backoff\" when {table} is given"),
+                ));
+            }
+            check_backoff(&table, &spec.backoff(&self.backoff))?;
         }
         Ok(())
     }
@@ -1665,6 +1724,10 @@ mod tests {
             (format!("{MINIMAL}bogus = 1\n"), "bogus"),
             (format!("{MINIMAL}[log]\ncapacity = 8\n"), "capacity"),
             (format!("{MINIMAL}[agents.leader]\ncpu = 3\n"), "cpu"),
+            (
+                format!("{MINIMAL}[agents.election.backoff]\nparks = 3\n"),
+                "parks",
+            ),
             (format!("{MINIMAL}[fabric.shm]\npath = \"/x\"\n"), "path"),
             (
                 format!("{MINIMAL}[election]\nread_period_ms = 1\n"),
@@ -1908,6 +1971,38 @@ mod tests {
         let mut p = base();
         p.backoff.yields = 2 << 20;
         expect_invalid(&p, "backoff.yields", &(2u32 << 20).to_string());
+        // An agent's own fields are checked with the table's put under them.
+        let mut p = base();
+        p.agents.election.backoff = Some(BackoffOverride {
+            min_park_us: Some(5000),
+            ..BackoffOverride::default()
+        });
+        let msg = expect_invalid(&p, "agents.election.backoff.min_park_us", "5000");
+        assert!(
+            msg.contains(&format!(
+                "agents.election.backoff.max_park_us ({})",
+                p.backoff.max_park_us
+            )),
+            "{msg}"
+        );
+        p.agents.election.backoff = Some(BackoffOverride {
+            min_park_us: Some(5000),
+            max_park_us: Some(5000),
+            ..BackoffOverride::default()
+        });
+        p.validate().unwrap();
+        assert_eq!(
+            p.agents.election.backoff(&p.backoff),
+            Backoff {
+                min_park_us: 5000,
+                max_park_us: 5000,
+                ..p.backoff
+            }
+        );
+        // ... and only with the backoff strategy, which is the only one that reads them.
+        p.agents.election.idle = IdleKind::Yield;
+        let msg = expect_invalid(&p, "agents.election.idle", "\"yield\"");
+        assert!(msg.contains("agents.election.backoff"), "{msg}");
     }
 
     #[test]
@@ -2067,7 +2162,13 @@ mod tests {
         p.agents.leader = AgentSpec {
             core: Some(2),
             idle: IdleKind::Spin,
+            backoff: None,
         };
+        p.agents.election.backoff = Some(BackoffOverride {
+            yields: Some(3),
+            max_park_us: Some(700),
+            ..BackoffOverride::default()
+        });
         p.agents.client_ingress.idle = IdleKind::Yield;
         p.verified_on_hardware = false;
         p.log.slot_bytes = 4096;

@@ -129,11 +129,12 @@ fn local_profiles_run_on_two_cores() {
             );
         }
         // A parked follower must bump its heartbeat faster than peers read it.
+        let follower = p.agents.follower_apply.backoff(&p.backoff);
         assert!(
-            p.backoff.max_park_us < p.election.read_period_us,
+            follower.max_park_us < p.election.read_period_us,
             "{}: max_park_us {} >= read_period_us {}",
             path.display(),
-            p.backoff.max_park_us,
+            follower.max_park_us,
             p.election.read_period_us
         );
         assert!(p.verified_on_hardware, "{}", path.display());
