@@ -13,6 +13,7 @@
 //! (`shm` client ingress), a latency-histogram file written on request, and logs.
 
 use crate::protocol::wordhash::WordMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -329,6 +330,12 @@ trait Plane: Send {
     /// the reason to refuse it. Returns how many.
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize;
     fn answer(&mut self, route: Route, reply: ClientReply);
+    /// Whether a turn posts one write at a time, taking the completions each brings before
+    /// the next (`fabric.rdma.posting = "serial"`: software RDMA, where a post runs the whole
+    /// write), instead of all of them, then a poll.
+    fn serial_posts(&self) -> bool {
+        false
+    }
     /// Waits at most `d` for work (the data plane's backoff park).
     fn park(&mut self, d: Duration) {
         std::thread::sleep(d);
@@ -565,6 +572,9 @@ struct Dataplane<P: Plane> {
     max_command_bytes: usize,
     out: Output,
     completions: Vec<Completion>,
+    /// Serial posting: the turn's posts not posted yet, in order (kept across turns when a
+    /// turn ends on [`POST_LOOP_LIMIT`]).
+    unposted: VecDeque<Post>,
     inbox: Vec<(Result<ClientRequest, BadRequest>, Route)>,
     routes: WordMap<(u64, u64), Route>,
     /// `proposed[slot & mask] = (slot, ns)`.
@@ -879,15 +889,30 @@ impl<P: Plane> Dataplane<P> {
         let mut completed = false;
         let mut rounds = 0u32;
         let mut long_since: Option<Instant> = None;
+        let serial = self.plane.serial_posts();
+        // Serial posting: whether a completion chose a slot (its client is answered before
+        // the remaining posts go out).
+        let mut chose = false;
         loop {
             // Completions may propose more: stamp before every batch of posts.
             self.stamp_proposed();
-            for post in self.out.posts.drain(..) {
-                work += 1;
-                self.plane.post(post);
+            if serial {
+                self.unposted.extend(self.out.posts.drain(..));
+                if let Some(post) = self.unposted.pop_front() {
+                    work += 1;
+                    self.plane.post(post);
+                }
+            } else {
+                for post in self.out.posts.drain(..) {
+                    work += 1;
+                    self.plane.post(post);
+                }
             }
             self.plane.poll(&mut self.completions);
             if self.completions.is_empty() {
+                if serial && !self.unposted.is_empty() {
+                    continue;
+                }
                 break;
             }
             completed = true;
@@ -905,7 +930,10 @@ impl<P: Plane> Dataplane<P> {
                 self.node
                     .on_completion(now, c, self.plane.mem(), &mut self.out);
             }
-            self.stamp_chosen(from);
+            chose |= self.stamp_chosen(from);
+            if serial && chose {
+                break;
+            }
             // Completions that keep bringing posts (a follower caught up, thousands of writes)
             // end the turn after POST_LOOP_LIMIT: what they posted goes out in the next turn,
             // and the channel, the clients and the control half are not held off for the
@@ -929,6 +957,17 @@ impl<P: Plane> Dataplane<P> {
             }
             if let Some(route) = self.routes.remove(&(reply.client, reply.seq)) {
                 self.plane.answer(route, reply);
+            }
+        }
+        if serial && chose {
+            // The other followers' writes of the slots just answered (and what settling
+            // posted), now that their clients have their answers; their completions are taken
+            // in the next turn. (A turn that ended on POST_LOOP_LIMIT keeps its unposted
+            // writes for the next.)
+            self.unposted.extend(self.out.posts.drain(..));
+            for post in self.unposted.drain(..) {
+                work += 1;
+                self.plane.post(post);
             }
         }
         let notes = std::mem::take(&mut self.out.notes);
@@ -1021,13 +1060,17 @@ impl<P: Plane> Dataplane<P> {
     /// Records the replication latency of the slots the completions just taken chose (notes
     /// from index `from` on), as they are chosen: applying them and answering their clients,
     /// later in the turn, is not replication.
-    fn stamp_chosen(&mut self, from: usize) {
+    /// Returns whether any slot was chosen.
+    fn stamp_chosen(&mut self, from: usize) -> bool {
         let mut clock = None;
+        let mut any = false;
         for i in from..self.out.notes.len() {
             if let Note::Chosen { slot, .. } = self.out.notes[i] {
                 self.record_chosen(slot, &mut clock);
+                any = true;
             }
         }
+        any
     }
 
     /// Stamps `slot`'s proposal with `clock` (read now if it was not yet) unless it is
@@ -1048,7 +1091,9 @@ impl<P: Plane> Dataplane<P> {
         let (s, t) = self.proposed[at];
         if s == slot && t != 0 {
             let end = *clock.get_or_insert_with(monotonic_ns);
-            self.proposed[at] = (0, 0);
+            // Recorded: the slot stays, so its Proposed note, handled at the end of the turn,
+            // does not stamp it again (and its Chosen note record a zero).
+            self.proposed[at] = (slot, 0);
             let _ = self.replication.record(end.saturating_sub(t).max(1));
             self.samples_unpublished += 1;
         }
@@ -1378,6 +1423,7 @@ fn start_agent<P: Plane + 'static>(
         max_command_bytes: profile.replication.max_command_bytes,
         out: Output::default(),
         completions: Vec::new(),
+        unposted: VecDeque::new(),
         inbox: Vec::new(),
         routes: WordMap::default(),
         proposed: vec![(0, 0); window],

@@ -21,7 +21,7 @@ use crate::fabric::rdma::{RdmaFabric, RdmaSettings};
 use crate::fabric::udp::UdpFabric;
 use crate::fabric::{Completion, LocalMemory, Post};
 use crate::mailbox::MailboxServer;
-use crate::profile::{ClusterFile, Profile, RdmaConnect};
+use crate::profile::{ClusterFile, Profile, RdmaConnect, RdmaPosting};
 use crate::protocol::node::{BadRequest, ClientReply, ClientRequest};
 use crate::protocol::NodeId;
 
@@ -37,6 +37,8 @@ pub(super) struct RdmaPlane {
     next_control_poll: Instant,
     /// Posts since the clock was last looked at in `post`.
     posts_unchecked: u32,
+    /// `fabric.rdma.posting = "serial"`: one post at a time (software RDMA).
+    serial: bool,
 }
 
 /// How often the control endpoint (heartbeat reads, every few milliseconds) is polled. (Every
@@ -71,6 +73,10 @@ impl Plane for RdmaPlane {
                 self.fabric.serve_connections();
             }
         }
+    }
+
+    fn serial_posts(&self) -> bool {
+        self.serial
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) {
@@ -178,5 +184,6 @@ pub(super) fn open(
         discard: Vec::new(),
         next_control_poll: Instant::now(),
         posts_unchecked: 0,
+        serial: r.posting == RdmaPosting::Serial,
     })
 }

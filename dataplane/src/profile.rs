@@ -375,6 +375,25 @@ pub struct RdmaFabric {
     /// How daemons connect their queue pairs to peers' (see [`RdmaConnect`]).
     #[serde(default)]
     pub connect: RdmaConnect,
+    /// How a leader's data plane posts a turn's writes (see [`RdmaPosting`]).
+    #[serde(default)]
+    pub posting: RdmaPosting,
+}
+
+/// How a leader's data plane posts the writes of a turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RdmaPosting {
+    /// Every write of the turn, then a poll of the completions: on a NIC a post is a doorbell
+    /// and the writes to all followers fly at once.
+    #[default]
+    Batch,
+    /// One write, then the completions it brought, then the next; once a majority's writes
+    /// have chosen a slot its client is answered before the other followers' writes are
+    /// posted. For software RDMA (rxe, siw), where a post is a system call that runs the whole
+    /// write, so posting every follower's write before polling puts all of them on the path
+    /// of every command.
+    Serial,
 }
 
 /// How the daemons of an rdma cluster connect their queue pairs.
@@ -1770,6 +1789,14 @@ mod tests {
             msg.contains("ib") && msg.contains("cm") && msg.contains("line"),
             "{msg}"
         );
+        // Posting: batch (a NIC) unless the profile asks for serial (software RDMA).
+        let p = Profile::from_toml_str(rdma).unwrap();
+        assert_eq!(p.fabric.rdma.unwrap().posting, RdmaPosting::Batch);
+        let p = Profile::from_toml_str(&format!("{rdma}posting = \"serial\"\n")).unwrap();
+        assert_eq!(p.fabric.rdma.unwrap().posting, RdmaPosting::Serial);
+        let err = Profile::from_toml_str(&format!("{rdma}posting = \"quorum\"\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("quorum") && msg.contains("serial"), "{msg}");
     }
 
     #[test]
