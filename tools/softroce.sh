@@ -313,7 +313,7 @@ guest_main() {
 # gettimeofday; under TCG on a busy host that fit can fail ("Correlation coefficient r^2 < 0.9"),
 # and then it prints inf for every figure and still exits 0. Such a run is tried again.
 ib_write_lat_once() {
-    local args=(-d "$RAPAX_SOFTROCE_DEVICE" -x "$RAPAX_SOFTROCE_GID_INDEX" -s 64 -n 1000) srv rc _
+    local args=(-d "$RAPAX_SOFTROCE_DEVICE" -x "$RAPAX_SOFTROCE_GID_INDEX" -s "$1" -n 1000) srv rc _
     timeout 300 ib_write_lat "${args[@]}" >/tmp/ib_write_lat.server 2>&1 &
     srv=$!
     # The client does not retry its connect: wait until the server listens.
@@ -337,13 +337,14 @@ ib_write_lat_once() {
     fi
 }
 
+# ib_write_lat_pair BYTES: one valid run of ib_write_lat with writes of BYTES.
 ib_write_lat_pair() {
     local try rc
     for try in 1 2 3; do
-        echo "== ib_write_lat -d $RAPAX_SOFTROCE_DEVICE -x $RAPAX_SOFTROCE_GID_INDEX -s 64 -n 1000" \
+        echo "== ib_write_lat -d $RAPAX_SOFTROCE_DEVICE -x $RAPAX_SOFTROCE_GID_INDEX -s $1 -n 1000" \
             "(server and client on rxe0), try $try"
         rc=0
-        ib_write_lat_once || rc=$?
+        ib_write_lat_once "$1" || rc=$?
         [ "$rc" -eq 3 ] || return "$rc"
         echo "== ib_write_lat: no valid figures (clock rate not measured), trying again"
     done
@@ -352,7 +353,11 @@ ib_write_lat_pair() {
 
 # Runs with errexit on: the first failing step ends the lane with its status.
 default_lane() {
-    ib_write_lat_pair
+    # 64 bytes, the bench's value, and 171, the log entry the leader writes for one command of
+    # it, which rapax bench's floor writes (tools/src/drill.rs, bench_entry_bytes; its test
+    # holds the two equal).
+    ib_write_lat_pair 64
+    ib_write_lat_pair 171
     # The RDMA tests, built on the host before the VM boots (compiling under TCG is many times
     # slower): `tools/softroce.sh --build-tests` writes their binaries and test filters to
     # target/softroce-tests.txt, one "BINARY FILTER" line each. On rxe0 they run for real: the

@@ -900,15 +900,31 @@ impl<P: Plane> Dataplane<P> {
                 self.unposted.extend(self.out.posts.drain(..));
                 if let Some(post) = self.unposted.pop_front() {
                     work += 1;
+                    let t = Instant::now();
                     self.plane.post(post);
+                    let took = t.elapsed();
+                    self.plane.poll(&mut self.completions);
+                    // Most of the time the write's completion is there when its post returns;
+                    // at times the ACK is taken a few microseconds later. Posting the next
+                    // write at once would put it, too, on the slot's path: wait for the
+                    // completion, but no longer than the post took (a slow or dead follower's
+                    // write is not waited for).
+                    if self.completions.is_empty() && !self.unposted.is_empty() {
+                        let until = Instant::now() + took;
+                        while self.completions.is_empty() && Instant::now() < until {
+                            self.plane.poll(&mut self.completions);
+                        }
+                    }
+                } else {
+                    self.plane.poll(&mut self.completions);
                 }
             } else {
                 for post in self.out.posts.drain(..) {
                     work += 1;
                     self.plane.post(post);
                 }
+                self.plane.poll(&mut self.completions);
             }
-            self.plane.poll(&mut self.completions);
             if self.completions.is_empty() {
                 if serial && !self.unposted.is_empty() {
                     continue;

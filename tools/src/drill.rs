@@ -12,7 +12,9 @@ use nix::sys::signal::Signal;
 use rapax_dataplane::client::{Client, ClientFailure, ClientOptions};
 use rapax_dataplane::daemon::monotonic_ns;
 use rapax_dataplane::profile::{FabricKind, Profile};
-use rapax_dataplane::protocol::kv::{KvOp, KvReply};
+use rapax_dataplane::protocol::ballot::Ballot;
+use rapax_dataplane::protocol::kv::{Command, KvOp, KvReply};
+use rapax_dataplane::protocol::layout::{Batch, Entry, EntryKind};
 use rapax_dataplane::protocol::NodeId;
 
 use crate::cluster::{is_ours, signal, ClusterError, LocalCluster};
@@ -136,6 +138,32 @@ impl Drop for Session {
 
 fn client(dir: &Path) -> Result<Client, DrillError> {
     Client::connect(dir, ClientOptions::default()).map_err(|e| DrillError::Client(e.to_string()))
+}
+
+/// Bytes the leader writes to a follower for one command of the benchmark (a put of
+/// `value_bytes` under a key of the benchmark's form, alone in its entry): the entry's header
+/// line and a batch of one command.
+pub fn bench_entry_bytes(value_bytes: usize) -> usize {
+    let mut command = Vec::new();
+    Command {
+        client: u64::MAX,
+        seq: u64::MAX,
+        op: KvOp::Put {
+            key: b"bench-0-00".to_vec(),
+            value: vec![0; value_bytes],
+        },
+    }
+    .encode(&mut command);
+    let mut payload = Vec::new();
+    Batch::encode([command.as_slice()], &mut payload);
+    Entry {
+        ballot: Ballot::ZERO,
+        slot: 1,
+        commit_hint: 0,
+        kind: EntryKind::Batch,
+        payload,
+    }
+    .wire_len()
 }
 
 /// The fabric floor of this run: the round trip of one write of `bytes` on the fabric.
@@ -268,11 +296,24 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     let warm = (o.ops / 10).clamp(200, 20_000);
     // The floor first, on the cores the cluster will use, before its agents occupy them (a
     // cluster already running in --dir is attached to, and the floor then shares the cores).
-    let floor = measure_floor(&o.profile, 20_000, o.value_bytes.max(64));
+    // On rdma the floor writes what replication writes to a follower for one command (the
+    // entry's header line and a batch of one put), not the bare value: the same sizes.
+    let floor_bytes = match o.profile.fabric.kind {
+        FabricKind::Rdma => bench_entry_bytes(o.value_bytes),
+        _ => o.value_bytes.max(64),
+    };
+    let floor = measure_floor(&o.profile, 20_000, floor_bytes);
     if o.profile.fabric.kind == FabricKind::Rdma {
+        let bare = measure_floor(&o.profile, 5_000, o.value_bytes.max(64)).summary2();
+        eprintln!(
+            "bench: rdma floor: WRITE ping-pong of {floor_bytes} B (one command's log entry); of the bare {} B value: p50 {:.2} us, p99 {:.2} us",
+            o.value_bytes.max(64),
+            bare.p50,
+            bare.p99
+        );
         // What a poster waits for when it counts a write (replication counts completions; the
         // floor's ping-pong watches the peer's memory, as ib_write_lat does).
-        if let Ok(done) = floor::rdma_completion(&o.profile, 5_000, o.value_bytes.max(64)) {
+        if let Ok(done) = floor::rdma_completion(&o.profile, 5_000, floor_bytes) {
             let d = done.summary2();
             eprintln!(
                 "bench: rdma WRITE to its completion (one signaled write at a time, same device): p50 {:.2} us, p99 {:.2} us",
@@ -1082,4 +1123,44 @@ pub fn repair(o: &RepairOptions) -> Result<RepairReport, DrillError> {
         linearizable,
         rss_kib,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rdma_floor_writes_a_whole_entry_of_one_command() {
+        // The header line, the batch's count and length words, the command's client and
+        // sequence, its key and value: more than the value alone, and growing with it.
+        let small = bench_entry_bytes(64);
+        assert!(small >= 64 + 64 + 8 + 16 + 10, "{small}");
+        // tools/softroce.sh runs ib_write_lat at this size beside the floor.
+        assert_eq!(small, 171);
+        assert_eq!(bench_entry_bytes(164), small + 100);
+        // What a leader writes for such a command, decoded back from a log slot's bytes.
+        let geometry = rapax_dataplane::protocol::layout::LogGeometry::new(16, 1024).unwrap();
+        let mut command = Vec::new();
+        Command {
+            client: 7,
+            seq: 9,
+            op: KvOp::Put {
+                key: b"bench-3-41".to_vec(),
+                value: vec![b'v'; 64],
+            },
+        }
+        .encode(&mut command);
+        let mut payload = Vec::new();
+        Batch::encode([command.as_slice()], &mut payload);
+        let mut out = Vec::new();
+        Entry {
+            ballot: Ballot(5),
+            slot: 3,
+            commit_hint: 2,
+            kind: EntryKind::Batch,
+            payload,
+        }
+        .encode(&geometry, &mut out);
+        assert_eq!(out.len(), small);
+    }
 }

@@ -141,7 +141,9 @@ enum Command {
     /// the floor (shm: a cross-core round trip of one write of the value size; udp: a UDP
     /// ping-pong over loopback; dpdk: the data mesh's own frame round trip, the leader
     /// reading a follower's heartbeat word over the same ports and agents, with the PMD's
-    /// bare round trip on a ring port pair printed beside it), then runs --ops puts from
+    /// bare round trip on a ring port pair printed beside it; rdma: a ping-pong of RDMA
+    /// WRITEs of one command's log entry, as ib_write_lat does, with the bare value's printed
+    /// beside it), then runs --ops puts from
     /// --clients closed-loop clients.
     /// Percentiles come from HdrHistograms; --json writes the summary, --plot a
     /// latency-percentile plot.
