@@ -561,6 +561,13 @@ const MAX_ROUTES: usize = 1 << 16;
 /// How long a turn keeps posting what completions bring, once it has looped eight times.
 const POST_LOOP_LIMIT: Duration = Duration::from_millis(2);
 
+/// Counts one round of a turn's post/poll loop; true once it has gone round eight times and
+/// for [`POST_LOOP_LIMIT`] (the clock is read only from the eighth round on).
+fn past_post_limit(rounds: &mut u32, long_since: &mut Option<Instant>) -> bool {
+    *rounds += 1;
+    *rounds >= 8 && long_since.get_or_insert_with(Instant::now).elapsed() >= POST_LOOP_LIMIT
+}
+
 /// The data plane's agent: one loop over the node's whole turn.
 struct Dataplane<P: Plane> {
     plane: P,
@@ -926,7 +933,11 @@ impl<P: Plane> Dataplane<P> {
                 self.plane.poll(&mut self.completions);
             }
             if self.completions.is_empty() {
-                if serial && !self.unposted.is_empty() {
+                // Serial: the next write, unless the turn has posted for too long already.
+                if serial
+                    && !self.unposted.is_empty()
+                    && !past_post_limit(&mut rounds, &mut long_since)
+                {
                     continue;
                 }
                 break;
@@ -955,10 +966,7 @@ impl<P: Plane> Dataplane<P> {
             // and the channel, the clients and the control half are not held off for the
             // whole catch-up (it held a turn for up to 0.8 s on soft-RoCE). The clock is read
             // only once a turn has looped this long.
-            rounds += 1;
-            if rounds >= 8
-                && long_since.get_or_insert_with(Instant::now).elapsed() >= POST_LOOP_LIMIT
-            {
+            if past_post_limit(&mut rounds, &mut long_since) {
                 break;
             }
         }
