@@ -698,12 +698,24 @@ fn rapax_reconfig_replaces_an_acceptor_and_reports_a_refusal() {
         );
         (out.status.success(), text)
     };
-    // The configuration is read from the leader's counters: wait for one to lead (`up` returns
-    // once the processes run, which can be before an election has ended).
-    t.cluster
-        .wait_leader(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (epoch_before, ring_before) = t.cluster.configuration().expect("a configuration");
+    // The configuration is read from the leader's counters, so there must be a leader: `up`
+    // returns once the processes run, before an election may have ended, and the lead can move
+    // (a replace of the leader's node). Waits for a leader that has applied `min_epoch`.
+    let configuration = |min_epoch: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match t.cluster.configuration() {
+                Some((epoch, ring)) if epoch >= min_epoch => return (epoch, ring),
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "no leader with epoch {min_epoch} within 20 s (last: {other:?})\n{}",
+                    t.cluster.status()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let (epoch_before, ring_before) = configuration(0);
     assert_eq!(ring_before, vec![0, 1, 2]);
     let mut c = t.client();
     c.execute(KvOp::Put {
@@ -719,8 +731,8 @@ fn rapax_reconfig_replaces_an_acceptor_and_reports_a_refusal() {
         "the leader's reason is shown: {text}"
     );
     assert_eq!(
-        t.cluster.configuration(),
-        Some((epoch_before, ring_before.clone())),
+        configuration(0),
+        (epoch_before, ring_before.clone()),
         "a refused change changes nothing"
     );
 
@@ -732,20 +744,7 @@ fn rapax_reconfig_replaces_an_acceptor_and_reports_a_refusal() {
             && text.contains(&format!("epoch {want_epoch}")),
         "both steps are listed: {text}"
     );
-    // Read from the leader's counters: the change may have moved the lead (node 1 may have led),
-    // so wait for a leader that has applied it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let (epoch, ring) = loop {
-        match t.cluster.configuration() {
-            Some((epoch, ring)) if epoch >= want_epoch => break (epoch, ring),
-            other => assert!(
-                std::time::Instant::now() < deadline,
-                "no leader with epoch {want_epoch} within 20 s (last: {other:?}): {text}\n{}",
-                t.cluster.status()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (epoch, ring) = configuration(want_epoch);
     assert!(epoch >= want_epoch, "{text}");
     assert!(
         ring.contains(&3) && !ring.contains(&1),
