@@ -20,6 +20,9 @@
 #   RAPAX_SOFTROCE_TIMEOUT_S  wall-clock limit for the whole VM run, boot included; the VM is
 #                             killed past it and the script exits 124 (default 1200)
 #   RAPAX_SOFTROCE_CPUS       VM vCPUs (default 2)
+#   RAPAX_SOFTROCE_BOOT_LIMIT_S  a VM whose guest has not started the command this long after
+#                             boot began is stopped and booted again (default 180)
+#   RAPAX_SOFTROCE_BOOT_TRIES boots in all before giving up (default 2)
 #
 # Inside the VM, CMD sees RAPAX_SOFTROCE_DEVICE (rxe0), RAPAX_SOFTROCE_GID_INDEX (the RoCE v2
 # GID index of 10.77.0.1 on rxe0), RAPAX_SOFTROCE_IP and RAPAX_RDMA_CM_ADDR (10.77.0.1), and
@@ -32,6 +35,8 @@ CACHE="${RAPAX_SOFTROCE_CACHE:-/var/cache/rapax-softroce}"
 MEMORY="${RAPAX_SOFTROCE_MEMORY:-2G}"
 TIMEOUT_S="${RAPAX_SOFTROCE_TIMEOUT_S:-1200}"
 CPUS="${RAPAX_SOFTROCE_CPUS:-2}"
+BOOT_LIMIT_S="${RAPAX_SOFTROCE_BOOT_LIMIT_S:-180}"
+BOOT_TRIES="${RAPAX_SOFTROCE_BOOT_TRIES:-2}"
 
 # virtme-ng release known to work here with bookworm's qemu 7.2 and the Debian 6.1 kernel.
 VNG_VERSION="1.42"
@@ -193,16 +198,42 @@ run_vm() {
     # qemu's TSC is monotonic; told it is reliable, the guest keeps it and the vDSO.
     # --force-9p: bookworm's only virtiofsd is qemu's old C one, which virtme-ng tries, fails to
     # start and gives up on after ~4 s, then falls back to 9p anyway.
-    log "booting $KVER under qemu TCG: $CPUS vCPUs, $MEMORY, limit ${TIMEOUT_S} s"
-    t0=$SECONDS
-    # The output goes through a pipe: when stdout is a regular file, qemu reopens it and writes
-    # from offset 0, over what was written before.
-    set +e
-    timeout -k 30 "$TIMEOUT_S" "$VNG" --run "$VMLINUZ" --user root --disable-kvm --force-9p \
-        --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" --append "modprobe.blacklist=$blacklist clocksource=tsc tsc=reliable" \
-        --exec "$(printf '%q --guest %q' "$SELF" "$run_dir")" </dev/null 2>&1 | cat
-    rc=${PIPESTATUS[0]}
-    set -e
+    # A boot that never reaches the guest's script (seen once in a few dozen boots: qemu kept
+    # both host cores busy for ten minutes without a line from the guest) is killed after
+    # BOOT_LIMIT_S and tried again, BOOT_TRIES boots in all: the guest marks its start in the run
+    # directory (`booted`), within ~15 s of boot here.
+    local attempt=1 vm
+    while :; do
+        log "booting $KVER under qemu TCG: $CPUS vCPUs, $MEMORY, limit ${TIMEOUT_S} s (boot $attempt of $BOOT_TRIES, guest start within ${BOOT_LIMIT_S} s)"
+        t0=$SECONDS
+        # The output goes through a pipe: when stdout is a regular file, qemu reopens it and
+        # writes from offset 0, over what was written before.
+        set +e
+        (
+            timeout -k 30 "$TIMEOUT_S" "$VNG" --run "$VMLINUZ" --user root --disable-kvm --force-9p \
+                --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" --append "modprobe.blacklist=$blacklist clocksource=tsc tsc=reliable" \
+                --exec "$(printf '%q --guest %q' "$SELF" "$run_dir")" </dev/null 2>&1 | cat
+            exit "${PIPESTATUS[0]}"
+        ) &
+        vm=$!
+        while kill -0 "$vm" 2>/dev/null && [ ! -f "$run_dir/booted" ]; do
+            if ((SECONDS - t0 >= BOOT_LIMIT_S)); then
+                log "the guest did not start within ${BOOT_LIMIT_S} s: stopping this VM"
+                # timeout, vng and qemu all carry the run directory on their command lines.
+                pkill -KILL -f -- "$run_dir"
+                break
+            fi
+            sleep 1
+        done
+        wait "$vm"
+        rc=$?
+        set -e
+        if [ ! -f "$run_dir/booted" ] && ((attempt < BOOT_TRIES)); then
+            attempt=$((attempt + 1))
+            continue
+        fi
+        break
+    done
     log "VM ended after $((SECONDS - t0)) s (vng exit $rc)"
     if [ -f "$run_dir/status" ]; then
         status="$(cat "$run_dir/status")"
@@ -286,6 +317,7 @@ guest_main() {
     local run_dir="$1" cmd rc
     export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
     cmd="$(cat "$run_dir/cmd")"
+    : >"$run_dir/booted"
     set +e
     # errexit stays on for CMD: a quoted simple command exits with its own status either way,
     # and default_lane stops at its first failing step.
