@@ -203,6 +203,10 @@ run_vm() {
     # BOOT_LIMIT_S and tried again, BOOT_TRIES boots in all: the guest marks its start in the run
     # directory (`booted`), within ~15 s of boot here.
     local attempt=1 vm
+    # Stopped from outside (an outer timeout, ^C): take the VM down too, which would otherwise
+    # run on (vng and qemu are not this script's foreground job while it waits).
+    # shellcheck disable=SC2064 # run_dir is fixed for this run: expand it now
+    trap "pkill -KILL -f -- '$run_dir' 2>/dev/null; rm -rf '$run_dir'; exit 143" TERM INT HUP
     while :; do
         log "booting $KVER under qemu TCG: $CPUS vCPUs, $MEMORY, limit ${TIMEOUT_S} s (boot $attempt of $BOOT_TRIES, guest start within ${BOOT_LIMIT_S} s)"
         t0=$SECONDS
@@ -234,6 +238,7 @@ run_vm() {
         fi
         break
     done
+    trap - TERM INT HUP
     log "VM ended after $((SECONDS - t0)) s (vng exit $rc)"
     if [ -f "$run_dir/status" ]; then
         status="$(cat "$run_dir/status")"
