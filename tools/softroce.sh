@@ -163,6 +163,12 @@ setup() {
 # ---------------------------------------------------------------------------------------------
 # The VM
 
+# Host: kills the VM of run directory $1 (timeout, vng and qemu all carry it on their command
+# lines).
+kill_vm() {
+    pkill -KILL -f -- "$1" 2>/dev/null || true
+}
+
 # Host: boots the VM and runs `softroce.sh --guest RUN_DIR` in it; RUN_DIR holds the command
 # line to run (cmd) and, once it ran, its exit status (status). vng's own exit status is not
 # relied on: a missing status file means the guest never got to the end (boot failure, timeout).
@@ -206,7 +212,7 @@ run_vm() {
     # Stopped from outside (an outer timeout, ^C): take the VM down too, which would otherwise
     # run on (vng and qemu are not this script's foreground job while it waits).
     # shellcheck disable=SC2064 # run_dir is fixed for this run: expand it now
-    trap "pkill -KILL -f -- '$run_dir' 2>/dev/null; rm -rf '$run_dir'; exit 143" TERM INT HUP
+    trap "kill_vm '$run_dir'; rm -rf '$run_dir'; exit 143" TERM INT HUP
     while :; do
         log "booting $KVER under qemu TCG: $CPUS vCPUs, $MEMORY, limit ${TIMEOUT_S} s (boot $attempt of $BOOT_TRIES, guest start within ${BOOT_LIMIT_S} s)"
         t0=$SECONDS
@@ -223,8 +229,7 @@ run_vm() {
         while kill -0 "$vm" 2>/dev/null && [ ! -f "$run_dir/booted" ]; do
             if ((SECONDS - t0 >= BOOT_LIMIT_S)); then
                 log "the guest did not start within ${BOOT_LIMIT_S} s: stopping this VM"
-                # timeout, vng and qemu all carry the run directory on their command lines.
-                pkill -KILL -f -- "$run_dir"
+                kill_vm "$run_dir"
                 break
             fi
             sleep 1

@@ -297,18 +297,20 @@ pub const FLOOR_SAMPLES: usize = 20_000;
 /// `rapax bench`: the report, and the recorders for a plot.
 pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     let warm = (o.ops / 10).clamp(200, 20_000);
-    // The floor first, on the cores the cluster will use, before its agents occupy them (a
-    // cluster already running in --dir is attached to, and the floor then shares the cores).
     // On rdma the floor writes what replication writes to a follower for one command (the
     // entry's header line and a batch of one put), not the bare value: the same sizes.
     let floor_bytes = match o.profile.fabric.kind {
         FabricKind::Rdma => bench_entry_bytes(o.value_bytes),
         _ => o.value_bytes.max(64),
     };
-    // Half of the floor's samples now, half once the run is over (and the cluster this bench
-    // started is stopped, so both halves have the cores to themselves): a machine whose speed
-    // drifts over the seconds of a run (a VM under TCG does) moves the floor with the run.
+    // Half of the floor's samples now, on the cores the cluster will use before its agents
+    // occupy them, half once the run is over and the cluster this bench started is stopped: a
+    // machine whose speed drifts over the seconds of a run (a VM under TCG does) moves the
+    // floor with the run. (A cluster already running in --dir is attached to, and both halves
+    // then share the cores with it.) On dpdk this is the PMD's bare round trip, printed beside
+    // the data mesh's.
     let floor_before = measure_floor(&o.profile, FLOOR_SAMPLES / 2, floor_bytes);
+    let before = floor_before.summary2();
     if o.profile.fabric.kind == FabricKind::Rdma {
         let bare = measure_floor(&o.profile, 5_000, o.value_bytes.max(64)).summary2();
         eprintln!(
@@ -341,17 +343,16 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     // On dpdk the floor is the data mesh's own frame round trip, measured by the leader on the
     // ports, lcores and idle strategies replication uses; the PMD's bare round trip (two ports
     // of one thread, no scheduling in between) is printed beside it.
-    let floor = if o.profile.fabric.kind == FabricKind::Dpdk {
+    let mut floor = if o.profile.fabric.kind == FabricKind::Dpdk {
         // The leader now (the first one may have given way since the cluster started).
         let leader = session.ready()?;
         let mut mesh = LatencyRecorder::new();
         for (ns, count) in session.cluster.data_mesh_floor(leader) {
             mesh.record_ns_count(ns, count);
         }
-        let bare = floor_before.summary2();
         eprintln!(
             "bench: dpdk PMD round trip without scheduling (ring port pair, one thread): p50 {:.2} us, p99 {:.2} us",
-            bare.p50, bare.p99
+            before.p50, before.p99
         );
         if mesh.is_empty() {
             return Err(DrillError::Client(
@@ -360,7 +361,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
         }
         mesh
     } else {
-        floor_before.clone()
+        floor_before
     };
     let _ = replication(&session.cluster); // reset
     let rss_before = session.cluster.rss_kib();
@@ -396,14 +397,13 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
         );
     }
     let replicas = session.cluster.cluster.ring.len();
-    let mut floor = floor;
     if o.profile.fabric.kind != FabricKind::Dpdk {
         drop(session);
         let after = measure_floor(&o.profile, FLOOR_SAMPLES / 2, floor_bytes);
-        let (b, a) = (floor_before.summary2(), after.summary2());
         eprintln!(
             "bench: floor before the run p50 {:.2} us, after it p50 {:.2} us (merged below)",
-            b.p50, a.p50
+            before.p50,
+            after.summary2().p50
         );
         floor.merge(&after);
     }

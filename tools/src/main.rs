@@ -137,14 +137,16 @@ enum Command {
     /// Benchmark a cluster: end-to-end and leader-side replication latency percentiles, the
     /// fabric floor measured in the same run, and throughput.
     ///
-    /// Starts a cluster in --dir (or attaches to the one running there), warms up, measures
-    /// the floor (shm: a cross-core round trip of one write of the value size; udp: a UDP
-    /// ping-pong over loopback; dpdk: the data mesh's own frame round trip, the leader
-    /// reading a follower's heartbeat word over the same ports and agents, with the PMD's
-    /// bare round trip on a ring port pair printed beside it; rdma: a ping-pong of RDMA
-    /// WRITEs of one command's log entry, as ib_write_lat does, with the bare value's printed
-    /// beside it), then runs --ops puts from
-    /// --clients closed-loop clients.
+    /// Starts a cluster in --dir (or attaches to the one running there), warms up, then runs
+    /// --ops puts from --clients closed-loop clients. The floor on shm, udp and rdma is
+    /// measured in two halves, one before the cluster starts and one after the bench has
+    /// stopped it (an attached cluster keeps running), merged, each half's p50 printed: shm,
+    /// a cross-core round trip of one write of the value size; udp, a UDP ping-pong over
+    /// loopback; rdma, a ping-pong of RDMA WRITEs of one command's log entry, as ib_write_lat
+    /// does, with the bare value's printed beside it. On dpdk the floor is the data mesh's
+    /// own frame round trip after the warm-up, the leader reading a follower's heartbeat word
+    /// over the same ports and agents, with the PMD's bare round trip on a ring port pair
+    /// printed beside it.
     /// Percentiles come from HdrHistograms; --json writes the summary, --plot a
     /// latency-percentile plot.
     ///
