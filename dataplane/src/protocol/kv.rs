@@ -325,6 +325,7 @@ impl Command {
 }
 
 /// A decoded operation borrowing its keys and values from the encoded command.
+#[derive(Clone, Copy)]
 enum OpRef<'a> {
     Put {
         key: &'a [u8],
@@ -341,6 +342,21 @@ enum OpRef<'a> {
         expected: Option<&'a [u8]>,
         new: &'a [u8],
     },
+}
+
+impl<'a> OpRef<'a> {
+    fn of(op: &'a KvOp) -> OpRef<'a> {
+        match op {
+            KvOp::Put { key, value } => OpRef::Put { key, value },
+            KvOp::Get { key } => OpRef::Get { key },
+            KvOp::Delete { key } => OpRef::Delete { key },
+            KvOp::Cas { key, expected, new } => OpRef::Cas {
+                key,
+                expected: expected.as_deref(),
+                new,
+            },
+        }
+    }
 }
 
 impl KvReply {
@@ -454,45 +470,57 @@ impl KvStore {
     /// - a lower seq is rejected as stale without executing (not recorded);
     /// - a higher seq executes (or is rejected for a limit), and its reply is recorded.
     pub fn apply(&mut self, cmd: &Command) -> KvReply {
-        if cmd.seq == 0 {
+        self.apply_op(cmd.client, cmd.seq, OpRef::of(&cmd.op))
+    }
+
+    /// [`KvStore::apply`] on an operation borrowed from its encoding (the log's bytes): a put
+    /// over an existing key allocates nothing.
+    fn apply_op(&mut self, client: u64, seq: u64, op: OpRef<'_>) -> KvReply {
+        if seq == 0 {
             return KvReply::Rejected(format!(
-                "invalid sequence 0 from client {}: sequences start at 1",
-                cmd.client
+                "invalid sequence 0 from client {client}: sequences start at 1"
             ));
         }
-        if let Some((last, reply)) = self.sessions.get(&cmd.client) {
-            if cmd.seq == *last {
+        if let Some((last, reply)) = self.sessions.get(&client) {
+            if seq == *last {
                 return reply.clone();
             }
-            if cmd.seq < *last {
+            if seq < *last {
                 return KvReply::Rejected(format!(
-                    "stale sequence {} from client {}: already applied {}",
-                    cmd.seq, cmd.client, last
+                    "stale sequence {seq} from client {client}: already applied {last}"
                 ));
             }
         }
-        let reply = match self.check_limits(&cmd.op) {
+        let reply = match self.check_limits(&op) {
             Err(msg) => KvReply::Rejected(msg),
-            Ok(()) => self.execute(&cmd.op),
+            Ok(()) => self.execute(op),
         };
-        self.sessions.insert(cmd.client, (cmd.seq, reply.clone()));
+        match self.sessions.get_mut(&client) {
+            Some(s) => {
+                s.0 = seq;
+                s.1.clone_from(&reply);
+            }
+            None => {
+                self.sessions.insert(client, (seq, reply.clone()));
+            }
+        }
         reply
     }
 
     /// Decode and apply one log entry's payload. A malformed payload changes nothing and yields
     /// the same [`Applied::Malformed`] on every replica.
     pub fn apply_bytes(&mut self, bytes: &[u8]) -> Applied {
-        match Command::decode(bytes) {
-            Ok(cmd) => Applied::Reply {
-                client: cmd.client,
-                seq: cmd.seq,
-                reply: self.apply(&cmd),
+        match Command::parse(bytes) {
+            Ok((client, seq, op)) => Applied::Reply {
+                client,
+                seq,
+                reply: self.apply_op(client, seq, op),
             },
             Err(e) => Applied::Malformed(e),
         }
     }
 
-    fn check_limits(&self, op: &KvOp) -> Result<(), String> {
+    fn check_limits(&self, op: &OpRef<'_>) -> Result<(), String> {
         let check = |what: &str, len: usize, max: usize| {
             if len > max {
                 Err(format!(
@@ -503,13 +531,13 @@ impl KvStore {
             }
         };
         let (max_k, max_v) = (self.limits.max_key_bytes, self.limits.max_value_bytes);
-        match op {
-            KvOp::Put { key, value } => {
+        match *op {
+            OpRef::Put { key, value } => {
                 check("key", key.len(), max_k)?;
                 check("value", value.len(), max_v)
             }
-            KvOp::Get { key } | KvOp::Delete { key } => check("key", key.len(), max_k),
-            KvOp::Cas { key, expected, new } => {
+            OpRef::Get { key } | OpRef::Delete { key } => check("key", key.len(), max_k),
+            OpRef::Cas { key, expected, new } => {
                 check("key", key.len(), max_k)?;
                 if let Some(expected) = expected {
                     check("expected value", expected.len(), max_v)?;
@@ -519,30 +547,34 @@ impl KvStore {
         }
     }
 
-    fn execute(&mut self, op: &KvOp) -> KvReply {
+    fn execute(&mut self, op: OpRef<'_>) -> KvReply {
         match op {
-            KvOp::Put { key, value } => {
-                // Overwriting a key reuses its value's buffer: no allocation.
-                match self.map.get_mut(key) {
-                    Some(v) => {
-                        v.clear();
-                        v.extend_from_slice(value);
-                    }
-                    None => {
-                        self.map.insert(key.clone(), value.clone());
-                    }
-                }
+            OpRef::Put { key, value } => {
+                self.store(key, value);
                 KvReply::Stored
             }
-            KvOp::Get { key } => KvReply::Value(self.map.get(key).cloned()),
-            KvOp::Delete { key } => KvReply::Deleted(self.map.remove(key).is_some()),
-            KvOp::Cas { key, expected, new } => {
-                if self.map.get(key) == expected.as_ref() {
-                    self.map.insert(key.clone(), new.clone());
+            OpRef::Get { key } => KvReply::Value(self.map.get(key).cloned()),
+            OpRef::Delete { key } => KvReply::Deleted(self.map.remove(key).is_some()),
+            OpRef::Cas { key, expected, new } => {
+                if self.map.get(key).map(Vec::as_slice) == expected {
+                    self.store(key, new);
                     KvReply::Cas(true)
                 } else {
                     KvReply::Cas(false)
                 }
+            }
+        }
+    }
+
+    /// Sets `key` to `value`; overwriting a key reuses its value's buffer (no allocation).
+    fn store(&mut self, key: &[u8], value: &[u8]) {
+        match self.map.get_mut(key) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => {
+                self.map.insert(key.to_vec(), value.to_vec());
             }
         }
     }

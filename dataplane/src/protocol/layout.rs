@@ -508,7 +508,12 @@ impl Batch {
 
     /// Splits a batch payload into its commands.
     pub fn decode(payload: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
-        let mut cmds = Vec::new();
+        Ok(Self::commands(payload)?.collect())
+    }
+
+    /// The commands of a batch payload, checked whole first (an error names the first bad
+    /// command), then yielded without copying or allocating.
+    pub fn commands(payload: &[u8]) -> Result<BatchCommands<'_>, BatchError> {
         if payload.len() < 4 {
             return Err(BatchError::Truncated { index: 0 });
         }
@@ -523,13 +528,43 @@ impl Batch {
             if payload.len() - at < len {
                 return Err(BatchError::Truncated { index });
             }
-            cmds.push(&payload[at..at + len]);
             at += len;
         }
         if at != payload.len() {
             return Err(BatchError::Trailing(payload.len() - at));
         }
-        Ok(cmds)
+        Ok(BatchCommands {
+            payload,
+            at: 4,
+            left: n,
+        })
+    }
+}
+
+/// The commands of a checked batch ([`Batch::commands`]).
+pub struct BatchCommands<'a> {
+    payload: &'a [u8],
+    at: usize,
+    left: usize,
+}
+
+impl<'a> Iterator for BatchCommands<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Checked by `Batch::commands`: every length is in bounds.
+        let len = get_u32(self.payload, self.at) as usize;
+        let cmd = &self.payload[self.at + 4..self.at + 4 + len];
+        self.at += 4 + len;
+        Some(cmd)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
     }
 }
 

@@ -3003,7 +3003,7 @@ impl<S: StateMachine> Node<S> {
                 }
             }
             if entry.kind == EntryKind::Batch {
-                let cmds = Batch::decode(&entry.payload).expect("the leader encodes batches");
+                let cmds = Batch::commands(&entry.payload).expect("the leader encodes batches");
                 for cmd in cmds {
                     if let Some((client, seq, reply)) = self.sm.apply(cmd) {
                         if is_leader {
