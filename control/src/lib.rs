@@ -450,6 +450,8 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
         spec.core,
     )?;
     println!("rapax-control: node {me} running");
+    // The agent has placed itself: the watch below keeps off the profile's pinned cores.
+    rapax_dataplane::agent::avoid_cores(&profile.agents.pinned_cores());
     while !runner.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -375,6 +375,34 @@ pub fn allow_every_core() {
     let _ = sched_setaffinity(Pid::from_raw(0), &all);
 }
 
+/// Moves the calling thread off `cores` (the cores a profile pins its agents to), unless that
+/// would leave it none. A daemon's main thread calls it once its agents have started (an
+/// agent may only be pinned to a core its spawner may use): its periodic shutdown watch then
+/// never wakes up on a core an agent spins on.
+pub fn avoid_cores(cores: &[usize]) {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    if cores.is_empty() {
+        return;
+    }
+    let Ok(mut set) = sched_getaffinity(Pid::from_raw(0)) else {
+        return;
+    };
+    let mut left = 0;
+    for c in 0..CpuSet::count() {
+        if set.is_set(c).unwrap_or(false) {
+            if cores.contains(&c) {
+                let _ = set.unset(c);
+            } else {
+                left += 1;
+            }
+        }
+    }
+    if left > 0 {
+        let _ = sched_setaffinity(Pid::from_raw(0), &set);
+    }
+}
+
 fn check_core(agent: &str, core: usize) -> Result<(), AgentError> {
     let ids = core_affinity::get_core_ids().ok_or_else(|| AgentError::CoreIdsUnavailable {
         agent: agent.to_string(),
@@ -670,6 +698,40 @@ mod tests {
 
     fn us(n: u64) -> Duration {
         Duration::from_micros(n)
+    }
+
+    fn my_cores() -> Vec<usize> {
+        use nix::sched::{sched_getaffinity, CpuSet};
+        let set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+        (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect()
+    }
+
+    #[test]
+    fn avoid_cores_leaves_the_pinned_cores_unless_none_would_remain() {
+        // In a thread of its own: affinity is per thread.
+        std::thread::spawn(|| {
+            allow_every_core();
+            let all = my_cores();
+            // Every core avoided: the thread keeps them all rather than none.
+            avoid_cores(&all);
+            assert_eq!(my_cores(), all);
+            avoid_cores(&[]);
+            assert_eq!(my_cores(), all);
+            if all.len() >= 2 {
+                let dedicated = all[all.len() - 1];
+                avoid_cores(&[dedicated]);
+                let now = my_cores();
+                assert!(
+                    !now.contains(&dedicated),
+                    "{now:?} still has core {dedicated}"
+                );
+                assert_eq!(now.len(), all.len() - 1);
+            }
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

@@ -612,15 +612,20 @@ struct Dataplane<P: Plane> {
 /// Keeps the node's checkpoints in `path`, encoding frozen states here, off the data path
 /// (written to a temporary file, then renamed: a crash leaves the previous one or the new
 /// one, and a torn file fails its checksum anyway). Reports each kept checkpoint's index and
-/// digest back.
-fn checkpoint_writer(path: PathBuf) -> (CheckpointSlot, std::sync::mpsc::Receiver<(u64, u64)>) {
+/// digest back. It keeps off the cores in `avoid` (the profile's pinned cores).
+fn checkpoint_writer(
+    path: PathBuf,
+    avoid: Vec<usize>,
+) -> (CheckpointSlot, std::sync::mpsc::Receiver<(u64, u64)>) {
     let slot = CheckpointSlot::default();
     let rx = slot.clone();
     let (kept_tx, kept_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("rapax-checkpoint".into())
         .spawn(move || {
-            // Encoding a large state takes a while: only on CPU the agents leave idle.
+            // Encoding a large state takes a while: only on CPU the agents leave idle, and
+            // not on a core an agent spins on.
+            crate::agent::avoid_cores(&avoid);
             if let Err(e) = rapax_ffi::sched::idle_priority() {
                 eprintln!("rapax-dataplane: the checkpoint writer keeps normal priority: {e}");
             }
@@ -1389,6 +1394,9 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
         other => return Err(DaemonError::UnsupportedFabric(other.as_str())),
     };
     write_private(&marker, b"").map_err(io_err(format!("{}", marker.display())))?;
+    // The agents have placed themselves (pinning checks the cores this thread may use): the
+    // shutdown watch below keeps off their cores.
+    crate::agent::avoid_cores(&profile.agents.pinned_cores());
     while !shutdown.load(Ordering::Acquire) && !runner.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1432,7 +1440,7 @@ fn start_agent<P: Plane + 'static>(
         // Its memory is new: an old checkpoint would describe a state its log does not follow.
         let _ = std::fs::remove_file(&checkpoint);
     }
-    let (checkpoints, kept) = checkpoint_writer(checkpoint);
+    let (checkpoints, kept) = checkpoint_writer(checkpoint, profile.agents.pinned_cores());
     // For the shm readers' process-table check; nothing else writes this word.
     plane
         .mem()

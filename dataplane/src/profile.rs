@@ -550,6 +550,14 @@ pub struct Agents {
 }
 
 impl Agents {
+    /// The cores some agent is pinned to, each once.
+    pub fn pinned_cores(&self) -> Vec<usize> {
+        let mut cores: Vec<usize> = self.all().iter().filter_map(|(_, a)| a.core).collect();
+        cores.sort_unstable();
+        cores.dedup();
+        cores
+    }
+
     /// Every agent with its name, in a fixed order.
     pub fn all(&self) -> [(&'static str, &AgentSpec); 5] {
         [
@@ -1724,6 +1732,22 @@ mod tests {
             udp.fabric.udp.as_ref().unwrap().bind_addr().to_string(),
             "127.0.0.1:0"
         );
+    }
+
+    #[test]
+    fn pinned_cores_are_the_agents_cores_each_once() {
+        let mut p = base();
+        assert_eq!(p.agents.pinned_cores(), Vec::<usize>::new());
+        p.agents.leader.core = Some(3);
+        p.agents.election.core = Some(1);
+        p.agents.heartbeat.core = Some(3);
+        assert_eq!(p.agents.pinned_cores(), vec![1, 3]);
+        let shm = Profile::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hw-profiles/shm-local.toml"
+        ))
+        .expect("shm-local");
+        assert_eq!(shm.agents.pinned_cores(), vec![1]);
     }
 
     #[test]
