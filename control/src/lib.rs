@@ -399,6 +399,7 @@ pub fn run_control(opts: &ControlOptions) -> Result<(), DaemonError> {
     rapax_dataplane::agent::allow_every_core();
     let dir = ClusterDir::new(&opts.dir);
     let (profile, cluster) = load_config(&dir, opts.profile.as_deref(), opts.cluster.as_deref())?;
+    rapax_dataplane::agent::reserve_cores(&profile.agents.spin_cores());
     let me = opts.node;
     if cluster.node(me).is_none() {
         return Err(DaemonError::NotAMember {

@@ -357,7 +357,51 @@ fn place(core: Option<usize>) {
         Some(core) => {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
-        None => allow_every_core(),
+        None => unpin(),
+    }
+}
+
+/// The cores of this process's profile that a spinning agent owns, a bit each (cores 0-63):
+/// an unpinned agent keeps off them.
+static RESERVED: AtomicU64 = AtomicU64::new(0);
+
+/// Reserves `cores` (the cores the profile gives its spinning agents, see
+/// [`crate::profile::Agents::spin_cores`]) for the agents pinned there: from now on an
+/// agent of this process without a core runs on every other core, so a follower's data plane
+/// or a control plane never wakes up on the core the leader spins on. A daemon calls it once,
+/// before starting its agents. Cores past 63 are not reserved.
+pub fn reserve_cores(cores: &[usize]) {
+    let mask = cores
+        .iter()
+        .filter(|&&c| c < 64)
+        .fold(0u64, |m, &c| m | 1 << c);
+    RESERVED.store(mask, Ordering::Relaxed);
+}
+
+/// Lets the calling thread run on every core but the reserved ones ([`reserve_cores`]), or on
+/// every core when that would leave it none.
+fn unpin() {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    allow_every_core();
+    let reserved = RESERVED.load(Ordering::Relaxed);
+    if reserved == 0 {
+        return;
+    }
+    // Every core there is, now that the thread may use them all.
+    let Some(ids) = core_affinity::get_core_ids() else {
+        return;
+    };
+    let mut set = CpuSet::new();
+    let mut left = 0;
+    for id in ids.into_iter().map(|c| c.id) {
+        if id >= 64 || reserved & (1 << id) == 0 {
+            let _ = set.set(id);
+            left += 1;
+        }
+    }
+    if left > 0 {
+        let _ = sched_setaffinity(Pid::from_raw(0), &set);
     }
 }
 
@@ -480,12 +524,15 @@ impl AgentRunner {
             thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
-                    if let Some(core) = core {
-                        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                            // The receiver waits for this message; it cannot be gone.
-                            let _ = pinned_tx.send(false);
-                            return agent;
+                    match core {
+                        Some(core) => {
+                            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                                // The receiver waits for this message; it cannot be gone.
+                                let _ = pinned_tx.send(false);
+                                return agent;
+                            }
                         }
+                        None => unpin(),
                     }
                     let _ = pinned_tx.send(true);
                     let mut current = 0;
@@ -732,6 +779,52 @@ mod tests {
         })
         .join()
         .expect("thread");
+    }
+
+    /// Records the cores its thread may use, on every pass.
+    struct Placement(Arc<std::sync::Mutex<Option<Vec<usize>>>>);
+
+    impl Agent for Placement {
+        fn name(&self) -> &str {
+            "placement"
+        }
+        fn do_work(&mut self) -> usize {
+            *self.0.lock().expect("lock") = Some(my_cores());
+            0
+        }
+    }
+
+    /// The cores an unpinned agent started now may use.
+    fn unpinned_agent_cores() -> Vec<usize> {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let agent = Placement(Arc::clone(&seen));
+        let runner = AgentRunner::start(Box::new(agent), IdleStrategy::Yield, None).unwrap();
+        wait_for("a pass", || seen.lock().expect("lock").is_some());
+        runner.stop().unwrap();
+        let cores = seen.lock().expect("lock").clone();
+        cores.expect("recorded")
+    }
+
+    #[test]
+    fn an_unpinned_agent_keeps_off_the_reserved_cores() {
+        let Some(ids) = core_affinity::get_core_ids() else {
+            return;
+        };
+        let all: Vec<usize> = ids.iter().map(|c| c.id).collect();
+        if all.len() < 2 {
+            return;
+        }
+        let spin = all[all.len() - 1];
+        reserve_cores(&[spin]);
+        let kept_off = unpinned_agent_cores();
+        // Every core reserved: an unpinned agent runs anywhere rather than nowhere.
+        reserve_cores(&all);
+        let everywhere = unpinned_agent_cores();
+        reserve_cores(&[]);
+        assert!(!kept_off.contains(&spin), "{kept_off:?} has core {spin}");
+        assert_eq!(kept_off.len(), all.len() - 1, "{kept_off:?}");
+        assert_eq!(everywhere, all);
+        assert_eq!(unpinned_agent_cores(), all);
     }
 
     #[test]

@@ -1268,6 +1268,7 @@ pub fn run_dataplane(opts: &DataplaneOptions) -> Result<(), DaemonError> {
     crate::agent::allow_every_core();
     let dir = ClusterDir::new(&opts.dir);
     let (profile, cluster) = load_config(&dir, opts.profile.as_deref(), opts.cluster.as_deref())?;
+    crate::agent::reserve_cores(&profile.agents.spin_cores());
     let me = opts.node;
     let cfg = node_config(&profile, &cluster, me)?;
     println!(

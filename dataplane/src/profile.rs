@@ -558,6 +558,20 @@ impl Agents {
         cores
     }
 
+    /// The cores a spinning agent is pinned to (`idle = "spin"` with a `core`), each once: no
+    /// other agent of the node runs there ([`crate::agent::reserve_cores`]).
+    pub fn spin_cores(&self) -> Vec<usize> {
+        let mut cores: Vec<usize> = self
+            .all()
+            .iter()
+            .filter(|(_, a)| a.idle == IdleKind::Spin)
+            .filter_map(|(_, a)| a.core)
+            .collect();
+        cores.sort_unstable();
+        cores.dedup();
+        cores
+    }
+
     /// Every agent with its name, in a fixed order.
     pub fn all(&self) -> [(&'static str, &AgentSpec); 5] {
         [
@@ -1735,7 +1749,7 @@ mod tests {
     }
 
     #[test]
-    fn pinned_cores_are_the_agents_cores_each_once() {
+    fn pinned_and_spin_cores_are_the_agents_cores_each_once() {
         let mut p = base();
         assert_eq!(p.agents.pinned_cores(), Vec::<usize>::new());
         p.agents.leader.core = Some(3);
@@ -1748,6 +1762,12 @@ mod tests {
         ))
         .expect("shm-local");
         assert_eq!(shm.agents.pinned_cores(), vec![1]);
+        assert_eq!(shm.agents.spin_cores(), vec![1]);
+        // Pinned but not spinning: not reserved.
+        p.agents.election.idle = IdleKind::Spin;
+        assert_eq!(p.agents.spin_cores(), vec![1]);
+        p.agents.leader.idle = IdleKind::Spin;
+        assert_eq!(p.agents.spin_cores(), vec![1, 3]);
     }
 
     #[test]
