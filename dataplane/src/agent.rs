@@ -381,27 +381,11 @@ pub fn reserve_cores(cores: &[usize]) {
 /// Lets the calling thread run on every core but the reserved ones ([`reserve_cores`]), or on
 /// every core when that would leave it none.
 fn unpin() {
-    use nix::sched::{sched_setaffinity, CpuSet};
-    use nix::unistd::Pid;
     allow_every_core();
     let reserved = RESERVED.load(Ordering::Relaxed);
-    if reserved == 0 {
-        return;
-    }
-    // Every core there is, now that the thread may use them all.
-    let Some(ids) = core_affinity::get_core_ids() else {
-        return;
-    };
-    let mut set = CpuSet::new();
-    let mut left = 0;
-    for id in ids.into_iter().map(|c| c.id) {
-        if id >= 64 || reserved & (1 << id) == 0 {
-            let _ = set.set(id);
-            left += 1;
-        }
-    }
-    if left > 0 {
-        let _ = sched_setaffinity(Pid::from_raw(0), &set);
+    if reserved != 0 {
+        let cores: Vec<usize> = (0..64).filter(|c| reserved & (1 << c) != 0).collect();
+        avoid_cores(&cores);
     }
 }
 
