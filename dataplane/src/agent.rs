@@ -406,7 +406,7 @@ pub fn allow_every_core() {
 /// Moves the calling thread off `cores` (the cores a profile pins its agents to), unless that
 /// would leave it none. A daemon's main thread calls it once its agents have started (an
 /// agent may only be pinned to a core its spawner may use): its periodic shutdown watch then
-/// never wakes up on a core an agent spins on.
+/// never wakes up on a core an agent is pinned to.
 pub fn avoid_cores(cores: &[usize]) {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     use nix::unistd::Pid;

@@ -624,7 +624,7 @@ fn checkpoint_writer(
         .name("rapax-checkpoint".into())
         .spawn(move || {
             // Encoding a large state takes a while: only on CPU the agents leave idle, and
-            // not on a core an agent spins on.
+            // not on a core an agent is pinned to.
             crate::agent::avoid_cores(&avoid);
             if let Err(e) = rapax_ffi::sched::idle_priority() {
                 eprintln!("rapax-dataplane: the checkpoint writer keeps normal priority: {e}");

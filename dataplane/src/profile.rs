@@ -552,19 +552,21 @@ pub struct Agents {
 impl Agents {
     /// The cores some agent is pinned to, each once.
     pub fn pinned_cores(&self) -> Vec<usize> {
-        let mut cores: Vec<usize> = self.all().iter().filter_map(|(_, a)| a.core).collect();
-        cores.sort_unstable();
-        cores.dedup();
-        cores
+        self.cores_where(|_| true)
     }
 
     /// The cores a spinning agent is pinned to (`idle = "spin"` with a `core`), each once: no
     /// other agent of the node runs there ([`crate::agent::reserve_cores`]).
     pub fn spin_cores(&self) -> Vec<usize> {
+        self.cores_where(|a| a.idle == IdleKind::Spin)
+    }
+
+    /// The cores of the pinned agents that `which` picks, sorted, each once.
+    fn cores_where(&self, which: impl Fn(&AgentSpec) -> bool) -> Vec<usize> {
         let mut cores: Vec<usize> = self
             .all()
             .iter()
-            .filter(|(_, a)| a.idle == IdleKind::Spin)
+            .filter(|(_, a)| which(a))
             .filter_map(|(_, a)| a.core)
             .collect();
         cores.sort_unstable();
