@@ -1135,8 +1135,10 @@ impl<P: Plane> Dataplane<P> {
             if let Some(line) = describe_note(note) {
                 self.notes_logged += 1;
                 let node = self.node.id();
-                let ms = self.start.elapsed().as_millis();
-                println!("rapax-dataplane: node {node} at {ms} ms: {line}");
+                // Microseconds: a fail-over's steps are tens to hundreds of them apart.
+                let us = self.start.elapsed().as_micros();
+                let (ms, frac) = (us / 1000, us % 1000);
+                println!("rapax-dataplane: node {node} at {ms}.{frac:03} ms: {line}");
                 if self.notes_logged == MAX_LOGGED_NOTES {
                     println!("rapax-dataplane: node {node}: further view-change notes not logged");
                 }
