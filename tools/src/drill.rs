@@ -481,17 +481,18 @@ pub fn fail_leader(
     let pid = cluster
         .pid(victim, "dataplane")
         .ok_or(ClusterError::NoLeader(Duration::ZERO))?;
-    let t0 = monotonic_ns();
-    let how = match mode {
-        FailMode::Kill => {
-            signal(pid, dir, Signal::SIGKILL);
-            "killed"
-        }
-        FailMode::Pause => {
-            signal(pid, dir, Signal::SIGSTOP);
-            "paused"
-        }
+    // The checks that the pid is this cluster's data plane read /proc (a few system calls, each
+    // a point where this thread can be preempted for a scheduler slice): made before the clock
+    // starts, so the kill follows the clock read at once.
+    if !is_ours(pid, dir) {
+        return Err(ClusterError::NoLeader(Duration::ZERO).into());
+    }
+    let (sig, how) = match mode {
+        FailMode::Kill => (Signal::SIGKILL, "killed"),
+        FailMode::Pause => (Signal::SIGSTOP, "paused"),
     };
+    let t0 = monotonic_ns();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     let limit = Duration::from_secs(20);
     let deadline = Instant::now() + limit;
     let mut sample = loop {
