@@ -778,6 +778,10 @@ fn describe_note(note: &Note) -> Option<String> {
         Note::ReconfigAbandoned { epoch, reason } => {
             format!("gave up the change to epoch {epoch}: {reason}")
         }
+        Note::Unappliable { slot, reason } => format!(
+            "applied slot {slot} as an empty batch: its chosen entry does not split into \
+             commands ({reason}); its clients' retries are proposed afresh"
+        ),
         Note::Proposed { .. }
         | Note::Chosen { .. }
         | Note::Applied { .. }
@@ -1188,6 +1192,7 @@ impl<P: Plane> Dataplane<P> {
             | Note::Reconfigured { .. }
             | Note::ReconfigAbandoned { .. }
             | Note::Granted { .. }
+            | Note::Unappliable { .. }
             | Note::FollowerSynced { .. }
             | Note::FollowerLost { .. } => {}
         }

@@ -396,6 +396,12 @@ pub enum Note {
         to: Slot,
         writes: usize,
     },
+    /// A chosen batch entry at `slot` whose payload does not split into commands: applied as an
+    /// empty batch (every replica does the same).
+    Unappliable {
+        slot: Slot,
+        reason: String,
+    },
     /// This node's state after applying every slot below `index` has digest `digest` (a
     /// periodic checkpoint, or the state a leader sends in a snapshot).
     Checkpoint {
@@ -3003,17 +3009,28 @@ impl<S: StateMachine> Node<S> {
                 }
             }
             if entry.kind == EntryKind::Batch {
-                let cmds = Batch::commands(&entry.payload).expect("the leader encodes batches");
-                for cmd in cmds {
-                    if let Some((client, seq, reply)) = self.sm.apply(cmd) {
-                        if is_leader {
-                            out.replies.push(ClientReply {
-                                client,
-                                seq,
-                                result: Ok(reply),
-                            });
+                // Entries are checksummed, so a batch that does not split was written so by a
+                // leader (a bug, or another version): every replica reads the same bytes and
+                // skips the same slot, so their states stay equal; its commands' clients time
+                // out and retry, and a retry is proposed afresh.
+                match Batch::commands(&entry.payload) {
+                    Ok(cmds) => {
+                        for cmd in cmds {
+                            if let Some((client, seq, reply)) = self.sm.apply(cmd) {
+                                if is_leader {
+                                    out.replies.push(ClientReply {
+                                        client,
+                                        seq,
+                                        result: Ok(reply),
+                                    });
+                                }
+                            }
                         }
                     }
+                    Err(e) => out.notes.push(Note::Unappliable {
+                        slot: s,
+                        reason: e.to_string(),
+                    }),
                 }
             }
             out.notes.push(Note::Applied {
@@ -3409,6 +3426,59 @@ mod tests {
         n.tick_control(3, &mut mem, &mut out);
         assert_eq!(mem.writers(), vec![(0, Ballot::new(3, 0))]);
         assert_eq!(acks(&out), vec![(0, Ballot::new(3, 0))]);
+    }
+
+    #[test]
+    fn a_chosen_batch_that_does_not_split_is_applied_empty_and_noted() {
+        let (mut n, mut mem) = node(1, 3, Start::Fresh);
+        let mut out = Output::default();
+        let b = Ballot::new(1, 2);
+        request(&mut mem, 2, b);
+        n.tick_control(1, &mut mem, &mut out);
+        assert_eq!(n.granted(), b);
+        let geometry = cfg(1, 3).geometry;
+        let mut put = Vec::new();
+        Command {
+            client: 7,
+            seq: 1,
+            op: KvOp::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        }
+        .encode(&mut put);
+        let mut good = Vec::new();
+        Batch::encode([put.as_slice()], &mut good);
+        // Slot 0 claims five commands and holds none; slot 1 is whole and says both are chosen.
+        for (slot, hint, payload) in [(0, 0, vec![5, 0, 0, 0]), (1, 2, good)] {
+            let mut bytes = Vec::new();
+            Entry {
+                ballot: b,
+                slot,
+                commit_hint: hint,
+                kind: EntryKind::Batch,
+                payload,
+            }
+            .encode(&geometry, &mut bytes);
+            mem.write_log_owner(geometry.slot_offset(slot), &bytes);
+        }
+        out.clear();
+        n.tick_data(2, &mut mem, &mut out);
+        assert_eq!(n.applied(), 2);
+        assert!(
+            matches!(
+                &out.notes[..],
+                [
+                    Note::Unappliable { slot: 0, .. },
+                    Note::Applied { slot: 0, .. },
+                    Note::Applied { slot: 1, .. },
+                    ..
+                ]
+            ),
+            "{:?}",
+            out.notes
+        );
+        assert_eq!(n.state_machine().get(b"k"), Some(&b"v"[..]));
     }
 
     #[test]

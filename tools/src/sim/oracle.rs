@@ -40,6 +40,7 @@ pub const SINGLE_WRITER: &str = "at most one writer per log";
 pub const SNAPSHOT_DIGEST: &str = "state digests agree at equal applied indexes";
 pub const ONE_CONFIG_PER_EPOCH: &str = "one configuration per epoch, epochs one apart";
 pub const CONFIGS_INTERSECT: &str = "quorums of consecutive configurations intersect";
+pub const WELL_FORMED_BATCHES: &str = "every chosen batch splits into commands";
 
 pub struct Oracle {
     geometry: LogGeometry,

@@ -714,6 +714,14 @@ impl World {
         }
         for note in &out.notes {
             match *note {
+                // Only a leader's bug writes a batch that does not split.
+                Note::Unappliable { slot, ref reason } => {
+                    return Err(Violation {
+                        tick: self.now,
+                        invariant: super::oracle::WELL_FORMED_BATCHES,
+                        detail: format!("node {node} applied slot {slot} empty: {reason}"),
+                    })
+                }
                 Note::Chosen {
                     slot,
                     ballot,
