@@ -152,7 +152,9 @@ impl ProcessTable {
         }
         match rapax_dataplane::fabric::shm::proc_stat(pid) {
             None => PeerProcess::Gone,
-            Some(s) if s.exiting || matches!(s.state, 'Z' | 'X' | 'x') => PeerProcess::Gone,
+            Some(s) if s.exiting || s.killed || matches!(s.state, 'Z' | 'X' | 'x') => {
+                PeerProcess::Gone
+            }
             Some(s) if matches!(s.state, 'T' | 't') => PeerProcess::Unknown,
             Some(_) if at.elapsed() < self.grace => PeerProcess::Running,
             Some(_) => PeerProcess::Unknown,

@@ -464,23 +464,34 @@ pub struct ProcStat {
     /// The kernel's `PF_EXITING` flag: killed and tearing its memory down, while its state
     /// letter may still read `R` or `D` for a few milliseconds.
     pub exiting: bool,
+    /// SIGKILL is pending: the process was killed and runs no more of its own code once each
+    /// thread enters the kernel, but a thread that has not run since (the main thread, asleep
+    /// on a busy core) has neither exited nor set `exiting` yet. A kill puts SIGKILL in every
+    /// thread's own pending set at once, so this shows from the moment of the kill.
+    pub killed: bool,
 }
 
 /// [`ProcStat`] of process `pid`, or `None` when it cannot be read (the process is gone).
 pub fn proc_stat(pid: u64) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// [`ProcStat`] from the text of a `/proc/PID/stat` file.
+fn parse_stat(stat: &str) -> Option<ProcStat> {
     const PF_EXITING: u64 = 0x4;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
     // The command name is in parentheses and may hold anything: after the last ')' come the
-    // state (field 3), then ppid, pgrp, session, tty_nr, tpgid, flags (field 9).
-    let mut fields = stat.rsplit(')').next()?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let flags = fields
-        .nth(5)
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0);
+    // state (field 3), then ppid, pgrp, session, tty_nr, tpgid, flags (field 9), ..., and the
+    // thread's pending signals (field 31).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let flags = field(9).unwrap_or(0);
+    let pending = field(31).unwrap_or(0);
     Some(ProcStat {
         state,
         exiting: flags & PF_EXITING != 0,
+        killed: pending & SIGKILL_BIT != 0,
     })
 }
 
@@ -733,6 +744,30 @@ mod tests {
     #[test]
     fn the_contract_holds_on_shm() {
         contract::run_all(&mut || Box::new(ShmHarness::new()));
+    }
+
+    #[test]
+    fn a_stat_line_gives_state_exiting_and_a_pending_kill() {
+        // Fields 3.. of a real line, with a command name holding ") " to be skipped over.
+        let line = |state: &str, flags: u64, pending: u64| {
+            let mut f: Vec<String> = (4..=52).map(|n| (n * 10).to_string()).collect();
+            f[9 - 4] = flags.to_string();
+            f[31 - 4] = pending.to_string();
+            format!("4242 (rapax ) x) {state} {}", f.join(" "))
+        };
+        let s = parse_stat(&line("S", 0x40_0040, 0)).unwrap();
+        assert_eq!((s.state, s.exiting, s.killed), ('S', false, false));
+        let s = parse_stat(&line("R", 0x40_0044, 0)).unwrap();
+        assert_eq!((s.state, s.exiting, s.killed), ('R', true, false));
+        // SIGKILL (9) is bit 8; SIGTERM (15) beside it is not a kill.
+        let s = parse_stat(&line("S", 0x40_0040, 256 | 16384)).unwrap();
+        assert_eq!((s.state, s.exiting, s.killed), ('S', false, true));
+        let s = parse_stat(&line("S", 0x40_0040, 16384)).unwrap();
+        assert!(!s.killed);
+        assert!(parse_stat("garbage").is_none());
+        // This process: alive, not exiting, not killed.
+        let me = proc_stat(u64::from(std::process::id())).unwrap();
+        assert!(!me.exiting && !me.killed);
     }
 
     #[test]
