@@ -27,7 +27,7 @@ use crate::protocol::{Ballot, NodeId, MAX_NODES};
 /// How long a poster waits for the owner's accept (address and route resolution included).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// version, src, dst, lane, cluster id, ballot, QP number, PSN, LID, GID.
 const REQUEST_BYTES: usize = 4 + 8 + 8 + 4 + 4 + 2 + 16;
 /// version, QP number, PSN, LID, GID, which remotes, three (address, key).
@@ -381,19 +381,31 @@ mod tests {
         bad[3] = 1; // a data lane without a ballot
         assert_eq!(decode_request(&bad), None);
 
-        let log = Remotes::Log(RemoteAddr {
-            addr: 4096,
-            rkey: 9,
-        });
+        let log = Remotes::Log {
+            read: RemoteAddr {
+                addr: 4096,
+                rkey: 9,
+            },
+            write: RemoteAddr {
+                addr: 4096,
+                rkey: 10,
+            },
+        };
         let acc = encode_accept(&endpoint(), &log);
         let (e, r) = decode_accept(&acc).expect("decodes");
         assert_eq!(e, endpoint());
         assert!(matches!(
             r,
-            Remotes::Log(RemoteAddr {
-                addr: 4096,
-                rkey: 9
-            })
+            Remotes::Log {
+                read: RemoteAddr {
+                    addr: 4096,
+                    rkey: 9
+                },
+                write: RemoteAddr {
+                    addr: 4096,
+                    rkey: 10
+                }
+            }
         ));
         let mut padded = acc.clone();
         padded.resize(CmExchange::ACCEPT_DATA_MAX, 0);

@@ -30,7 +30,7 @@ use crate::protocol::{Ballot, NodeId};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(50);
 
 const MAGIC: u32 = 0x5248_5358; // "RHSX"
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const KIND_REQUEST: u8 = 1;
 const KIND_ANSWER: u8 = 2;
 const KIND_REFUSED: u8 = 3;
@@ -232,12 +232,12 @@ fn put_addr(m: &mut Vec<u8>, a: RemoteAddr) {
 }
 
 /// A peer's regions as both exchanges carry them: which (0 control, 1 log), then three (address,
-/// key) pairs, 37 bytes.
+/// key) pairs, 37 bytes (a log: its read region, the poster's write region, zero).
 pub(super) fn put_remotes(m: &mut Vec<u8>, r: &Remotes) {
     let zero = RemoteAddr { addr: 0, rkey: 0 };
     let (which, addrs) = match *r {
         Remotes::Control { read, request, ack } => (0u8, [read, request, ack]),
-        Remotes::Log(log) => (1, [log, zero, zero]),
+        Remotes::Log { read, write } => (1, [read, write, zero]),
     };
     m.push(which);
     for a in addrs {
@@ -253,7 +253,7 @@ pub(super) fn remotes_from(which: u8, [a, b, c]: [RemoteAddr; 3]) -> Option<Remo
             request: b,
             ack: c,
         }),
-        1 => Some(Remotes::Log(a)),
+        1 => Some(Remotes::Log { read: a, write: b }),
         _ => None,
     }
 }
@@ -378,10 +378,16 @@ pub(super) mod tests {
         header(&mut m, KIND_ANSWER, key, 77, 5, &endpoint());
         put_remotes(
             &mut m,
-            &Remotes::Log(RemoteAddr {
-                addr: 4096,
-                rkey: 9,
-            }),
+            &Remotes::Log {
+                read: RemoteAddr {
+                    addr: 4096,
+                    rkey: 9,
+                },
+                write: RemoteAddr {
+                    addr: 4096,
+                    rkey: 10,
+                },
+            },
         );
         let d = Message::decode(&m).expect("decodes");
         assert_eq!(
@@ -391,10 +397,16 @@ pub(super) mod tests {
         assert_eq!(d.endpoint, endpoint());
         assert!(matches!(
             d.remotes,
-            Some(Remotes::Log(RemoteAddr {
-                addr: 4096,
-                rkey: 9
-            }))
+            Some(Remotes::Log {
+                read: RemoteAddr {
+                    addr: 4096,
+                    rkey: 9
+                },
+                write: RemoteAddr {
+                    addr: 4096,
+                    rkey: 10
+                }
+            })
         ));
         // Cut, extended, wrong magic, a node id out of range, a data lane without a ballot.
         assert!(Message::decode(&m[..m.len() - 1]).is_none());
