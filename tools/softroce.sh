@@ -23,6 +23,7 @@
 #   RAPAX_SOFTROCE_BOOT_LIMIT_S  a VM whose guest has not started the command this long after
 #                             boot began is stopped and booted again (default 180)
 #   RAPAX_SOFTROCE_BOOT_TRIES boots in all before giving up (default 2)
+#   RAPAX_SOFTROCE_APPEND     more guest kernel parameters, after the script's own
 #
 # Inside the VM, CMD sees RAPAX_SOFTROCE_DEVICE (rxe0), RAPAX_SOFTROCE_GID_INDEX (the RoCE v2
 # GID index of 10.77.0.1 on rxe0), RAPAX_SOFTROCE_IP and RAPAX_RDMA_CM_ADDR (10.77.0.1), and
@@ -37,6 +38,7 @@ TIMEOUT_S="${RAPAX_SOFTROCE_TIMEOUT_S:-1200}"
 CPUS="${RAPAX_SOFTROCE_CPUS:-2}"
 BOOT_LIMIT_S="${RAPAX_SOFTROCE_BOOT_LIMIT_S:-180}"
 BOOT_TRIES="${RAPAX_SOFTROCE_BOOT_TRIES:-2}"
+APPEND="${RAPAX_SOFTROCE_APPEND:-}"
 
 # virtme-ng release known to work here with bookworm's qemu 7.2 and the Debian 6.1 kernel.
 VNG_VERSION="1.42"
@@ -221,7 +223,7 @@ run_vm() {
         set +e
         (
             timeout -k 30 "$TIMEOUT_S" "$VNG" --run "$VMLINUZ" --user root --disable-kvm --force-9p \
-                --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" --append "modprobe.blacklist=$blacklist clocksource=tsc tsc=reliable" \
+                --cpus "$CPUS" --memory "$MEMORY" "${rw[@]}" --append "modprobe.blacklist=$blacklist clocksource=tsc tsc=reliable $APPEND" \
                 --exec "$(printf '%q --guest %q' "$SELF" "$run_dir")" </dev/null 2>&1 | cat
             exit "${PIPESTATUS[0]}"
         ) &
