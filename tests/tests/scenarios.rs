@@ -493,3 +493,46 @@ fn invalid_changes_are_refused_with_the_reason() {
     }
     assert_eq!(answers.len(), expect.len());
 }
+
+#[test]
+fn a_follower_cut_off_is_caught_up_in_bounded_steps() {
+    // While node 2 is down the others go on; once it is back, the leader reads its log and
+    // writes it what it missed, two windows of slots per turn at most (plus the commit record
+    // and the amnesiac flag), never the whole gap in one turn.
+    let mut longest = 0;
+    for seed in 1..=20 {
+        let r = run(
+            seed,
+            3,
+            vec![(
+                300,
+                Fault::Crash {
+                    node: Target::Node(2),
+                    memory_lost: false,
+                    for_ticks: 800,
+                },
+            )],
+        );
+        let bound = 2 * r.window_slots as usize + 2;
+        assert!(
+            r.most_log_writes_per_turn <= bound,
+            "seed {seed}: {} log writes to one peer in one turn, window {}",
+            r.most_log_writes_per_turn,
+            r.window_slots
+        );
+        for e in notes_of(&r, leader_at(&r, 2999).0) {
+            if let Note::FollowerSynced {
+                peer: 2, writes, ..
+            } = e.note
+            {
+                longest = longest.max(writes * 10 / bound);
+            }
+        }
+    }
+    // The bound was tested: some catch-up took more than one step.
+    assert!(
+        longest >= 20,
+        "no catch-up wrote more than two steps' worth (longest: {} tenths of a step)",
+        longest
+    );
+}

@@ -28,8 +28,8 @@
 //!    f remote writes have succeeded (2B); the commit index advances over chosen slots, travels in
 //!    the next entry's hint, and is written on its own (commit record) when the leader is idle.
 //! 5. *Catch-up.* A follower that was absent is re-requested; once it acks, the leader reads its
-//!    log from its `first_undecided`, writes what differs and only then makes it active, so every
-//!    hint it ever reads is backed by its own log.
+//!    log from its `first_undecided`, writes what differs (in order, a bounded step per turn) and
+//!    only then makes it active, so every hint it ever reads is backed by its own log.
 //! 6. *Apply.* Every node applies, in slot order, the valid entries below the highest commit it
 //!    knows from its own log (its `first_undecided`, the commit record, and the hints in entries).
 //! 7. *View change.* A leader or candidate that sees a higher request, or gets a permission error
@@ -663,6 +663,15 @@ enum Follower {
         read_to: Slot,
         held: BTreeMap<Slot, Held>,
     },
+    /// Read: being written what differs, a bounded step per leader turn, from `next` up to
+    /// our next slot (which moves meanwhile); active once it has caught up.
+    SyncWrite {
+        next: Slot,
+        from: Slot,
+        amnesiac: bool,
+        held: BTreeMap<Slot, Held>,
+        writes: usize,
+    },
     /// Receives every fast-path write.
     Active,
     /// Behind the leader's log: receiving a snapshot.
@@ -1028,7 +1037,9 @@ impl<S: StateMachine> Node<S> {
                 Follower::Active => "active",
                 Follower::Absent { .. } => "absent",
                 Follower::Requested { .. } => "requested",
-                Follower::SyncHeader | Follower::SyncTail { .. } => "syncing",
+                Follower::SyncHeader | Follower::SyncTail { .. } | Follower::SyncWrite { .. } => {
+                    "syncing"
+                }
                 Follower::Snapshot(_) => "snapshot",
             };
             f(p, state);
@@ -2223,6 +2234,17 @@ impl<S: StateMachine> Node<S> {
             };
             self.post_reconnect(out, p, op, Purpose::SyncHeader { ballot, peer: p });
         }
+        if let Role::Leader(l) = &self.role {
+            let writing: Vec<NodeId> = l
+                .followers
+                .iter()
+                .filter(|(_, st)| matches!(st, Follower::SyncWrite { .. }))
+                .map(|(&p, _)| p)
+                .collect();
+            for p in writing {
+                self.sync_write_step(p, mem, out);
+            }
+        }
         self.reuse_tick(out);
         self.repair_tick(out);
         self.change_tick(mem, out);
@@ -2658,8 +2680,8 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// Catch-up of one follower: read its log up to our next slot, then write what differs and
-    /// make it active, all in one step so no new slot slips between.
+    /// Catch-up of one follower: read its log up to our next slot, then write what differs
+    /// ([`Node::sync_write_step`]) and make it active.
     fn sync_continue(&mut self, peer: NodeId, mem: &mut impl LocalMemory, out: &mut Output) {
         let geometry = self.cfg.geometry;
         let chunk = self.cfg.read_chunk_slots;
@@ -2673,7 +2695,7 @@ impl<S: StateMachine> Node<S> {
             decided,
             amnesiac,
             read_to,
-            held,
+            ..
         }) = l.followers.get(&peer)
         else {
             return;
@@ -2699,12 +2721,61 @@ impl<S: StateMachine> Node<S> {
             self.start_transfer(peer, decided, mem, out);
             return;
         }
-        let held = held.clone();
+        let Some(Follower::SyncTail { held, .. }) = l.followers.remove(&peer) else {
+            unreachable!("matched above");
+        };
+        l.followers.insert(
+            peer,
+            Follower::SyncWrite {
+                next: fuo,
+                from: fuo,
+                amnesiac,
+                held,
+                writes: 0,
+            },
+        );
+        // The writing starts in the next leader turn, one step per turn.
+    }
+
+    /// One step of writing a read follower what differs: at most two windows of slots, so a
+    /// long catch-up does not hold up the leader's turn (and its clients) for milliseconds. The
+    /// step that reaches our next slot writes the commit record and makes the follower active
+    /// in the same call, so no new slot slips between. Writes go out in slot order on the
+    /// follower's connection, so every commit hint it reads is backed by its own log.
+    fn sync_write_step(&mut self, peer: NodeId, mem: &mut impl LocalMemory, out: &mut Output) {
+        let geometry = self.cfg.geometry;
+        let step = 2 * self.cfg.window_slots.max(1);
+        let now = self.now;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let ballot = l.ballot;
         let (next_slot, commit) = (l.next_slot, l.commit);
+        let Some(Follower::SyncWrite {
+            next,
+            from,
+            amnesiac,
+            held,
+            writes: written,
+        }) = l.followers.get_mut(&peer)
+        else {
+            return;
+        };
+        if *next < l.log_start || *next + geometry.capacity / 2 < next_slot {
+            // Our log no longer holds what it still needs (the reuse floor holds its next slot,
+            // so only a log whose start moved for another reason): start over, from its header.
+            out.notes.push(Note::FollowerLost {
+                peer,
+                reason: "fell behind the log while being caught up",
+            });
+            l.followers.insert(peer, Follower::Absent { since: now });
+            return;
+        }
+        let end = next_slot.min(*next + step);
         let mut writes = Vec::new();
         let mut already = Vec::new();
         let mut buf = Vec::new();
-        for s in fuo..next_slot {
+        for s in *next..end {
             let off = geometry.slot_offset(s);
             let mut e = Entry::decode(read_local_slot(mem, &geometry, s, &mut buf))
                 .expect("the leader holds every slot below next_slot");
@@ -2735,15 +2806,39 @@ impl<S: StateMachine> Node<S> {
             };
             writes.push((s, op));
         }
-        out.notes.push(Note::FollowerSynced {
-            peer,
-            from: fuo,
-            to: next_slot,
-            writes: writes.len(),
-        });
+        *next = end;
+        *written += writes.len();
+        let done = end == next_slot;
+        let (from, amnesiac, total) = (*from, *amnesiac, *written);
+        if done {
+            l.followers.insert(peer, Follower::Active);
+            l.applied_of[peer as usize] = from;
+        }
         for (slot, op) in writes {
             self.post(out, peer, op, Purpose::SlotWrite { ballot, peer, slot });
         }
+        if self.cfg.bugs.sync_ignores_held() {
+            already.clear();
+        }
+        if let Role::Leader(l) = &mut self.role {
+            for s in &already {
+                if let Some(f) = l.inflight.get_mut(s) {
+                    f.acked_by |= 1 << peer;
+                }
+            }
+        }
+        if !already.is_empty() {
+            self.advance_commit(out);
+        }
+        if !done {
+            return;
+        }
+        out.notes.push(Note::FollowerSynced {
+            peer,
+            from,
+            to: next_slot,
+            writes: total,
+        });
         if amnesiac {
             let op = Op::Write {
                 region: Region::Log,
@@ -2763,21 +2858,6 @@ impl<S: StateMachine> Node<S> {
             bytes: rec.to_vec(),
         };
         self.post(out, peer, op, Purpose::Meta { ballot, peer });
-        if self.cfg.bugs.sync_ignores_held() {
-            already.clear();
-        }
-        if let Role::Leader(l) = &mut self.role {
-            l.followers.insert(peer, Follower::Active);
-            l.applied_of[peer as usize] = fuo;
-            for s in &already {
-                if let Some(f) = l.inflight.get_mut(s) {
-                    f.acked_by |= 1 << peer;
-                }
-            }
-        }
-        if !already.is_empty() {
-            self.advance_commit(out);
-        }
     }
 
     /// State transfer to a follower behind our log: snapshot our state (below our applied
@@ -3160,8 +3240,12 @@ fn announce_delay(retry: u64) -> u64 {
 fn reuse_floor(l: &Leader, applied: Slot) -> Slot {
     l.followers
         .iter()
-        .filter(|(_, st)| matches!(st, Follower::Active))
-        .map(|(&p, _)| l.applied_of[p as usize])
+        .filter_map(|(&p, st)| match st {
+            Follower::Active => Some(l.applied_of[p as usize]),
+            // Being caught up: the slots it has still to be written.
+            Follower::SyncWrite { next, .. } => Some(*next),
+            _ => None,
+        })
         .fold(applied, Slot::min)
 }
 

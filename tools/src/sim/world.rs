@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use rapax_dataplane::fabric::sim::{SimFabric, SimKnobs, SimStats};
-use rapax_dataplane::fabric::Completion;
+use rapax_dataplane::fabric::{Completion, Op, Region};
 use rapax_dataplane::protocol::election::ElectionConfig;
 use rapax_dataplane::protocol::kv::{Command, KvLimits, KvOp, KvReply, KvStore};
 use rapax_dataplane::protocol::layout::LogGeometry;
@@ -17,7 +17,7 @@ use rapax_dataplane::protocol::node::{
     Bugs, ClientError, ClientReply, ClientRequest, Node, NodeConfig, Note, Output, RoleKind, Start,
 };
 use rapax_dataplane::protocol::quorum::faults_tolerated;
-use rapax_dataplane::protocol::{Ballot, NodeId};
+use rapax_dataplane::protocol::{Ballot, NodeId, MAX_NODES};
 
 use super::oracle::{Oracle, Violation};
 use crate::lincheck::{check_kv_history, HistoryOp, Verdict};
@@ -170,6 +170,11 @@ pub struct RunReport {
     pub final_memberships: Vec<Option<Membership>>,
     /// Fabric counters: permission errors, lost operations, torn writes...
     pub fabric: SimStats,
+    /// The run's window (slots in flight), drawn per seed.
+    pub window_slots: u64,
+    /// The most log writes one node posted to one peer in one turn: a turn's work is bounded
+    /// (a follower's catch-up goes in steps of two windows).
+    pub most_log_writes_per_turn: usize,
     /// Every note of every node, in order (only with [`RunSpec::record`]).
     pub timeline: Vec<Event>,
 }
@@ -200,6 +205,8 @@ impl RunReport {
             reconfigs: Vec::new(),
             final_memberships: Vec::new(),
             fabric: SimStats::default(),
+            window_slots: 0,
+            most_log_writes_per_turn: 0,
             timeline: Vec::new(),
         }
     }
@@ -441,6 +448,7 @@ impl World {
             + swarm.client_timeout * 2;
         let mut report = RunReport::new(spec.seed, n);
         report.spares = spares.len();
+        report.window_slots = window;
         World {
             report,
             script: spec.script.clone(),
@@ -691,9 +699,23 @@ impl World {
             saved.extend_from_slice(&state);
             self.saved[node as usize] = Some(saved);
         }
+        let mut log_writes = [0usize; MAX_NODES];
         for post in out.posts.iter().cloned() {
+            if matches!(
+                post.op,
+                Op::Write {
+                    region: Region::Log,
+                    ..
+                }
+            ) {
+                if let Some(n) = log_writes.get_mut(post.target as usize) {
+                    *n += 1;
+                }
+            }
             self.fabric.post(self.now, node, post, &mut self.rng);
         }
+        let most = log_writes.iter().copied().max().unwrap_or(0);
+        self.report.most_log_writes_per_turn = self.report.most_log_writes_per_turn.max(most);
         for reply in out.replies.iter().cloned() {
             let at = self.now + self.rng.gen_range(1..=3);
             self.send(at, Msg::ToClient { reply });
