@@ -1022,6 +1022,10 @@ impl<P: Plane> Dataplane<P> {
             }
             self.publish();
         }
+        if self.node.has_steps_left() {
+            // A follower's catch-up goes a step per turn: the next turn at once.
+            work += 1;
+        }
         work
     }
 

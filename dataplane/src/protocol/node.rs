@@ -983,6 +983,15 @@ impl<S: StateMachine> Node<S> {
         self.cfg.id
     }
 
+    /// Whether work is left over for the next turn that no input will bring: a follower's
+    /// catch-up between two of its steps. A driver should not park while this holds.
+    pub fn has_steps_left(&self) -> bool {
+        matches!(&self.role, Role::Leader(l) if l
+            .followers
+            .values()
+            .any(|f| matches!(f, Follower::SyncWrite { .. })))
+    }
+
     pub fn role(&self) -> RoleKind {
         match self.role {
             Role::Follower => RoleKind::Follower,
