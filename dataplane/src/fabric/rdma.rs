@@ -59,12 +59,14 @@
 //!    already in its pipeline after the modify completes is not documented. A responder holds
 //!    a reference on the memory region a packet writes through from its key check to the end of
 //!    the copy, and `ibv_dereg_mr` returns only when no such reference is left (rxe 6.1 waits
-//!    for them: with the fence the streaming-writer test saw no late write in 4500 rounds; on a
+//!    for them: with the fence the streaming-writer test saw no late write in 6000 rounds; on a
 //!    hardware HCA the key is invalid once the command completes, which is what deregistration
 //!    means in the verbs specification, not verified on hardware here). So once `revoke`
 //!    returns, no write of the revoked writer lands, whatever was in flight. Its next data
 //!    connection gets a freshly registered write region (and key); the flags decide whether
-//!    that one may be written.
+//!    that one may be written. Should the device refuse the deregistration, the region is
+//!    leaked (with the buffer under it), the writer's data responders go to RESET instead, and
+//!    [`RdmaFabric::fence_failures`] counts it.
 //!
 //! A multi-packet write cut by a revoke lands at most a prefix, which the entry checksum catches
 //! (contract point 5). When the device refuses the access-flags switch, the fallback takes the
@@ -584,6 +586,9 @@ pub struct Wiring {
     next_psn: u32,
     /// Times the access-flags switch failed and the fallback cycle ran.
     pub fallback_cycles: u64,
+    /// Times a revoked writer's write region could not be deregistered (its responders were
+    /// reset instead).
+    pub fence_failures: u64,
     /// Skip the access-flags switch and always take the fallback (to test it).
     force_fallback: bool,
 }
@@ -752,9 +757,28 @@ impl Wiring {
         // The fence: the writer that lost its rights loses its write region too. A request
         // that passed its queue pair's flags check before the switch above holds a reference
         // on that region while it places its data, and deregistration waits for it.
-        if let Some(lost) = before.filter(|&b| holder != Some(b)) {
-            if let Some(d) = self.node_mut(owner).data[lost.node() as usize].as_mut() {
-                d.write = None;
+        let Some(lost) = before.filter(|&b| holder != Some(b)) else {
+            return;
+        };
+        let writer = lost.node();
+        let Some(region) = self.node_mut(owner).data[writer as usize]
+            .as_mut()
+            .and_then(|d| d.write.take())
+        else {
+            return;
+        };
+        let Registered { mr, buf } = region;
+        if mr.deregister().is_ok() {
+            return;
+        }
+        // The device kept the region (and the buffer must outlive it: leaked with it). The
+        // next best fence: every data responder of that writer to RESET, which refuses all it
+        // has not yet checked; its next data connection gets a new region.
+        std::mem::forget(buf);
+        self.fence_failures += 1;
+        for (key, r) in self.responders.iter_mut() {
+            if key.dst == owner && key.src == writer && matches!(key.lane, Lane::Data(_)) {
+                r.qp = r.qp.take().and_then(|q| q.into_reset().ok()).map(Qp::Reset);
             }
         }
     }
@@ -993,6 +1017,7 @@ impl Wiring {
             responders: HashMap::new(),
             next_psn: 0x10_0000,
             fallback_cycles: 0,
+            fence_failures: 0,
             force_fallback: false,
         }
     }
@@ -1095,6 +1120,12 @@ impl RdmaFabric {
     /// Times a revoke or grant had to fall back to the RESET → INIT → RTR → RTS cycle.
     pub fn fallback_cycles(&self) -> u64 {
         self.wiring().fallback_cycles
+    }
+
+    /// Times a revocation could not deregister the writer's region and reset its responders
+    /// instead (0 unless the device refused `ibv_dereg_mr`).
+    pub fn fence_failures(&self) -> u64 {
+        self.wiring().fence_failures
     }
 
     /// Makes every later grant and revoke in this cluster take the fallback (RESET, then
@@ -2359,6 +2390,11 @@ mod tests {
             }
             assert!(owner.writers().is_empty());
             assert_eq!(owner.fallback_cycles(), 0, "the access-flags switch worked");
+            assert_eq!(
+                owner.fence_failures(),
+                0,
+                "the write region was deregistered"
+            );
         }
         assert!(
             late.is_empty(),

@@ -532,6 +532,9 @@ enum Purpose {
     Snap {
         ballot: Ballot,
         peer: NodeId,
+        /// Which transfer ([`Transfer::id`]): a late completion of an abandoned one must not
+        /// count for the next.
+        transfer: u64,
     },
 }
 
@@ -682,6 +685,8 @@ enum Follower {
 /// holds nothing it still needs, write the descriptor, wait for it to install.
 #[derive(Debug)]
 struct Transfer {
+    /// Unique per node (the first work-request id at its start).
+    id: u64,
     index: Slot,
     /// The entry-array index the snapshot starts at (see [`snapshot_offset`]).
     at: u64,
@@ -1258,7 +1263,7 @@ impl<S: StateMachine> Node<S> {
             | Purpose::SlotWrite { ballot, peer, .. }
             | Purpose::Meta { ballot, peer }
             | Purpose::AppliedRead { ballot, peer }
-            | Purpose::Snap { ballot, peer } => {
+            | Purpose::Snap { ballot, peer, .. } => {
                 self.leader_completion(purpose, ballot, peer, c.result, mem, out)
             }
         }
@@ -2642,7 +2647,7 @@ impl<S: StateMachine> Node<S> {
                     }
                 }
             }
-            Purpose::Snap { .. } => self.transfer_continue(peer, true, out),
+            Purpose::Snap { transfer, .. } => self.transfer_continue(peer, Some(transfer), out),
             Purpose::SyncHeader { .. } => {
                 if !matches!(l.followers.get(&peer), Some(Follower::SyncHeader)) {
                     return;
@@ -2884,6 +2889,7 @@ impl<S: StateMachine> Node<S> {
         let geometry = self.cfg.geometry;
         let index = self.applied;
         let now = self.now;
+        let id = self.next_wr;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -2919,6 +2925,7 @@ impl<S: StateMachine> Node<S> {
         l.followers.insert(
             peer,
             Follower::Snapshot(Box::new(Transfer {
+                id,
                 index,
                 at,
                 data,
@@ -2929,11 +2936,12 @@ impl<S: StateMachine> Node<S> {
                 since: now,
             })),
         );
-        self.transfer_continue(peer, false, out);
+        self.transfer_continue(peer, None, out);
     }
 
-    /// The next writes of a transfer, after a completion of one (`done`) or to start chunks.
-    fn transfer_continue(&mut self, peer: NodeId, done: bool, out: &mut Output) {
+    /// The next writes of a transfer, after a completion of one of its writes (`done`: the
+    /// transfer it was posted for) or to start chunks.
+    fn transfer_continue(&mut self, peer: NodeId, done: Option<u64>, out: &mut Output) {
         let chunk = self.cfg.snapshot_chunk_bytes.max(1);
         let geometry = self.cfg.geometry;
         let now = self.now;
@@ -2944,9 +2952,15 @@ impl<S: StateMachine> Node<S> {
         let Some(Follower::Snapshot(t)) = l.followers.get_mut(&peer) else {
             return;
         };
-        if done {
+        if let Some(id) = done {
+            if id != t.id {
+                // A write of a transfer given up on (the follower went absent meanwhile, and
+                // this is another transfer to it).
+                return;
+            }
             t.inflight -= 1;
         }
+        let transfer = t.id;
         let mut posts = Vec::new();
         match t.stage {
             TransferStage::Chunks => {}
@@ -2979,7 +2993,16 @@ impl<S: StateMachine> Node<S> {
             });
         }
         for op in posts {
-            self.post(out, peer, op, Purpose::Snap { ballot, peer });
+            self.post(
+                out,
+                peer,
+                op,
+                Purpose::Snap {
+                    ballot,
+                    peer,
+                    transfer,
+                },
+            );
         }
     }
 

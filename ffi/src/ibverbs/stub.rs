@@ -103,6 +103,10 @@ impl MemoryRegion {
     pub fn slice(&self, _offset: usize, _len: usize) -> Result<LocalSlice<'_>> {
         match self.0 {}
     }
+    /// Deregisters the region (unreachable).
+    pub fn deregister(self) -> Result<()> {
+        match self.0 {}
+    }
 }
 
 /// A completion queue. None can exist in this build.

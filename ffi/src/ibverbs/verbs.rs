@@ -386,6 +386,24 @@ impl MemoryRegion {
     }
 }
 
+impl MemoryRegion {
+    /// Deregisters the region now and reports whether that worked (dropping it deregisters
+    /// too, but cannot report). Once this returns `Ok`, no remote access through its keys can
+    /// happen any more. On an error the region is left registered, and leaked: it cannot be
+    /// freed, and the caller must not free the memory under it either.
+    pub fn deregister(self) -> Result<()> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the MR came from ibv_reg_mr; `this` is never dropped, so this is the only
+        // deregistration.
+        let rc = unsafe { sys::ibv_dereg_mr(this.mr.as_ptr()) };
+        check("ibv_dereg_mr", rc)?;
+        // SAFETY: `_pd` is read out once and `this` is never used or dropped afterwards; the
+        // protection domain may go once its region is gone.
+        drop(unsafe { std::ptr::read(&this._pd) });
+        Ok(())
+    }
+}
+
 impl Drop for MemoryRegion {
     fn drop(&mut self) {
         // SAFETY: the MR came from ibv_reg_mr and is deregistered only here. Work requests
