@@ -2487,6 +2487,18 @@ mod tests {
         );
     }
 
+    /// Posts `post` on `n` and waits for its completion's result.
+    fn complete(n: &mut RdmaFabric, post: Post) -> Result<Option<Vec<u8>>, FabricError> {
+        n.post(post);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = n.poll().pop() {
+                return c.result;
+            }
+            assert!(Instant::now() < deadline, "no completion");
+        }
+    }
+
     fn log_of(n: &RdmaFabric) -> Vec<u8> {
         let mut buf = vec![0u8; n.log_len()];
         n.read_log(0, &mut buf);
@@ -2515,16 +2527,7 @@ mod tests {
             reconnect: false,
             ballot: Ballot::ZERO,
         };
-        let run = |nodes: &mut Vec<RdmaFabric>, post: Post| {
-            nodes[2].post(post);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(c) = nodes[2].poll().pop() {
-                    return c.result;
-                }
-                assert!(Instant::now() < deadline, "no completion");
-            }
-        };
+        let run = |nodes: &mut Vec<RdmaFabric>, post: Post| complete(&mut nodes[2], post);
         assert_eq!(run(&mut nodes, write(1, cb_request(2), 11)), Ok(None));
         // Node 1's request word, the heartbeat word, and 16 bytes across node 2's ack word.
         assert_eq!(
@@ -2612,16 +2615,7 @@ mod tests {
             reconnect: false,
             ballot,
         };
-        let run = |nodes: &mut Vec<RdmaFabric>, post: Post| {
-            nodes[1].post(post);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(c) = nodes[1].poll().pop() {
-                    return c.result;
-                }
-                assert!(Instant::now() < deadline, "no completion");
-            }
-        };
+        let run = |nodes: &mut Vec<RdmaFabric>, post: Post| complete(&mut nodes[1], post);
         let write_key = |n: &RdmaFabric, ballot| {
             let key = LinkKey {
                 src: 1,

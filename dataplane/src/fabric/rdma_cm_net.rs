@@ -381,32 +381,11 @@ mod tests {
         bad[3] = 1; // a data lane without a ballot
         assert_eq!(decode_request(&bad), None);
 
-        let log = Remotes::Log {
-            read: RemoteAddr {
-                addr: 4096,
-                rkey: 9,
-            },
-            write: RemoteAddr {
-                addr: 4096,
-                rkey: 10,
-            },
-        };
+        let log = super::super::net::tests::log_remotes();
         let acc = encode_accept(&endpoint(), &log);
         let (e, r) = decode_accept(&acc).expect("decodes");
         assert_eq!(e, endpoint());
-        assert!(matches!(
-            r,
-            Remotes::Log {
-                read: RemoteAddr {
-                    addr: 4096,
-                    rkey: 9
-                },
-                write: RemoteAddr {
-                    addr: 4096,
-                    rkey: 10
-                }
-            }
-        ));
+        assert_eq!(format!("{r:?}"), format!("{log:?}"));
         let mut padded = acc.clone();
         padded.resize(CmExchange::ACCEPT_DATA_MAX, 0);
         assert!(decode_accept(&padded).is_some());
