@@ -221,11 +221,17 @@ pub enum Counter {
     /// Data plane: 1 while it has lost its memory and no leader has re-synced it (it counts
     /// in no quorum yet), else 0.
     Amnesiac = 43,
+    /// rdma: grants and revocations that fell back to the RESET cycle (the device refused the
+    /// access-flags switch).
+    FabricRightsFallbacks = 44,
+    /// rdma: revocations whose writer's region the device would not deregister (its data
+    /// responders were reset instead).
+    FabricFenceFailures = 45,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 44] = [
+    pub const ALL: [Counter; 46] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -270,6 +276,8 @@ impl Counter {
         Counter::Ring,
         Counter::RingLen,
         Counter::Amnesiac,
+        Counter::FabricRightsFallbacks,
+        Counter::FabricFenceFailures,
     ];
 
     /// The counter's name, for tools.
@@ -319,6 +327,8 @@ impl Counter {
             Counter::Ring => "ring",
             Counter::RingLen => "ring_len",
             Counter::Amnesiac => "amnesiac",
+            Counter::FabricRightsFallbacks => "fabric_rights_fallbacks",
+            Counter::FabricFenceFailures => "fabric_fence_failures",
         }
     }
 

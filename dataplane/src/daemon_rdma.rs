@@ -100,6 +100,11 @@ impl Plane for RdmaPlane {
             channel.set(Counter::FabricStrangers, s.strangers);
             channel.set(Counter::FabricDecodeErrors, s.malformed);
         }
+        channel.set(
+            Counter::FabricRightsFallbacks,
+            self.fabric.fallback_cycles(),
+        );
+        channel.set(Counter::FabricFenceFailures, self.fabric.fence_failures());
     }
 }
 

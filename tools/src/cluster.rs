@@ -467,6 +467,8 @@ impl LocalCluster {
             followers: get(Counter::Followers),
             client_rejected: get(Counter::ClientRejected),
             fabric_fenced: get(Counter::FabricFenced),
+            fabric_rights_fallbacks: get(Counter::FabricRightsFallbacks),
+            fabric_fence_failures: get(Counter::FabricFenceFailures),
             snapshots_sent: get(Counter::SnapshotsSent),
             snapshots_installed: get(Counter::SnapshotsInstalled),
             snapshots_rejected: get(Counter::SnapshotsRejected),
@@ -791,6 +793,19 @@ impl LocalCluster {
                 .filter(|c| c.fabric_fenced > 0)
                 .map(|c| format!("node {}: {} writers", c.node, c.fabric_fenced)),
         );
+        // rdma: rights the device would not switch or take back the usual way.
+        summary_line(
+            &mut s,
+            "rights",
+            all.iter()
+                .filter(|c| c.fabric_rights_fallbacks + c.fabric_fence_failures > 0)
+                .map(|c| {
+                    format!(
+                        "node {}: {} switches by the RESET cycle, {} write regions not deregistered",
+                        c.node, c.fabric_rights_fallbacks, c.fabric_fence_failures
+                    )
+                }),
+        );
         // Checkpoints (equal indexes must show equal digests) and state transfers.
         summary_line(
             &mut s,
@@ -864,6 +879,10 @@ pub struct NodeCounters {
     pub client_rejected: u64,
     /// shm: old writers this node fenced (killed while stopped mid-write) when revoking them.
     pub fabric_fenced: u64,
+    /// rdma: rights switches that fell back to the RESET cycle, and revocations whose write
+    /// region the device would not deregister (both 0 on a device that does what verbs say).
+    pub fabric_rights_fallbacks: u64,
+    pub fabric_fence_failures: u64,
     /// State transfers: started (as leader), installed and discarded (as follower).
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
