@@ -283,7 +283,15 @@ guest_uptime() { cut -d' ' -f1 /proc/uptime; }
 RDMA_NETDEV=rapax0
 RDMA_IP=10.77.0.1
 
+# 2 MiB huge pages the guest reserves: hw-profiles/soft-roce.toml puts each node's log and control
+# block on them (10 pages a node with its 16 MiB log; 3-node clusters, one at a time, and the
+# tests' small ones).
+GUEST_HUGEPAGES=96
+
 guest_rdma_up() {
+    echo "== softroce (guest): up $(guest_uptime) s, reserving $GUEST_HUGEPAGES huge pages"
+    echo "$GUEST_HUGEPAGES" > /proc/sys/vm/nr_hugepages
+    echo "== softroce (guest): $(awk '/HugePages_Free/ {print $2}' /proc/meminfo) huge pages free"
     echo "== softroce (guest): up $(guest_uptime) s, loading rdma_rxe"
     ip link set lo up
     modprobe rdma_rxe

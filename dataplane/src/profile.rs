@@ -378,6 +378,12 @@ pub struct RdmaFabric {
     /// How a leader's data plane posts a turn's writes (see [`RdmaPosting`]).
     #[serde(default)]
     pub posting: RdmaPosting,
+    /// Back each node's log and control block with 2 MiB huge pages (`MAP_HUGETLB`): fewer
+    /// translation entries for the NIC and the CPU, and registration that pins 512 x fewer
+    /// pages. The host must have them reserved (`/proc/sys/vm/nr_hugepages`); a node that cannot
+    /// map them fails to start with the reason.
+    #[serde(default)]
+    pub hugepages: bool,
 }
 
 /// How a leader's data plane posts the writes of a turn.

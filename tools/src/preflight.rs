@@ -351,6 +351,25 @@ fn rdma_checks(profile: &Profile) -> Vec<Check> {
         Verdict::Pass,
         "rdma-core bindings built",
     )];
+    if r.hugepages {
+        // A node's log, whole 2 MiB pages, and one page for its control block.
+        let need = profile.geometry().log_bytes().div_ceil(2 << 20) as u64 + 1;
+        let free = hugepages_free();
+        out.push(check(
+            "hugepages",
+            pass_if(free.is_some_and(|n| n >= need), Verdict::Fail),
+            match free {
+                Some(n) if n >= need => {
+                    format!("{n} free hugepages, {need} for a node (each node on this host)")
+                }
+                Some(n) => format!(
+                    "fabric.rdma.hugepages needs {need} free hugepages a node, {n} are free: \
+                     echo N > /proc/sys/vm/nr_hugepages, or set hugepages = false"
+                ),
+                None => "cannot read HugePages_Free from /proc/meminfo".to_string(),
+            },
+        ));
+    }
     let devices = match ibverbs::devices() {
         Ok(d) => d,
         Err(e) => {

@@ -228,6 +228,17 @@ pub enum RdmaError {
     /// Memory for a region could not be allocated.
     #[error("cannot allocate {bytes} bytes of registered memory")]
     Alloc { bytes: usize },
+    /// `fabric.rdma.hugepages` is set and the huge pages could not be mapped.
+    #[error(
+        "fabric.rdma.hugepages: cannot map {bytes} bytes of 2 MiB huge pages ({source}); \
+         reserve them first (echo N > /proc/sys/vm/nr_hugepages, N at least {pages} per node \
+         beside what else uses them) or set hugepages = false"
+    )]
+    Hugepages {
+        bytes: usize,
+        pages: usize,
+        source: std::io::Error,
+    },
 }
 
 fn verbs(what: &'static str) -> impl FnOnce(ibverbs::Error) -> RdmaError {
@@ -247,6 +258,8 @@ pub struct RdmaSettings {
     pub retry_count: u8,
     /// Bytes of each node's staging buffer (writes above the inline threshold, reads).
     pub staging_bytes: usize,
+    /// Logs and control blocks on 2 MiB huge pages.
+    pub hugepages: bool,
 }
 
 impl RdmaSettings {
@@ -262,6 +275,7 @@ impl RdmaSettings {
             ack_timeout_exponent: p.ack_timeout_exponent,
             retry_count: p.retry_count,
             staging_bytes: 1 << 20,
+            hugepages: p.hugepages,
         }
     }
 }
@@ -378,8 +392,20 @@ impl Device {
 /// holds an `Arc` to it (see [`Registered`]), so it outlives them.
 struct Buffer {
     ptr: NonNull<u8>,
-    layout: Layout,
+    len: usize,
+    backing: Backing,
 }
+
+/// Where a [`Buffer`]'s memory comes from.
+enum Backing {
+    /// The heap, 4 KiB-aligned.
+    Heap(Layout),
+    /// An anonymous mapping of 2 MiB huge pages (`MAP_HUGETLB`), unmapped when dropped.
+    Huge(#[allow(dead_code)] memmap2::MmapMut),
+}
+
+/// Huge page size the buffers use (the x86-64 and arm64 default).
+const HUGE_PAGE: usize = 2 << 20;
 
 // SAFETY: the buffer is plain memory; every access goes through atomics or volatile copies
 // (the HCA writes it concurrently), so sharing it between threads is sound.
@@ -396,12 +422,44 @@ impl Buffer {
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         Ok(Buffer {
             ptr: NonNull::new(ptr).ok_or(alloc)?,
-            layout,
+            len: layout.size(),
+            backing: Backing::Heap(layout),
         })
     }
 
+    /// At least `len` bytes of 2 MiB huge pages (the length rounded up to whole pages), zeroed,
+    /// populated at once, so a shortage shows here and not as a fault on first touch.
+    fn huge(len: usize) -> Result<Buffer, RdmaError> {
+        let bytes = len.max(8).next_multiple_of(HUGE_PAGE);
+        let mut map = memmap2::MmapOptions::new()
+            .len(bytes)
+            .huge(Some(21))
+            .populate()
+            .map_anon()
+            .map_err(|source| RdmaError::Hugepages {
+                bytes,
+                pages: bytes / HUGE_PAGE,
+                source,
+            })?;
+        let ptr = NonNull::new(map.as_mut_ptr()).ok_or(RdmaError::Alloc { bytes })?;
+        Ok(Buffer {
+            ptr,
+            len: bytes,
+            backing: Backing::Huge(map),
+        })
+    }
+
+    /// [`Buffer::huge`] when `huge`, else [`Buffer::new`].
+    fn with_pages(len: usize, huge: bool) -> Result<Buffer, RdmaError> {
+        if huge {
+            Buffer::huge(len)
+        } else {
+            Buffer::new(len)
+        }
+    }
+
     fn len(&self) -> usize {
-        self.layout.size()
+        self.len
     }
 
     fn word(&self, at: usize) -> &AtomicU64 {
@@ -437,9 +495,11 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; no region is registered on it any more
-        // (each holds an Arc to it).
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        if let Backing::Heap(layout) = self.backing {
+            // SAFETY: allocated in `new` with this layout; no region is registered on it any
+            // more (each holds an Arc to it). A huge mapping unmaps itself when dropped.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
     }
 }
 
@@ -549,13 +609,15 @@ struct DataAccess {
     /// registered again when one of its data lanes next connects.
     write: Option<Registered>,
     pd: ProtectionDomain,
+    /// The log's length (its buffer may be longer: whole huge pages).
+    log_bytes: usize,
 }
 
 impl DataAccess {
     fn write_region(&mut self, log: &Arc<Buffer>) -> Result<&Registered, RdmaError> {
         if self.write.is_none() {
             let access = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
-            self.write = Some(Registered::new(&self.pd, log, 0, log.len(), access)?);
+            self.write = Some(Registered::new(&self.pd, log, 0, self.log_bytes, access)?);
         }
         Ok(self.write.as_ref().expect("registered above"))
     }
@@ -950,8 +1012,8 @@ fn alloc_owner(
         .ctx
         .create_cq(cq_entries as u32)
         .map_err(verbs("ibv_create_cq"))?;
-    let control = Arc::new(Buffer::new(CB_BYTES)?);
-    let log = Arc::new(Buffer::new(log_bytes)?);
+    let control = Arc::new(Buffer::with_pages(CB_BYTES, settings.hugepages)?);
+    let log = Arc::new(Buffer::with_pages(log_bytes, settings.hugepages)?);
     let mut data = Vec::with_capacity(nodes);
     for _ in 0..nodes {
         let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
@@ -959,6 +1021,7 @@ fn alloc_owner(
             read: Registered::new(&pd, &log, 0, log_bytes, AccessFlags::REMOTE_READ)?,
             write: None,
             pd,
+            log_bytes,
         };
         // Registered ahead, so that a first connection (a new leader's) does not wait for it.
         d.write_region(&log)?;
@@ -1924,6 +1987,7 @@ mod tests {
             ack_timeout_exponent: 12,
             retry_count: 2,
             staging_bytes: 64 << 10,
+            hugepages: false,
         })
     }
 
@@ -2773,6 +2837,57 @@ mod tests {
         );
     }
 
+    /// `fabric.rdma.hugepages`: every node's log and control block on 2 MiB pages (the free
+    /// count drops by exactly that much), and the contract holds on them.
+    #[test]
+    fn the_contract_holds_on_huge_pages() {
+        let mut s = device_or_skip!("the_contract_holds_on_huge_pages");
+        s.hugepages = true;
+        let free = || {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0)
+        };
+        let need = 3 * (GEO.log_bytes().div_ceil(HUGE_PAGE) + 1);
+        let before = free();
+        if before < need {
+            return println!(
+                "skipped the_contract_holds_on_huge_pages: {before} huge pages free, {need} needed"
+            );
+        }
+        let nodes = RdmaCluster::open(&s, 3, &GEO).expect("a cluster on huge pages");
+        assert_eq!(before - free(), need, "a log and a control block a node");
+        drop(nodes);
+        assert_eq!(free(), before, "unmapped with the cluster");
+        contract::run_all(&mut || {
+            Box::new(RdmaHarness {
+                nodes: RdmaCluster::open(&s, 3, &GEO).unwrap(),
+            })
+        });
+    }
+
+    /// Huge pages that cannot be mapped are an error that says what to do, on any host.
+    #[test]
+    fn huge_pages_that_cannot_be_mapped_are_a_clear_error() {
+        let Err(e) = Buffer::huge(1 << 40) else {
+            panic!("1 TiB of huge pages mapped");
+        };
+        assert!(
+            matches!(e, RdmaError::Hugepages { pages: 524288, .. }),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("fabric.rdma.hugepages") && text.contains("nr_hugepages"),
+            "{text}"
+        );
+    }
+
     /// How far up the device takes inline writes (the profile's figure is only an upper bound).
     #[test]
     fn inline_threshold_settles_on_what_the_device_accepts() {
@@ -2796,6 +2911,7 @@ mod tests {
             ack_timeout_exponent: 14,
             retry_count: 7,
             staging_bytes: 4096,
+            hugepages: false,
         };
         assert!(matches!(
             write_floor_ns(&s, 12, 10),
