@@ -93,7 +93,7 @@ pub fn run(profile: &Profile, replicas: usize) -> Vec<Check> {
     out.extend(match profile.fabric.kind {
         FabricKind::Shm => shm_checks(profile, replicas),
         FabricKind::Udp => udp_checks(profile),
-        FabricKind::Rdma => rdma_checks(profile),
+        FabricKind::Rdma => rdma_checks(profile, replicas),
         FabricKind::Dpdk => dpdk_checks(profile),
         FabricKind::Sim => vec![check(
             "fabric",
@@ -327,7 +327,7 @@ fn udp_checks(profile: &Profile) -> Vec<Check> {
     }]
 }
 
-fn rdma_checks(profile: &Profile) -> Vec<Check> {
+fn rdma_checks(profile: &Profile, replicas: usize) -> Vec<Check> {
     use rapax_ffi::ibverbs;
     let Some(r) = profile.fabric.rdma.as_ref() else {
         return vec![check(
@@ -353,18 +353,20 @@ fn rdma_checks(profile: &Profile) -> Vec<Check> {
     )];
     if r.hugepages {
         // A node's log, whole 2 MiB pages, and one page for its control block.
-        let need = profile.geometry().log_bytes().div_ceil(2 << 20) as u64 + 1;
+        let per_node = profile.geometry().log_bytes().div_ceil(2 << 20) as u64 + 1;
+        let need = per_node * replicas as u64;
         let free = hugepages_free();
         out.push(check(
             "hugepages",
             pass_if(free.is_some_and(|n| n >= need), Verdict::Fail),
             match free {
                 Some(n) if n >= need => {
-                    format!("{n} free hugepages, {need} for a node (each node on this host)")
+                    format!("{n} free hugepages, {need} for {replicas} node(s) ({per_node} each)")
                 }
                 Some(n) => format!(
-                    "fabric.rdma.hugepages needs {need} free hugepages a node, {n} are free: \
-                     echo N > /proc/sys/vm/nr_hugepages, or set hugepages = false"
+                    "fabric.rdma.hugepages needs {need} free hugepages for {replicas} node(s) \
+                     ({per_node} each), {n} are free: echo {need} > /proc/sys/vm/nr_hugepages \
+                     (beside what else uses them), or set hugepages = false"
                 ),
                 None => "cannot read HugePages_Free from /proc/meminfo".to_string(),
             },
@@ -660,7 +662,7 @@ mod tests {
     #[test]
     fn an_rdma_profile_on_a_host_without_its_device_fails_with_what_to_do() {
         let p = profile("soft-roce.toml");
-        let checks = rdma_checks(&p);
+        let checks = rdma_checks(&p, 3);
         let worst = checks.iter().map(|c| c.verdict).max().unwrap();
         let here = rapax_ffi::ibverbs::devices().unwrap_or_default();
         if here.iter().any(|d| d.name == "rxe0") {
@@ -668,6 +670,31 @@ mod tests {
         } else {
             assert_eq!(worst, Verdict::Fail, "{}", render(&checks));
         }
+    }
+
+    #[test]
+    fn huge_pages_are_counted_against_every_node_on_this_host() {
+        let p = profile("soft-roce.toml");
+        assert!(p.fabric.rdma.as_ref().unwrap().hugepages);
+        let checks = rdma_checks(&p, 3);
+        let Some(c) = checks.iter().find(|c| c.name == "hugepages") else {
+            // Without the bindings the check list stops before it.
+            assert!(!rapax_ffi::ibverbs::available());
+            return;
+        };
+        // soft-roce.toml: a 16 MiB log (+ its header) is 9 pages, and 1 for the control block.
+        assert!(
+            c.detail.contains("30") && c.detail.contains("(10 each)"),
+            "{}",
+            c.detail
+        );
+        let free = hugepages_free().unwrap_or(0);
+        let want = if free >= 30 {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        };
+        assert_eq!(c.verdict, want, "{} free: {}", free, c.detail);
     }
 
     #[test]
