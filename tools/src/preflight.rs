@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use rapax_dataplane::agent::cpulist;
+use rapax_dataplane::fabric::hugepages_free;
 use rapax_dataplane::profile::{FabricKind, IdleKind, Profile};
 
 /// How a check came out.
@@ -550,14 +551,6 @@ fn dpdk_checks(profile: &Profile) -> Vec<Check> {
         ));
     }
     out
-}
-
-fn hugepages_free() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("HugePages_Free:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The report: one line per check, then the counts.

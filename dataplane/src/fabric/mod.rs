@@ -27,6 +27,16 @@ pub mod udp;
 
 use crate::protocol::{Ballot, NodeId};
 
+/// Free huge pages on this host (`HugePages_Free` in `/proc/meminfo`), or `None` when that cannot
+/// be read: what the DPDK EAL and `fabric.rdma.hugepages` map from.
+pub fn hugepages_free() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A node's registered regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Region {

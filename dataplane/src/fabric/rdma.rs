@@ -838,18 +838,22 @@ impl Wiring {
         // has not yet checked; its next data connection gets a new region.
         std::mem::forget(buf);
         self.fence_failures += 1;
-        for (key, r) in self.responders.iter_mut() {
-            if key.dst == owner && key.src == writer && matches!(key.lane, Lane::Data(_)) {
-                r.qp = r.qp.take().and_then(|q| q.into_reset().ok()).map(Qp::Reset);
-            }
-        }
+        self.reset_responders(|k| {
+            k.dst == owner && k.src == writer && matches!(k.lane, Lane::Data(_))
+        });
     }
 
     /// Makes `node` unreachable: every responder of it goes to RESET (and new ones stay there).
     fn isolate(&mut self, node: NodeId) {
         self.node_mut(node).isolated = true;
+        self.reset_responders(|k| k.dst == node);
+    }
+
+    /// Takes the responders of the connections `which` picks to RESET (one that cannot be reset
+    /// is dropped, which refuses as well): they refuse every request from then on.
+    fn reset_responders(&mut self, which: impl Fn(&LinkKey) -> bool) {
         for (key, r) in self.responders.iter_mut() {
-            if key.dst == node {
+            if which(key) {
                 r.qp = r.qp.take().and_then(|q| q.into_reset().ok()).map(Qp::Reset);
             }
         }
@@ -2843,16 +2847,7 @@ mod tests {
     fn the_contract_holds_on_huge_pages() {
         let mut s = device_or_skip!("the_contract_holds_on_huge_pages");
         s.hugepages = true;
-        let free = || {
-            std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| {
-                    m.lines()
-                        .find_map(|l| l.strip_prefix("HugePages_Free:"))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                })
-                .unwrap_or(0)
-        };
+        let free = || crate::fabric::hugepages_free().unwrap_or(0) as usize;
         let need = 3 * (GEO.log_bytes().div_ceil(HUGE_PAGE) + 1);
         let before = free();
         if before < need {
