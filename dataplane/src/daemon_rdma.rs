@@ -79,10 +79,18 @@ impl Plane for RdmaPlane {
         self.serial
     }
 
+    /// Completions first; the control endpoint when due, and, after a poll that found
+    /// completions (the next step of a command's path), only once it is a whole period late.
     fn poll(&mut self, out: &mut Vec<Completion>) {
+        let before = out.len();
         self.fabric.poll_into(out);
         let now = Instant::now();
-        if now >= self.next_control_poll {
+        let due = if out.len() == before {
+            now >= self.next_control_poll
+        } else {
+            now >= self.next_control_poll + CONTROL_POLL_EVERY
+        };
+        if due {
             self.serve_control(now);
         }
     }

@@ -525,6 +525,24 @@ fn cluster_files_are_private() {
         }
     }
     assert!(files >= 3 + 3 * 3, "only {files} files");
+    // `down` frees the regions (shared memory, RAM) and keeps what is read afterwards.
+    assert_eq!(
+        t.cluster.down(),
+        6,
+        "three data planes and three control planes"
+    );
+    for n in 0..3 {
+        assert!(
+            !t.dir.join(format!("node-{n}.region")).exists(),
+            "node-{n}.region outlived down"
+        );
+        for f in ["dataplane.log", "channel"] {
+            assert!(
+                t.dir.join(format!("node-{n}.{f}")).exists(),
+                "node-{n}.{f} removed by down"
+            );
+        }
+    }
 }
 
 /// A small log that the load wraps many times; a follower killed for many laps comes back

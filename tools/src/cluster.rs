@@ -611,8 +611,8 @@ impl LocalCluster {
         parse_histogram(&std::fs::read_to_string(file).unwrap_or_default())
     }
 
-    /// Stops exactly the processes started for this cluster (SIGTERM, then SIGKILL after 2 s);
-    /// returns how many were running.
+    /// Stops exactly the processes started for this cluster (SIGTERM, then SIGKILL after 2 s)
+    /// and frees the nodes' regions; returns how many were running.
     pub fn down(&self) -> usize {
         down(&self.dir.dir)
     }
@@ -962,7 +962,8 @@ fn local_port_base(dir: &Path) -> u16 {
     20_000 + (h % 48) as u16 * 256
 }
 
-/// Stops the processes recorded in `dir` that are still ours; returns how many were.
+/// Stops the processes recorded in `dir` that are still ours and, once none is left, removes
+/// the nodes' regions; returns how many were running.
 pub fn down(dir: &Path) -> usize {
     let cdir = ClusterDir::new(dir);
     let procs: Vec<Proc> = read_pids(&cdir)
@@ -983,7 +984,31 @@ pub fn down(dir: &Path) -> usize {
         }
     }
     let _ = std::fs::remove_file(cdir.pids());
+    // The nodes' regions (their logs, in shared memory: RAM, hundreds of MiB a cluster) go
+    // with the processes once none is left: `up` starts from empty regions anyway. Logs,
+    // channels and histograms stay for `status` and for reading after the fact.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while procs.iter().any(|p| is_ours(p.pid, dir)) {
+        if Instant::now() >= deadline {
+            return procs.len();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    remove_regions(&cdir);
     procs.len()
+}
+
+/// Removes the nodes' regions (`node-N.region`) from a stopped cluster's directory.
+fn remove_regions(dir: &ClusterDir) {
+    let Ok(entries) = std::fs::read_dir(&dir.dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("node-") && name.ends_with(".region") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Sends `signal` to `pid` if it is one of ours.

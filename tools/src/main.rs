@@ -109,7 +109,8 @@ enum Command {
         #[command(subcommand)]
         change: ReconfigCommand,
     },
-    /// Stop exactly the processes `rapax up` started in --dir (SIGTERM, then SIGKILL).
+    /// Stop exactly the processes `rapax up` started in --dir (SIGTERM, then SIGKILL), then
+    /// free the nodes' regions (their logs, in shared memory); logs and counters stay.
     Down {
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
