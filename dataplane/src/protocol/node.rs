@@ -740,6 +740,10 @@ struct Leader {
     log_start: Slot,
     /// The applied index each follower last published, as far as the leader read it.
     applied_of: [Slot; MAX_NODES],
+    /// How many times this leader has marked each follower absent: an operation carries its
+    /// target's count from when it was posted, and a failure of one posted before the last
+    /// mark is stale (that loss is known, and the follower may be on its way back).
+    absences: [u64; MAX_NODES],
     /// Followers with an applied-index read in flight (bit set).
     reading: u64,
     /// Since when proposals wait for a follower's apply (log reuse), if they do.
@@ -752,6 +756,14 @@ struct Leader {
     /// The steps of a change still to propose, in order, and since when the first waits.
     changes: VecDeque<Membership>,
     change_since: u64,
+}
+
+impl Leader {
+    /// Marks `peer` absent (it is requested again after a retry period) and counts the mark.
+    fn lose(&mut self, peer: NodeId, now: u64) {
+        self.followers.insert(peer, Follower::Absent { since: now });
+        self.absences[peer as usize] += 1;
+    }
 }
 
 #[derive(Debug)]
@@ -788,7 +800,9 @@ pub struct Node<S> {
     election: Election,
     now: u64,
     next_wr: u64,
-    pending: WordMap<u64, Purpose>,
+    /// Posted operations by work-request id: what each was for, and its target's absence
+    /// count when it was posted ([`Leader::absences`]).
+    pending: WordMap<u64, (Purpose, u64)>,
     /// Highest ballot seen anywhere (requests, grants, promises).
     max_seen: Ballot,
     /// Ballot holding permission on our log (mirrors the control block).
@@ -1104,7 +1118,11 @@ impl<S: StateMachine> Node<S> {
         let wr_id = self.next_wr;
         self.next_wr += 1;
         let ballot = purpose.ballot();
-        self.pending.insert(wr_id, purpose);
+        let era = match &self.role {
+            Role::Leader(l) => l.absences[target as usize],
+            _ => 0,
+        };
+        self.pending.insert(wr_id, (purpose, era));
         out.posts.push(Post {
             wr_id,
             target,
@@ -1225,7 +1243,7 @@ impl<S: StateMachine> Node<S> {
     ) {
         self.now = now;
 
-        let Some(purpose) = self.pending.remove(&c.wr_id) else {
+        let Some((purpose, era)) = self.pending.remove(&c.wr_id) else {
             return; // a completion from before a restart, or a duplicate
         };
         match purpose {
@@ -1264,7 +1282,7 @@ impl<S: StateMachine> Node<S> {
             | Purpose::Meta { ballot, peer }
             | Purpose::AppliedRead { ballot, peer }
             | Purpose::Snap { ballot, peer, .. } => {
-                self.leader_completion(purpose, ballot, peer, c.result, mem, out)
+                self.leader_completion(purpose, era, ballot, peer, c.result, mem, out)
             }
         }
     }
@@ -2177,6 +2195,7 @@ impl<S: StateMachine> Node<S> {
             // `log_from` on (it applied them), less what the last lap overwrote.
             log_start: lo.min(self.log_from.max(end.saturating_sub(geometry.capacity))),
             applied_of,
+            absences: [0; MAX_NODES],
             reading: 0,
             blocked_since: None,
             conf,
@@ -2482,6 +2501,7 @@ impl<S: StateMachine> Node<S> {
                             reason: "snapshot not installed in time",
                         });
                         *st = Follower::Absent { since: now };
+                        l.absences[p as usize] += 1;
                         continue;
                     }
                     true
@@ -2515,7 +2535,7 @@ impl<S: StateMachine> Node<S> {
                         peer: p,
                         reason: "applies too slowly for the log to be reused",
                     });
-                    l.followers.insert(p, Follower::Absent { since: now });
+                    l.lose(p, now);
                 }
             }
             l.blocked_since = None;
@@ -2586,9 +2606,11 @@ impl<S: StateMachine> Node<S> {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn leader_completion(
         &mut self,
         purpose: Purpose,
+        era: u64,
         ballot: Ballot,
         peer: NodeId,
         result: Result<Option<Vec<u8>>, FabricError>,
@@ -2613,6 +2635,13 @@ impl<S: StateMachine> Node<S> {
                 return;
             }
             Err(FabricError::Unreachable) => {
+                // Posted before the follower was last marked absent: that loss is known, and
+                // the follower may be on its way back (requested, read, caught up, sent a
+                // snapshot) over a new connection. A late failure of the old one must not
+                // drop it again.
+                if era != l.absences[peer as usize] {
+                    return;
+                }
                 // Everything posted to it after this fails too (the connection is in error);
                 // it comes back through request and catch-up.
                 if !matches!(l.followers.get(&peer), Some(Follower::Absent { .. })) {
@@ -2621,7 +2650,7 @@ impl<S: StateMachine> Node<S> {
                         reason: purpose.name(),
                     });
                 }
-                l.followers.insert(peer, Follower::Absent { since: now });
+                l.lose(peer, now);
                 return;
             }
             Ok(_) => {}
@@ -2653,7 +2682,7 @@ impl<S: StateMachine> Node<S> {
                     return;
                 }
                 let Some(h) = read_bytes(&result).and_then(LogHeader::read) else {
-                    l.followers.insert(peer, Follower::Absent { since: now });
+                    l.lose(peer, now);
                     return;
                 };
                 // It needs the log from where it applied (its own log may hold more, but a
@@ -2681,7 +2710,7 @@ impl<S: StateMachine> Node<S> {
                     return;
                 };
                 let Some(bytes) = read_bytes(&result) else {
-                    l.followers.insert(peer, Follower::Absent { since: now });
+                    l.lose(peer, now);
                     return;
                 };
                 for (s, h, _) in entries_in(bytes, from, &geometry) {
@@ -2782,7 +2811,7 @@ impl<S: StateMachine> Node<S> {
                 peer,
                 reason: "fell behind the log while being caught up",
             });
-            l.followers.insert(peer, Follower::Absent { since: now });
+            l.lose(peer, now);
             return;
         }
         let end = next_slot.min(*next + step);
@@ -2895,7 +2924,7 @@ impl<S: StateMachine> Node<S> {
         };
         if index < l.log_start {
             // We are still replaying our own log: our state is not yet one our log continues.
-            l.followers.insert(peer, Follower::Absent { since: now });
+            l.lose(peer, now);
             return;
         }
         let mut data = Vec::new();
@@ -2909,7 +2938,7 @@ impl<S: StateMachine> Node<S> {
                 peer,
                 reason: "its snapshot is larger than half the log it would be written over",
             });
-            l.followers.insert(peer, Follower::Absent { since: now });
+            l.lose(peer, now);
             return;
         }
         let at = (decided + cap / 2 + 2) % cap;
@@ -3606,6 +3635,99 @@ mod tests {
         n.tick_control(1, &mut mem, &mut out);
         assert!(mem.writers().is_empty());
         assert_eq!(n.granted(), Ballot::ZERO);
+    }
+
+    #[test]
+    fn a_late_failure_from_before_a_followers_loss_does_not_drop_it_again() {
+        // The ring head stands (granting itself its ballot) and leads with both followers
+        // (the test stands in for the recovery; from here on only the data half ticks).
+        let (mut n, mut mem) = node(0, 3, Start::Fresh);
+        let mut out = Output::default();
+        n.tick(1, &mut mem, &mut out);
+        let b = n.own_ballot().expect("standing");
+        mem.grant(0, b);
+        n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
+        assert_eq!(n.role(), RoleKind::Leader);
+        // A command after the view's no-op: two writes to follower 1 in flight.
+        let mut cmd = Vec::new();
+        Command {
+            client: 7,
+            seq: 1,
+            op: KvOp::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        }
+        .encode(&mut cmd);
+        let request = ClientRequest {
+            client: 7,
+            seq: 1,
+            command: cmd,
+        };
+        n.on_client_request(1, request, &mut mem, &mut out);
+        n.tick_data(1, &mut mem, &mut out);
+        let to_1: Vec<u64> = out
+            .posts
+            .iter()
+            .filter(|p| {
+                p.target == 1
+                    && matches!(
+                        p.op,
+                        Op::Write {
+                            region: Region::Log,
+                            ..
+                        }
+                    )
+            })
+            .map(|p| p.wr_id)
+            .collect();
+        assert!(
+            to_1.len() >= 2,
+            "writes to follower 1: {to_1:?} of {:?} {:?}",
+            out.posts
+                .iter()
+                .map(|p| (p.target, p.wr_id, p.op.region()))
+                .collect::<Vec<_>>(),
+            n.followers()
+        );
+        let failed = |wr_id| Completion {
+            wr_id,
+            result: Err(FabricError::Unreachable),
+        };
+        let state_of_1 = |n: &Node<KvStore>| n.followers().iter().find(|f| f.0 == 1).unwrap().1;
+        // The first failure loses it.
+        out.clear();
+        n.on_completion(2, failed(to_1[0]), &mut mem, &mut out);
+        assert_eq!(state_of_1(&n), "absent");
+        // A retry period later it is requested, acks, and its catch-up starts with a read.
+        for t in 3..=14 {
+            n.tick_data(t, &mut mem, &mut out);
+        }
+        assert_eq!(state_of_1(&n), "requested");
+        mem.set_control_word(cb_ack(1), b.0);
+        out.clear();
+        n.tick_data(15, &mut mem, &mut out);
+        assert_eq!(state_of_1(&n), "syncing");
+        let header_read = out
+            .posts
+            .iter()
+            .find(|p| p.target == 1 && p.reconnect)
+            .expect("the catch-up's header read")
+            .wr_id;
+        // The old connection's other write fails late: the follower stays on its way back.
+        out.clear();
+        n.on_completion(16, failed(to_1[1]), &mut mem, &mut out);
+        assert_eq!(state_of_1(&n), "syncing");
+        assert!(
+            !out.notes
+                .iter()
+                .any(|e| matches!(e, Note::FollowerLost { .. })),
+            "{:?}",
+            out.notes
+        );
+        // A failure of the new cycle's own read still loses it.
+        n.on_completion(17, failed(header_read), &mut mem, &mut out);
+        assert_eq!(state_of_1(&n), "absent");
     }
 
     #[test]
