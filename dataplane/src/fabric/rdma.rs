@@ -94,6 +94,7 @@
 //! cannot route over, such as rxe on loopback). Either way the owner decides the rights of its
 //! responder from its own grant state, never from the exchange.
 
+use crate::protocol::wordhash::WordMap;
 use std::alloc::Layout;
 use std::collections::HashMap;
 use std::ptr::NonNull;
@@ -922,7 +923,9 @@ pub struct RdmaFabric {
     wiring: Arc<Mutex<Wiring>>,
     pd: ProtectionDomain,
     cq: CompletionQueue,
-    conns: HashMap<LinkKey, Conn>,
+    /// Keyed by node ids and ballots of this cluster: a bounded map, hashed by a word hasher
+    /// (its lookups are on every post's and every completion's path).
+    conns: WordMap<LinkKey, Conn>,
     /// In-flight work requests, by the `wr_id` posted to the device (an index here).
     pending: Vec<Option<Pending>>,
     free: Vec<u32>,
@@ -935,7 +938,7 @@ pub struct RdmaFabric {
     /// The handshake with peers in other processes (`None`: every peer is in this process).
     net: Option<Handshake>,
     /// Connections to peers in other processes waiting for the owner's answer.
-    connecting: HashMap<LinkKey, Connecting>,
+    connecting: WordMap<LinkKey, Connecting>,
     answers: Vec<net::Answer>,
     /// Our connections whose owner closed its end (rdma_cm), taken from the handshake.
     closed: Vec<LinkKey>,
@@ -1106,7 +1109,7 @@ impl RdmaFabric {
             wiring: wiring.clone(),
             pd: own.pd,
             cq: own.cq,
-            conns: HashMap::new(),
+            conns: WordMap::default(),
             pending: (0..own.cq_entries).map(|_| None).collect(),
             free: (0..own.cq_entries as u32).rev().collect(),
             staging: own.staging,
@@ -1116,7 +1119,7 @@ impl RdmaFabric {
             log: own.log,
             log_bytes: own.log_bytes,
             net,
-            connecting: HashMap::new(),
+            connecting: WordMap::default(),
             answers: Vec::new(),
             closed: Vec::new(),
             closed_flushes: 0,
