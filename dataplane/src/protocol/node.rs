@@ -3532,6 +3532,21 @@ mod tests {
         (node, mem)
     }
 
+    /// Client 7's first command: put k = v.
+    fn put_k_v() -> Vec<u8> {
+        let mut put = Vec::new();
+        Command {
+            client: 7,
+            seq: 1,
+            op: KvOp::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        }
+        .encode(&mut put);
+        put
+    }
+
     fn request(mem: &mut SimMemory, from: NodeId, ballot: Ballot) {
         mem.set_control_word(cb_request(from), ballot.0);
     }
@@ -3582,16 +3597,7 @@ mod tests {
         n.tick_control(1, &mut mem, &mut out);
         assert_eq!(n.granted(), b);
         let geometry = cfg(1, 3).geometry;
-        let mut put = Vec::new();
-        Command {
-            client: 7,
-            seq: 1,
-            op: KvOp::Put {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-            },
-        }
-        .encode(&mut put);
+        let put = put_k_v();
         let mut good = Vec::new();
         Batch::encode([put.as_slice()], &mut good);
         // Slot 0 claims five commands and holds none; slot 1 is whole and says both are chosen.
@@ -3649,20 +3655,10 @@ mod tests {
         n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
         assert_eq!(n.role(), RoleKind::Leader);
         // A command after the view's no-op: two writes to follower 1 in flight.
-        let mut cmd = Vec::new();
-        Command {
-            client: 7,
-            seq: 1,
-            op: KvOp::Put {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-            },
-        }
-        .encode(&mut cmd);
         let request = ClientRequest {
             client: 7,
             seq: 1,
-            command: cmd,
+            command: put_k_v(),
         };
         n.on_client_request(1, request, &mut mem, &mut out);
         n.tick_data(1, &mut mem, &mut out);
