@@ -525,6 +525,19 @@ fn cluster_files_are_private() {
         }
     }
     assert!(files >= 3 + 3 * 3, "only {files} files");
+    // A `down` that cannot see the daemons (their pids file lost) stops nothing and keeps
+    // the regions they run on.
+    let pids = t.dir.join("pids");
+    let recorded = std::fs::read(&pids).unwrap();
+    std::fs::remove_file(&pids).unwrap();
+    let stopped = t.cluster.down();
+    let kept: Vec<bool> = (0..3)
+        .map(|n| t.dir.join(format!("node-{n}.region")).exists())
+        .collect();
+    // Back before asserting, so that the end of the test stops the daemons either way.
+    std::fs::write(&pids, recorded).unwrap();
+    assert_eq!(stopped, 0);
+    assert_eq!(kept, [true; 3], "regions removed under running daemons");
     // `down` frees the regions (shared memory, RAM) and keeps what is read afterwards.
     assert_eq!(
         t.cluster.down(),

@@ -119,12 +119,36 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
         // included, are closed only after that. A restart now could not bind its ports.
         return true;
     }
+    names_daemon_of(&cmdline, dir)
+}
+
+/// Whether a command line (NUL-separated) is a rapax daemon's of cluster directory `dir`.
+fn names_daemon_of(cmdline: &[u8], dir: &Path) -> bool {
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let dir = dir.as_os_str().as_encoded_bytes();
     let daemon = args
         .first()
         .is_some_and(|a| a.ends_with(b"rapax-dataplane") || a.ends_with(b"rapax-control"));
     daemon && args.windows(2).any(|w| w[0] == b"--dir" && w[1] == dir)
+}
+
+/// Whether any rapax daemon of `dir` runs, recorded in its pids file or not (found by its
+/// command line; `true` when /proc cannot be read).
+fn any_daemon_of(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| {
+            let state = u64::try_from(pid)
+                .ok()
+                .and_then(rapax_dataplane::fabric::shm::proc_state);
+            !matches!(state, None | Some('Z' | 'X' | 'x'))
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| names_daemon_of(&c, dir))
+        })
 }
 
 /// Whether any thread of `pid` other than a zombie is still there.
@@ -962,8 +986,8 @@ fn local_port_base(dir: &Path) -> u16 {
     20_000 + (h % 48) as u16 * 256
 }
 
-/// Stops the processes recorded in `dir` that are still ours and, once none is left, removes
-/// the nodes' regions; returns how many were running.
+/// Stops the processes recorded in `dir` that are still ours and, once no daemon of `dir` is
+/// left, removes the nodes' regions; returns how many were running.
 pub fn down(dir: &Path) -> usize {
     let cdir = ClusterDir::new(dir);
     let procs: Vec<Proc> = read_pids(&cdir)
@@ -986,13 +1010,17 @@ pub fn down(dir: &Path) -> usize {
     let _ = std::fs::remove_file(cdir.pids());
     // The nodes' regions (their logs, in shared memory: RAM, hundreds of MiB a cluster) go
     // with the processes once none is left: `up` starts from empty regions anyway. Logs,
-    // channels and histograms stay for `status` and for reading after the fact.
+    // channels and histograms stay for `status` and for reading after the fact. A daemon of
+    // this directory that the pids file does not list (it was lost) keeps them.
     let deadline = Instant::now() + Duration::from_secs(2);
     while procs.iter().any(|p| is_ours(p.pid, dir)) {
         if Instant::now() >= deadline {
             return procs.len();
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+    if any_daemon_of(dir) {
+        return procs.len();
     }
     remove_regions(&cdir);
     procs.len()
