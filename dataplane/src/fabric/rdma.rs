@@ -19,6 +19,9 @@
 //!   remote access error). Nothing of the control block is in the protection domain of the data
 //!   connections, so a log writer cannot touch it either.
 //!
+//! A node registers nothing for itself (it reads and writes its own memory directly): a post to
+//! its own memory fails as unreachable.
+//!
 //! ## Connections
 //!
 //! A connection is one RC queue pair at the poster (the initiator) and one at the owner (the
@@ -226,6 +229,9 @@ pub enum RdmaError {
     /// A work request of the floor failed.
     #[error("rdma write floor: a write completed with {status}")]
     Failed { status: String },
+    /// A connection from a node to its own memory (it reads and writes that memory directly).
+    #[error("node {node} has no regions for itself: its own memory is local to it")]
+    OwnMemory { node: NodeId },
     /// Memory for a region could not be allocated.
     #[error("cannot allocate {bytes} bytes of registered memory")]
     Alloc { bytes: usize },
@@ -727,6 +733,10 @@ impl Wiring {
         initiator: Endpoint,
         reuse: bool,
     ) -> Result<(Endpoint, Remotes), RdmaError> {
+        if key.src == key.dst {
+            // A node's own memory is local to it: it has no regions for itself.
+            return Err(RdmaError::OwnMemory { node: key.src });
+        }
         let remotes = match key.lane {
             Lane::Control | Lane::Watch => {
                 let c = self.node(key.dst).control[key.src as usize]
@@ -980,8 +990,8 @@ impl RdmaCluster {
         let log_bytes = geometry.log_bytes();
         let mut shared = Vec::with_capacity(nodes);
         let mut mine = Vec::with_capacity(nodes);
-        for _ in 0..nodes {
-            let (owner, own) = alloc_owner(&dev, settings, nodes, log_bytes)?;
+        for me in 0..nodes as NodeId {
+            let (owner, own) = alloc_owner(&dev, settings, me, nodes, log_bytes)?;
             shared.push(Some(owner));
             mine.push(own);
         }
@@ -1006,9 +1016,13 @@ struct OwnParts {
 }
 
 /// Allocates and registers one node's control block, log and staging buffer on `dev`.
+///
+/// Every other node of `nodes` gets its regions: `me` gets none (its own memory is local to it,
+/// and a region over a 16 MiB log costs its registration and the device's translation entries).
 fn alloc_owner(
     dev: &Arc<Device>,
     settings: &RdmaSettings,
+    me: NodeId,
     nodes: usize,
     log_bytes: usize,
 ) -> Result<(NodeShared, OwnParts), RdmaError> {
@@ -1022,7 +1036,11 @@ fn alloc_owner(
     let control = Arc::new(Buffer::with_pages(CB_BYTES, settings.hugepages)?);
     let log = Arc::new(Buffer::with_pages(log_bytes, settings.hugepages)?);
     let mut data = Vec::with_capacity(nodes);
-    for _ in 0..nodes {
+    for peer in 0..nodes as NodeId {
+        if peer == me {
+            data.push(None);
+            continue;
+        }
         let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
         let mut d = DataAccess {
             read: Registered::new(&pd, &log, 0, log_bytes, AccessFlags::REMOTE_READ)?,
@@ -1036,6 +1054,10 @@ fn alloc_owner(
     }
     let mut access = Vec::with_capacity(nodes);
     for peer in 0..nodes as NodeId {
+        if peer == me {
+            access.push(None);
+            continue;
+        }
         let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
         let writable = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
         access.push(Some(ControlAccess {
@@ -1139,7 +1161,7 @@ impl RdmaFabric {
         net: Handshake,
     ) -> Result<RdmaFabric, RdmaError> {
         let dev = Arc::new(Device::open(settings)?);
-        let (owner, own) = alloc_owner(&dev, settings, nodes, geometry.log_bytes())?;
+        let (owner, own) = alloc_owner(&dev, settings, me, nodes, geometry.log_bytes())?;
         let mut shared: Vec<Option<NodeShared>> = (0..nodes).map(|_| None).collect();
         shared[me as usize] = Some(owner);
         let wiring = Arc::new(Mutex::new(Wiring::new(&dev, shared)));
@@ -1165,7 +1187,7 @@ impl RdmaFabric {
     ) -> Result<RdmaFabric, RdmaError> {
         let dev = Arc::new(Device::open(settings)?);
         // No peer ever reaches a watcher's memory: no control-block regions for them.
-        let (_unreachable, own) = alloc_owner(&dev, settings, 0, 64)?;
+        let (_unreachable, own) = alloc_owner(&dev, settings, me, 0, 64)?;
         let shared: Vec<Option<NodeShared>> = (0..nodes).map(|_| None).collect();
         let wiring = Arc::new(Mutex::new(Wiring::new(&dev, shared)));
         let mut f = RdmaFabric::assemble(me, nodes, &dev, &wiring, own, Some(net));
@@ -2385,6 +2407,48 @@ mod tests {
                 nodes: RdmaCluster::open(&s, 3, &GEO).unwrap(),
             })
         });
+    }
+
+    /// A node registers no region for itself: a post to its own memory fails as unreachable
+    /// (nothing panics), while the same write to a peer lands.
+    #[test]
+    fn a_node_has_no_regions_for_itself() {
+        let s = device_or_skip!("a_node_has_no_regions_for_itself");
+        let b = Ballot::new(1, 0);
+        let mut h = RdmaHarness {
+            nodes: RdmaCluster::open(&s, 3, &GEO).unwrap(),
+        };
+        {
+            let w = h.nodes[0].wiring();
+            let me = w.nodes[0].as_ref().expect("node 0 is in-process");
+            assert!(me.data[0].is_none() && me.control[0].is_none());
+            assert!(me.data[1].is_some() && me.control[1].is_some());
+        }
+        h.nodes[0].grant(0, b);
+        h.nodes[1].grant(0, b);
+        for target in [0, 1] {
+            h.post(
+                0,
+                Post {
+                    wr_id: target as u64,
+                    target,
+                    op: Op::Write {
+                        region: Region::Log,
+                        offset: 64,
+                        bytes: vec![7; 64],
+                    },
+                    reconnect: false,
+                    ballot: b,
+                },
+            );
+        }
+        let mut done = h.drain();
+        done.sort_by_key(|(_, c)| c.wr_id);
+        let results: Vec<_> = done.iter().map(|(_, c)| c.result.clone()).collect();
+        assert_eq!(results, vec![Err(FabricError::Unreachable), Ok(None)]);
+        let mut landed = [0u8; 64];
+        h.nodes[1].read_log(64, &mut landed);
+        assert_eq!(landed, [7u8; 64]);
     }
 
     /// Revocation completeness with the writer on its own thread, streaming: after `revoke`
