@@ -184,7 +184,7 @@ impl Client {
             seq: self.seq,
             op,
         };
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(command.encoded_len());
         command.encode(&mut bytes);
         let reply = self.submit(bytes)?;
         KvReply::decode(&reply).map_err(ClientFailure::BadReply)

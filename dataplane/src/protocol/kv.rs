@@ -243,6 +243,18 @@ impl<'a> Reader<'a> {
 
 impl Command {
     /// Append the encoding of this command to `out`.
+    /// The length of [`Command::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let field = |b: &[u8]| 4 + b.len();
+        17 + match &self.op {
+            KvOp::Put { key, value } => field(key) + field(value),
+            KvOp::Get { key } | KvOp::Delete { key } => field(key),
+            KvOp::Cas { key, expected, new } => {
+                field(key) + 1 + expected.as_deref().map_or(0, field) + field(new)
+            }
+        }
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         put_u64(out, self.client);
         put_u64(out, self.seq);
@@ -886,6 +898,7 @@ mod tests {
         for c in sample_commands() {
             let buf = encoded(&c, Command::encode);
             assert_eq!(Command::decode(&buf), Ok(c.clone()), "{c:?}");
+            assert_eq!(buf.len(), c.encoded_len(), "{c:?}");
         }
     }
 
