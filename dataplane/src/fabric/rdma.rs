@@ -701,31 +701,19 @@ struct Registration {
     done: mpsc::Sender<Result<Registered, RdmaError>>,
 }
 
-/// How often the registrar looks for work. It is not woken by a job: a thread woken by
-/// `revoke` could be placed on the revoker's core and run first, delaying the hand-over it is
-/// meant to keep off (70-90 us more per `revoke` on rxe, measured). A registration waits at
-/// most this long to start, well within the milliseconds before a revoked writer leads again.
-const REGISTRAR_PERIOD: Duration = Duration::from_millis(2);
-
 /// Starts the thread that registers write regions ahead: it lives as long as the sender
 /// returned (`None` if no thread could be started).
 fn start_registrar() -> Option<mpsc::Sender<Registration>> {
     let (jobs, queue) = mpsc::channel::<Registration>();
     std::thread::Builder::new()
         .name("rdma-register".into())
-        .spawn(move || loop {
-            std::thread::sleep(REGISTRAR_PERIOD);
-            loop {
-                match queue.try_recv() {
-                    Ok(job) => {
-                        let region =
-                            Registered::new(&job.pd, &job.buf, 0, job.len, WRITE_REGION_ACCESS);
-                        // A fabric gone meanwhile drops the region (deregistered) with it.
-                        let _ = job.done.send(region);
-                    }
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => return,
-                }
+        .spawn(move || {
+            // Asleep until a revocation hands it a job: no wake-ups of its own beside a data
+            // plane that may spin on its core.
+            for job in queue {
+                let region = Registered::new(&job.pd, &job.buf, 0, job.len, WRITE_REGION_ACCESS);
+                // A fabric gone meanwhile drops the region (deregistered) with it.
+                let _ = job.done.send(region);
             }
         })
         .ok()?;
