@@ -393,6 +393,14 @@ fn unpin() {
     }
 }
 
+/// Places a helper thread that is no agent (work that may wait: it must never take CPU from
+/// one): off the reserved cores ([`reserve_cores`]) and at `SCHED_IDLE` priority, so it runs
+/// only on CPU the agents leave idle. Returns why the priority could not be lowered, if so.
+pub fn place_helper_thread() -> std::io::Result<()> {
+    unpin();
+    rapax_ffi::sched::idle_priority()
+}
+
 /// Lets the calling thread run on every core of the host, whatever affinity it inherited (a
 /// daemon started by a pinned thread inherits its pinning). Daemons call it first thing, so a
 /// profile's cores are available to pin to.

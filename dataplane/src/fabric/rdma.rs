@@ -633,11 +633,13 @@ const WRITE_REGION_ACCESS: AccessFlags =
     AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
 
 impl DataAccess {
-    /// The peer's write region: the one registered ahead (waiting for it if it is still being
-    /// registered), else one registered now.
+    /// The peer's write region: the one registered ahead if it is ready, else one registered
+    /// now. A registration ahead still under way is not waited for: the registrar runs at idle
+    /// priority, and a data plane waiting on it could wait behind any busy thread. (It drops
+    /// the region it made, deregistered, when it finds nobody waiting.)
     fn write_region(&mut self, log: &Arc<Buffer>) -> Result<&Registered, RdmaError> {
         if self.write.is_none() {
-            if let Some(Ok(Ok(region))) = self.pending.take().map(|done| done.recv()) {
+            if let Some(Ok(Ok(region))) = self.pending.take().map(|done| done.try_recv()) {
                 self.write = Some(region);
             }
         }
@@ -708,8 +710,10 @@ fn start_registrar() -> Option<mpsc::Sender<Registration>> {
     std::thread::Builder::new()
         .name("rdma-register".into())
         .spawn(move || {
-            // Asleep until a revocation hands it a job: no wake-ups of its own beside a data
-            // plane that may spin on its core.
+            // Pinning a log's pages takes a while and nothing waits for it: only on CPU the
+            // agents leave idle, never on a core a leader spins on (a revocation is where a
+            // new leader starts serving). Asleep until a revocation hands it a job.
+            let _ = crate::agent::place_helper_thread();
             for job in queue {
                 let region = Registered::new(&job.pd, &job.buf, 0, job.len, WRITE_REGION_ACCESS);
                 // A fabric gone meanwhile drops the region (deregistered) with it.
