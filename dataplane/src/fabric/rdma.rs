@@ -68,9 +68,9 @@
 //!    returns, no write of the revoked writer lands, whatever was in flight. A fresh write
 //!    region (a new key) is registered for that writer at once, on a thread of its own (pinning
 //!    a whole log is slow: it must not fall on a hand-over's path), and its next data
-//!    connection gets it; the flags decide whether that one may be written. Should the device refuse the deregistration, the region is
-//!    leaked (with the buffer under it), the writer's data responders go to RESET instead, and
-//!    [`RdmaFabric::fence_failures`] counts it.
+//!    connection gets it; the flags decide whether that one may be written. Should the device
+//!    refuse the deregistration, the region is leaked (with the buffer under it), the writer's
+//!    data responders go to RESET instead, and [`RdmaFabric::fence_failures`] counts it.
 //!
 //! A multi-packet write cut by a revoke lands at most a prefix, which the entry checksum catches
 //! (contract point 5). When the device refuses the access-flags switch, the fallback takes the
@@ -629,29 +629,39 @@ struct DataAccess {
     log_bytes: usize,
 }
 
-const WRITE_REGION_ACCESS: AccessFlags =
-    AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
+/// The rights of a region peers write into (a write region, a control block's request and ack
+/// words).
+const WRITABLE: AccessFlags = AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
 
 impl DataAccess {
+    /// Takes the region registered ahead, if the registrar is done with it (a registration
+    /// that failed is forgotten).
+    fn take_ready(&mut self) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        match pending.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => {}
+            Ok(Ok(region)) => {
+                self.pending = None;
+                self.write = Some(region);
+            }
+            Ok(Err(_)) | Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
+        }
+    }
+
     /// The peer's write region: the one registered ahead if it is ready, else one registered
     /// now. A registration ahead still under way is not waited for: the registrar runs at idle
     /// priority, and a data plane waiting on it could wait behind any busy thread. (It drops
     /// the region it made, deregistered, when it finds nobody waiting.)
     fn write_region(&mut self, log: &Arc<Buffer>) -> Result<&Registered, RdmaError> {
         if self.write.is_none() {
-            if let Some(Ok(Ok(region))) = self.pending.take().map(|done| done.try_recv()) {
-                self.write = Some(region);
-            }
+            self.take_ready();
+            self.pending = None;
         }
         if self.write.is_none() {
             self.registered_on_connect += 1;
-            self.write = Some(Registered::new(
-                &self.pd,
-                log,
-                0,
-                self.log_bytes,
-                WRITE_REGION_ACCESS,
-            )?);
+            self.write = Some(Registered::new(&self.pd, log, 0, self.log_bytes, WRITABLE)?);
         }
         Ok(self.write.as_ref().expect("registered above"))
     }
@@ -687,10 +697,7 @@ impl DataAccess {
     /// is done).
     #[cfg(test)]
     fn ready_ahead(&mut self) -> bool {
-        if let Some(Ok(region)) = self.pending.as_ref().and_then(|p| p.try_recv().ok()) {
-            self.pending = None;
-            self.write = Some(region);
-        }
+        self.take_ready();
         self.write.is_some()
     }
 }
@@ -715,7 +722,7 @@ fn start_registrar() -> Option<mpsc::Sender<Registration>> {
             // new leader starts serving). Asleep until a revocation hands it a job.
             let _ = crate::agent::place_helper_thread();
             for job in queue {
-                let region = Registered::new(&job.pd, &job.buf, 0, job.len, WRITE_REGION_ACCESS);
+                let region = Registered::new(&job.pd, &job.buf, 0, job.len, WRITABLE);
                 // A fabric gone meanwhile drops the region (deregistered) with it.
                 let _ = job.done.send(region);
             }
@@ -1144,18 +1151,15 @@ fn alloc_owner(
             continue;
         }
         let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
-        let mut d = DataAccess {
+        data.push(Some(DataAccess {
             read: Registered::new(&pd, &log, 0, log_bytes, AccessFlags::REMOTE_READ)?,
-            write: None,
+            // Registered ahead, so that a first connection (a new leader's) does not wait for it.
+            write: Some(Registered::new(&pd, &log, 0, log_bytes, WRITABLE)?),
             pending: None,
             registered_on_connect: 0,
             pd,
             log_bytes,
-        };
-        // Registered ahead, so that a first connection (a new leader's) does not wait for it.
-        d.write_region(&log)?;
-        d.registered_on_connect = 0;
-        data.push(Some(d));
+        }));
     }
     let mut access = Vec::with_capacity(nodes);
     for peer in 0..nodes as NodeId {
@@ -1164,11 +1168,10 @@ fn alloc_owner(
             continue;
         }
         let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
-        let writable = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
         access.push(Some(ControlAccess {
             read: Registered::new(&pd, &control, 0, CB_BYTES, AccessFlags::REMOTE_READ)?,
-            request: Registered::new(&pd, &control, cb_request(peer), 8, writable)?,
-            ack: Registered::new(&pd, &control, cb_ack(peer), 8, writable)?,
+            request: Registered::new(&pd, &control, cb_request(peer), 8, WRITABLE)?,
+            ack: Registered::new(&pd, &control, cb_ack(peer), 8, WRITABLE)?,
             pd,
         }));
     }
@@ -1989,14 +1992,13 @@ fn floor_pair(settings: &RdmaSettings, bytes: usize) -> Result<(FloorSide, Floor
     }
     let dev = Device::open(settings)?;
     let pd = dev.ctx.alloc_pd().map_err(verbs("ibv_alloc_pd"))?;
-    let remote_write = AccessFlags::LOCAL_WRITE | AccessFlags::REMOTE_WRITE;
     let mut sides = Vec::new();
     let mut qps = Vec::new();
     for _ in 0..2 {
         let cq = dev.ctx.create_cq(16).map_err(verbs("ibv_create_cq"))?;
         let inbox = Arc::new(Buffer::new(bytes)?);
         let outbox = Arc::new(Buffer::new(bytes)?);
-        let inbox = Registered::new(&pd, &inbox, 0, bytes, remote_write)?;
+        let inbox = Registered::new(&pd, &inbox, 0, bytes, WRITABLE)?;
         let outbox = Registered::new(&pd, &outbox, 0, bytes, AccessFlags::LOCAL_WRITE)?;
         let qp = QueuePair::create_rc(&pd, &cq, &cq, dev.caps).map_err(verbs("ibv_create_qp"))?;
         qps.push(qp);
@@ -2007,9 +2009,9 @@ fn floor_pair(settings: &RdmaSettings, bytes: usize) -> Result<(FloorSide, Floor
         dev.endpoint(qp_a.qp_num(), 0x1000),
         dev.endpoint(qp_b.qp_num(), 0x2000),
     );
-    let qp_a = bring_up(&dev, qp_a, remote_write, &ep_b, ep_a.psn)
+    let qp_a = bring_up(&dev, qp_a, WRITABLE, &ep_b, ep_a.psn)
         .map_err(verbs("floor RESET->INIT->RTR->RTS"))?;
-    let qp_b = bring_up(&dev, qp_b, remote_write, &ep_a, ep_b.psn)
+    let qp_b = bring_up(&dev, qp_b, WRITABLE, &ep_a, ep_b.psn)
         .map_err(verbs("floor RESET->INIT->RTR->RTS"))?;
     let (cq_b, inbox_b, outbox_b) = sides.pop().unwrap();
     let (cq_a, inbox_a, outbox_a) = sides.pop().unwrap();

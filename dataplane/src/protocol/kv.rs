@@ -242,7 +242,6 @@ impl<'a> Reader<'a> {
 }
 
 impl Command {
-    /// Append the encoding of this command to `out`.
     /// The length of [`Command::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         let field = |b: &[u8]| 4 + b.len();
@@ -255,6 +254,7 @@ impl Command {
         }
     }
 
+    /// Append the encoding of this command to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         put_u64(out, self.client);
         put_u64(out, self.seq);
