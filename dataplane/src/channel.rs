@@ -227,11 +227,17 @@ pub enum Counter {
     /// rdma: revocations whose writer's region the device would not deregister (its data
     /// responders were reset instead).
     FabricFenceFailures = 45,
+    /// rdma: queue pairs created on a connection's path, initiators and responders (no spare
+    /// made ahead was ready).
+    FabricQpsOnPath = 46,
+    /// rdma: write regions registered on a connection's path (none registered ahead was
+    /// ready).
+    FabricRegionsOnPath = 47,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 46] = [
+    pub const ALL: [Counter; 48] = [
         Counter::Heartbeat,
         Counter::Applied,
         Counter::Commit,
@@ -278,6 +284,8 @@ impl Counter {
         Counter::Amnesiac,
         Counter::FabricRightsFallbacks,
         Counter::FabricFenceFailures,
+        Counter::FabricQpsOnPath,
+        Counter::FabricRegionsOnPath,
     ];
 
     /// The counter's name, for tools.
@@ -329,6 +337,8 @@ impl Counter {
             Counter::Amnesiac => "amnesiac",
             Counter::FabricRightsFallbacks => "fabric_rights_fallbacks",
             Counter::FabricFenceFailures => "fabric_fence_failures",
+            Counter::FabricQpsOnPath => "fabric_qps_on_path",
+            Counter::FabricRegionsOnPath => "fabric_regions_on_path",
         }
     }
 

@@ -113,6 +113,12 @@ impl Plane for RdmaPlane {
             self.fabric.fallback_cycles(),
         );
         channel.set(Counter::FabricFenceFailures, self.fabric.fence_failures());
+        let (initiators, responders) = self.fabric.queue_pairs_created_on_connect();
+        channel.set(Counter::FabricQpsOnPath, initiators + responders);
+        channel.set(
+            Counter::FabricRegionsOnPath,
+            self.fabric.regions_registered_on_connect(),
+        );
     }
 }
 

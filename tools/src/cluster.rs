@@ -493,6 +493,8 @@ impl LocalCluster {
             fabric_fenced: get(Counter::FabricFenced),
             fabric_rights_fallbacks: get(Counter::FabricRightsFallbacks),
             fabric_fence_failures: get(Counter::FabricFenceFailures),
+            fabric_qps_on_path: get(Counter::FabricQpsOnPath),
+            fabric_regions_on_path: get(Counter::FabricRegionsOnPath),
             snapshots_sent: get(Counter::SnapshotsSent),
             snapshots_installed: get(Counter::SnapshotsInstalled),
             snapshots_rejected: get(Counter::SnapshotsRejected),
@@ -830,6 +832,19 @@ impl LocalCluster {
                     )
                 }),
         );
+        // rdma: connection set-up done on a connection's path instead of ahead.
+        summary_line(
+            &mut s,
+            "set-up on path",
+            all.iter()
+                .filter(|c| c.fabric_qps_on_path + c.fabric_regions_on_path > 0)
+                .map(|c| {
+                    format!(
+                        "node {}: queue pairs created {}, write regions registered {}",
+                        c.node, c.fabric_qps_on_path, c.fabric_regions_on_path
+                    )
+                }),
+        );
         // Checkpoints (equal indexes must show equal digests) and state transfers.
         summary_line(
             &mut s,
@@ -907,6 +922,10 @@ pub struct NodeCounters {
     /// region the device would not deregister (both 0 on a device that does what verbs say).
     pub fabric_rights_fallbacks: u64,
     pub fabric_fence_failures: u64,
+    /// rdma: queue pairs created and write regions registered on connections' paths, not
+    /// ahead (a hand-over waits for them).
+    pub fabric_qps_on_path: u64,
+    pub fabric_regions_on_path: u64,
     /// State transfers: started (as leader), installed and discarded (as follower).
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,

@@ -605,6 +605,8 @@ struct ControlAccess {
     request: Registered,
     ack: Registered,
     pd: ProtectionDomain,
+    /// The responder of this peer's next control or watch connection, created ahead.
+    spare: SpareQp,
 }
 
 /// The owner's regions of its log for one peer's data lanes, in a protection domain of their own
@@ -627,6 +629,8 @@ struct DataAccess {
     pd: ProtectionDomain,
     /// The log's length (its buffer may be longer: whole huge pages).
     log_bytes: usize,
+    /// The responder of this peer's next data connection, created ahead.
+    spare: SpareQp,
 }
 
 /// The rights of a region peers write into (a write region, a control block's request and ack
@@ -670,11 +674,7 @@ impl DataAccess {
     /// own), unless one is there or under way. Nothing reaches that region before the peer's
     /// next connection learns its key, and only a connection with write rights can use it.
     /// Without a registrar it is left to [`DataAccess::write_region`].
-    fn register_ahead(
-        &mut self,
-        log: &Arc<Buffer>,
-        registrar: Option<&mpsc::Sender<Registration>>,
-    ) {
+    fn register_ahead(&mut self, log: &Arc<Buffer>, registrar: Option<&mpsc::Sender<Ahead>>) {
         if self.write.is_some() || self.pending.is_some() {
             return;
         }
@@ -688,7 +688,7 @@ impl DataAccess {
             len: self.log_bytes,
             done,
         };
-        if registrar.send(job).is_ok() {
+        if registrar.send(Ahead::Register(job)).is_ok() {
             self.pending = Some(pending);
         }
     }
@@ -710,21 +710,133 @@ struct Registration {
     done: mpsc::Sender<Result<Registered, RdmaError>>,
 }
 
-/// Starts the thread that registers write regions ahead: it lives as long as the sender
-/// returned (`None` if no thread could be started).
-fn start_registrar() -> Option<mpsc::Sender<Registration>> {
-    let (jobs, queue) = mpsc::channel::<Registration>();
+/// A queue pair to create off the data plane's thread ([`SpareQp::refill`]).
+struct QpCreation {
+    pd: ProtectionDomain,
+    cq: CompletionQueue,
+    caps: QpCaps,
+    done: mpsc::Sender<Result<QueuePair<Reset>, ibverbs::Error>>,
+}
+
+/// The registrar's work: what a connection would otherwise wait for, done before it is asked.
+enum Ahead {
+    Register(Registration),
+    Create(QpCreation),
+}
+
+/// A queue pair created ahead on the registrar's thread, in RESET, for the next connection of
+/// its kind. Every connection gets a new queue pair (over rdma_cm the CM refuses a number it
+/// still holds in a time-wait), and a hand-over's data connections are new connections:
+/// `ibv_create_qp` is a call of milliseconds on rxe (median 3.6-4.8 ms, up to 263 ms, in
+/// docs/rdma.md) and of hundreds of microseconds of firmware commands on a NIC, on the path of
+/// both the new leader's post and the follower's accept.
+#[derive(Default)]
+struct SpareQp {
+    ready: Option<QueuePair<Reset>>,
+    pending: Option<mpsc::Receiver<Result<QueuePair<Reset>, ibverbs::Error>>>,
+}
+
+impl SpareQp {
+    /// The spare, if one is created (a creation that failed is forgotten).
+    fn take_ready(&mut self) -> Option<QueuePair<Reset>> {
+        if self.ready.is_none() {
+            if let Some(pending) = &self.pending {
+                match pending.try_recv() {
+                    Err(mpsc::TryRecvError::Empty) => {}
+                    Ok(Ok(qp)) => {
+                        self.pending = None;
+                        self.ready = Some(qp);
+                    }
+                    Ok(Err(_)) | Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
+                }
+            }
+        }
+        self.ready.take()
+    }
+
+    /// Whether the spare is created (taking it from the registrar if it is done).
+    #[cfg(test)]
+    fn is_ready(&mut self) -> bool {
+        self.ready = self.take_ready();
+        self.ready.is_some()
+    }
+
+    /// Hands the creation of the next spare to `registrar`, unless one is there or under way.
+    /// Without a registrar every queue pair is created on its connection's path.
+    fn refill(
+        &mut self,
+        pd: &ProtectionDomain,
+        cq: &CompletionQueue,
+        caps: QpCaps,
+        registrar: Option<&mpsc::Sender<Ahead>>,
+    ) {
+        if self.ready.is_some() || self.pending.is_some() {
+            return;
+        }
+        let Some(registrar) = registrar else {
+            return;
+        };
+        let (done, pending) = mpsc::channel();
+        let job = QpCreation {
+            pd: pd.clone(),
+            cq: cq.clone(),
+            caps,
+            done,
+        };
+        if registrar.send(Ahead::Create(job)).is_ok() {
+            self.pending = Some(pending);
+        }
+    }
+
+    /// The spare if it is ready (a creation still under way is not waited for: it becomes the
+    /// next spare), else a queue pair created now, counted in `on_path`; then asks for the
+    /// next spare.
+    fn take(
+        &mut self,
+        pd: &ProtectionDomain,
+        cq: &CompletionQueue,
+        caps: QpCaps,
+        registrar: Option<&mpsc::Sender<Ahead>>,
+        on_path: &mut u64,
+    ) -> Result<QueuePair<Reset>, ibverbs::Error> {
+        let qp = match self.take_ready() {
+            Some(qp) => qp,
+            None => {
+                *on_path += 1;
+                QueuePair::create_rc(pd, cq, cq, caps)?
+            }
+        };
+        self.refill(pd, cq, caps, registrar);
+        Ok(qp)
+    }
+}
+
+/// Starts the thread that registers write regions and creates queue pairs ahead
+/// ([`Ahead`]): it lives as long as the sender returned (`None` if no thread could be
+/// started).
+fn start_registrar() -> Option<mpsc::Sender<Ahead>> {
+    let (jobs, queue) = mpsc::channel::<Ahead>();
     std::thread::Builder::new()
         .name("rdma-register".into())
         .spawn(move || {
-            // Pinning a log's pages takes a while and nothing waits for it: only on CPU the
-            // agents leave idle, never on a core a leader spins on (a revocation is where a
-            // new leader starts serving). Asleep until a revocation hands it a job.
-            let _ = crate::agent::place_helper_thread();
+            // Pinning a log's pages takes a while and nothing waits for it: never on a core a
+            // leader spins on (a revocation is where a new leader starts serving), and at a
+            // low priority that still gets a slice (its verbs calls take the process's
+            // memory-map lock, which the data plane's take too). Asleep until a revocation or
+            // a connection that took a spare queue pair hands it a job.
+            let _ = crate::agent::place_locking_helper_thread();
             for job in queue {
-                let region = Registered::new(&job.pd, &job.buf, 0, job.len, WRITABLE);
-                // A fabric gone meanwhile drops the region (deregistered) with it.
-                let _ = job.done.send(region);
+                // A fabric gone meanwhile drops what was made for it (deregistered, destroyed).
+                match job {
+                    Ahead::Register(job) => {
+                        let region = Registered::new(&job.pd, &job.buf, 0, job.len, WRITABLE);
+                        let _ = job.done.send(region);
+                    }
+                    Ahead::Create(job) => {
+                        let qp = QueuePair::create_rc(&job.pd, &job.cq, &job.cq, job.caps);
+                        let _ = job.done.send(qp);
+                    }
+                }
             }
         })
         .ok()?;
@@ -761,8 +873,11 @@ pub struct Wiring {
     pub fence_failures: u64,
     /// Skip the access-flags switch and always take the fallback (to test it).
     force_fallback: bool,
-    /// The thread that registers revoked writers' next write regions ahead.
-    registrar: Option<mpsc::Sender<Registration>>,
+    /// The thread that registers revoked writers' next write regions and creates the next
+    /// connections' queue pairs ahead.
+    registrar: Option<mpsc::Sender<Ahead>>,
+    /// Responder queue pairs created on a connection's path (no spare was ready).
+    pub responders_created_on_connect: u64,
 }
 
 impl Wiring {
@@ -874,15 +989,26 @@ impl Wiring {
         let qp = match qp {
             Some(qp) => qp,
             None => {
-                let node = self.node(key.dst);
-                let pd = match key.lane {
+                let caps = self.dev.caps;
+                let registrar = self.registrar.clone();
+                let mut on_path = 0;
+                let node = self.node_mut(key.dst);
+                let cq = node.cq.clone();
+                let (pd, spare) = match key.lane {
                     Lane::Control | Lane::Watch => {
-                        &node.control[key.src as usize].as_ref().unwrap().pd
+                        let c = node.control[key.src as usize].as_mut().unwrap();
+                        (&c.pd, &mut c.spare)
                     }
-                    Lane::Data(_) => &node.data[key.src as usize].as_ref().unwrap().pd,
+                    Lane::Data(_) => {
+                        let d = node.data[key.src as usize].as_mut().unwrap();
+                        (&d.pd, &mut d.spare)
+                    }
                 };
-                QueuePair::create_rc(pd, &node.cq, &node.cq, self.dev.caps)
-                    .map_err(verbs("ibv_create_qp (responder)"))?
+                let qp = spare
+                    .take(pd, &cq, caps, registrar.as_ref(), &mut on_path)
+                    .map_err(verbs("ibv_create_qp (responder)"))?;
+                self.responders_created_on_connect += on_path;
+                qp
             }
         };
         let psn = self.psn();
@@ -1066,6 +1192,13 @@ pub struct RdmaFabric {
     next_serve: Instant,
     /// The lane control-block operations take: `Control` (a data plane), `Watch` (a watcher).
     control_lane: Lane,
+    /// Initiator queue pairs created ahead, one per peer (a hand-over connects to every
+    /// follower at once).
+    spares: Vec<SpareQp>,
+    /// The owner's registrar (none for a watcher, which owns no memory).
+    registrar: Option<mpsc::Sender<Ahead>>,
+    /// Initiator queue pairs created on a connection's path (no spare was ready).
+    initiators_created_on_connect: u64,
 }
 
 /// How often a daemon's fabric looks at its handshake socket when it waits for no answer.
@@ -1159,6 +1292,7 @@ fn alloc_owner(
             registered_on_connect: 0,
             pd,
             log_bytes,
+            spare: SpareQp::default(),
         }));
     }
     let mut access = Vec::with_capacity(nodes);
@@ -1173,6 +1307,7 @@ fn alloc_owner(
             request: Registered::new(&pd, &control, cb_request(peer), 8, WRITABLE)?,
             ack: Registered::new(&pd, &control, cb_ack(peer), 8, WRITABLE)?,
             pd,
+            spare: SpareQp::default(),
         }));
     }
     let staging_buf = Arc::new(Buffer::new(settings.staging_bytes)?);
@@ -1212,7 +1347,7 @@ fn alloc_owner(
 impl Wiring {
     fn new(dev: &Arc<Device>, nodes: Vec<Option<NodeShared>>) -> Wiring {
         let nodes_owned = nodes.iter().any(Option::is_some);
-        Wiring {
+        let mut w = Wiring {
             dev: dev.clone(),
             nodes,
             responders: HashMap::new(),
@@ -1220,9 +1355,23 @@ impl Wiring {
             fallback_cycles: 0,
             fence_failures: 0,
             force_fallback: false,
-            // Only an owner of memory revokes writers (a watcher owns none).
+            // Only an owner of memory revokes writers and accepts connections (a watcher owns
+            // none).
             registrar: nodes_owned.then(start_registrar).flatten(),
+            responders_created_on_connect: 0,
+        };
+        // Every peer's first responders, created ahead as well.
+        let (caps, registrar) = (w.dev.caps, w.registrar.clone());
+        for node in w.nodes.iter_mut().flatten() {
+            let cq = &node.cq;
+            for d in node.data.iter_mut().flatten() {
+                d.spare.refill(&d.pd, cq, caps, registrar.as_ref());
+            }
+            for c in node.control.iter_mut().flatten() {
+                c.spare.refill(&c.pd, cq, caps, registrar.as_ref());
+            }
         }
+        w
     }
 }
 
@@ -1235,7 +1384,12 @@ impl RdmaFabric {
         own: OwnParts,
         net: Option<Handshake>,
     ) -> RdmaFabric {
-        RdmaFabric {
+        let registrar = wiring
+            .lock()
+            .expect("no panic while wiring")
+            .registrar
+            .clone();
+        let mut fabric = RdmaFabric {
             me,
             nodes,
             dev: dev.clone(),
@@ -1258,7 +1412,53 @@ impl RdmaFabric {
             closed_flushes: 0,
             next_serve: Instant::now(),
             control_lane: Lane::Control,
+            spares: (1..nodes.max(2)).map(|_| SpareQp::default()).collect(),
+            registrar,
+            initiators_created_on_connect: 0,
+        };
+        fabric.refill_spares();
+        fabric
+    }
+
+    /// Asks the registrar for every initiator spare not there or under way.
+    fn refill_spares(&mut self) {
+        for spare in &mut self.spares {
+            spare.refill(&self.pd, &self.cq, self.dev.caps, self.registrar.as_ref());
         }
+    }
+
+    /// A new initiator queue pair: a spare if one is ready, else one created now.
+    fn new_initiator(&mut self) -> Result<QueuePair<Reset>, ibverbs::Error> {
+        let qp = match self.spares.iter_mut().find_map(SpareQp::take_ready) {
+            Some(qp) => qp,
+            None => {
+                self.initiators_created_on_connect += 1;
+                QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps)?
+            }
+        };
+        self.refill_spares();
+        Ok(qp)
+    }
+
+    /// Queue pairs created on connections' paths, not ahead: (initiators of this node,
+    /// responders of the owners of this process).
+    pub fn queue_pairs_created_on_connect(&self) -> (u64, u64) {
+        (
+            self.initiators_created_on_connect,
+            self.wiring().responders_created_on_connect,
+        )
+    }
+
+    /// Write regions the owners of this process registered on connections' paths (none
+    /// registered ahead was ready).
+    pub fn regions_registered_on_connect(&self) -> u64 {
+        let w = self.wiring();
+        w.nodes
+            .iter()
+            .flatten()
+            .flat_map(|n| n.data.iter().flatten())
+            .map(|d| d.registered_on_connect)
+            .sum()
     }
 
     /// Node `me` of a cluster of `nodes` in this process alone (a daemon): opens the device,
@@ -1355,7 +1555,8 @@ impl RdmaFabric {
 
     /// Creates the initiator of `key` and connects it through the owner's half.
     fn connect(&mut self, key: LinkKey) -> Result<(), RdmaError> {
-        let qp = QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps)
+        let qp = self
+            .new_initiator()
             .map_err(verbs("ibv_create_qp (initiator)"))?;
         self.bring_up_initiator(key, qp)
     }
@@ -1408,7 +1609,8 @@ impl RdmaFabric {
         let qp = match conn.qp.map(Qp::into_reset) {
             Some(Ok(qp)) => qp,
             // Gone or not resettable: a new one.
-            _ => QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps)
+            _ => self
+                .new_initiator()
                 .map_err(verbs("ibv_create_qp (initiator)"))?,
         };
         Ok(qp)
@@ -1422,7 +1624,7 @@ impl RdmaFabric {
         let reuse = !matches!(self.net, Some(Handshake::Cm(_)));
         let qp = match qp {
             Some(qp) if reuse => qp,
-            _ => match QueuePair::create_rc(&self.pd, &self.cq, &self.cq, self.dev.caps) {
+            _ => match self.new_initiator() {
                 Ok(qp) => qp,
                 Err(_) => return self.finish(post.wr_id, Err(FabricError::Unreachable)),
             },
@@ -2583,6 +2785,160 @@ mod tests {
             wait_until_registered_ahead(&nodes[0], 0, 1);
         }
         assert_eq!(registered_on_connect(&nodes[0], 0, 1), 0);
+    }
+
+    /// Waits until every spare queue pair of `nodes` (their initiators' and, through the
+    /// shared wiring, their responders') is created.
+    fn wait_until_spares_ready(nodes: &mut [RdmaFabric]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ready = nodes
+                .iter_mut()
+                .all(|n| n.spares.iter_mut().all(SpareQp::is_ready));
+            let mut w = nodes[0].wiring();
+            for node in w.nodes.iter_mut().flatten() {
+                for d in node.data.iter_mut().flatten() {
+                    ready &= d.spare.is_ready();
+                }
+                for c in node.control.iter_mut().flatten() {
+                    ready &= c.spare.is_ready();
+                }
+            }
+            drop(w);
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "spare queue pairs not created");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Connections take queue pairs created ahead, on both ends, and the spares are made
+    /// again for the next ones: a new ballot's writes to two followers at once (a hand-over's
+    /// data connections) and a control read create none on their path. Without the registrar
+    /// every one of them is created on the path, and counted.
+    #[test]
+    fn connections_take_queue_pairs_created_ahead() {
+        let s = device_or_skip!("connections_take_queue_pairs_created_ahead");
+        let write = |wr_id: u64, target: NodeId, b: Ballot| Post {
+            wr_id,
+            target,
+            op: Op::Write {
+                region: Region::Log,
+                offset: 256,
+                bytes: vec![wr_id as u8; 64],
+            },
+            reconnect: true,
+            ballot: b,
+        };
+        let read_control = |wr_id: u64, target: NodeId| Post {
+            wr_id,
+            target,
+            op: Op::Read {
+                region: Region::Control,
+                offset: 0,
+                len: 8,
+            },
+            reconnect: true,
+            ballot: Ballot::ZERO,
+        };
+        let qp_num = |qp: &Option<Qp>| match qp {
+            Some(Qp::Rts(qp)) => qp.qp_num(),
+            _ => panic!("a connection's queue pair is not in RTS"),
+        };
+        let responder_spare = |w: &Wiring, owner: NodeId, data: bool| {
+            let n = w.nodes[owner as usize].as_ref().unwrap();
+            let spare = if data {
+                &n.data[1].as_ref().unwrap().spare
+            } else {
+                &n.control[1].as_ref().unwrap().spare
+            };
+            spare.ready.as_ref().map(QueuePair::qp_num)
+        };
+        let mut nodes = RdmaCluster::open(&s, 3, &GEO).unwrap();
+        // A control connection first (node 1 keeps a spare per peer: a round's two data
+        // connections use them).
+        wait_until_spares_ready(&mut nodes);
+        let initiator = nodes[1].spares[0].ready.as_ref().map(QueuePair::qp_num);
+        let control_0 = responder_spare(&nodes[0].wiring(), 0, false);
+        nodes[1].post(read_control(1, 0));
+        let c = completions_of(&mut nodes[1], &mut [], 1);
+        assert!(c[0].result.is_ok(), "{c:?}");
+        assert_eq!(nodes[1].queue_pairs_created_on_connect(), (0, 0));
+        let control = LinkKey {
+            src: 1,
+            dst: 0,
+            lane: Lane::Control,
+        };
+        assert_eq!(
+            Some(qp_num(&nodes[1].conns.get(&control).unwrap().qp)),
+            initiator
+        );
+        assert_eq!(
+            Some(qp_num(&nodes[0].wiring().responders[&control].qp)),
+            control_0
+        );
+        // Hand-overs to node 1: new ballots, new data connections to both followers.
+        for round in 1..=3u64 {
+            wait_until_spares_ready(&mut nodes);
+            let initiator = nodes[1].spares[0].ready.as_ref().map(QueuePair::qp_num);
+            let (to_0, to_2) = {
+                let w = nodes[0].wiring();
+                (responder_spare(&w, 0, true), responder_spare(&w, 2, true))
+            };
+            let b = Ballot::new(round, 1);
+            nodes[0].grant(1, b);
+            nodes[2].grant(1, b);
+            nodes[1].post(write(10 * round, 0, b));
+            nodes[1].post(write(10 * round + 1, 2, b));
+            nodes[1].post(read_control(10 * round + 2, 0));
+            let c = completions_of(&mut nodes[1], &mut [], 3);
+            assert!(c.iter().all(|c| c.result.is_ok()), "round {round}: {c:?}");
+            assert_eq!(
+                nodes[1].queue_pairs_created_on_connect(),
+                (0, 0),
+                "round {round}: a queue pair was created on a connection's path"
+            );
+            let data = |dst: NodeId| LinkKey {
+                src: 1,
+                dst,
+                lane: Lane::Data(b),
+            };
+            // The first connection takes the first spare (the second may take that spare's
+            // successor, if the registrar is that quick).
+            let first = qp_num(&nodes[1].conns.get(&data(0)).unwrap().qp);
+            assert_eq!(Some(first), initiator, "round {round}: the first initiator");
+            let w = nodes[0].wiring();
+            assert_eq!(Some(qp_num(&w.responders[&data(0)].qp)), to_0);
+            assert_eq!(Some(qp_num(&w.responders[&data(2)].qp)), to_2);
+        }
+        // The same connections with no registrar: every queue pair on the path.
+        let mut nodes = RdmaCluster::open(&s, 3, &GEO).unwrap();
+        for n in nodes.iter_mut() {
+            n.registrar = None;
+            n.spares.clear();
+        }
+        {
+            let mut w = nodes[0].wiring();
+            w.registrar = None;
+            for node in w.nodes.iter_mut().flatten() {
+                for d in node.data.iter_mut().flatten() {
+                    d.spare = SpareQp::default();
+                }
+                for c in node.control.iter_mut().flatten() {
+                    c.spare = SpareQp::default();
+                }
+            }
+        }
+        let b = Ballot::new(1, 1);
+        nodes[0].grant(1, b);
+        nodes[2].grant(1, b);
+        nodes[1].post(write(1, 0, b));
+        nodes[1].post(write(2, 2, b));
+        nodes[1].post(read_control(3, 0));
+        let c = completions_of(&mut nodes[1], &mut [], 3);
+        assert!(c.iter().all(|c| c.result.is_ok()), "{c:?}");
+        assert_eq!(nodes[1].queue_pairs_created_on_connect(), (3, 3));
     }
 
     /// A node registers no region for itself: a post to its own memory fails as unreachable
