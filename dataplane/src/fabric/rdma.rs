@@ -619,11 +619,11 @@ struct DataAccess {
     /// its successor is registered at once on a thread of its own ([`DataAccess::register_ahead`])
     /// and handed out when one of the peer's data lanes next connects.
     write: Option<Registered>,
-    /// The successor of a deregistered write region, being registered off the data plane's
-    /// thread: registering a whole log pins every page of it (0.44-0.64 ms for 16 MiB on rxe,
-    /// far more for a NIC's gigabyte log), which would otherwise fall on the next connection
-    /// of the revoked writer, a hand-over's path when it leads again.
-    pending: Option<mpsc::Receiver<Result<Registered, RdmaError>>>,
+    /// The successor of a deregistered write region, registered off the data plane's thread:
+    /// registering a whole log pins every page of it (0.44-0.64 ms for 16 MiB on rxe, far
+    /// more for a NIC's gigabyte log), which would otherwise fall on the next connection of
+    /// the revoked writer, a hand-over's path when it leads again.
+    next: MadeAhead<Registered>,
     /// Write regions registered on a connection's path (none ready ahead).
     registered_on_connect: u64,
     pd: ProtectionDomain,
@@ -638,30 +638,13 @@ struct DataAccess {
 const WRITABLE: AccessFlags = AccessFlags(AccessFlags::LOCAL_WRITE.0 | AccessFlags::REMOTE_WRITE.0);
 
 impl DataAccess {
-    /// Takes the region registered ahead, if the registrar is done with it (a registration
-    /// that failed is forgotten).
-    fn take_ready(&mut self) {
-        let Some(pending) = &self.pending else {
-            return;
-        };
-        match pending.try_recv() {
-            Err(mpsc::TryRecvError::Empty) => {}
-            Ok(Ok(region)) => {
-                self.pending = None;
-                self.write = Some(region);
-            }
-            Ok(Err(_)) | Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
-        }
-    }
-
     /// The peer's write region: the one registered ahead if it is ready, else one registered
-    /// now. A registration ahead still under way is not waited for: the registrar runs at idle
-    /// priority, and a data plane waiting on it could wait behind any busy thread. (It drops
-    /// the region it made, deregistered, when it finds nobody waiting.)
+    /// now. A registration ahead still under way is not waited for: the registrar runs at low
+    /// priority, and a data plane waiting on it could wait behind busy threads. (It drops the
+    /// region it made, deregistered, when it finds nobody waiting.)
     fn write_region(&mut self, log: &Arc<Buffer>) -> Result<&Registered, RdmaError> {
         if self.write.is_none() {
-            self.take_ready();
-            self.pending = None;
+            self.write = std::mem::take(&mut self.next).take();
         }
         if self.write.is_none() {
             self.registered_on_connect += 1;
@@ -675,29 +658,22 @@ impl DataAccess {
     /// next connection learns its key, and only a connection with write rights can use it.
     /// Without a registrar it is left to [`DataAccess::write_region`].
     fn register_ahead(&mut self, log: &Arc<Buffer>, registrar: Option<&mpsc::Sender<Ahead>>) {
-        if self.write.is_some() || self.pending.is_some() {
+        if self.write.is_some() {
             return;
         }
-        let Some(registrar) = registrar else {
-            return;
-        };
-        let (done, pending) = mpsc::channel();
-        let job = Registration {
-            pd: self.pd.clone(),
-            buf: log.clone(),
-            len: self.log_bytes,
-            done,
-        };
-        if registrar.send(Ahead::Register(job)).is_ok() {
-            self.pending = Some(pending);
-        }
+        let (pd, buf, len) = (self.pd.clone(), log.clone(), self.log_bytes);
+        self.next.ask(registrar, |done| {
+            Ahead::Register(Registration { pd, buf, len, done })
+        });
     }
 
     /// Whether the next write region is registered ahead (taking it from the registrar if it
     /// is done).
     #[cfg(test)]
     fn ready_ahead(&mut self) -> bool {
-        self.take_ready();
+        if self.write.is_none() {
+            self.write = self.next.take();
+        }
         self.write.is_some()
     }
 }
@@ -715,7 +691,7 @@ struct QpCreation {
     pd: ProtectionDomain,
     cq: CompletionQueue,
     caps: QpCaps,
-    done: mpsc::Sender<Result<QueuePair<Reset>, ibverbs::Error>>,
+    done: mpsc::Sender<Result<QueuePair<Reset>, RdmaError>>,
 }
 
 /// The registrar's work: what a connection would otherwise wait for, done before it is asked.
@@ -724,28 +700,32 @@ enum Ahead {
     Create(QpCreation),
 }
 
-/// A queue pair created ahead on the registrar's thread, in RESET, for the next connection of
-/// its kind. Every connection gets a new queue pair (over rdma_cm the CM refuses a number it
-/// still holds in a time-wait), and a hand-over's data connections are new connections:
-/// `ibv_create_qp` is a call of milliseconds on rxe (median 3.6-4.8 ms, up to 263 ms, in
-/// docs/rdma.md) and of hundreds of microseconds of firmware commands on a NIC, on the path of
-/// both the new leader's post and the follower's accept.
-#[derive(Default)]
-struct SpareQp {
-    ready: Option<QueuePair<Reset>>,
-    pending: Option<mpsc::Receiver<Result<QueuePair<Reset>, ibverbs::Error>>>,
+/// One thing the registrar makes ahead for the next use: made (`ready`), being made
+/// (`pending`), or neither.
+struct MadeAhead<T> {
+    ready: Option<T>,
+    pending: Option<mpsc::Receiver<Result<T, RdmaError>>>,
 }
 
-impl SpareQp {
-    /// The spare, if one is created (a creation that failed is forgotten).
-    fn take_ready(&mut self) -> Option<QueuePair<Reset>> {
+impl<T> Default for MadeAhead<T> {
+    fn default() -> Self {
+        MadeAhead {
+            ready: None,
+            pending: None,
+        }
+    }
+}
+
+impl<T> MadeAhead<T> {
+    /// Takes what is made, if the registrar is done with it (a failure is forgotten).
+    fn take(&mut self) -> Option<T> {
         if self.ready.is_none() {
             if let Some(pending) = &self.pending {
                 match pending.try_recv() {
                     Err(mpsc::TryRecvError::Empty) => {}
-                    Ok(Ok(qp)) => {
+                    Ok(Ok(made)) => {
                         self.pending = None;
-                        self.ready = Some(qp);
+                        self.ready = Some(made);
                     }
                     Ok(Err(_)) | Err(mpsc::TryRecvError::Disconnected) => self.pending = None,
                 }
@@ -754,21 +734,19 @@ impl SpareQp {
         self.ready.take()
     }
 
-    /// Whether the spare is created (taking it from the registrar if it is done).
+    /// Whether it is made (taking it from the registrar if it is done).
     #[cfg(test)]
     fn is_ready(&mut self) -> bool {
-        self.ready = self.take_ready();
+        self.ready = self.take();
         self.ready.is_some()
     }
 
-    /// Hands the creation of the next spare to `registrar`, unless one is there or under way.
-    /// Without a registrar every queue pair is created on its connection's path.
-    fn refill(
+    /// Hands `registrar` the job `job` builds around its reply channel, unless the next one is
+    /// made or being made. Without a registrar nothing is made ahead.
+    fn ask(
         &mut self,
-        pd: &ProtectionDomain,
-        cq: &CompletionQueue,
-        caps: QpCaps,
         registrar: Option<&mpsc::Sender<Ahead>>,
+        job: impl FnOnce(mpsc::Sender<Result<T, RdmaError>>) -> Ahead,
     ) {
         if self.ready.is_some() || self.pending.is_some() {
             return;
@@ -777,21 +755,39 @@ impl SpareQp {
             return;
         };
         let (done, pending) = mpsc::channel();
-        let job = QpCreation {
-            pd: pd.clone(),
-            cq: cq.clone(),
-            caps,
-            done,
-        };
-        if registrar.send(Ahead::Create(job)).is_ok() {
+        if registrar.send(job(done)).is_ok() {
             self.pending = Some(pending);
         }
+    }
+}
+
+/// A queue pair created ahead on the registrar's thread, in RESET, for the next connection of
+/// its kind. Every connection gets a new queue pair (over rdma_cm the CM refuses a number it
+/// still holds in a time-wait), and a hand-over's data connections are new connections:
+/// `ibv_create_qp` is a call of milliseconds on rxe (median 3.6-4.8 ms, up to 263 ms, in
+/// docs/rdma.md) and of hundreds of microseconds of firmware commands on a NIC, on the path of
+/// both the new leader's post and the follower's accept.
+type SpareQp = MadeAhead<QueuePair<Reset>>;
+
+impl SpareQp {
+    /// Asks `registrar` for the next spare, unless one is there or under way.
+    fn refill(
+        &mut self,
+        pd: &ProtectionDomain,
+        cq: &CompletionQueue,
+        caps: QpCaps,
+        registrar: Option<&mpsc::Sender<Ahead>>,
+    ) {
+        let (pd, cq) = (pd.clone(), cq.clone());
+        self.ask(registrar, |done| {
+            Ahead::Create(QpCreation { pd, cq, caps, done })
+        });
     }
 
     /// The spare if it is ready (a creation still under way is not waited for: it becomes the
     /// next spare), else a queue pair created now, counted in `on_path`; then asks for the
     /// next spare.
-    fn take(
+    fn take_or_create(
         &mut self,
         pd: &ProtectionDomain,
         cq: &CompletionQueue,
@@ -799,7 +795,7 @@ impl SpareQp {
         registrar: Option<&mpsc::Sender<Ahead>>,
         on_path: &mut u64,
     ) -> Result<QueuePair<Reset>, ibverbs::Error> {
-        let qp = match self.take_ready() {
+        let qp = match self.take() {
             Some(qp) => qp,
             None => {
                 *on_path += 1;
@@ -833,7 +829,8 @@ fn start_registrar() -> Option<mpsc::Sender<Ahead>> {
                         let _ = job.done.send(region);
                     }
                     Ahead::Create(job) => {
-                        let qp = QueuePair::create_rc(&job.pd, &job.cq, &job.cq, job.caps);
+                        let qp = QueuePair::create_rc(&job.pd, &job.cq, &job.cq, job.caps)
+                            .map_err(verbs("ibv_create_qp (ahead)"));
                         let _ = job.done.send(qp);
                     }
                 }
@@ -1005,7 +1002,7 @@ impl Wiring {
                     }
                 };
                 let qp = spare
-                    .take(pd, &cq, caps, registrar.as_ref(), &mut on_path)
+                    .take_or_create(pd, &cq, caps, registrar.as_ref(), &mut on_path)
                     .map_err(verbs("ibv_create_qp (responder)"))?;
                 self.responders_created_on_connect += on_path;
                 qp
@@ -1288,7 +1285,7 @@ fn alloc_owner(
             read: Registered::new(&pd, &log, 0, log_bytes, AccessFlags::REMOTE_READ)?,
             // Registered ahead, so that a first connection (a new leader's) does not wait for it.
             write: Some(Registered::new(&pd, &log, 0, log_bytes, WRITABLE)?),
-            pending: None,
+            next: MadeAhead::default(),
             registered_on_connect: 0,
             pd,
             log_bytes,
@@ -1429,7 +1426,7 @@ impl RdmaFabric {
 
     /// A new initiator queue pair: a spare if one is ready, else one created now.
     fn new_initiator(&mut self) -> Result<QueuePair<Reset>, ibverbs::Error> {
-        let qp = match self.spares.iter_mut().find_map(SpareQp::take_ready) {
+        let qp = match self.spares.iter_mut().find_map(SpareQp::take) {
             Some(qp) => qp,
             None => {
                 self.initiators_created_on_connect += 1;
