@@ -393,21 +393,14 @@ fn unpin() {
     }
 }
 
-/// Places a helper thread that is no agent (work that may wait: it must never take CPU from
-/// one): off the reserved cores ([`reserve_cores`]) and at `SCHED_IDLE` priority, so it runs
-/// only on CPU the agents leave idle. Returns why the priority could not be lowered, if so.
-pub fn place_helper_thread() -> std::io::Result<()> {
-    unpin();
-    rapax_ffi::sched::idle_priority()
-}
-
 /// Places a helper thread whose calls take locks the agents' threads take too (verbs calls:
 /// creating a queue pair maps its queues into the process, registering memory pins its pages,
-/// both under the process's memory-map lock): off the reserved cores like
-/// [`place_helper_thread`], but at nice 10 rather than `SCHED_IDLE`. A `SCHED_IDLE` thread
-/// preempted while it holds such a lock waits behind every busy thread of its core, and so
-/// does the agent that needs the lock next; at nice 10 it gets its slice within the
-/// scheduler's period and still leaves the agents about nine tenths of a shared core.
+/// both under the process's memory-map lock): off the reserved cores ([`reserve_cores`]), at
+/// nice 10 rather than `SCHED_IDLE`. A `SCHED_IDLE` thread preempted while it holds such a lock
+/// waits behind every busy thread of its core, and so does the agent that needs the lock
+/// next; at nice 10 it gets its slice within the scheduler's period and still leaves the
+/// agents about nine tenths of a shared core. Returns why the priority could not be lowered,
+/// if so.
 pub fn place_locking_helper_thread() -> std::io::Result<()> {
     unpin();
     rapax_ffi::sched::nice_thread(10)

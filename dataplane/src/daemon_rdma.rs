@@ -108,17 +108,11 @@ impl Plane for RdmaPlane {
             channel.set(Counter::FabricStrangers, s.strangers);
             channel.set(Counter::FabricDecodeErrors, s.malformed);
         }
-        channel.set(
-            Counter::FabricRightsFallbacks,
-            self.fabric.fallback_cycles(),
-        );
-        channel.set(Counter::FabricFenceFailures, self.fabric.fence_failures());
-        let (initiators, responders) = self.fabric.queue_pairs_created_on_connect();
-        channel.set(Counter::FabricQpsOnPath, initiators + responders);
-        channel.set(
-            Counter::FabricRegionsOnPath,
-            self.fabric.regions_registered_on_connect(),
-        );
+        let c = self.fabric.counters();
+        channel.set(Counter::FabricRightsFallbacks, c.fallback_cycles);
+        channel.set(Counter::FabricFenceFailures, c.fence_failures);
+        channel.set(Counter::FabricQpsOnPath, c.qps_on_path);
+        channel.set(Counter::FabricRegionsOnPath, c.regions_on_path);
     }
 }
 

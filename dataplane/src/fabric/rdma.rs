@@ -1214,6 +1214,21 @@ struct Connecting {
 /// Most posts that wait for one connection's handshake; more fail with `Unreachable`.
 const MAX_QUEUED: usize = 4096;
 
+/// What [`RdmaFabric::counters`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RdmaCounters {
+    /// See [`RdmaFabric::fallback_cycles`].
+    pub fallback_cycles: u64,
+    /// See [`RdmaFabric::fence_failures`].
+    pub fence_failures: u64,
+    /// Queue pairs created on connections' paths, initiators of this node and responders of
+    /// the owners of this process (see [`RdmaFabric::queue_pairs_created_on_connect`]).
+    pub qps_on_path: u64,
+    /// Write regions the owners of this process registered on connections' paths (none
+    /// registered ahead was ready).
+    pub regions_on_path: u64,
+}
+
 /// Every node of one cluster in this process, wired on one device.
 pub struct RdmaCluster;
 
@@ -1359,16 +1374,32 @@ impl Wiring {
         };
         // Every peer's first responders, created ahead as well.
         let (caps, registrar) = (w.dev.caps, w.registrar.clone());
-        for node in w.nodes.iter_mut().flatten() {
-            let cq = &node.cq;
-            for d in node.data.iter_mut().flatten() {
-                d.spare.refill(&d.pd, cq, caps, registrar.as_ref());
-            }
-            for c in node.control.iter_mut().flatten() {
-                c.spare.refill(&c.pd, cq, caps, registrar.as_ref());
-            }
+        for (pd, cq, spare) in w.responder_spares() {
+            spare.refill(pd, cq, caps, registrar.as_ref());
         }
         w
+    }
+
+    /// Every responder spare of the owners of this process (data, then control, per peer),
+    /// with the protection domain and completion queue its queue pair belongs to.
+    fn responder_spares(
+        &mut self,
+    ) -> impl Iterator<Item = (&ProtectionDomain, &CompletionQueue, &mut SpareQp)> {
+        self.nodes.iter_mut().flatten().flat_map(|node| {
+            let NodeShared {
+                cq, data, control, ..
+            } = node;
+            let cq = &*cq;
+            let data = data
+                .iter_mut()
+                .flatten()
+                .map(move |d| (&d.pd, cq, &mut d.spare));
+            let control = control
+                .iter_mut()
+                .flatten()
+                .map(move |c| (&c.pd, cq, &mut c.spare));
+            data.chain(control)
+        })
     }
 }
 
@@ -1446,16 +1477,22 @@ impl RdmaFabric {
         )
     }
 
-    /// Write regions the owners of this process registered on connections' paths (none
-    /// registered ahead was ready).
-    pub fn regions_registered_on_connect(&self) -> u64 {
+    /// The counters a daemon publishes, read under one lock of the wiring (a data plane
+    /// publishes every microsecond of its turn clock).
+    pub fn counters(&self) -> RdmaCounters {
         let w = self.wiring();
-        w.nodes
-            .iter()
-            .flatten()
-            .flat_map(|n| n.data.iter().flatten())
-            .map(|d| d.registered_on_connect)
-            .sum()
+        RdmaCounters {
+            fallback_cycles: w.fallback_cycles,
+            fence_failures: w.fence_failures,
+            qps_on_path: self.initiators_created_on_connect + w.responders_created_on_connect,
+            regions_on_path: w
+                .nodes
+                .iter()
+                .flatten()
+                .flat_map(|n| n.data.iter().flatten())
+                .map(|d| d.registered_on_connect)
+                .sum(),
+        }
     }
 
     /// Node `me` of a cluster of `nodes` in this process alone (a daemon): opens the device,
@@ -2720,21 +2757,12 @@ mod tests {
 
     /// Waits (up to 20 s) until `owner`'s next write region for `writer` is registered ahead.
     fn wait_until_registered_ahead(f: &RdmaFabric, owner: NodeId, writer: NodeId) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = f.wiring().nodes[owner as usize].as_mut().unwrap().data[writer as usize]
+        wait_until("a write region registered ahead", || {
+            f.wiring().nodes[owner as usize].as_mut().unwrap().data[writer as usize]
                 .as_mut()
                 .unwrap()
-                .ready_ahead();
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no write region registered ahead"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+                .ready_ahead()
+        });
     }
 
     fn registered_on_connect(f: &RdmaFabric, owner: NodeId, writer: NodeId) -> u64 {
@@ -2787,25 +2815,25 @@ mod tests {
     /// Waits until every spare queue pair of `nodes` (their initiators' and, through the
     /// shared wiring, their responders') is created.
     fn wait_until_spares_ready(nodes: &mut [RdmaFabric]) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut ready = nodes
+        wait_until("spare queue pairs created", || {
+            let initiators = nodes
                 .iter_mut()
                 .all(|n| n.spares.iter_mut().all(SpareQp::is_ready));
             let mut w = nodes[0].wiring();
-            for node in w.nodes.iter_mut().flatten() {
-                for d in node.data.iter_mut().flatten() {
-                    ready &= d.spare.is_ready();
-                }
-                for c in node.control.iter_mut().flatten() {
-                    ready &= c.spare.is_ready();
-                }
-            }
-            drop(w);
-            if ready {
-                return;
-            }
-            assert!(Instant::now() < deadline, "spare queue pairs not created");
+            // Every spare is looked at (each look takes a finished creation in).
+            let responders = w
+                .responder_spares()
+                .fold(true, |all, (_, _, spare)| spare.is_ready() && all);
+            initiators && responders
+        });
+    }
+
+    /// Polls `ready` every millisecond until it holds; fails the test after 20 s, naming
+    /// `what` it waited for.
+    fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready() {
+            assert!(Instant::now() < deadline, "not within 20 s: {what}");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -2918,13 +2946,8 @@ mod tests {
         {
             let mut w = nodes[0].wiring();
             w.registrar = None;
-            for node in w.nodes.iter_mut().flatten() {
-                for d in node.data.iter_mut().flatten() {
-                    d.spare = SpareQp::default();
-                }
-                for c in node.control.iter_mut().flatten() {
-                    c.spare = SpareQp::default();
-                }
+            for (_, _, spare) in w.responder_spares() {
+                *spare = SpareQp::default();
             }
         }
         let b = Ballot::new(1, 1);
