@@ -423,7 +423,8 @@ default_lane() {
     done <"$list"
     # A 3-node cluster on the rdma fabric, one node per process (the daemons built on the host
     # by `cargo build --release --bins`): rapax bench (replication beside rapax's own RDMA WRITE
-    # round trip of the same run; ib_write_lat's figure is above), then 10 kills of the leader,
+    # round trip of the same run; ib_write_lat's figure is above; with --loaded-floor, the
+    # leader's own round trip under the run's load beside it), then 10 kills of the leader,
     # every one recovered and the history linearizable, or the lane fails.
     local rapax=target/release/rapax
     [ -x "$rapax" ] || die "$rapax missing: run cargo build --release --bins on the host first"
@@ -431,7 +432,7 @@ default_lane() {
     echo "== rapax preflight on the soft-RoCE profile"
     "$rapax" preflight --profile hw-profiles/soft-roce.toml --replicas 3
     echo "== rapax bench on rdma (soft-RoCE), 3 replicas"
-    "$rapax" bench --profile hw-profiles/soft-roce.toml --replicas 3 --ops 2000 \
+    "$rapax" bench --profile hw-profiles/soft-roce.toml --replicas 3 --ops 2000 --loaded-floor \
         --dir /tmp/rapax-rdma-bench --json target/lanes/rdma-bench.json
     echo "== rapax failover on rdma (soft-RoCE), 3 replicas, 10 kills"
     "$rapax" failover --profile hw-profiles/soft-roce.toml --replicas 3 --kills 10 \

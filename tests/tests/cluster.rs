@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use rapax::cluster::{is_ours, signal, LocalCluster};
+use rapax::cluster::{ask_data_mesh_floor, is_ours, signal, LocalCluster};
 use rapax::drill::{fail_leader, FailMode, HistoryLoad};
 use rapax::lincheck::{check_kv_history, HistoryOp};
 use rapax::netlab::NetLab;
 use rapax_dataplane::client::{Client, ClientFailure, ClientOptions};
-use rapax_dataplane::daemon::monotonic_ns;
+use rapax_dataplane::daemon::{monotonic_ns, FLOOR_ROUNDS};
 use rapax_dataplane::fabric::frame::{Frame, CLIENT_NODE};
 use rapax_dataplane::mailbox::MailboxClient;
 use rapax_dataplane::profile::{ClusterFile, Profile};
@@ -110,8 +110,6 @@ fn assert_linearizable(history: &[HistoryOp], what: &str) {
     );
 }
 
-/// Lets the load run until `n` more operations are acknowledged; the cluster's status is in
-/// the message if it stops answering.
 /// kill -9 of a follower's data plane; returns once the process is gone.
 fn kill_a_followers_dataplane(t: &TestCluster) -> NodeId {
     let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
@@ -130,6 +128,8 @@ fn kill_a_followers_dataplane(t: &TestCluster) -> NodeId {
     follower
 }
 
+/// Lets the load run until `n` more operations are acknowledged; the cluster's status is in
+/// the message if it stops answering.
 fn steady(t: &TestCluster, load: &HistoryLoad, n: u64) {
     let before = load.acked.load(std::sync::atomic::Ordering::Relaxed);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -186,6 +186,63 @@ fn shm_cluster_survives_kills_and_a_paused_leader() {
 #[test]
 fn udp_cluster_survives_kills_and_a_paused_leader() {
     faults("udp-local.toml", "udp-faults");
+}
+
+/// What `rapax bench --loaded-floor` prints: asked from another thread while a client runs, the
+/// leader times `FLOOR_ROUNDS` round trips over its data mesh and answers the request it was
+/// given, not an earlier one.
+#[test]
+fn udp_leader_measures_its_data_mesh_round_trip_under_load() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let t = TestCluster::up("udp-local.toml", "udp-mesh-floor");
+    let mut c = t.client();
+    let put = |c: &mut Client, i: u64| {
+        c.execute(KvOp::Put {
+            key: format!("m{}", i % 8).into_bytes(),
+            value: vec![b'v'; 64],
+        })
+    };
+    // The ring's head leads once it has taken over from whichever node stood first; a probe
+    // stops, with what it measured so far, when its node stops leading.
+    let head = t.cluster.cluster.ring[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while t.cluster.wait_leader(Duration::from_secs(10)).unwrap() != head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            t.cluster.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A chosen command: the leader has an active follower to read from.
+    put(&mut c, 0).expect("first put");
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut done = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                done += u64::from(put(&mut c, done).is_ok());
+            }
+            done
+        })
+    };
+    let first = ask_data_mesh_floor(&t.dir, leader).expect("the leader's channel");
+    let second = ask_data_mesh_floor(&t.dir, leader).expect("the leader's channel");
+    assert_eq!(second, first + 1);
+    let samples = t.cluster.data_mesh_floor_answer(leader, second);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = load.join().expect("load thread");
+    let rounds: u64 = samples.iter().map(|&(_, n)| n).sum();
+    assert_eq!(rounds, FLOOR_ROUNDS, "{}", t.cluster.status());
+    assert!(samples.iter().all(|&(ns, _)| ns > 0));
+    assert!(
+        done > 0,
+        "the client's puts went on while the leader measured"
+    );
 }
 
 /// Whether this build has DPDK; says the test is skipped when not.

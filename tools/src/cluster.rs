@@ -627,6 +627,21 @@ impl LocalCluster {
         };
         let want = ch.counter(request) + 1;
         ch.set(request, want);
+        self.answered_histogram(node, (want, done), patience, file)
+    }
+
+    /// Waits (at most `patience`) for `node`'s data plane to set `done` to `want`, and reads
+    /// the histogram it wrote to `file` (empty if it does not answer).
+    fn answered_histogram(
+        &self,
+        node: NodeId,
+        (want, done): (u64, Counter),
+        patience: Duration,
+        file: &Path,
+    ) -> Vec<(u64, u64)> {
+        let Some(ch) = self.channel(node) else {
+            return Vec::new();
+        };
         let deadline = Instant::now() + patience;
         while ch.counter(done) != want {
             if Instant::now() > deadline {
@@ -635,6 +650,16 @@ impl LocalCluster {
             std::thread::sleep(Duration::from_millis(1));
         }
         parse_histogram(&std::fs::read_to_string(file).unwrap_or_default())
+    }
+
+    /// The answer to [`ask_data_mesh_floor`] number `want` (as [`LocalCluster::data_mesh_floor`]).
+    pub fn data_mesh_floor_answer(&self, node: NodeId, want: u64) -> Vec<(u64, u64)> {
+        self.answered_histogram(
+            node,
+            (want, Counter::FloorDone),
+            Duration::from_secs(60),
+            &self.dir.floor_histogram(node),
+        )
     }
 
     /// Stops exactly the processes started for this cluster (SIGTERM, then SIGKILL after 2 s)
@@ -941,6 +966,16 @@ fn summary_line(s: &mut String, label: &str, items: impl Iterator<Item = String>
     if !items.is_empty() {
         let _ = writeln!(s, "{label}: {}", items.join("; "));
     }
+}
+
+/// Asks `node`'s data plane in cluster directory `dir` for a data-mesh floor
+/// ([`LocalCluster::data_mesh_floor`]) without waiting for it, from any thread: the number its
+/// answer will carry, for [`LocalCluster::data_mesh_floor_answer`] (`None`: no channel there).
+pub fn ask_data_mesh_floor(dir: &Path, node: NodeId) -> Option<u64> {
+    let ch = Channel::open(&ClusterDir::new(dir).channel(node)).ok()?;
+    let want = ch.counter(Counter::FloorRequest) + 1;
+    ch.set(Counter::FloorRequest, want);
+    Some(want)
 }
 
 /// The "value count" lines a data plane writes for a histogram.

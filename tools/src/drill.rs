@@ -289,6 +289,8 @@ pub struct BenchOptions {
     pub dir: PathBuf,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    /// Also measure the leader's data-mesh round trip during the run's second half.
+    pub loaded_floor: bool,
 }
 
 /// Round trips in `rapax bench`'s floor (shm, udp, rdma): half before the run, half after.
@@ -366,8 +368,48 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     let _ = replication(&session.cluster); // reset
     let rss_before = session.cluster.rss_kib();
     let commit_before = session.cluster.counters(leader).map_or(0, |c| c.commit);
-    let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", None)?;
+    // --loaded-floor: halfway through the run, the leader is asked for its data-mesh round
+    // trip, which it measures while the second half goes on.
+    let asked = Arc::new(Mutex::new(None));
+    let at_half: Option<Box<dyn FnOnce() + Send>> =
+        if o.loaded_floor && matches!(o.profile.fabric.kind, FabricKind::Udp | FabricKind::Rdma) {
+            let (dir, asked) = (o.dir.clone(), Arc::clone(&asked));
+            Some(Box::new(move || {
+                *asked.lock().expect("lock") = crate::cluster::ask_data_mesh_floor(&dir, leader);
+            }))
+        } else {
+            None
+        };
+    let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", at_half)?;
     let repl = replication(&session.cluster);
+    let asked = asked.lock().expect("lock").take();
+    if let Some(want) = asked {
+        let mut loaded = LatencyRecorder::new();
+        for (ns, count) in session.cluster.data_mesh_floor_answer(leader, want) {
+            loaded.record_ns_count(ns, count);
+        }
+        if loaded.is_empty() {
+            eprintln!("bench: --loaded-floor: the leader measured no data-mesh round trip (it no longer leads, or has no active follower)");
+        } else {
+            let (l, r) = (loaded.summary2(), repl.summary());
+            eprintln!(
+                "bench: the fabric under the run's load (--loaded-floor): the leader's READ round trip on the data mesh during the run's second half ({} round trips): p50 {:.2} us, p99 {:.2} us; replication p50 = {:.1} x that",
+                loaded.len(),
+                l.p50,
+                l.p99,
+                r.p50 / l.p50.max(1e-9)
+            );
+        }
+    } else if o.loaded_floor {
+        eprintln!(
+            "bench: --loaded-floor: not measured on {}: {}",
+            o.profile.fabric.kind.as_str(),
+            match o.profile.fabric.kind {
+                FabricKind::Dpdk => "the floor is the data mesh's round trip already",
+                _ => "a READ there is a load from the peer's mapped memory, no round trip",
+            }
+        );
+    }
     // A long run wraps the log many times: the daemons' memory must not grow with it.
     let rss_after = session.cluster.rss_kib();
     let rss: Vec<String> = rss_after

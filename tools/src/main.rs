@@ -170,6 +170,14 @@ enum Command {
         json: Option<PathBuf>,
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Also measure the fabric under the run's load: halfway through, the leader starts
+        /// reading a follower's heartbeat word over the data mesh, one READ at a time, and
+        /// times each round trip while the second half runs. Printed beside replication. It
+        /// takes turns of the leader's from the run, so that half's end-to-end latency is a
+        /// little worse. On udp and rdma (on dpdk the floor is the data mesh's already; on
+        /// shm a READ is a load from mapped memory).
+        #[arg(long)]
+        loaded_floor: bool,
         /// The cluster directory (default: `bench` under the profile's shm directory).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -536,6 +544,7 @@ fn main() -> ExitCode {
             clients,
             json,
             plot,
+            loaded_floor,
             dir,
         } => {
             let profile = match load_profile(&profile) {
@@ -555,6 +564,7 @@ fn main() -> ExitCode {
                 dir,
                 json,
                 plot,
+                loaded_floor,
             };
             match rapax::drill::bench(&opts) {
                 Ok(r) => {
