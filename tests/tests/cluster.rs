@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use rapax::cluster::{ask_data_mesh_floor, is_ours, signal, LocalCluster};
+use rapax::cluster::{is_ours, signal, LocalCluster};
 use rapax::drill::{fail_leader, FailMode, HistoryLoad};
 use rapax::lincheck::{check_kv_history, HistoryOp};
 use rapax::netlab::NetLab;
@@ -230,8 +230,14 @@ fn udp_leader_measures_its_data_mesh_round_trip_under_load() {
             done
         })
     };
-    let first = ask_data_mesh_floor(&t.dir, leader).expect("the leader's channel");
-    let second = ask_data_mesh_floor(&t.dir, leader).expect("the leader's channel");
+    let first = t
+        .cluster
+        .ask_data_mesh_floor(leader)
+        .expect("the leader's channel");
+    let second = t
+        .cluster
+        .ask_data_mesh_floor(leader)
+        .expect("the leader's channel");
     assert_eq!(second, first + 1);
     let samples = t.cluster.data_mesh_floor_answer(leader, second);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -652,7 +652,18 @@ impl LocalCluster {
         parse_histogram(&std::fs::read_to_string(file).unwrap_or_default())
     }
 
-    /// The answer to [`ask_data_mesh_floor`] number `want` (as [`LocalCluster::data_mesh_floor`]).
+    /// Asks `node`'s data plane for a data-mesh floor ([`LocalCluster::data_mesh_floor`])
+    /// without waiting for it: the number its answer will carry, for
+    /// [`LocalCluster::data_mesh_floor_answer`] (`None`: no channel).
+    pub fn ask_data_mesh_floor(&self, node: NodeId) -> Option<u64> {
+        let ch = self.channel(node)?;
+        let want = ch.counter(Counter::FloorRequest) + 1;
+        ch.set(Counter::FloorRequest, want);
+        Some(want)
+    }
+
+    /// The answer to [`LocalCluster::ask_data_mesh_floor`] number `want` (as
+    /// [`LocalCluster::data_mesh_floor`]).
     pub fn data_mesh_floor_answer(&self, node: NodeId, want: u64) -> Vec<(u64, u64)> {
         self.answered_histogram(
             node,
@@ -966,16 +977,6 @@ fn summary_line(s: &mut String, label: &str, items: impl Iterator<Item = String>
     if !items.is_empty() {
         let _ = writeln!(s, "{label}: {}", items.join("; "));
     }
-}
-
-/// Asks `node`'s data plane in cluster directory `dir` for a data-mesh floor
-/// ([`LocalCluster::data_mesh_floor`]) without waiting for it, from any thread: the number its
-/// answer will carry, for [`LocalCluster::data_mesh_floor_answer`] (`None`: no channel there).
-pub fn ask_data_mesh_floor(dir: &Path, node: NodeId) -> Option<u64> {
-    let ch = Channel::open(&ClusterDir::new(dir).channel(node)).ok()?;
-    let want = ch.counter(Counter::FloorRequest) + 1;
-    ch.set(Counter::FloorRequest, want);
-    Some(want)
 }
 
 /// The "value count" lines a data plane writes for a histogram.

@@ -375,7 +375,12 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
         if o.loaded_floor && matches!(o.profile.fabric.kind, FabricKind::Udp | FabricKind::Rdma) {
             let (dir, asked) = (o.dir.clone(), Arc::clone(&asked));
             Some(Box::new(move || {
-                *asked.lock().expect("lock") = crate::cluster::ask_data_mesh_floor(&dir, leader);
+                // Whichever node leads now (it may not be the one that led at the start).
+                let cluster = LocalCluster::open(&dir).ok();
+                *asked.lock().expect("lock") = cluster.and_then(|c| {
+                    let l = c.leader()?;
+                    Some((l, c.ask_data_mesh_floor(l)?))
+                });
             }))
         } else {
             None
@@ -383,9 +388,9 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", at_half)?;
     let repl = replication(&session.cluster);
     let asked = asked.lock().expect("lock").take();
-    if let Some(want) = asked {
+    if let Some((asked_leader, want)) = asked {
         let mut loaded = LatencyRecorder::new();
-        for (ns, count) in session.cluster.data_mesh_floor_answer(leader, want) {
+        for (ns, count) in session.cluster.data_mesh_floor_answer(asked_leader, want) {
             loaded.record_ns_count(ns, count);
         }
         if loaded.is_empty() {
@@ -400,6 +405,9 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
                 r.p50 / l.p50.max(1e-9)
             );
         }
+    } else if o.loaded_floor && matches!(o.profile.fabric.kind, FabricKind::Udp | FabricKind::Rdma)
+    {
+        eprintln!("bench: --loaded-floor: no node led at the run's half-way point: not measured");
     } else if o.loaded_floor {
         eprintln!(
             "bench: --loaded-floor: not measured on {}: {}",
