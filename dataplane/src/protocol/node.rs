@@ -3661,9 +3661,10 @@ mod tests {
         assert_eq!(n.granted(), Ballot::ZERO);
     }
 
-    /// The ring head of three stands (granting itself its ballot) and leads with both
-    /// followers: the test stands in for the recovery. Returns its ballot too.
-    fn leading_ring_head() -> (Node<KvStore>, SimMemory, Output, Ballot) {
+    #[test]
+    fn a_late_failure_from_before_a_followers_loss_does_not_drop_it_again() {
+        // The ring head stands (granting itself its ballot) and leads with both followers
+        // (the test stands in for the recovery; from here on only the data half ticks).
         let (mut n, mut mem) = node(0, 3, Start::Fresh);
         let mut out = Output::default();
         n.tick(1, &mut mem, &mut out);
@@ -3671,13 +3672,6 @@ mod tests {
         mem.grant(0, b);
         n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
         assert_eq!(n.role(), RoleKind::Leader);
-        (n, mem, out, b)
-    }
-
-    #[test]
-    fn a_late_failure_from_before_a_followers_loss_does_not_drop_it_again() {
-        // From here on only the data half ticks.
-        let (mut n, mut mem, mut out, b) = leading_ring_head();
         // A command after the view's no-op: two writes to follower 1 in flight.
         let request = ClientRequest {
             client: 7,
@@ -3752,7 +3746,13 @@ mod tests {
 
     #[test]
     fn propose_now_writes_what_clients_queued_to_every_active_follower_and_nothing_else() {
-        let (mut n, mut mem, mut out, _) = leading_ring_head();
+        let (mut n, mut mem) = node(0, 3, Start::Fresh);
+        let mut out = Output::default();
+        n.tick(1, &mut mem, &mut out);
+        let b = n.own_ballot().expect("standing");
+        mem.grant(0, b);
+        n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
+        assert_eq!(n.role(), RoleKind::Leader);
         out.clear();
         let request = |seq| ClientRequest {
             client: 7,
