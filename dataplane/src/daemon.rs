@@ -832,7 +832,6 @@ impl<P: Plane> Dataplane<P> {
         }
         work += self.plane.ingress(&mut self.inbox);
         let mut inbox = std::mem::take(&mut self.inbox);
-        let mut queued = false;
         for (request, route) in inbox.drain(..) {
             self.channel.add(Counter::ClientRequests, 1);
             let request = match request {
@@ -893,15 +892,8 @@ impl<P: Plane> Dataplane<P> {
             self.routes.insert((request.client, request.seq), route);
             self.node
                 .on_client_request(now, request, self.plane.mem(), &mut self.out);
-            queued = true;
         }
         self.inbox = inbox;
-        if queued {
-            // The fast path: what the clients just sent is proposed, written, chosen, applied
-            // and answered before the leader's upkeep below, not behind it.
-            self.node.propose_now(now, self.plane.mem(), &mut self.out);
-            work += self.exchange(now);
-        }
         // The control half (grants, candidacy, the amnesia probe) acts on time-outs and on
         // words peers write into this node's memory: once per microsecond is soon enough, and
         // leaves the turns in between to the fast path.
@@ -910,37 +902,6 @@ impl<P: Plane> Dataplane<P> {
         }
         self.node.tick_data(now, self.plane.mem(), &mut self.out);
         self.probe_tick();
-        work += self.exchange(now);
-        let notes = std::mem::take(&mut self.out.notes);
-        let mut clock = None;
-        for note in &notes {
-            self.note(note, &mut clock);
-        }
-        self.out.notes = notes;
-        self.out.notes.clear();
-        if let Some(c) = self.out.checkpoint.take() {
-            self.checkpoints.put(c);
-        }
-        // Counters for tools and the control plane: once per microsecond of the turn clock is
-        // as fresh as any reader needs, and leaves the turns in between to the fast path.
-        if new_us {
-            while let Ok((index, digest)) = self.kept.try_recv() {
-                self.channel.set(Counter::CheckpointIndex, index);
-                self.channel.set(Counter::CheckpointDigest, digest);
-            }
-            self.publish();
-        }
-        if self.node.has_steps_left() {
-            // A follower's catch-up goes a step per turn: the next turn at once.
-            work += 1;
-        }
-        work
-    }
-
-    /// Posts what the node asked for, takes the completions (and what they ask for in turn),
-    /// applies what they chose and answers its clients. Returns the work done.
-    fn exchange(&mut self, now: u64) -> usize {
-        let mut work = 0;
         let mut completed = false;
         let mut rounds = 0u32;
         let mut long_since: Option<Instant> = None;
@@ -1041,6 +1002,29 @@ impl<P: Plane> Dataplane<P> {
                 work += 1;
                 self.plane.post(post);
             }
+        }
+        let notes = std::mem::take(&mut self.out.notes);
+        let mut clock = None;
+        for note in &notes {
+            self.note(note, &mut clock);
+        }
+        self.out.notes = notes;
+        self.out.notes.clear();
+        if let Some(c) = self.out.checkpoint.take() {
+            self.checkpoints.put(c);
+        }
+        // Counters for tools and the control plane: once per microsecond of the turn clock is
+        // as fresh as any reader needs, and leaves the turns in between to the fast path.
+        if new_us {
+            while let Ok((index, digest)) = self.kept.try_recv() {
+                self.channel.set(Counter::CheckpointIndex, index);
+                self.channel.set(Counter::CheckpointDigest, digest);
+            }
+            self.publish();
+        }
+        if self.node.has_steps_left() {
+            // A follower's catch-up goes a step per turn: the next turn at once.
+            work += 1;
         }
         work
     }

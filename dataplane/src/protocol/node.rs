@@ -1225,15 +1225,6 @@ impl<S: StateMachine> Node<S> {
         self.apply(mem, out);
     }
 
-    /// Proposes the commands clients queued, at once, without the rest of a leader's turn
-    /// ([`Node::tick_data`]: followers' upkeep, log reuse, ring repair, changes): a driver
-    /// calls it right after taking requests, so they need not wait behind that upkeep.
-    /// `tick_data` proposes whatever is still queued (past the window, behind a change).
-    pub fn propose_now(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
-        self.now = now;
-        self.propose_queued(mem, out);
-    }
-
     /// Applies what became chosen since the last turn (and answers its clients) without a
     /// whole turn: a driver whose completions arrive within its turn calls this after them, so
     /// a command is answered in the turn that proposed it.
@@ -2230,60 +2221,11 @@ impl<S: StateMachine> Node<S> {
 
     // ---- leader -----------------------------------------------------------------------------
 
-    /// Proposes the queued commands: batches of them into new slots, within the window and the
-    /// reusable part of the log, and never past a change not yet chosen. Returns false if this
-    /// node stopped leading meanwhile (it lost permission on its own log).
-    fn propose_queued(&mut self, mem: &mut impl LocalMemory, out: &mut Output) -> bool {
-        let geometry = self.cfg.geometry;
-        loop {
-            let applied = self.applied;
-            let Role::Leader(l) = &mut self.role else {
-                return false;
-            };
-            let ballot = l.ballot;
-            if l.queue.is_empty()
-                || l.conf_slot.is_some()
-                || l.next_slot >= l.commit + self.cfg.window_slots
-                || l.next_slot >= reuse_floor(l, applied) + geometry.capacity / 2
-            {
-                break;
-            }
-            let mut take = 0;
-            let mut bytes = 4;
-            for req in l.queue.iter() {
-                let add = 4 + req.command.len();
-                if take == self.cfg.batch_max_commands
-                    || (take > 0 && bytes + add > self.cfg.batch_max_bytes)
-                {
-                    break;
-                }
-                take += 1;
-                bytes += add;
-            }
-            let mut payload = Vec::with_capacity(bytes);
-            Batch::encode(
-                l.queue.iter().take(take).map(|r| r.command.as_slice()),
-                &mut payload,
-            );
-            l.queue.drain(..take);
-            let entry = Entry {
-                ballot,
-                slot: l.next_slot,
-                commit_hint: l.commit,
-                kind: EntryKind::Batch,
-                payload,
-            };
-            if !self.propose(entry, mem, out) {
-                return false;
-            }
-        }
-        true
-    }
-
     fn leader_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let me = self.cfg.id;
         let now = self.now;
         let retry = self.cfg.retry_ticks;
+        let geometry = self.cfg.geometry;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -2339,8 +2281,48 @@ impl<S: StateMachine> Node<S> {
         self.reuse_tick(out);
         self.repair_tick(out);
         self.change_tick(mem, out);
-        if !self.propose_queued(mem, out) {
-            return;
+        // Propose: batches of queued commands into new slots, within the window and the
+        // reusable part of the log, and never past a change not yet chosen.
+        loop {
+            let applied = self.applied;
+            let Role::Leader(l) = &mut self.role else {
+                return;
+            };
+            if l.queue.is_empty()
+                || l.conf_slot.is_some()
+                || l.next_slot >= l.commit + self.cfg.window_slots
+                || l.next_slot >= reuse_floor(l, applied) + geometry.capacity / 2
+            {
+                break;
+            }
+            let mut take = 0;
+            let mut bytes = 4;
+            for req in l.queue.iter() {
+                let add = 4 + req.command.len();
+                if take == self.cfg.batch_max_commands
+                    || (take > 0 && bytes + add > self.cfg.batch_max_bytes)
+                {
+                    break;
+                }
+                take += 1;
+                bytes += add;
+            }
+            let mut payload = Vec::with_capacity(bytes);
+            Batch::encode(
+                l.queue.iter().take(take).map(|r| r.command.as_slice()),
+                &mut payload,
+            );
+            l.queue.drain(..take);
+            let entry = Entry {
+                ballot,
+                slot: l.next_slot,
+                commit_hint: l.commit,
+                kind: EntryKind::Batch,
+                payload,
+            };
+            if !self.propose(entry, mem, out) {
+                return;
+            }
         }
         // Idle: announce the commit index on its own.
         let applied = self.applied;
@@ -3742,73 +3724,6 @@ mod tests {
         // A failure of the new cycle's own read still loses it.
         n.on_completion(17, failed(header_read), &mut mem, &mut out);
         assert_eq!(state_of_1(&n), "absent");
-    }
-
-    #[test]
-    fn propose_now_writes_what_clients_queued_to_every_active_follower_and_nothing_else() {
-        let (mut n, mut mem) = node(0, 3, Start::Fresh);
-        let mut out = Output::default();
-        n.tick(1, &mut mem, &mut out);
-        let b = n.own_ballot().expect("standing");
-        mem.grant(0, b);
-        n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
-        assert_eq!(n.role(), RoleKind::Leader);
-        out.clear();
-        let request = |seq| ClientRequest {
-            client: 7,
-            seq,
-            command: put_k_v(),
-        };
-        n.on_client_request(2, request(1), &mut mem, &mut out);
-        assert!(
-            out.posts.is_empty(),
-            "queued, not proposed: {:?}",
-            out.posts
-        );
-        n.propose_now(2, &mut mem, &mut out);
-        // One slot: its entry written to both followers' logs at the slot's offset, and no
-        // upkeep (requests, reads, commit announcements) on the way.
-        let proposed: Vec<u64> = out
-            .notes
-            .iter()
-            .filter_map(|e| match e {
-                Note::Proposed { slot } => Some(*slot),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(proposed.len(), 1, "{:?}", out.notes);
-        let offset = cfg(0, 3).geometry.slot_offset(proposed[0]);
-        let mut writes: Vec<(NodeId, usize)> = out
-            .posts
-            .iter()
-            .map(|p| match &p.op {
-                Op::Write {
-                    region: Region::Log,
-                    offset,
-                    ..
-                } => (p.target, *offset),
-                other => panic!("not a log write: {other:?}"),
-            })
-            .collect();
-        writes.sort();
-        assert_eq!(writes, vec![(1, offset), (2, offset)]);
-        // Nothing is left queued: a second call proposes nothing.
-        out.clear();
-        n.propose_now(3, &mut mem, &mut out);
-        assert!(out.posts.is_empty() && out.notes.is_empty());
-        // A follower proposes nothing: the request is refused, not queued.
-        let (mut f, mut fmem) = node(1, 3, Start::Fresh);
-        let mut fout = Output::default();
-        f.on_client_request(2, request(2), &mut fmem, &mut fout);
-        f.propose_now(2, &mut fmem, &mut fout);
-        assert!(fout.posts.is_empty());
-        assert!(matches!(
-            fout.replies[..],
-            [ClientReply {
-                result: Err(ClientError::NotLeader { .. }),
-                ..
-            }]
-        ));
     }
 
     #[test]
