@@ -592,9 +592,12 @@ impl LocalCluster {
     /// Asks `node`'s data plane for its replication-latency histogram since the last request
     /// and returns its samples `(nanoseconds, count)` (empty if it does not answer in 2 s).
     pub fn replication_samples(&self, node: NodeId) -> Vec<(u64, u64)> {
-        self.ask_histogram(
+        let Some(want) = self.ask(node, Counter::StatsRequest) else {
+            return Vec::new();
+        };
+        self.answered_histogram(
             node,
-            (Counter::StatsRequest, Counter::StatsDone),
+            (want, Counter::StatsDone),
             Duration::from_secs(2),
             &self.dir.replication_histogram(node),
         )
@@ -605,29 +608,35 @@ impl LocalCluster {
     /// same fabric, ports and agents as replication. Empty if it does not lead, has no active
     /// follower, or does not answer within 60 s.
     pub fn data_mesh_floor(&self, node: NodeId) -> Vec<(u64, u64)> {
-        self.ask_histogram(
+        self.ask_data_mesh_floor(node)
+            .map_or_else(Vec::new, |want| self.data_mesh_floor_answer(node, want))
+    }
+
+    /// Asks `node`'s data plane for a data-mesh floor ([`LocalCluster::data_mesh_floor`])
+    /// without waiting for it: the number its answer will carry, for
+    /// [`LocalCluster::data_mesh_floor_answer`] (`None`: no channel).
+    pub fn ask_data_mesh_floor(&self, node: NodeId) -> Option<u64> {
+        self.ask(node, Counter::FloorRequest)
+    }
+
+    /// The answer to [`LocalCluster::ask_data_mesh_floor`] number `want` (as
+    /// [`LocalCluster::data_mesh_floor`]).
+    pub fn data_mesh_floor_answer(&self, node: NodeId, want: u64) -> Vec<(u64, u64)> {
+        self.answered_histogram(
             node,
-            (Counter::FloorRequest, Counter::FloorDone),
+            (want, Counter::FloorDone),
             Duration::from_secs(60),
             &self.dir.floor_histogram(node),
         )
     }
 
-    /// Bumps `request` in `node`'s channel, waits (at most `patience`) for the data plane to
-    /// echo it in `done`, and reads the histogram it wrote to `file`.
-    fn ask_histogram(
-        &self,
-        node: NodeId,
-        (request, done): (Counter, Counter),
-        patience: Duration,
-        file: &Path,
-    ) -> Vec<(u64, u64)> {
-        let Some(ch) = self.channel(node) else {
-            return Vec::new();
-        };
+    /// Bumps `request` in `node`'s channel: the number the data plane's answer will carry
+    /// (`None`: no channel).
+    fn ask(&self, node: NodeId, request: Counter) -> Option<u64> {
+        let ch = self.channel(node)?;
         let want = ch.counter(request) + 1;
         ch.set(request, want);
-        self.answered_histogram(node, (want, done), patience, file)
+        Some(want)
     }
 
     /// Waits (at most `patience`) for `node`'s data plane to set `done` to `want`, and reads
@@ -650,27 +659,6 @@ impl LocalCluster {
             std::thread::sleep(Duration::from_millis(1));
         }
         parse_histogram(&std::fs::read_to_string(file).unwrap_or_default())
-    }
-
-    /// Asks `node`'s data plane for a data-mesh floor ([`LocalCluster::data_mesh_floor`])
-    /// without waiting for it: the number its answer will carry, for
-    /// [`LocalCluster::data_mesh_floor_answer`] (`None`: no channel).
-    pub fn ask_data_mesh_floor(&self, node: NodeId) -> Option<u64> {
-        let ch = self.channel(node)?;
-        let want = ch.counter(Counter::FloorRequest) + 1;
-        ch.set(Counter::FloorRequest, want);
-        Some(want)
-    }
-
-    /// The answer to [`LocalCluster::ask_data_mesh_floor`] number `want` (as
-    /// [`LocalCluster::data_mesh_floor`]).
-    pub fn data_mesh_floor_answer(&self, node: NodeId, want: u64) -> Vec<(u64, u64)> {
-        self.answered_histogram(
-            node,
-            (want, Counter::FloorDone),
-            Duration::from_secs(60),
-            &self.dir.floor_histogram(node),
-        )
     }
 
     /// Stops exactly the processes started for this cluster (SIGTERM, then SIGKILL after 2 s)

@@ -370,21 +370,26 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     let commit_before = session.cluster.counters(leader).map_or(0, |c| c.commit);
     // --loaded-floor: halfway through the run, the leader is asked for its data-mesh round
     // trip, which it measures while the second half goes on.
+    // Why the fabric's loaded round trip is not measured on this fabric (`None`: it is).
+    let no_loaded_floor = match o.profile.fabric.kind {
+        FabricKind::Udp | FabricKind::Rdma => None,
+        FabricKind::Dpdk => Some("the floor is the data mesh's round trip already"),
+        _ => Some("a READ there is a load from the peer's mapped memory, no round trip"),
+    };
     let asked = Arc::new(Mutex::new(None));
-    let at_half: Option<Box<dyn FnOnce() + Send>> =
-        if o.loaded_floor && matches!(o.profile.fabric.kind, FabricKind::Udp | FabricKind::Rdma) {
-            let (dir, asked) = (o.dir.clone(), Arc::clone(&asked));
-            Some(Box::new(move || {
-                // Whichever node leads now (it may not be the one that led at the start).
-                let cluster = LocalCluster::open(&dir).ok();
-                *asked.lock().expect("lock") = cluster.and_then(|c| {
-                    let l = c.leader()?;
-                    Some((l, c.ask_data_mesh_floor(l)?))
-                });
-            }))
-        } else {
-            None
-        };
+    let at_half: Option<Box<dyn FnOnce() + Send>> = if o.loaded_floor && no_loaded_floor.is_none() {
+        let (dir, asked) = (o.dir.clone(), Arc::clone(&asked));
+        Some(Box::new(move || {
+            // Whichever node leads now (it may not be the one that led at the start).
+            let cluster = LocalCluster::open(&dir).ok();
+            *asked.lock().expect("lock") = cluster.and_then(|c| {
+                let l = c.leader()?;
+                Some((l, c.ask_data_mesh_floor(l)?))
+            });
+        }))
+    } else {
+        None
+    };
     let load = run_load(&o.dir, o.clients, o.ops, o.value_bytes, "bench", at_half)?;
     let repl = replication(&session.cluster);
     let asked = asked.lock().expect("lock").take();
@@ -405,18 +410,16 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
                 r.p50 / l.p50.max(1e-9)
             );
         }
-    } else if o.loaded_floor && matches!(o.profile.fabric.kind, FabricKind::Udp | FabricKind::Rdma)
-    {
-        eprintln!("bench: --loaded-floor: no node led at the run's half-way point: not measured");
     } else if o.loaded_floor {
-        eprintln!(
-            "bench: --loaded-floor: not measured on {}: {}",
-            o.profile.fabric.kind.as_str(),
-            match o.profile.fabric.kind {
-                FabricKind::Dpdk => "the floor is the data mesh's round trip already",
-                _ => "a READ there is a load from the peer's mapped memory, no round trip",
-            }
-        );
+        match no_loaded_floor {
+            None => eprintln!(
+                "bench: --loaded-floor: no node led at the run's half-way point: not measured"
+            ),
+            Some(why) => eprintln!(
+                "bench: --loaded-floor: not measured on {}: {why}",
+                o.profile.fabric.kind.as_str()
+            ),
+        }
     }
     // A long run wraps the log many times: the daemons' memory must not grow with it.
     let rss_after = session.cluster.rss_kib();
