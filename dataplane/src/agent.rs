@@ -743,6 +743,7 @@ impl<'a> ManualRunner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::wait_until;
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
     use std::time::Instant;
@@ -803,7 +804,9 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(None));
         let agent = Placement(Arc::clone(&seen));
         let runner = AgentRunner::start(Box::new(agent), IdleStrategy::Yield, None).unwrap();
-        wait_for("a pass", || seen.lock().expect("lock").is_some());
+        wait_until("a pass", Duration::from_secs(10), || {
+            seen.lock().expect("lock").is_some()
+        });
         runner.stop().unwrap();
         let cores = seen.lock().expect("lock").clone();
         cores.expect("recorded")
@@ -854,7 +857,9 @@ mod tests {
             None,
         )
         .unwrap();
-        wait_for("a pass", || seen.load(Ordering::SeqCst) != 0);
+        wait_until("a pass", Duration::from_secs(10), || {
+            seen.load(Ordering::SeqCst) != 0
+        });
         runner.stop().unwrap();
         assert_eq!(seen.load(Ordering::SeqCst) - 1, AGENT_TIMER_SLACK_NS);
         // The thread that started it keeps its own (the default is 50 us).
@@ -1096,15 +1101,6 @@ mod tests {
         }
     }
 
-    /// Polls `cond` for up to 10 s.
-    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     #[test]
     fn runner_runs_until_stopped_and_counts() {
         let agent = Counting::new("counter");
@@ -1117,9 +1113,13 @@ mod tests {
         assert_eq!(runner.name(), "counter");
         assert_eq!(runner.core(), None);
         let counters = runner.counters();
-        wait_for("1000 passes", || counters.do_work_calls() >= 1000);
+        wait_until("1000 passes", Duration::from_secs(10), || {
+            counters.do_work_calls() >= 1000
+        });
         let first = counters.do_work_calls();
-        wait_for("more passes", || counters.do_work_calls() > first);
+        wait_until("more passes", Duration::from_secs(10), || {
+            counters.do_work_calls() > first
+        });
         assert!(counters.work_done() > 0);
         assert!(!runner.is_finished());
         assert!(!closed.load(Ordering::Relaxed));
@@ -1143,7 +1143,9 @@ mod tests {
         let idle = IdleStrategy::Backoff(BackoffIdle::new(10, 10, us(50), us(1000)));
         let runner = AgentRunner::start(Box::new(agent), idle, None).unwrap();
         let counters = runner.counters();
-        wait_for("100 passes", || counters.do_work_calls() >= 100);
+        wait_until("100 passes", Duration::from_secs(10), || {
+            counters.do_work_calls() >= 100
+        });
         let t = Instant::now();
         runner.stop().unwrap();
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
@@ -1156,7 +1158,9 @@ mod tests {
         let closed = agent.closed.clone();
         let runner = AgentRunner::start(Box::new(agent), IdleStrategy::Yield, None).unwrap();
         let counters = runner.counters();
-        wait_for("a pass", || counters.do_work_calls() > 0);
+        wait_until("a pass", Duration::from_secs(10), || {
+            counters.do_work_calls() > 0
+        });
         drop(runner);
         assert!(closed.load(Ordering::Relaxed));
         let c = counters.do_work_calls();
@@ -1170,7 +1174,9 @@ mod tests {
         agent.panic_at = Some(5);
         let closed = agent.closed.clone();
         let runner = AgentRunner::start(Box::new(agent), IdleStrategy::Yield, None).unwrap();
-        wait_for("the panic", || runner.is_finished());
+        wait_until("the panic", Duration::from_secs(10), || {
+            runner.is_finished()
+        });
         assert_eq!(
             runner.counters().do_work_calls(),
             4,
@@ -1224,7 +1230,9 @@ mod tests {
         let runner = AgentRunner::start(Box::new(agent), IdleStrategy::Yield, Some(core)).unwrap();
         assert_eq!(runner.core(), Some(core));
         let counters = runner.counters();
-        wait_for("passes", || counters.do_work_calls() >= 10);
+        wait_until("passes", Duration::from_secs(10), || {
+            counters.do_work_calls() >= 10
+        });
         runner.stop().unwrap();
     }
 

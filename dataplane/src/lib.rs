@@ -14,3 +14,22 @@ pub mod mailbox;
 pub mod mapped;
 pub mod profile;
 pub mod protocol;
+
+/// What the unit tests of several modules share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::{Duration, Instant};
+
+    /// Polls `ready` every millisecond until it holds; fails the test after `limit`, naming
+    /// `what` it waited for.
+    pub(crate) fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ready() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}

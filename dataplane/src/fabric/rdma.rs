@@ -2344,6 +2344,7 @@ mod tests {
     use super::*;
     use crate::fabric::contract::{self, ContractHarness};
     use crate::protocol::layout::CB_HEARTBEAT;
+    use crate::testing::wait_until;
 
     const GEO: LogGeometry = LogGeometry {
         capacity: 64,
@@ -2757,12 +2758,16 @@ mod tests {
 
     /// Waits (up to 20 s) until `owner`'s next write region for `writer` is registered ahead.
     fn wait_until_registered_ahead(f: &RdmaFabric, owner: NodeId, writer: NodeId) {
-        wait_until("a write region registered ahead", || {
-            f.wiring().nodes[owner as usize].as_mut().unwrap().data[writer as usize]
-                .as_mut()
-                .unwrap()
-                .ready_ahead()
-        });
+        wait_until(
+            "a write region registered ahead",
+            Duration::from_secs(20),
+            || {
+                f.wiring().nodes[owner as usize].as_mut().unwrap().data[writer as usize]
+                    .as_mut()
+                    .unwrap()
+                    .ready_ahead()
+            },
+        );
     }
 
     fn registered_on_connect(f: &RdmaFabric, owner: NodeId, writer: NodeId) -> u64 {
@@ -2815,7 +2820,7 @@ mod tests {
     /// Waits until every spare queue pair of `nodes` (their initiators' and, through the
     /// shared wiring, their responders') is created.
     fn wait_until_spares_ready(nodes: &mut [RdmaFabric]) {
-        wait_until("spare queue pairs created", || {
+        wait_until("spare queue pairs created", Duration::from_secs(20), || {
             let initiators = nodes
                 .iter_mut()
                 .all(|n| n.spares.iter_mut().all(SpareQp::is_ready));
@@ -2826,16 +2831,6 @@ mod tests {
                 .fold(true, |all, (_, _, spare)| spare.is_ready() && all);
             initiators && responders
         });
-    }
-
-    /// Polls `ready` every millisecond until it holds; fails the test after 20 s, naming
-    /// `what` it waited for.
-    fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready() {
-            assert!(Instant::now() < deadline, "not within 20 s: {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 
     /// Connections take queue pairs created ahead, on both ends, and the spares are made

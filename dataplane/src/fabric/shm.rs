@@ -856,6 +856,7 @@ mod tests {
 #[cfg(test)]
 mod fence_tests {
     use super::*;
+    use crate::testing::wait_until;
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     use std::os::unix::process::ExitStatusExt;
@@ -890,14 +891,6 @@ mod fence_tests {
         target.word(RIGHTS_GUARDS + 8).store(0, Ordering::Release);
     }
 
-    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !f() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     /// A writer stopped with its write in flight does not hold `revoke` for ever: it is killed,
     /// and its copy never lands.
     #[test]
@@ -915,9 +908,11 @@ mod fence_tests {
             .unwrap();
         let pid = u64::from(child.id());
         let guard = owner.own().word(RIGHTS_GUARDS + 8);
-        wait_until("the child raises its guard and stops", || {
-            guard.load(Ordering::SeqCst) == pid && writer_state(pid) == WriterState::Stopped
-        });
+        wait_until(
+            "the child raises its guard and stops",
+            Duration::from_secs(30),
+            || guard.load(Ordering::SeqCst) == pid && writer_state(pid) == WriterState::Stopped,
+        );
         owner.revoke(1);
         assert_eq!(owner.fenced_writers(), 1);
         let status = child.wait().unwrap();
@@ -936,7 +931,7 @@ mod fence_tests {
         let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = sleeper.id();
         kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
-        wait_until("sleep stops", || {
+        wait_until("sleep stops", Duration::from_secs(30), || {
             writer_state(u64::from(pid)) == WriterState::Stopped
         });
         assert!(!fence(u64::from(pid)));
