@@ -835,6 +835,18 @@ impl Channel {
         self.map.word(c.offset()).fetch_add(n, Ordering::Release);
     }
 
+    /// Adds `n` to a counter this process alone writes (wrapping): a load and a store. The
+    /// locked read-modify-write of [`Channel::add`] would wait for every store before it, the
+    /// fast path's writes into followers' logs among them, to reach the cache; readers see
+    /// either value, as with [`Channel::add`].
+    pub fn bump(&self, c: Counter, n: u64) {
+        let word = self.map.word(c.offset());
+        word.store(
+            word.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Release,
+        );
+    }
+
     /// Sets a counter.
     pub fn set(&self, c: Counter, v: u64) {
         self.map.word(c.offset()).store(v, Ordering::Release);
@@ -1364,6 +1376,13 @@ mod tests {
         a.set(Counter::Ballot, 0xabcd);
         b.add(Counter::MalformedFrames, 5);
         assert_eq!(b.counter(Counter::Heartbeat), 3);
+        // A single writer's bump adds (wrapping) as add does.
+        a.bump(Counter::ClientRequests, 2);
+        a.bump(Counter::ClientRequests, 3);
+        assert_eq!(b.counter(Counter::ClientRequests), 5);
+        a.set(Counter::ClientRejected, u64::MAX);
+        a.bump(Counter::ClientRejected, 2);
+        assert_eq!(b.counter(Counter::ClientRejected), 1);
         assert_eq!(b.counter(Counter::Ballot), 0xabcd);
         assert_eq!(a.counter(Counter::MalformedFrames), 5);
         assert_eq!(a.counter(Counter::Applied), 0, "counters do not alias");

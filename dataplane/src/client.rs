@@ -14,12 +14,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::daemon::{load_config, ClusterDir, DaemonError};
-use crate::fabric::frame::{Frame, FrameBody, FrameError, CLIENT_NODE};
+use crate::fabric::frame::{
+    Frame, CLIENT_HEADER_BYTES, CLIENT_NODE, HEADER_BYTES, MAX_FRAME_BYTES,
+};
 use crate::mailbox::{MailboxClient, MailboxError};
 use crate::profile::FabricKind;
 use crate::protocol::kv::{self, KvCodecError, KvOp, KvReply};
 use crate::protocol::membership::{Change, ChangeAnswer};
-use crate::protocol::node::{ClientError, ClientReply};
+use crate::protocol::node::ClientError;
 use crate::protocol::NodeId;
 
 /// Why a command did not get an answer.
@@ -94,6 +96,9 @@ pub struct Client {
     leader: usize,
     transport: Transport,
     options: ClientOptions,
+    /// The command being submitted, the frame it travels in, and the last answer's frame:
+    /// buffers kept from command to command, so one costs no allocation.
+    command: Vec<u8>,
     frame: Vec<u8>,
     reply: Vec<u8>,
     /// Retries (time-outs, redirects, busy answers) over the client's life.
@@ -161,6 +166,7 @@ impl Client {
             leader: 0,
             transport,
             options,
+            command: Vec::new(),
             frame: Vec::new(),
             reply: Vec::new(),
             retries: 0,
@@ -184,45 +190,44 @@ impl Client {
             seq: self.seq,
             op,
         };
-        let mut bytes = Vec::with_capacity(command.encoded_len());
-        command.encode(&mut bytes);
-        let reply = self.submit(bytes)?;
-        KvReply::decode(&reply).map_err(ClientFailure::BadReply)
+        self.command.clear();
+        command.encode(&mut self.command);
+        let at = self.submit()?;
+        KvReply::decode(&self.reply[at..]).map_err(ClientFailure::BadReply)
     }
 
     /// Asks the leader for a configuration change: the configurations it will propose, in
     /// order, or why it refused the change.
     pub fn reconfigure(&mut self, change: &Change) -> Result<ChangeAnswer, ClientFailure> {
         self.seq += 1;
-        let reply = self.submit(change.request(self.id, self.seq))?;
-        ChangeAnswer::decode(&reply).ok_or(ClientFailure::BadChangeAnswer(reply.len()))
+        self.command = change.request(self.id, self.seq);
+        let at = self.submit()?;
+        let answer = &self.reply[at..];
+        ChangeAnswer::decode(answer).ok_or(ClientFailure::BadChangeAnswer(answer.len()))
     }
 
     /// Sends raw command bytes under the next sequence number (for tests of the node's door:
     /// the bytes need not be a valid command).
     pub fn execute_raw(&mut self, command: Vec<u8>) -> Result<Vec<u8>, ClientFailure> {
         self.seq += 1;
-        self.submit(command)
+        self.command = command;
+        let at = self.submit()?;
+        Ok(self.reply[at..].to_vec())
     }
 
-    fn submit(&mut self, command: Vec<u8>) -> Result<Vec<u8>, ClientFailure> {
+    /// Submits `self.command` under the current sequence number until a node answers it;
+    /// returns where the answer's result bytes start in `self.reply`.
+    fn submit(&mut self) -> Result<usize, ClientFailure> {
         let (client, seq) = (self.id, self.seq);
-        // One frame for every try: only its destination changes between them. No clock is
-        // read while the first try is answered within its spin (the common case).
-        let mut frame = Frame {
-            src: CLIENT_NODE,
-            dst: self.nodes[self.leader],
-            cluster_id: self.cluster_id,
-            body: FrameBody::ClientRequest {
-                client,
-                seq,
-                command,
-            },
-        };
-        if let Err(FrameError::TooLarge { bytes, max }) = frame.check_size() {
+        let bytes = HEADER_BYTES + CLIENT_HEADER_BYTES + self.command.len();
+        if bytes > MAX_FRAME_BYTES {
             // No node could take it: say so now instead of timing out.
-            return Err(ClientFailure::Refused(ClientError::TooLarge { bytes, max }));
+            return Err(ClientFailure::Refused(ClientError::TooLarge {
+                bytes,
+                max: MAX_FRAME_BYTES,
+            }));
         }
+        // No clock is read while the first try is answered within its spin (the common case).
         let mut started: Option<Instant> = None;
         loop {
             if let Some(started) = started {
@@ -234,14 +239,13 @@ impl Client {
                 }
             }
             let target = self.leader;
-            frame.dst = self.nodes[target];
-            let reply = self.attempt(target, &frame, client, seq);
+            let reply = self.attempt(target, client, seq);
             // The command's clock starts at its first try (read after it, so a first try
             // answered at once reads none).
             started.get_or_insert_with(Instant::now);
             match reply {
-                Some(reply) => match reply.result {
-                    Ok(bytes) => return Ok(bytes),
+                Some(result) => match result {
+                    Ok(at) => return Ok(at),
                     Err(ClientError::NotLeader { leader_hint }) => {
                         self.retries += 1;
                         self.leader = match leader_hint
@@ -270,11 +274,21 @@ impl Client {
         }
     }
 
-    /// One try at node index `i`: its reply, or `None` on time-out or an unreachable node.
-    fn attempt(&mut self, i: usize, frame: &Frame, client: u64, seq: u64) -> Option<ClientReply> {
+    /// One try at node index `i`: its answer (where its result bytes start in `self.reply`,
+    /// or the error it carries), or `None` on time-out or an unreachable node.
+    fn attempt(&mut self, i: usize, client: u64, seq: u64) -> Option<Result<usize, ClientError>> {
         let node = self.nodes[i];
         self.frame.clear();
-        frame.encode(&mut self.frame).ok()?;
+        Frame::encode_client_request(
+            &mut self.frame,
+            CLIENT_NODE,
+            node,
+            self.cluster_id,
+            client,
+            seq,
+            &self.command,
+        )
+        .ok()?;
         let attempt_timeout = self.options.attempt_timeout;
         match &mut self.transport {
             Transport::Shm { dir, boxes, spin } => {
@@ -292,7 +306,7 @@ impl Client {
                 let mut polls = 0u32;
                 loop {
                     if mb.try_recv(&mut self.reply) {
-                        return decode_reply(&self.reply, self.cluster_id, client, seq);
+                        return answer(&self.reply, self.cluster_id, client, seq);
                     }
                     polls += 1;
                     if polls < 256 {
@@ -319,13 +333,14 @@ impl Client {
             Transport::Udp { socket, nodes } => {
                 let deadline = Instant::now() + attempt_timeout;
                 socket.send_to(&self.frame, nodes[i]).ok()?;
-                let mut buf = vec![0u8; crate::fabric::frame::MAX_FRAME_BYTES];
+                let buf = &mut self.reply;
                 loop {
+                    buf.resize(MAX_FRAME_BYTES, 0);
                     let left = deadline.checked_duration_since(Instant::now())?;
                     socket
                         .set_read_timeout(Some(left.max(Duration::from_micros(50))))
                         .ok()?;
-                    let (n, from) = match socket.recv_from(&mut buf) {
+                    let (n, from) = match socket.recv_from(buf) {
                         Ok(x) => x,
                         Err(e)
                             if matches!(
@@ -340,7 +355,8 @@ impl Client {
                     if from != nodes[i] {
                         continue;
                     }
-                    if let Some(r) = decode_reply(&buf[..n], self.cluster_id, client, seq) {
+                    buf.truncate(n);
+                    if let Some(r) = answer(buf, self.cluster_id, client, seq) {
                         return Some(r);
                     }
                 }
@@ -349,18 +365,23 @@ impl Client {
     }
 }
 
-/// The reply in `bytes` if it answers `request` (a refusal of an undecodable request, sent with
-/// client and sequence 0, answers it too).
-fn decode_reply(bytes: &[u8], cluster_id: u64, client: u64, seq: u64) -> Option<ClientReply> {
-    let frame = Frame::decode(bytes).ok()?;
-    if !frame.is_addressed_to(cluster_id, CLIENT_NODE) {
+/// The answer in the reply frame `bytes` if it answers `client`'s command `seq` (a refusal of
+/// an undecodable request, sent with client and sequence 0, answers it too): where its result
+/// bytes start in `bytes` (they run to its end), or the error it carries. Decoded in place.
+fn answer(
+    bytes: &[u8],
+    cluster_id: u64,
+    client: u64,
+    seq: u64,
+) -> Option<Result<usize, ClientError>> {
+    let reply = Frame::decode_client_reply(bytes).ok()?;
+    if reply.cluster_id != cluster_id || reply.dst != CLIENT_NODE {
         return None;
     }
-    if !matches!(frame.body, FrameBody::ClientReply { .. }) {
-        return None;
-    }
-    let reply = frame.body.into_client_reply()?;
     let ours = reply.client == client && reply.seq == seq;
     let door = reply.client == 0 && reply.seq == 0 && reply.result.is_err();
-    (ours || door).then_some(reply)
+    if !(ours || door) {
+        return None;
+    }
+    Some(reply.result.map(|result| bytes.len() - result.len()))
 }

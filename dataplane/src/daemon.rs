@@ -833,7 +833,7 @@ impl<P: Plane> Dataplane<P> {
         work += self.plane.ingress(&mut self.inbox);
         let mut inbox = std::mem::take(&mut self.inbox);
         for (request, route) in inbox.drain(..) {
-            self.channel.add(Counter::ClientRequests, 1);
+            self.channel.bump(Counter::ClientRequests, 1);
             let request = match request {
                 Ok(r) => r,
                 Err(why) => {
@@ -986,7 +986,7 @@ impl<P: Plane> Dataplane<P> {
         for reply in self.out.replies.drain(..) {
             work += 1;
             if reply.result.is_err() {
-                self.channel.add(Counter::ClientRejected, 1);
+                self.channel.bump(Counter::ClientRejected, 1);
             }
             if let Some(route) = self.routes.remove(&(reply.client, reply.seq)) {
                 self.plane.answer(route, reply);
@@ -1227,9 +1227,9 @@ impl<P: Plane> Dataplane<P> {
         c.set(Counter::RingLen, m.len() as u64);
         let amnesiac = self.node.is_amnesiac(self.plane.mem());
         c.set(Counter::Amnesiac, u64::from(amnesiac));
-        c.add(Counter::Heartbeat, 1);
+        c.bump(Counter::Heartbeat, 1);
         if self.samples_unpublished != 0 {
-            c.add(Counter::ReplicationSamples, self.samples_unpublished);
+            c.bump(Counter::ReplicationSamples, self.samples_unpublished);
             self.samples_unpublished = 0;
         }
         self.plane.publish(c);

@@ -589,33 +589,64 @@ impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<usize, FrameError> {
         self.check_size()?;
         let h = self.header();
-        let mut hdr = [0u8; HEADER_BYTES];
-        hdr[AT_MAGIC..AT_MAGIC + 4].copy_from_slice(&MAGIC);
-        hdr[AT_VERSION] = VERSION;
-        hdr[AT_KIND] = h.kind;
-        hdr[AT_FLAGS] = h.flags;
-        hdr[AT_RESERVED] = 0;
-        hdr[AT_SRC] = self.src;
-        hdr[AT_DST] = self.dst;
-        hdr[AT_REGION] = h.region;
-        hdr[AT_STATUS] = h.status;
-        hdr[AT_LENGTH..AT_LENGTH + 4].copy_from_slice(&h.length.to_le_bytes());
-        hdr[AT_PAYLOAD_LEN..AT_PAYLOAD_LEN + 4].copy_from_slice(&h.payload_len.to_le_bytes());
-        hdr[AT_WR_ID..AT_WR_ID + 8].copy_from_slice(&h.wr_id.to_le_bytes());
-        hdr[AT_BALLOT..AT_BALLOT + 8].copy_from_slice(&h.ballot.to_le_bytes());
-        hdr[AT_CLUSTER_ID..AT_CLUSTER_ID + 8].copy_from_slice(&self.cluster_id.to_le_bytes());
-        hdr[AT_OFFSET..AT_OFFSET + 8].copy_from_slice(&h.offset.to_le_bytes());
-        hdr[AT_SEQ..AT_SEQ + 8].copy_from_slice(&h.seq.to_le_bytes());
-        // The checksum (AT_CHECKSUM) is filled in once the payload is in place.
-        let start = out.len();
-        out.reserve(self.encoded_len());
-        out.extend_from_slice(&hdr);
-        self.body.encode_payload(out);
-        let frame = &mut out[start..];
-        debug_assert_eq!(frame.len(), self.encoded_len());
-        let sum = checksum(&frame[..AT_CHECKSUM], &frame[HEADER_BYTES..]);
-        frame[AT_CHECKSUM..HEADER_BYTES].copy_from_slice(&sum.to_le_bytes());
-        Ok(frame.len())
+        Ok(encode_with(
+            out,
+            self.src,
+            self.dst,
+            self.cluster_id,
+            &h,
+            |out| self.body.encode_payload(out),
+        ))
+    }
+
+    /// Appends the frame carrying a client's request to `out`, as [`Frame::encode`] encodes
+    /// a [`FrameBody::ClientRequest`], from borrowed parts: a client encodes each command
+    /// into buffers it keeps, without building a [`Frame`]. On error `out` is untouched.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_client_request(
+        out: &mut Vec<u8>,
+        src: NodeId,
+        dst: NodeId,
+        cluster_id: u64,
+        client: u64,
+        seq: u64,
+        command: &[u8],
+    ) -> Result<usize, FrameError> {
+        let bytes = HEADER_BYTES + CLIENT_HEADER_BYTES + command.len();
+        if bytes > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge {
+                bytes,
+                max: MAX_FRAME_BYTES,
+            });
+        }
+        let h = Header {
+            kind: KIND_CLIENT_REQUEST,
+            payload_len: (CLIENT_HEADER_BYTES + command.len()) as u32,
+            ..Header::default()
+        };
+        Ok(encode_with(out, src, dst, cluster_id, &h, |out| {
+            out.extend_from_slice(&client.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(command);
+        }))
+    }
+
+    /// Decodes exactly one frame filling all of `buf` if it is a client reply, borrowing its
+    /// result bytes from `buf` (what a client does with every answer; [`Frame::decode`]
+    /// would copy them). Never panics; checks everything [`Frame::decode`] checks.
+    pub fn decode_client_reply(buf: &[u8]) -> Result<ClientReplyFrame<'_>, FrameError> {
+        let (addr, h, payload) = decode_checked(buf)?;
+        if h.kind != KIND_CLIENT_REPLY {
+            return Err(bad("kind (a client reply expected)", h.kind));
+        }
+        let (client, seq, result) = client_message(&h, payload)?;
+        Ok(ClientReplyFrame {
+            dst: addr.dst,
+            cluster_id: addr.cluster_id,
+            client,
+            seq,
+            result: result.map_err(ClientError::from),
+        })
     }
 
     /// The encoded frame in a fresh buffer.
@@ -627,74 +658,12 @@ impl Frame {
 
     /// Decodes exactly one frame filling all of `buf`. Never panics.
     pub fn decode(buf: &[u8]) -> Result<Frame, FrameError> {
-        let Some(hdr) = buf.first_chunk::<HEADER_BYTES>() else {
-            return Err(FrameError::Truncated {
-                what: "header",
-                needed: HEADER_BYTES,
-                available: buf.len(),
-            });
-        };
-        let magic = u32_at(hdr, AT_MAGIC);
-        if magic != u32::from_le_bytes(MAGIC) {
-            return Err(FrameError::BadMagic(magic));
-        }
-        let version = hdr[AT_VERSION];
-        if version != VERSION {
-            return Err(FrameError::UnsupportedVersion(version));
-        }
-        let payload_len = u32_at(hdr, AT_PAYLOAD_LEN);
-        let declared_sum = u64_at(hdr, AT_CHECKSUM);
-
-        let frame_len = HEADER_BYTES.saturating_add(payload_len as usize);
-        if frame_len > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLarge {
-                bytes: frame_len,
-                max: MAX_FRAME_BYTES,
-            });
-        }
-        if buf.len() < frame_len {
-            return Err(FrameError::Truncated {
-                what: "payload",
-                needed: frame_len,
-                available: buf.len(),
-            });
-        }
-        if buf.len() > frame_len {
-            return Err(FrameError::LengthMismatch {
-                what: "frame (trailing bytes)",
-                declared: frame_len,
-                available: buf.len(),
-            });
-        }
-        let payload = &buf[HEADER_BYTES..];
-        let computed = checksum(&buf[..AT_CHECKSUM], payload);
-        if computed != declared_sum {
-            return Err(FrameError::ChecksumMismatch {
-                declared: declared_sum,
-                computed,
-            });
-        }
-
-        let h = Header {
-            kind: hdr[AT_KIND],
-            flags: hdr[AT_FLAGS],
-            region: hdr[AT_REGION],
-            status: hdr[AT_STATUS],
-            length: u32_at(hdr, AT_LENGTH),
-            payload_len,
-            wr_id: u64_at(hdr, AT_WR_ID),
-            ballot: u64_at(hdr, AT_BALLOT),
-            offset: u64_at(hdr, AT_OFFSET),
-            seq: u64_at(hdr, AT_SEQ),
-        };
-        if hdr[AT_RESERVED] != 0 {
-            return Err(bad("reserved", hdr[AT_RESERVED]));
-        }
+        let (addr, h, payload) = decode_checked(buf)?;
         let body = FrameBody::decode(&h, payload)?;
         Ok(Frame {
-            src: hdr[AT_SRC],
-            dst: hdr[AT_DST],
-            cluster_id: u64_at(hdr, AT_CLUSTER_ID),
+            src: addr.src,
+            dst: addr.dst,
+            cluster_id: addr.cluster_id,
             body,
         })
     }
@@ -957,38 +926,188 @@ impl FrameBody {
                     result,
                 }))
             }
-            KIND_CLIENT_REQUEST | KIND_CLIENT_REPLY => {
-                h.flags_within(0)?;
-                h.request_fields_zero()?;
-                if h.wr_id != 0 {
-                    return Err(bad("wr_id", h.wr_id));
-                }
-                let mut r = Reader::new(payload);
-                let client = r.u64("client message header")?;
-                let seq = r.u64("client message header")?;
-                if h.kind == KIND_CLIENT_REQUEST {
-                    h.status_zero()?;
-                    return Ok(FrameBody::ClientRequest {
-                        client,
-                        seq,
-                        command: r.rest().to_vec(),
-                    });
-                }
-                let result = match h.status {
-                    STATUS_OK => Ok(r.rest().to_vec()),
-                    STATUS_CLIENT_ERROR => Err(ClientErrorCode::decode(&mut r)?),
-                    STATUS_PERMISSION | STATUS_UNREACHABLE => return Err(bad("status", h.status)),
-                    other => return Err(FrameError::UnknownStatus(other)),
-                };
+            KIND_CLIENT_REQUEST => {
+                let (client, seq, command) = client_message(h, payload)?;
+                Ok(FrameBody::ClientRequest {
+                    client,
+                    seq,
+                    command: command.map_err(|_| bad("status", h.status))?.to_vec(),
+                })
+            }
+            KIND_CLIENT_REPLY => {
+                let (client, seq, result) = client_message(h, payload)?;
                 Ok(FrameBody::ClientReply {
                     client,
                     seq,
-                    result,
+                    result: result.map(<[u8]>::to_vec),
                 })
             }
             other => Err(FrameError::UnknownKind(other)),
         }
     }
+}
+
+/// A client reply decoded in place by [`Frame::decode_client_reply`]: its result borrows the
+/// frame's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClientReplyFrame<'a> {
+    pub dst: NodeId,
+    pub cluster_id: u64,
+    pub client: u64,
+    pub seq: u64,
+    pub result: Result<&'a [u8], ClientError>,
+}
+
+/// Who a frame is from and for.
+struct Addressing {
+    src: NodeId,
+    dst: NodeId,
+    cluster_id: u64,
+}
+
+/// Writes the header `h` (with the addressing) and then the payload `payload` appends to
+/// `out`, then the checksum over both; returns the frame's length. The caller has checked
+/// the frame's size.
+fn encode_with(
+    out: &mut Vec<u8>,
+    src: NodeId,
+    dst: NodeId,
+    cluster_id: u64,
+    h: &Header,
+    payload: impl FnOnce(&mut Vec<u8>),
+) -> usize {
+    let mut hdr = [0u8; HEADER_BYTES];
+    hdr[AT_MAGIC..AT_MAGIC + 4].copy_from_slice(&MAGIC);
+    hdr[AT_VERSION] = VERSION;
+    hdr[AT_KIND] = h.kind;
+    hdr[AT_FLAGS] = h.flags;
+    hdr[AT_RESERVED] = 0;
+    hdr[AT_SRC] = src;
+    hdr[AT_DST] = dst;
+    hdr[AT_REGION] = h.region;
+    hdr[AT_STATUS] = h.status;
+    hdr[AT_LENGTH..AT_LENGTH + 4].copy_from_slice(&h.length.to_le_bytes());
+    hdr[AT_PAYLOAD_LEN..AT_PAYLOAD_LEN + 4].copy_from_slice(&h.payload_len.to_le_bytes());
+    hdr[AT_WR_ID..AT_WR_ID + 8].copy_from_slice(&h.wr_id.to_le_bytes());
+    hdr[AT_BALLOT..AT_BALLOT + 8].copy_from_slice(&h.ballot.to_le_bytes());
+    hdr[AT_CLUSTER_ID..AT_CLUSTER_ID + 8].copy_from_slice(&cluster_id.to_le_bytes());
+    hdr[AT_OFFSET..AT_OFFSET + 8].copy_from_slice(&h.offset.to_le_bytes());
+    hdr[AT_SEQ..AT_SEQ + 8].copy_from_slice(&h.seq.to_le_bytes());
+    // The checksum (AT_CHECKSUM) is filled in once the payload is in place.
+    let start = out.len();
+    out.reserve(HEADER_BYTES + h.payload_len as usize);
+    out.extend_from_slice(&hdr);
+    payload(out);
+    let frame = &mut out[start..];
+    debug_assert_eq!(frame.len(), HEADER_BYTES + h.payload_len as usize);
+    let sum = checksum(&frame[..AT_CHECKSUM], &frame[HEADER_BYTES..]);
+    frame[AT_CHECKSUM..HEADER_BYTES].copy_from_slice(&sum.to_le_bytes());
+    frame.len()
+}
+
+/// Checks what every frame must satisfy (magic, version, lengths, checksum, the reserved
+/// byte) and splits it into addressing, header and payload.
+fn decode_checked(buf: &[u8]) -> Result<(Addressing, Header, &[u8]), FrameError> {
+    let Some(hdr) = buf.first_chunk::<HEADER_BYTES>() else {
+        return Err(FrameError::Truncated {
+            what: "header",
+            needed: HEADER_BYTES,
+            available: buf.len(),
+        });
+    };
+    let magic = u32_at(hdr, AT_MAGIC);
+    if magic != u32::from_le_bytes(MAGIC) {
+        return Err(FrameError::BadMagic(magic));
+    }
+    let version = hdr[AT_VERSION];
+    if version != VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    let payload_len = u32_at(hdr, AT_PAYLOAD_LEN);
+    let declared_sum = u64_at(hdr, AT_CHECKSUM);
+
+    let frame_len = HEADER_BYTES.saturating_add(payload_len as usize);
+    if frame_len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge {
+            bytes: frame_len,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    if buf.len() < frame_len {
+        return Err(FrameError::Truncated {
+            what: "payload",
+            needed: frame_len,
+            available: buf.len(),
+        });
+    }
+    if buf.len() > frame_len {
+        return Err(FrameError::LengthMismatch {
+            what: "frame (trailing bytes)",
+            declared: frame_len,
+            available: buf.len(),
+        });
+    }
+    let payload = &buf[HEADER_BYTES..];
+    let computed = checksum(&buf[..AT_CHECKSUM], payload);
+    if computed != declared_sum {
+        return Err(FrameError::ChecksumMismatch {
+            declared: declared_sum,
+            computed,
+        });
+    }
+
+    let h = Header {
+        kind: hdr[AT_KIND],
+        flags: hdr[AT_FLAGS],
+        region: hdr[AT_REGION],
+        status: hdr[AT_STATUS],
+        length: u32_at(hdr, AT_LENGTH),
+        payload_len,
+        wr_id: u64_at(hdr, AT_WR_ID),
+        ballot: u64_at(hdr, AT_BALLOT),
+        offset: u64_at(hdr, AT_OFFSET),
+        seq: u64_at(hdr, AT_SEQ),
+    };
+    if hdr[AT_RESERVED] != 0 {
+        return Err(bad("reserved", hdr[AT_RESERVED]));
+    }
+    Ok((
+        Addressing {
+            src: hdr[AT_SRC],
+            dst: hdr[AT_DST],
+            cluster_id: u64_at(hdr, AT_CLUSTER_ID),
+        },
+        h,
+        payload,
+    ))
+}
+
+/// A client message's client, sequence, and its rest: a command, result bytes, or an error.
+type ClientMessage<'a> = (u64, u64, Result<&'a [u8], ClientErrorCode>);
+
+/// The client, sequence and the rest of a client request or reply (checked, like every
+/// frame, by [`decode_checked`] first): a request's rest is its command (`Ok`); a reply's is
+/// its result bytes, or the error it carries.
+fn client_message<'a>(h: &Header, payload: &'a [u8]) -> Result<ClientMessage<'a>, FrameError> {
+    h.flags_within(0)?;
+    h.request_fields_zero()?;
+    if h.wr_id != 0 {
+        return Err(bad("wr_id", h.wr_id));
+    }
+    let mut r = Reader::new(payload);
+    let client = r.u64("client message header")?;
+    let seq = r.u64("client message header")?;
+    if h.kind == KIND_CLIENT_REQUEST {
+        h.status_zero()?;
+        return Ok((client, seq, Ok(r.rest())));
+    }
+    let result = match h.status {
+        STATUS_OK => Ok(r.rest()),
+        STATUS_CLIENT_ERROR => Err(ClientErrorCode::decode(&mut r)?),
+        STATUS_PERMISSION | STATUS_UNREACHABLE => return Err(bad("status", h.status)),
+        other => return Err(FrameError::UnknownStatus(other)),
+    };
+    Ok((client, seq, result))
 }
 
 /// The kind-dependent header fields.
@@ -1324,6 +1443,56 @@ mod tests {
     }
 
     #[test]
+    fn client_parts_encode_and_decode_as_whole_frames_do() {
+        let (mut requests, mut replies) = (0, 0);
+        for f in samples() {
+            let bytes = enc(&f);
+            let in_place = Frame::decode_client_reply(&bytes);
+            match &f.body {
+                FrameBody::ClientRequest {
+                    client,
+                    seq,
+                    command,
+                } => {
+                    requests += 1;
+                    let mut out = vec![0xAA];
+                    let n = Frame::encode_client_request(
+                        &mut out,
+                        f.src,
+                        f.dst,
+                        f.cluster_id,
+                        *client,
+                        *seq,
+                        command,
+                    )
+                    .unwrap();
+                    assert_eq!(n, bytes.len());
+                    assert_eq!(out[1..], bytes[..], "{f:?}");
+                    assert!(in_place.is_err(), "a request is no reply");
+                }
+                FrameBody::ClientReply { .. } => {
+                    replies += 1;
+                    let r = in_place.unwrap_or_else(|e| panic!("{f:?}: {e}"));
+                    let whole = f.body.clone().into_client_reply().unwrap();
+                    assert_eq!((r.dst, r.cluster_id), (f.dst, f.cluster_id));
+                    assert_eq!((r.client, r.seq), (whole.client, whole.seq));
+                    assert_eq!(r.result.map(<[u8]>::to_vec), whole.result);
+                }
+                _ => assert!(in_place.is_err(), "{f:?} is no reply"),
+            }
+        }
+        assert!(requests > 0 && replies > 1);
+        // Too large to travel: refused, and nothing is written.
+        let mut out = Vec::new();
+        let command = vec![0; MAX_FRAME_BYTES];
+        assert!(matches!(
+            Frame::encode_client_request(&mut out, CLIENT_NODE, 0, CLUSTER, 1, 1, &command),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn layout_matches_the_documented_table() {
         let f = Frame {
             src: 3,
@@ -1480,6 +1649,22 @@ mod tests {
             if i % 4 != 0 && i % 2 == 1 {
                 reseal(&mut b);
             }
+            // The client's in-place decoding takes exactly the replies the whole one takes.
+            let whole = Frame::decode(&b).ok().and_then(|f| {
+                let (dst, cluster_id) = (f.dst, f.cluster_id);
+                let r = f.body.into_client_reply()?;
+                Some((dst, cluster_id, r.client, r.seq, r.result))
+            });
+            let in_place = Frame::decode_client_reply(&b).ok().map(|r| {
+                (
+                    r.dst,
+                    r.cluster_id,
+                    r.client,
+                    r.seq,
+                    r.result.map(<[u8]>::to_vec),
+                )
+            });
+            assert_eq!(in_place, whole, "{b:?}");
             match Frame::decode(&b) {
                 Ok(f) => {
                     accepted += 1;

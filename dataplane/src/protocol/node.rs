@@ -756,6 +756,10 @@ struct Leader {
     /// The steps of a change still to propose, in order, and since when the first waits.
     changes: VecDeque<Membership>,
     change_since: u64,
+    /// The tick of the last upkeep pass (followers' requests and catch-up starts, log reuse,
+    /// ring repair, changes): once per tick is as soon as any of it is due, and the turns in
+    /// between are left to the fast path.
+    upkept_at: Option<u64>,
 }
 
 impl Leader {
@@ -2202,6 +2206,7 @@ impl<S: StateMachine> Node<S> {
             conf_slot: None,
             changes: VecDeque::new(),
             change_since: 0,
+            upkept_at: None,
         }));
         self.newer_confs.clear();
         // A no-op opens the new view at once: the view's first commit does not wait for a
@@ -2222,10 +2227,41 @@ impl<S: StateMachine> Node<S> {
     // ---- leader -----------------------------------------------------------------------------
 
     fn leader_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let now = self.now;
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        let upkeep = l.upkept_at != Some(now);
+        l.upkept_at = Some(now);
+        if upkeep {
+            self.upkeep(mem, out);
+        }
+        // Catch-up goes a step every turn.
+        if let Role::Leader(l) = &self.role {
+            let writing = l
+                .followers
+                .iter()
+                .filter(|(_, st)| matches!(st, Follower::SyncWrite { .. }))
+                .fold(0u64, |m, (&p, _)| m | 1 << p);
+            for p in nodes_of(writing) {
+                self.sync_write_step(p, mem, out);
+            }
+        }
+        if upkeep {
+            self.reuse_tick(out);
+            self.repair_tick(out);
+            self.change_tick(mem, out);
+        }
+        self.propose_queued(mem, out);
+    }
+
+    /// The leader's upkeep of its followers: requests permission again from the absent (and
+    /// from those that have not acked within a retry period), and starts catching up those
+    /// that acked.
+    fn upkeep(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
         let me = self.cfg.id;
         let now = self.now;
         let retry = self.cfg.retry_ticks;
-        let geometry = self.cfg.geometry;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
@@ -2267,20 +2303,18 @@ impl<S: StateMachine> Node<S> {
             };
             self.post_reconnect(out, p, op, Purpose::SyncHeader { ballot, peer: p });
         }
-        if let Role::Leader(l) = &self.role {
-            let writing: Vec<NodeId> = l
-                .followers
-                .iter()
-                .filter(|(_, st)| matches!(st, Follower::SyncWrite { .. }))
-                .map(|(&p, _)| p)
-                .collect();
-            for p in writing {
-                self.sync_write_step(p, mem, out);
-            }
-        }
-        self.reuse_tick(out);
-        self.repair_tick(out);
-        self.change_tick(mem, out);
+    }
+
+    /// Proposes the queued client commands, then announces the commit index when idle.
+    fn propose_queued(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
+        let me = self.cfg.id;
+        let now = self.now;
+        let retry = self.cfg.retry_ticks;
+        let geometry = self.cfg.geometry;
+        let Role::Leader(l) = &self.role else {
+            return;
+        };
+        let ballot = l.ballot;
         // Propose: batches of queued commands into new slots, within the window and the
         // reusable part of the log, and never past a change not yet chosen.
         loop {
