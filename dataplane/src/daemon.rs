@@ -340,9 +340,18 @@ trait Plane: Send {
     fn park(&mut self, d: Duration) {
         std::thread::sleep(d);
     }
+    /// Busy-waits a little for work after an idle turn (the `spin` strategy): the agent's
+    /// [`Agent::spin`].
+    fn spin(&mut self) {
+        std::hint::spin_loop();
+    }
     /// Copies the fabric's own counters into the channel.
     fn publish(&self, _channel: &Channel) {}
 }
+
+/// Looks at the mailbox a leading shm data plane takes between idle turns (the `spin`
+/// strategy's pause): about an idle turn's worth.
+const SPIN_WATCH_POLLS: u32 = 16;
 
 /// Client ingress through the node's shm mailbox (local clients on `shm` and `dpdk`): the
 /// mailbox, who this node is, and the buffer replies are encoded in.
@@ -468,6 +477,18 @@ impl Plane for ShmPlane {
 
     fn answer(&mut self, route: Route, reply: ClientReply) {
         self.door.answer(route, reply);
+    }
+
+    /// Watches the mailbox for a request, about as long as an idle turn takes: a request
+    /// posted meanwhile starts the next turn a poll later, not after a whole turn of upkeep.
+    /// (Completions need no watch: shm writes complete inside their post.)
+    fn spin(&mut self) {
+        for _ in 0..SPIN_WATCH_POLLS {
+            if self.door.mailbox.has_new() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     fn publish(&self, channel: &Channel) {
@@ -1270,6 +1291,15 @@ impl<P: Plane> Agent for Dataplane<P> {
 
     fn park(&mut self, d: Duration) {
         self.plane.park(d);
+    }
+
+    fn spin(&mut self) {
+        // Only a leader's requests wait on this; a follower's spin stays one pause long.
+        if self.node.role() == RoleKind::Leader {
+            self.plane.spin();
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
 

@@ -203,6 +203,27 @@ impl MailboxServer {
         n
     }
 
+    /// Whether a request was posted since the last [`MailboxServer::poll`]: reads the active
+    /// set and each active slot's post number, lines the data plane's cache keeps until a
+    /// client writes one. For watching between polls.
+    pub fn has_new(&self) -> bool {
+        let mut active = self.map.word(ACTIVE).load(Ordering::Acquire);
+        while active != 0 {
+            let k = active.trailing_zeros() as usize;
+            active &= active - 1;
+            if k < self.slots
+                && self
+                    .map
+                    .word(self.slot_at(k) + SLOT_REQ_POST)
+                    .load(Ordering::Acquire)
+                    != self.taken[k]
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Takes slot `k`, whose client let go, out of the active set, unless a new client claimed
     /// it meanwhile: the claimer sets its bit after its claim and this re-reads the owner after
     /// clearing it (both sequentially consistent), so one of the two sees the other.
@@ -411,10 +432,13 @@ mod tests {
         let mut a = MailboxClient::open(&path).unwrap();
         let mut b = MailboxClient::open(&path).unwrap();
         assert_ne!(a.slot, b.slot);
+        assert!(!server.has_new());
         a.send(b"hello").unwrap();
+        assert!(server.has_new(), "a post shows before the poll");
         b.send(b"world!").unwrap();
         let mut got = Vec::new();
         assert_eq!(server.poll(|k, f| got.push((k, f.to_vec()))), 2);
+        assert!(!server.has_new(), "the poll took both");
         got.sort();
         assert_eq!(got[0], (a.slot, b"hello".to_vec()));
         assert_eq!(got[1], (b.slot, b"world!".to_vec()));
