@@ -66,6 +66,8 @@ enum Transport {
     Udp {
         socket: UdpSocket,
         nodes: Vec<SocketAddr>,
+        /// Receives every datagram (the largest frame fits); an answer is copied out of it.
+        datagram: Vec<u8>,
     },
 }
 
@@ -154,7 +156,11 @@ impl Client {
                     .iter()
                     .filter_map(|&n| cluster.node(n)?.udp_socket_addr())
                     .collect();
-                Transport::Udp { socket, nodes }
+                Transport::Udp {
+                    socket,
+                    nodes,
+                    datagram: vec![0; MAX_FRAME_BYTES],
+                }
             }
             other => return Err(ConnectError::Unsupported(other.as_str())),
         };
@@ -330,17 +336,19 @@ impl Client {
                     }
                 }
             }
-            Transport::Udp { socket, nodes } => {
+            Transport::Udp {
+                socket,
+                nodes,
+                datagram,
+            } => {
                 let deadline = Instant::now() + attempt_timeout;
                 socket.send_to(&self.frame, nodes[i]).ok()?;
-                let buf = &mut self.reply;
                 loop {
-                    buf.resize(MAX_FRAME_BYTES, 0);
                     let left = deadline.checked_duration_since(Instant::now())?;
                     socket
                         .set_read_timeout(Some(left.max(Duration::from_micros(50))))
                         .ok()?;
-                    let (n, from) = match socket.recv_from(buf) {
+                    let (n, from) = match socket.recv_from(datagram) {
                         Ok(x) => x,
                         Err(e)
                             if matches!(
@@ -355,8 +363,9 @@ impl Client {
                     if from != nodes[i] {
                         continue;
                     }
-                    buf.truncate(n);
-                    if let Some(r) = answer(buf, self.cluster_id, client, seq) {
+                    if let Some(r) = answer(&datagram[..n], self.cluster_id, client, seq) {
+                        self.reply.clear();
+                        self.reply.extend_from_slice(&datagram[..n]);
                         return Some(r);
                     }
                 }

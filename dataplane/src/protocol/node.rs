@@ -756,10 +756,6 @@ struct Leader {
     /// The steps of a change still to propose, in order, and since when the first waits.
     changes: VecDeque<Membership>,
     change_since: u64,
-    /// The tick of the last upkeep pass (followers' requests and catch-up starts, log reuse,
-    /// ring repair, changes): once per tick is as soon as any of it is due, and the turns in
-    /// between are left to the fast path.
-    upkept_at: Option<u64>,
 }
 
 impl Leader {
@@ -2206,7 +2202,6 @@ impl<S: StateMachine> Node<S> {
             conf_slot: None,
             changes: VecDeque::new(),
             change_since: 0,
-            upkept_at: None,
         }));
         self.newer_confs.clear();
         // A no-op opens the new view at once: the view's first commit does not wait for a
@@ -2227,16 +2222,10 @@ impl<S: StateMachine> Node<S> {
     // ---- leader -----------------------------------------------------------------------------
 
     fn leader_tick(&mut self, mem: &mut impl LocalMemory, out: &mut Output) {
-        let now = self.now;
-        let Role::Leader(l) = &mut self.role else {
+        if !matches!(self.role, Role::Leader(_)) {
             return;
-        };
-        let upkeep = l.upkept_at != Some(now);
-        l.upkept_at = Some(now);
-        if upkeep {
-            self.upkeep(mem, out);
         }
-        // Catch-up goes a step every turn.
+        self.upkeep(mem, out);
         if let Role::Leader(l) = &self.role {
             let writing = l
                 .followers
@@ -2247,11 +2236,9 @@ impl<S: StateMachine> Node<S> {
                 self.sync_write_step(p, mem, out);
             }
         }
-        if upkeep {
-            self.reuse_tick(out);
-            self.repair_tick(out);
-            self.change_tick(mem, out);
-        }
+        self.reuse_tick(out);
+        self.repair_tick(out);
+        self.change_tick(mem, out);
         self.propose_queued(mem, out);
     }
 
