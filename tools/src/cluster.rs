@@ -454,6 +454,13 @@ impl LocalCluster {
         Some(ch)
     }
 
+    /// Which channel file `node`'s counters come from (its inode): a restarted data plane
+    /// creates a new one, so a change tells its counters from its predecessor's.
+    pub fn channel_id(&self, node: NodeId) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Some(std::fs::metadata(self.dir.channel(node)).ok()?.ino())
+    }
+
     /// Reads `node`'s channel counters (`None` if its data plane has not created the channel).
     pub fn counters(&self, node: NodeId) -> Option<NodeCounters> {
         let ch = self.channel(node)?;
