@@ -175,6 +175,10 @@ pub struct LocalCluster {
     /// Each node's channel as last mapped, with the file's inode: a restarted data plane makes
     /// a new channel file, and only then is it mapped again (the drills poll counters often).
     channels: Mutex<HashMap<NodeId, (u64, Arc<Channel>)>>,
+    /// The inode of each restarted data plane's predecessor's channel file: until the new
+    /// process puts its own in place the file is the dead one's, and its counters (a leader,
+    /// caught up, not amnesiac) must not pass for the new process's, so it reads as absent.
+    retired: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl LocalCluster {
@@ -192,6 +196,7 @@ impl LocalCluster {
             profile,
             cluster,
             channels: Mutex::default(),
+            retired: Mutex::default(),
         })
     }
 
@@ -308,6 +313,7 @@ impl LocalCluster {
             profile: profile.clone(),
             cluster,
             channels: Mutex::default(),
+            retired: Mutex::default(),
         };
         // Both daemons must be there before any starts: a half-started cluster would be left
         // running by the error.
@@ -378,8 +384,12 @@ impl LocalCluster {
         })
     }
 
-    /// Restarts `node`'s `kind` daemon and records its new pid.
+    /// Restarts `node`'s `kind` daemon and records its new pid. A restarted data plane's
+    /// counters read as absent until its own channel file is in place.
     pub fn restart(&self, node: NodeId, kind: &str) -> Result<Proc, ClusterError> {
+        if kind == "dataplane" {
+            self.retire_channel(node);
+        }
         let p = self.spawn(node, kind)?;
         let mut procs: Vec<Proc> = read_pids(&self.dir)
             .into_iter()
@@ -440,9 +450,18 @@ impl LocalCluster {
 
     /// `node`'s channel, mapped again only when its data plane has made a new one.
     fn channel(&self, node: NodeId) -> Option<Arc<Channel>> {
-        use std::os::unix::fs::MetadataExt;
+        let inode = self.channel_inode(node)?;
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            match retired.get(&node) {
+                Some(&old) if old == inode => return None,
+                Some(_) => {
+                    retired.remove(&node);
+                }
+                None => {}
+            }
+        }
         let path = self.dir.channel(node);
-        let inode = std::fs::metadata(&path).ok()?.ino();
         let mut cache = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((i, ch)) = cache.get(&node) {
             if *i == inode {
@@ -454,9 +473,19 @@ impl LocalCluster {
         Some(ch)
     }
 
-    /// Which channel file `node`'s counters come from (its inode): a restarted data plane
-    /// creates a new one, so a change tells its counters from its predecessor's.
-    pub fn channel_id(&self, node: NodeId) -> Option<u64> {
+    /// Makes `node`'s channel file as it is now read as absent: its data plane is being
+    /// replaced, and the next file in its place is the new process's.
+    fn retire_channel(&self, node: NodeId) {
+        if let Some(inode) = self.channel_inode(node) {
+            self.retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node, inode);
+        }
+    }
+
+    /// The inode of `node`'s channel file: a restarted data plane creates a new one.
+    fn channel_inode(&self, node: NodeId) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
         Some(std::fs::metadata(self.dir.channel(node)).ok()?.ino())
     }
@@ -1119,5 +1148,47 @@ fn local_rdma_ip(profile: &Profile) -> Result<Option<std::net::IpAddr>, ClusterE
             r.gid_index, r.device, r.port
         ))),
         Err(e) => Err(rdma(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restarted data plane's counters: absent while the file is its predecessor's, the new
+    /// process's once its own is in place.
+    #[test]
+    fn a_restarted_data_planes_counters_are_never_its_predecessors() {
+        let dir = std::env::temp_dir().join(format!("rapax-retire-{}", std::process::id()));
+        let cdir = ClusterDir::new(&dir);
+        cdir.create().unwrap();
+        let profile = Profile::load(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../hw-profiles/shm-local.toml"),
+        )
+        .unwrap();
+        let lc = LocalCluster {
+            dir: cdir,
+            profile,
+            cluster: ClusterFile::local(3, 47000),
+            channels: Mutex::default(),
+            retired: Mutex::default(),
+        };
+        let old = Channel::create(&lc.dir.channel(1), 1, 256).unwrap();
+        old.set(Counter::Applied, 41);
+        assert_eq!(lc.counters(1).map(|c| c.applied), Some(41));
+        lc.retire_channel(1);
+        assert!(lc.counters(1).is_none(), "the dead process's counters");
+        assert!(
+            lc.counters(1).is_none(),
+            "still, until a new file is in place"
+        );
+        let new = Channel::create(&lc.dir.channel(1), 1, 256).unwrap();
+        new.set(Counter::Applied, 7);
+        assert_eq!(lc.counters(1).map(|c| c.applied), Some(7));
+        // Other nodes are not affected.
+        Channel::create(&lc.dir.channel(2), 2, 256).unwrap();
+        assert!(lc.counters(2).is_some());
+        drop((old, new));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -601,10 +601,6 @@ pub fn fail_leader(
         }
         std::thread::sleep(Duration::from_micros(200));
     };
-    // The victim's channel before a restart: until the restarted data plane has made its own,
-    // the file holds the dead one's counters (a leader, caught up, not amnesiac), which must
-    // not pass for the new process's. Starting on rdma takes long enough to matter.
-    let mut stale_channel = None;
     match mode {
         FailMode::Kill => {
             // Wait until it is gone, then restart it: it rejoins as a follower.
@@ -612,7 +608,6 @@ pub fn fail_leader(
             while is_ours(pid, dir) && Instant::now() < gone {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            stale_channel = cluster.channel_id(victim);
             cluster.restart(victim, "dataplane")?;
         }
         FailMode::Pause => {
@@ -629,10 +624,9 @@ pub fn fail_leader(
             cluster
                 .counters(l)
                 .is_some_and(|c| c.alive_mask & (1 << victim) != 0 && c.role == 4)
-        }) && cluster.channel_id(victim) != stale_channel
-            && cluster
-                .counters(victim)
-                .is_some_and(|c| c.role == 1 || c.role == 4);
+        }) && cluster
+            .counters(victim)
+            .is_some_and(|c| c.role == 1 || c.role == 4);
         if ok || Instant::now() > back {
             break;
         }
@@ -640,7 +634,6 @@ pub fn fail_leader(
         // by that follower's revoke: it comes back as a restarted follower.
         if mode == FailMode::Pause && !fenced && !is_ours(pid, dir) {
             fenced = true;
-            stale_channel = cluster.channel_id(victim);
             cluster.restart(victim, "dataplane")?;
         }
         std::thread::sleep(Duration::from_millis(2));
