@@ -14,9 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::daemon::{load_config, ClusterDir, DaemonError};
-use crate::fabric::frame::{
-    Frame, CLIENT_HEADER_BYTES, CLIENT_NODE, HEADER_BYTES, MAX_FRAME_BYTES,
-};
+use crate::fabric::frame::{Frame, FrameError, CLIENT_NODE, MAX_FRAME_BYTES};
 use crate::mailbox::{MailboxClient, MailboxError};
 use crate::profile::FabricKind;
 use crate::protocol::kv::{self, KvCodecError, KvOp, KvReply};
@@ -225,13 +223,10 @@ impl Client {
     /// returns where the answer's result bytes start in `self.reply`.
     fn submit(&mut self) -> Result<usize, ClientFailure> {
         let (client, seq) = (self.id, self.seq);
-        let bytes = HEADER_BYTES + CLIENT_HEADER_BYTES + self.command.len();
-        if bytes > MAX_FRAME_BYTES {
+        if let Err(FrameError::TooLarge { bytes, max }) = Frame::check_client_request(&self.command)
+        {
             // No node could take it: say so now instead of timing out.
-            return Err(ClientFailure::Refused(ClientError::TooLarge {
-                bytes,
-                max: MAX_FRAME_BYTES,
-            }));
+            return Err(ClientFailure::Refused(ClientError::TooLarge { bytes, max }));
         }
         // No clock is read while the first try is answered within its spin (the common case).
         let mut started: Option<Instant> = None;

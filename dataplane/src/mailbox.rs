@@ -170,14 +170,8 @@ impl MailboxServer {
     /// Takes every request posted since the last call: `f(slot, frame bytes)`; returns how many.
     /// A request whose length is out of bounds is passed as an empty frame (it fails to decode).
     pub fn poll(&mut self, mut f: impl FnMut(usize, &[u8])) -> usize {
-        let mut active = self.map.word(ACTIVE).load(Ordering::Acquire);
         let mut n = 0;
-        while active != 0 {
-            let k = active.trailing_zeros() as usize;
-            active &= active - 1;
-            if k >= self.slots {
-                continue;
-            }
+        for k in self.active_slots() {
             let at = self.slot_at(k);
             let post = self.map.word(at + SLOT_REQ_POST).load(Ordering::Acquire);
             if post == self.taken[k] {
@@ -207,21 +201,28 @@ impl MailboxServer {
     /// set and each active slot's post number, lines the data plane's cache keeps until a
     /// client writes one. For watching between polls.
     pub fn has_new(&self) -> bool {
+        self.active_slots().any(|k| {
+            self.map
+                .word(self.slot_at(k) + SLOT_REQ_POST)
+                .load(Ordering::Acquire)
+                != self.taken[k]
+        })
+    }
+
+    /// The slots in the active set now, lowest first (bits past the slot count ignored).
+    fn active_slots(&self) -> impl Iterator<Item = usize> + use<> {
         let mut active = self.map.word(ACTIVE).load(Ordering::Acquire);
-        while active != 0 {
-            let k = active.trailing_zeros() as usize;
-            active &= active - 1;
-            if k < self.slots
-                && self
-                    .map
-                    .word(self.slot_at(k) + SLOT_REQ_POST)
-                    .load(Ordering::Acquire)
-                    != self.taken[k]
-            {
-                return true;
+        let slots = self.slots;
+        std::iter::from_fn(move || {
+            while active != 0 {
+                let k = active.trailing_zeros() as usize;
+                active &= active - 1;
+                if k < slots {
+                    return Some(k);
+                }
             }
-        }
-        false
+            None
+        })
     }
 
     /// Takes slot `k`, whose client let go, out of the active set, unless a new client claimed

@@ -612,13 +612,7 @@ impl Frame {
         seq: u64,
         command: &[u8],
     ) -> Result<usize, FrameError> {
-        let bytes = HEADER_BYTES + CLIENT_HEADER_BYTES + command.len();
-        if bytes > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLarge {
-                bytes,
-                max: MAX_FRAME_BYTES,
-            });
-        }
+        Frame::check_client_request(command)?;
         let h = Header {
             kind: KIND_CLIENT_REQUEST,
             payload_len: (CLIENT_HEADER_BYTES + command.len()) as u32,
@@ -629,6 +623,19 @@ impl Frame {
             out.extend_from_slice(&seq.to_le_bytes());
             out.extend_from_slice(command);
         }))
+    }
+
+    /// [`FrameError::TooLarge`] if a client request carrying `command` would exceed
+    /// [`MAX_FRAME_BYTES`] ([`Frame::check_size`] for [`Frame::encode_client_request`]).
+    pub fn check_client_request(command: &[u8]) -> Result<(), FrameError> {
+        let bytes = HEADER_BYTES + CLIENT_HEADER_BYTES + command.len();
+        if bytes > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge {
+                bytes,
+                max: MAX_FRAME_BYTES,
+            });
+        }
+        Ok(())
     }
 
     /// Decodes exactly one frame filling all of `buf` if it is a client reply, borrowing its
