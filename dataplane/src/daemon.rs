@@ -336,6 +336,11 @@ trait Plane: Send {
     fn serial_posts(&self) -> bool {
         false
     }
+    /// Whether every post's completion is ready when the post returns (shm's copies): a
+    /// turn that takes a request then answers it before its upkeep.
+    fn completes_in_post(&self) -> bool {
+        false
+    }
     /// Waits at most `d` for work (the data plane's backoff park).
     fn park(&mut self, d: Duration) {
         std::thread::sleep(d);
@@ -469,6 +474,10 @@ impl Plane for ShmPlane {
 
     fn poll(&mut self, out: &mut Vec<Completion>) {
         self.fabric.poll_into(out);
+    }
+
+    fn completes_in_post(&self) -> bool {
+        true
     }
 
     fn ingress(&mut self, sink: &mut Vec<(Result<ClientRequest, BadRequest>, Route)>) -> usize {
@@ -851,7 +860,8 @@ impl<P: Plane> Dataplane<P> {
                 Err(_) => self.channel.add(Counter::MalformedFrames, 1),
             }
         }
-        work += self.plane.ingress(&mut self.inbox);
+        let taken = self.plane.ingress(&mut self.inbox);
+        work += taken;
         let mut inbox = std::mem::take(&mut self.inbox);
         for (request, route) in inbox.drain(..) {
             self.channel.bump(Counter::ClientRequests, 1);
@@ -915,6 +925,14 @@ impl<P: Plane> Dataplane<P> {
                 .on_client_request(now, request, self.plane.mem(), &mut self.out);
         }
         self.inbox = inbox;
+        // A request just taken, on a plane whose writes complete inside their posts: proposed,
+        // chosen, applied and answered first; the turn's upkeep (and the control half) then
+        // runs as it would have at the start of the next turn.
+        if taken > 0 && self.plane.completes_in_post() {
+            self.node
+                .propose_queued_now(now, self.plane.mem(), &mut self.out);
+            work += self.drive(now);
+        }
         // The control half (grants, candidacy, the amnesia probe) acts on time-outs and on
         // words peers write into this node's memory: once per microsecond is soon enough, and
         // leaves the turns in between to the fast path.
@@ -923,6 +941,37 @@ impl<P: Plane> Dataplane<P> {
         }
         self.node.tick_data(now, self.plane.mem(), &mut self.out);
         self.probe_tick();
+        work += self.drive(now);
+        let notes = std::mem::take(&mut self.out.notes);
+        let mut clock = None;
+        for note in &notes {
+            self.note(note, &mut clock);
+        }
+        self.out.notes = notes;
+        self.out.notes.clear();
+        if let Some(c) = self.out.checkpoint.take() {
+            self.checkpoints.put(c);
+        }
+        // Counters for tools and the control plane: once per microsecond of the turn clock is
+        // as fresh as any reader needs, and leaves the turns in between to the fast path.
+        if new_us {
+            while let Ok((index, digest)) = self.kept.try_recv() {
+                self.channel.set(Counter::CheckpointIndex, index);
+                self.channel.set(Counter::CheckpointDigest, digest);
+            }
+            self.publish();
+        }
+        if self.node.has_steps_left() {
+            // A follower's catch-up goes a step per turn: the next turn at once.
+            work += 1;
+        }
+        work
+    }
+
+    /// Posts what the turn's steps produced, takes the completions (and what they post in
+    /// turn), applies what they chose and answers its clients; returns the work done.
+    fn drive(&mut self, now: u64) -> usize {
+        let mut work = 0;
         let mut completed = false;
         let mut rounds = 0u32;
         let mut long_since: Option<Instant> = None;
@@ -1023,29 +1072,6 @@ impl<P: Plane> Dataplane<P> {
                 work += 1;
                 self.plane.post(post);
             }
-        }
-        let notes = std::mem::take(&mut self.out.notes);
-        let mut clock = None;
-        for note in &notes {
-            self.note(note, &mut clock);
-        }
-        self.out.notes = notes;
-        self.out.notes.clear();
-        if let Some(c) = self.out.checkpoint.take() {
-            self.checkpoints.put(c);
-        }
-        // Counters for tools and the control plane: once per microsecond of the turn clock is
-        // as fresh as any reader needs, and leaves the turns in between to the fast path.
-        if new_us {
-            while let Ok((index, digest)) = self.kept.try_recv() {
-                self.channel.set(Counter::CheckpointIndex, index);
-                self.channel.set(Counter::CheckpointDigest, digest);
-            }
-            self.publish();
-        }
-        if self.node.has_steps_left() {
-            // A follower's catch-up goes a step per turn: the next turn at once.
-            work += 1;
         }
         work
     }

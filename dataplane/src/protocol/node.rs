@@ -1225,6 +1225,16 @@ impl<S: StateMachine> Node<S> {
         self.apply(mem, out);
     }
 
+    /// The leader's proposals of its queued client commands, alone (no upkeep, no apply): for
+    /// a driver that has just queued requests and answers them before the rest of its turn.
+    /// Does nothing unless this node leads.
+    pub fn propose_queued_now(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
+        self.now = now;
+        if matches!(self.role, Role::Leader(_)) {
+            self.propose_queued(mem, out);
+        }
+    }
+
     /// Applies what became chosen since the last turn (and answers its clients) without a
     /// whole turn: a driver whose completions arrive within its turn calls this after them, so
     /// a command is answered in the turn that proposed it.
@@ -3662,6 +3672,71 @@ mod tests {
         n.tick_control(1, &mut mem, &mut out);
         assert!(mem.writers().is_empty());
         assert_eq!(n.granted(), Ballot::ZERO);
+    }
+
+    #[test]
+    fn proposing_now_proposes_the_queue_and_runs_no_upkeep() {
+        let (mut n, mut mem) = node(0, 3, Start::Fresh);
+        let mut out = Output::default();
+        n.tick(1, &mut mem, &mut out);
+        let b = n.own_ballot().expect("standing");
+        mem.grant(0, b);
+        n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
+        assert_eq!(n.role(), RoleKind::Leader);
+        // Follower 1 is lost (its no-op write failed), long enough ago to be requested again.
+        let to_1 = out
+            .posts
+            .iter()
+            .find(|p| p.target == 1 && p.op.region() == Region::Log)
+            .expect("the no-op's write to follower 1")
+            .wr_id;
+        let failed = Completion {
+            wr_id: to_1,
+            result: Err(FabricError::Unreachable),
+        };
+        n.on_completion(2, failed, &mut mem, &mut out);
+        let state_of_1 = |n: &Node<KvStore>| n.followers().iter().find(|f| f.0 == 1).unwrap().1;
+        assert_eq!(state_of_1(&n), "absent");
+        out.clear();
+        let request = ClientRequest {
+            client: 7,
+            seq: 1,
+            command: put_k_v(),
+        };
+        n.on_client_request(100, request, &mut mem, &mut out);
+        n.propose_queued_now(100, &mut mem, &mut out);
+        // The command's slot went out to follower 2 ...
+        let proposed: Vec<Slot> = out
+            .notes
+            .iter()
+            .filter_map(|e| match e {
+                Note::Proposed { slot } => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(proposed.len(), 1, "{:?}", out.notes);
+        assert!(out
+            .posts
+            .iter()
+            .any(|p| p.target == 2 && p.op.region() == Region::Log));
+        // ... and nothing else: no request to the lost follower (the upkeep runs later).
+        assert!(
+            out.posts.iter().all(|p| p.target == 2),
+            "{:?}",
+            out.posts
+                .iter()
+                .map(|p| (p.target, p.op.region()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(state_of_1(&n), "absent");
+        // The turn's upkeep then requests it.
+        n.tick_data(100, &mut mem, &mut out);
+        assert_eq!(state_of_1(&n), "requested");
+        // A node that does not lead proposes nothing.
+        let (mut f, mut fmem) = node(1, 3, Start::Fresh);
+        let mut fout = Output::default();
+        f.propose_queued_now(1, &mut fmem, &mut fout);
+        assert!(fout.posts.is_empty() && fout.notes.is_empty());
     }
 
     #[test]
