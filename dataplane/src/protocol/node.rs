@@ -3674,8 +3674,9 @@ mod tests {
         assert_eq!(n.granted(), Ballot::ZERO);
     }
 
-    #[test]
-    fn proposing_now_proposes_the_queue_and_runs_no_upkeep() {
+    /// Node 0 of three, leading at its first ballot with both followers (the test stands in
+    /// for the recovery), the view's no-op posted.
+    fn leading_three() -> (Node<KvStore>, SimMemory, Output, Ballot) {
         let (mut n, mut mem) = node(0, 3, Start::Fresh);
         let mut out = Output::default();
         n.tick(1, &mut mem, &mut out);
@@ -3683,6 +3684,21 @@ mod tests {
         mem.grant(0, b);
         n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
         assert_eq!(n.role(), RoleKind::Leader);
+        (n, mem, out, b)
+    }
+
+    /// Client 7's first command, a put.
+    fn put_request() -> ClientRequest {
+        ClientRequest {
+            client: 7,
+            seq: 1,
+            command: put_k_v(),
+        }
+    }
+
+    #[test]
+    fn proposing_now_proposes_the_queue_and_runs_no_upkeep() {
+        let (mut n, mut mem, mut out, _) = leading_three();
         // Follower 1 is lost (its no-op write failed), long enough ago to be requested again.
         let to_1 = out
             .posts
@@ -3698,12 +3714,7 @@ mod tests {
         let state_of_1 = |n: &Node<KvStore>| n.followers().iter().find(|f| f.0 == 1).unwrap().1;
         assert_eq!(state_of_1(&n), "absent");
         out.clear();
-        let request = ClientRequest {
-            client: 7,
-            seq: 1,
-            command: put_k_v(),
-        };
-        n.on_client_request(100, request, &mut mem, &mut out);
+        n.on_client_request(100, put_request(), &mut mem, &mut out);
         n.propose_queued_now(100, &mut mem, &mut out);
         // The command's slot went out to follower 2 ...
         let proposed: Vec<Slot> = out
@@ -3741,22 +3752,10 @@ mod tests {
 
     #[test]
     fn a_late_failure_from_before_a_followers_loss_does_not_drop_it_again() {
-        // The ring head stands (granting itself its ballot) and leads with both followers
-        // (the test stands in for the recovery; from here on only the data half ticks).
-        let (mut n, mut mem) = node(0, 3, Start::Fresh);
-        let mut out = Output::default();
-        n.tick(1, &mut mem, &mut out);
-        let b = n.own_ballot().expect("standing");
-        mem.grant(0, b);
-        n.become_leader(b, 0, 0, &[1, 2], [0; MAX_NODES], &mut mem, &mut out);
-        assert_eq!(n.role(), RoleKind::Leader);
+        // The ring head leads with both followers; from here on only the data half ticks.
+        let (mut n, mut mem, mut out, b) = leading_three();
         // A command after the view's no-op: two writes to follower 1 in flight.
-        let request = ClientRequest {
-            client: 7,
-            seq: 1,
-            command: put_k_v(),
-        };
-        n.on_client_request(1, request, &mut mem, &mut out);
+        n.on_client_request(1, put_request(), &mut mem, &mut out);
         n.tick_data(1, &mut mem, &mut out);
         let to_1: Vec<u64> = out
             .posts
