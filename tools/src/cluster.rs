@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -124,12 +125,42 @@ pub fn is_ours(pid: i32, dir: &Path) -> bool {
 
 /// Whether a command line (NUL-separated) is a rapax daemon's of cluster directory `dir`.
 fn names_daemon_of(cmdline: &[u8], dir: &Path) -> bool {
+    daemon_dir(cmdline).is_some_and(|d| d == dir.as_os_str().as_encoded_bytes())
+}
+
+/// The cluster directory (`--dir`) of a rapax daemon's command line (NUL-separated); `None`
+/// for any other command line.
+fn daemon_dir(cmdline: &[u8]) -> Option<&[u8]> {
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let dir = dir.as_os_str().as_encoded_bytes();
     let daemon = args
         .first()
         .is_some_and(|a| a.ends_with(b"rapax-dataplane") || a.ends_with(b"rapax-control"));
-    daemon && args.windows(2).any(|w| w[0] == b"--dir" && w[1] == dir)
+    if !daemon {
+        return None;
+    }
+    args.windows(2).find(|w| w[0] == b"--dir").map(|w| w[1])
+}
+
+/// The rapax daemons running for other cluster directories than `dir`: (pid, directory). On a
+/// host's shared cores they are load a benchmark would measure along with its own cluster.
+pub fn daemons_elsewhere(dir: &Path) -> Vec<(i32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(i32, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let other = daemon_dir(&cmdline)?;
+            (other != dir.as_os_str().as_encoded_bytes()).then(|| {
+                let other = std::ffi::OsStr::from_bytes(other);
+                (pid, PathBuf::from(other))
+            })
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Whether any rapax daemon of `dir` runs, recorded in its pids file or not (found by its
@@ -1154,6 +1185,42 @@ fn local_rdma_ip(profile: &Profile) -> Result<Option<std::net::IpAddr>, ClusterE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another cluster's daemons are found by their command lines, and a cluster's own are
+    /// not counted as another's.
+    #[test]
+    fn daemons_of_other_clusters_are_found() {
+        use std::os::unix::process::CommandExt as _;
+        let mine = std::env::temp_dir().join(format!("rapax-mine-{}", std::process::id()));
+        let theirs = std::env::temp_dir().join(format!("rapax-theirs-{}", std::process::id()));
+        // A stand-in whose command line reads as a control plane of `theirs`.
+        let mut child = Command::new("/bin/sh")
+            .arg0("/opt/rapax/bin/rapax-control")
+            .args(["-c", "sleep 20", "--dir"])
+            .arg(&theirs)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mut seen = false;
+        for _ in 0..200 {
+            seen = daemons_elsewhere(&mine).contains(&(pid, theirs.clone()));
+            if seen {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let own = daemons_elsewhere(&theirs).iter().any(|&(p, _)| p == pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(seen, "the other cluster's daemon was not found");
+        assert!(!own, "a cluster's own daemon counted as another's");
+        assert_eq!(
+            daemon_dir(b"/usr/bin/rapax-dataplane\0--node\0\x31\0--dir\0/d\0"),
+            Some(&b"/d"[..])
+        );
+        assert_eq!(daemon_dir(b"/bin/sleep\0--dir\0/d\0"), None);
+        assert_eq!(daemon_dir(b"/usr/bin/rapax-control\0"), None);
+    }
 
     /// A restarted data plane's counters: absent while the file is its predecessor's, the new
     /// process's once its own is in place.

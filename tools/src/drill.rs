@@ -297,7 +297,30 @@ pub struct BenchOptions {
 pub const FLOOR_SAMPLES: usize = 20_000;
 
 /// `rapax bench`: the report, and the recorders for a plot.
+/// Says so when daemons of other clusters run on this host: their agents share the cores
+/// this run measures on (a cluster left up by `rapax up`, say), and its figures include them.
+fn warn_of_other_clusters(tool: &str, dir: &Path) {
+    let others = crate::cluster::daemons_elsewhere(dir);
+    if others.is_empty() {
+        return;
+    }
+    let mut dirs: Vec<String> = others
+        .iter()
+        .map(|(_, d)| d.display().to_string())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    eprintln!(
+        "{tool}: warning: {} rapax daemons of other clusters are running ({}); they share the \
+         cores this run measures on, so its figures include their load (`rapax down --dir DIR` \
+         stops a cluster)",
+        others.len(),
+        dirs.join(", ")
+    );
+}
+
 pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
+    warn_of_other_clusters("bench", &o.dir);
     let warm = (o.ops / 10).clamp(200, 20_000);
     // On rdma the floor writes what replication writes to a follower for one command (the
     // entry's header line and a batch of one put), not the bare value: the same sizes.
@@ -756,6 +779,7 @@ pub struct FailoverOptions {
 
 /// `rapax failover`.
 pub fn failover(o: &FailoverOptions) -> Result<(FailoverReport, Vec<FailoverSample>), DrillError> {
+    warn_of_other_clusters("failover", &o.dir);
     let session = Session::start_or_attach(&o.profile, o.replicas, &o.dir)?;
     session.ready()?;
     let load = HistoryLoad::start(&o.dir, o.clients)?;
