@@ -144,20 +144,10 @@ fn daemon_dir(cmdline: &[u8]) -> Option<&[u8]> {
 /// The rapax daemons running for other cluster directories than `dir`: (pid, directory). On a
 /// host's shared cores they are load a benchmark would measure along with its own cluster.
 pub fn daemons_elsewhere(dir: &Path) -> Vec<(i32, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found: Vec<(i32, PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let other = daemon_dir(&cmdline)?;
-            (other != dir.as_os_str().as_encoded_bytes()).then(|| {
-                let other = std::ffi::OsStr::from_bytes(other);
-                (pid, PathBuf::from(other))
-            })
-        })
+    let mut found: Vec<(i32, PathBuf)> = running_daemons()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, d)| d.as_os_str() != dir.as_os_str())
         .collect();
     found.sort();
     found
@@ -166,20 +156,26 @@ pub fn daemons_elsewhere(dir: &Path) -> Vec<(i32, PathBuf)> {
 /// Whether any rapax daemon of `dir` runs, recorded in its pids file or not (found by its
 /// command line; `true` when /proc cannot be read).
 fn any_daemon_of(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    entries
+    running_daemons().is_none_or(|all| all.iter().any(|(_, d)| d.as_os_str() == dir.as_os_str()))
+}
+
+/// Every rapax daemon process on this host that has not exited (zombies left out), with its
+/// cluster directory, found by command line; `None` when /proc cannot be read.
+fn running_daemons() -> Option<Vec<(i32, PathBuf)>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let found = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .any(|pid| {
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let dir = PathBuf::from(std::ffi::OsStr::from_bytes(daemon_dir(&cmdline)?));
             let state = u64::try_from(pid)
                 .ok()
                 .and_then(rapax_dataplane::fabric::shm::proc_state);
-            !matches!(state, None | Some('Z' | 'X' | 'x'))
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| names_daemon_of(&c, dir))
+            (!matches!(state, None | Some('Z' | 'X' | 'x'))).then_some((pid, dir))
         })
+        .collect();
+    Some(found)
 }
 
 /// Whether any thread of `pid` other than a zombie is still there.

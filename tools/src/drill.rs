@@ -296,7 +296,6 @@ pub struct BenchOptions {
 /// Round trips in `rapax bench`'s floor (shm, udp, rdma): half before the run, half after.
 pub const FLOOR_SAMPLES: usize = 20_000;
 
-/// `rapax bench`: the report, and the recorders for a plot.
 /// Says so when daemons of other clusters run on this host: their agents share the cores
 /// this run measures on (a cluster left up by `rapax up`, say), and its figures include them.
 fn warn_of_other_clusters(tool: &str, dir: &Path) {
@@ -319,6 +318,7 @@ fn warn_of_other_clusters(tool: &str, dir: &Path) {
     );
 }
 
+/// `rapax bench`: the report, and the recorders for a plot.
 pub fn bench(o: &BenchOptions) -> Result<BenchReport, DrillError> {
     warn_of_other_clusters("bench", &o.dir);
     let warm = (o.ops / 10).clamp(200, 20_000);

@@ -1230,9 +1230,7 @@ impl<S: StateMachine> Node<S> {
     /// Does nothing unless this node leads.
     pub fn propose_queued_now(&mut self, now: u64, mem: &mut impl LocalMemory, out: &mut Output) {
         self.now = now;
-        if matches!(self.role, Role::Leader(_)) {
-            self.propose_queued(mem, out);
-        }
+        self.propose_queued(mem, out);
     }
 
     /// Applies what became chosen since the last turn (and answers its clients) without a
