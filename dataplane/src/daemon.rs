@@ -740,7 +740,10 @@ pub const FLOOR_ROUNDS: u64 = 2_000;
 /// round trip recorded; followers taken in turn.
 struct FloorProbe {
     request: u64,
+    /// Rounds still to measure; a failed read does not count as one.
     remaining: u64,
+    /// Reads that failed; past `FLOOR_ROUNDS` the probe ends with what it has.
+    failed: u64,
     turn: usize,
     outstanding: Option<Instant>,
     samples: Histogram<u64>,
@@ -1027,8 +1030,15 @@ impl<P: Plane> Dataplane<P> {
                 work += 1;
                 if c.wr_id & PROBE_WR != 0 {
                     if let Some(p) = self.probe.as_mut() {
-                        if let (Some(at), Ok(_)) = (p.outstanding.take(), &c.result) {
-                            let _ = p.samples.record(at.elapsed().as_nanos().max(1) as u64);
+                        if let Some(at) = p.outstanding.take() {
+                            if c.result.is_ok() {
+                                let _ = p.samples.record(at.elapsed().as_nanos().max(1) as u64);
+                                p.remaining -= 1;
+                            } else {
+                                // A read that failed (a time-out on udp) measured nothing;
+                                // the round is read again.
+                                p.failed += 1;
+                            }
                         }
                     }
                     continue;
@@ -1086,6 +1096,7 @@ impl<P: Plane> Dataplane<P> {
             self.probe = Some(FloorProbe {
                 request,
                 remaining: FLOOR_ROUNDS,
+                failed: 0,
                 turn: 0,
                 outstanding: None,
                 samples: Histogram::new_with_bounds(1, 60_000_000_000, 3)
@@ -1106,7 +1117,7 @@ impl<P: Plane> Dataplane<P> {
                 n += 1;
             }
         });
-        if p.remaining == 0 || n == 0 {
+        if p.remaining == 0 || p.failed > FLOOR_ROUNDS || n == 0 {
             write_histogram(&p.samples, &self.floor_path);
             self.channel.set(Counter::FloorDone, p.request);
             self.probe = None;
@@ -1114,10 +1125,9 @@ impl<P: Plane> Dataplane<P> {
         }
         let target = active[p.turn % n];
         p.turn += 1;
-        p.remaining -= 1;
         p.outstanding = Some(Instant::now());
         self.plane.post(Post {
-            wr_id: PROBE_WR | p.remaining,
+            wr_id: PROBE_WR | p.turn as u64,
             target,
             op: Op::Read {
                 region: Region::Control,

@@ -197,35 +197,14 @@ fn udp_leader_measures_its_data_mesh_round_trip_under_load() {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let t = TestCluster::up("udp-local.toml", "udp-mesh-floor");
-    let mut c = t.client();
-    let put = |c: &mut Client, i: u64| {
-        c.execute(KvOp::Put {
-            key: format!("m{}", i % 8).into_bytes(),
-            value: vec![b'v'; 64],
-        })
-    };
-    // The ring's head leads once it has taken over from whichever node stood first; a probe
-    // stops, with what it measured so far, when its node stops leading.
-    let head = t.cluster.cluster.ring[0];
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while t.cluster.wait_leader(Duration::from_secs(10)).unwrap() != head {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            t.cluster.status()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // A chosen command: the leader has an active follower to read from.
-    put(&mut c, 0).expect("first put");
-    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let (mut c, leader) = head_leads_with_a_chosen_command(&t);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let stop = std::sync::Arc::clone(&stop);
         std::thread::spawn(move || {
             let mut done = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                done += u64::from(put(&mut c, done).is_ok());
+                done += u64::from(mesh_put(&mut c, done).is_ok());
             }
             done
         })
@@ -242,13 +221,87 @@ fn udp_leader_measures_its_data_mesh_round_trip_under_load() {
     let samples = t.cluster.data_mesh_floor_answer(leader, second);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let done = load.join().expect("load thread");
-    let rounds: u64 = samples.iter().map(|&(_, n)| n).sum();
-    assert_eq!(rounds, FLOOR_ROUNDS, "{}", t.cluster.status());
-    assert!(samples.iter().all(|&(ns, _)| ns > 0));
+    assert_full_floor(&t, &samples);
     assert!(
         done > 0,
         "the client's puts went on while the leader measured"
     );
+}
+
+/// A floor probe whose read fails (a time-out) measured nothing, and the round is read
+/// again: with one follower's data plane paused while the leader measures, the reads sent to
+/// it time out, and the answer still holds `FLOOR_ROUNDS` round trips (the other follower's).
+#[test]
+fn udp_leader_rereads_floor_rounds_that_time_out() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let t = TestCluster::up("udp-local.toml", "udp-floor-timeouts");
+    let (_c, leader) = head_leads_with_a_chosen_command(&t);
+    let follower = *t
+        .cluster
+        .cluster
+        .ring
+        .iter()
+        .find(|&&n| n != leader)
+        .unwrap();
+    let pid = t.cluster.pid(follower, "dataplane").unwrap();
+    let timeouts = |t: &TestCluster| {
+        t.cluster
+            .counters(leader)
+            .expect("counters")
+            .fabric_timeouts
+    };
+    let before = timeouts(&t);
+    assert!(signal(pid, &t.dir, Signal::SIGSTOP));
+    let want = t
+        .cluster
+        .ask_data_mesh_floor(leader)
+        .expect("the leader's channel");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(signal(pid, &t.dir, Signal::SIGCONT));
+    let samples = t.cluster.data_mesh_floor_answer(leader, want);
+    assert_full_floor(&t, &samples);
+    assert!(
+        timeouts(&t) > before,
+        "no read timed out during the probe\n{}",
+        t.cluster.status()
+    );
+}
+
+/// A put of 64 bytes to one of eight keys.
+fn mesh_put(c: &mut Client, i: u64) -> Result<KvReply, ClientFailure> {
+    c.execute(KvOp::Put {
+        key: format!("m{}", i % 8).into_bytes(),
+        value: vec![b'v'; 64],
+    })
+}
+
+/// Waits until the ring's head leads (a probe stops, with what it measured so far, when its
+/// node stops leading), then has a command chosen so that the leader has an active follower to
+/// read from; the client and the leader.
+fn head_leads_with_a_chosen_command(t: &TestCluster) -> (Client, NodeId) {
+    let mut c = t.client();
+    let head = t.cluster.cluster.ring[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while t.cluster.wait_leader(Duration::from_secs(10)).unwrap() != head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            t.cluster.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    mesh_put(&mut c, 0).expect("first put");
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    (c, leader)
+}
+
+/// The floor's answer holds `FLOOR_ROUNDS` round trips, none of them of zero time.
+fn assert_full_floor(t: &TestCluster, samples: &[(u64, u64)]) {
+    let rounds: u64 = samples.iter().map(|&(_, n)| n).sum();
+    assert_eq!(rounds, FLOOR_ROUNDS, "{}", t.cluster.status());
+    assert!(samples.iter().all(|&(ns, _)| ns > 0));
 }
 
 /// Whether this build has DPDK; says the test is skipped when not.
