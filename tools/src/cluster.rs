@@ -161,7 +161,7 @@ fn any_daemon_of(dir: &Path) -> bool {
 
 /// Every rapax daemon process on this host that has not exited (zombies left out), with its
 /// cluster directory, found by command line; `None` when /proc cannot be read.
-fn running_daemons() -> Option<Vec<(i32, PathBuf)>> {
+pub fn running_daemons() -> Option<Vec<(i32, PathBuf)>> {
     let entries = std::fs::read_dir("/proc").ok()?;
     let found = entries
         .flatten()

@@ -5,7 +5,8 @@
 //!
 //! The checks: the cores the profile pins agents to, spinning agents without a core of their
 //! own, the clocksource (every clock read is a system call on some), the expedited memory
-//! barrier the shm fabric's writers rely on, and per fabric: the shm directory (tmpfs, room for
+//! barrier the shm fabric's writers rely on, rapax daemons already running here (their load
+//! would share the cores), and per fabric: the shm directory (tmpfs, room for
 //! every node's region), the UDP bind address, the RDMA device (present, port active, GID index,
 //! MTU), DPDK (bindings built, hugepages when the EAL needs them, the memif directory).
 
@@ -67,6 +68,8 @@ pub struct Host {
     pub clocksource: Option<String>,
     /// Whether the expedited global membarrier registers.
     pub membarrier: bool,
+    /// The rapax daemons already running here: pid and cluster directory.
+    pub daemons: Vec<(i32, PathBuf)>,
 }
 
 impl Host {
@@ -83,6 +86,7 @@ impl Host {
             .ok()
             .map(|s| s.trim().to_string()),
             membarrier: rapax_ffi::sched::membarrier_register_global_expedited().is_ok(),
+            daemons: crate::cluster::running_daemons().unwrap_or_default(),
         }
     }
 }
@@ -193,6 +197,7 @@ pub fn host_checks(profile: &Profile, replicas: usize, host: &Host) -> Vec<Check
         )
     });
     out.push(clocksource_check(host.clocksource.as_deref()));
+    out.push(running_daemons_check(&host.daemons));
     if profile.fabric.kind == FabricKind::Shm {
         out.push(if host.membarrier {
             check(
@@ -239,6 +244,34 @@ pub fn clocksource_check(source: Option<&str>) -> Check {
             "cannot read /sys/devices/system/clocksource/clocksource0/current_clocksource",
         ),
     }
+}
+
+/// Rapax daemons already running here share the cores the new nodes will use: their load is
+/// in every latency measured beside them.
+pub fn running_daemons_check(daemons: &[(i32, PathBuf)]) -> Check {
+    if daemons.is_empty() {
+        return check(
+            "running clusters",
+            Verdict::Pass,
+            "no rapax daemon runs on this host",
+        );
+    }
+    let mut dirs: Vec<String> = daemons
+        .iter()
+        .map(|(_, d)| d.display().to_string())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    check(
+        "running clusters",
+        Verdict::Warn,
+        format!(
+            "{} rapax daemons already run here ({}): they share these cores, and what is \
+             measured beside them includes their load; `rapax down --dir DIR` stops a cluster",
+            daemons.len(),
+            dirs.join(", ")
+        ),
+    )
 }
 
 /// The nearest existing directory at or above `dir`.
@@ -589,7 +622,27 @@ mod tests {
             cores: cores.to_vec(),
             clocksource: Some("tsc".into()),
             membarrier: true,
+            daemons: Vec::new(),
         }
+    }
+
+    #[test]
+    fn running_daemons_warn_and_name_their_clusters() {
+        let p = profile("shm-local.toml");
+        let (v, _) = verdict(&host_checks(&p, 3, &host(&[0, 1])), "running clusters");
+        assert_eq!(v, Verdict::Pass);
+        let mut h = host(&[0, 1]);
+        h.daemons = vec![
+            (10, PathBuf::from("/tmp/a")),
+            (11, PathBuf::from("/tmp/a")),
+            (12, PathBuf::from("/tmp/b")),
+        ];
+        let (v, detail) = verdict(&host_checks(&p, 3, &h), "running clusters");
+        assert_eq!(v, Verdict::Warn);
+        assert!(
+            detail.starts_with("3 rapax daemons") && detail.contains("(/tmp/a, /tmp/b)"),
+            "{detail}"
+        );
     }
 
     fn verdict(checks: &[Check], name: &str) -> (Verdict, String) {
