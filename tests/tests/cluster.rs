@@ -110,16 +110,20 @@ fn assert_linearizable(history: &[HistoryOp], what: &str) {
     );
 }
 
-/// kill -9 of a follower's data plane; returns once the process is gone.
-fn kill_a_followers_dataplane(t: &TestCluster) -> NodeId {
-    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
-    let follower = *t
-        .cluster
+/// The first node of the ring that is not `leader`.
+fn a_follower_of(t: &TestCluster, leader: NodeId) -> NodeId {
+    *t.cluster
         .cluster
         .ring
         .iter()
         .find(|&&n| n != leader)
-        .unwrap();
+        .expect("a follower")
+}
+
+/// kill -9 of a follower's data plane; returns once the process is gone.
+fn kill_a_followers_dataplane(t: &TestCluster) -> NodeId {
+    let leader = t.cluster.wait_leader(Duration::from_secs(10)).unwrap();
+    let follower = a_follower_of(t, leader);
     let pid = t.cluster.pid(follower, "dataplane").unwrap();
     assert!(signal(pid, &t.dir, Signal::SIGKILL));
     while is_ours(pid, &t.dir) {
@@ -238,13 +242,7 @@ fn udp_leader_rereads_floor_rounds_that_time_out() {
         .unwrap_or_else(|e| e.into_inner());
     let t = TestCluster::up("udp-local.toml", "udp-floor-timeouts");
     let (_c, leader) = head_leads_with_a_chosen_command(&t);
-    let follower = *t
-        .cluster
-        .cluster
-        .ring
-        .iter()
-        .find(|&&n| n != leader)
-        .unwrap();
+    let follower = a_follower_of(&t, leader);
     let pid = t.cluster.pid(follower, "dataplane").unwrap();
     let timeouts = |t: &TestCluster| {
         t.cluster

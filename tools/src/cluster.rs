@@ -153,6 +153,17 @@ pub fn daemons_elsewhere(dir: &Path) -> Vec<(i32, PathBuf)> {
     found
 }
 
+/// The cluster directories of `daemons` (as [`running_daemons`] gives them), each once, sorted.
+pub fn cluster_dirs(daemons: &[(i32, PathBuf)]) -> Vec<String> {
+    let mut dirs: Vec<String> = daemons
+        .iter()
+        .map(|(_, d)| d.display().to_string())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// Whether any rapax daemon of `dir` runs, recorded in its pids file or not (found by its
 /// command line; `true` when /proc cannot be read).
 fn any_daemon_of(dir: &Path) -> bool {

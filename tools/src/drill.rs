@@ -303,12 +303,7 @@ fn warn_of_other_clusters(tool: &str, dir: &Path) {
     if others.is_empty() {
         return;
     }
-    let mut dirs: Vec<String> = others
-        .iter()
-        .map(|(_, d)| d.display().to_string())
-        .collect();
-    dirs.sort();
-    dirs.dedup();
+    let dirs = crate::cluster::cluster_dirs(&others);
     eprintln!(
         "{tool}: warning: {} rapax daemons of other clusters are running ({}); they share the \
          cores this run measures on, so its figures include their load (`rapax down --dir DIR` \

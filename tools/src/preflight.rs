@@ -256,12 +256,7 @@ pub fn running_daemons_check(daemons: &[(i32, PathBuf)]) -> Check {
             "no rapax daemon runs on this host",
         );
     }
-    let mut dirs: Vec<String> = daemons
-        .iter()
-        .map(|(_, d)| d.display().to_string())
-        .collect();
-    dirs.sort();
-    dirs.dedup();
+    let dirs = crate::cluster::cluster_dirs(daemons);
     check(
         "running clusters",
         Verdict::Warn,
